@@ -1,0 +1,117 @@
+"""Trained models on disk: weights in safetensors, everything else in JSON.
+
+``model.safetensors`` holds the state dict (normalization buffers included);
+``model.json`` beside it holds what is needed to rebuild the architecture and
+use it: model name and hyperparameters, class names, input shape,
+normalization, data set and versions. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from imgclf.data.containers import DatasetSpec
+from imgclf.errors import UsageError
+from imgclf.models import ImageClassifier, create_model, resolve_options
+from imgclf.run_folder import atomic_write_bytes, atomic_write_text
+
+FORMAT = "imgclf-model/1"
+
+
+def model_info(name: str, options: dict[str, Any], spec: DatasetSpec, environment: dict[str, Any]) -> dict[str, Any]:
+    """The JSON metadata saved beside the weights."""
+    return {
+        "format": FORMAT,
+        "model": name,
+        "options": resolve_options(name, options),
+        "dataset": spec.name,
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names),
+        "input_shape": list(spec.input_shape),
+        "input_range": [0.0, 1.0],
+        "output": "logits",
+        "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
+        "versions": environment,
+        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_model(model: torch.nn.Module, weights_path: Path, info: dict[str, Any]) -> None:
+    """Write ``weights_path`` (safetensors) and ``weights_path.with_suffix('.json')`` atomically.
+
+    Args:
+        model: The model; its state dict is copied to the CPU.
+        weights_path: Target ``*.safetensors`` file.
+        info: Metadata from :func:`model_info`.
+    """
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    atomic_write_bytes(weights_path, save(state, metadata={"format": FORMAT}))
+    atomic_write_text(weights_path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if weights.suffix != ".safetensors":
+        raise UsageError(f"{str(path)!r} is neither a run folder nor a .safetensors file")
+    if not weights.is_file():
+        raise UsageError(f"no trained model at {str(weights)!r} (has the train stage run?)")
+    info = weights.with_suffix(".json")
+    if not info.is_file():
+        raise UsageError(f"{str(weights)!r} has no metadata file {info.name} beside it")
+    return weights, info
+
+
+def read_model_info(path: str | Path) -> dict[str, Any]:
+    """The metadata of a saved model (run folder or ``.safetensors`` path)."""
+    _, info_path = _paths(path)
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if info.get("format") != FORMAT:
+        raise UsageError(f"{str(info_path)!r} is not an imgclf model file (format {info.get('format')!r})")
+    return info
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> ImageClassifier:
+    """Load a trained model from a run folder or a ``model.safetensors`` file.
+
+    Args:
+        path: A run folder, or a ``.safetensors`` file with its ``.json`` beside it.
+        device: Where to put the model.
+
+    Returns:
+        The model in eval mode. Input: ``float32`` ``(B, C, H, W)`` in
+        ``[0, 1]`` with ``(C, H, W)`` = ``info["input_shape"]``; output: logits
+        ``(B, K)``. Class names are in :func:`read_model_info`.
+
+    Raises:
+        UsageError: If the files are missing, not imgclf's, or do not match.
+    """
+    weights, _ = _paths(path)
+    info = read_model_info(path)
+    channels, height, width = info["input_shape"]
+    norm = info["normalization"]
+    model = create_model(
+        info["model"],
+        channels=channels,
+        image_size=(height, width),
+        num_classes=info["num_classes"],
+        mean=norm["mean"],
+        std=norm["std"],
+        options=info["options"],
+    )
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise UsageError(f"cannot read weights {str(weights)!r}: {error}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise UsageError(f"weights in {str(weights)!r} do not fit model {info['model']!r}: {error}") from None
+    return model.to(device).eval()

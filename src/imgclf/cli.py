@@ -1,0 +1,250 @@
+"""The ``imgclf`` command line.
+
+User errors (bad flags, files, data) print one line and exit with status 2;
+other failures exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from imgclf import __version__
+from imgclf.errors import UsageError
+
+S = argparse.SUPPRESS
+
+
+def _examples(text: str) -> str:
+    return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def _count_or_all(text: str) -> int | str:
+    if text.strip().lower() == "all":
+        return "none"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
+    group = parser.add_argument_group("data")
+    if full:
+        group.add_argument("--dataset", dest="data.dataset", default=S, metavar="NAME|PATH",
+                           help="built-in data set (see `imgclf datasets`) or an image folder (default: digits)")
+    group.add_argument("--data-dir", dest="data.data_dir", default=S, metavar="DIR",
+                       help="folder holding the data sets (default: $IMGCLF_DATA_DIR, else ~/.cache/imgclf/data)")
+    if not full:
+        return
+    group.add_argument("--image-size", dest="data.image_size", type=int, default=S, metavar="N",
+                       help="resize images to N x N pixels")
+    group.add_argument("--channels", dest="data.channels", type=int, choices=(1, 3), default=S,
+                       help="convert images to 1 (grey) or 3 (RGB) channels (default: from the data)")
+    group.add_argument("--val-fraction", dest="data.val_fraction", type=float, default=S, metavar="F",
+                       help="share of train held out for validation when there is no val split (default 0.2)")
+    group.add_argument("--test-fraction", dest="data.test_fraction", type=float, default=S, metavar="F",
+                       help="share held out for testing when there is no test split (default 0.2)")
+    group.add_argument("--train-examples", dest="data.train_examples", type=int, default=S, metavar="N",
+                       help="train on a seeded stratified subset of N images")
+    group.add_argument("--augment", dest="data.augment", default=S, metavar="PRESET",
+                       help="none | flip-crop | seed000 (default none)")
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and training")
+    group.add_argument("--model", dest="model.name", default=S, metavar="NAME",
+                       help="architecture (see `imgclf models`; default simple-cnn)")
+    group.add_argument("--model-option", dest="model_options", type=_key_value, action="append", default=[],
+                       metavar="KEY=VALUE", help="architecture hyperparameter, e.g. hidden=256 (repeatable)")
+    group.add_argument("--epochs", dest="train.epochs", type=int, default=S, metavar="N", help="default 10")
+    group.add_argument("--batch-size", dest="train.batch_size", type=int, default=S, metavar="N", help="default 64")
+    group.add_argument("--optimizer", dest="train.optimizer", default=S, help="sgd | adam | adamw (default adamw)")
+    group.add_argument("--lr", dest="train.lr", type=float, default=S, help="(peak) learning rate, default 2e-3")
+    group.add_argument("--momentum", dest="train.momentum", type=float, default=S, help="SGD momentum, default 0.9")
+    group.add_argument("--nesterov", dest="train.nesterov", action=argparse.BooleanOptionalAction, default=S,
+                       help="Nesterov momentum for SGD (default on)")
+    group.add_argument("--weight-decay", dest="train.weight_decay", type=float, default=S, help="default 5e-4")
+    group.add_argument("--schedule", dest="train.schedule", default=S,
+                       help="onecycle | cosine | step | constant (default onecycle)")
+    group.add_argument("--label-smoothing", dest="train.label_smoothing", type=float, default=S, help="default 0")
+    group.add_argument("--seed", dest="seed", type=int, default=S, help="seeds everything (default 0)")
+
+
+def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("attacks")
+    group.add_argument("--attack", dest="attack.attacks", default=S, metavar="NAMES",
+                       help="comma-separated: fgsm, pgd (default both)")
+    group.add_argument("--eps", dest="attack.eps", default=S, metavar="LIST",
+                       help="L-inf radii in pixel units, e.g. 0,1/255,2/255 or 0:8/255:2/255 "
+                            "(default 0,1/255,2/255,4/255,8/255 for colour, 0,0.05,0.1,0.2,0.3 for grey)")
+    group.add_argument("--attack-examples", dest="attack.examples", type=_count_or_all, default=S, metavar="N|all",
+                       help="attack a seeded stratified subset of N test images (default 1000)")
+    group.add_argument("--pgd-steps", dest="attack.steps", type=int, default=S, metavar="N", help="default 10")
+    group.add_argument("--pgd-alpha", dest="attack.alpha", type=float, default=S, metavar="STEP",
+                       help="PGD step size in pixel units (default 2.5 * eps / steps)")
+    group.add_argument("--random-start", dest="attack.random_start", action=argparse.BooleanOptionalAction,
+                       default=S, help="PGD random start (default on)")
+    group.add_argument("--attack-batch-size", dest="attack.batch_size", type=int, default=S, metavar="N")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", dest="device", default=S, help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and the run folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="imgclf",
+        description="Train image classifiers, measure them honestly, and stress-test them with adversarial attacks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_examples("""
+            imgclf run                                   # digits: train, evaluate, attack, report
+            imgclf run --dataset mnist --model simple-cnn --epochs 1 --out runs/mnist
+            imgclf attack runs/mnist --attack pgd --eps 0,0.1,0.2
+            imgclf datasets
+        """),
+    )
+    parser.add_argument("--version", action="version", version=f"imgclf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=_examples(examples),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    run = command("run", "train, evaluate, attack and write the report, in one run folder", """
+        imgclf run
+        imgclf run --dataset mnist --model simple-cnn --epochs 1 --out runs/mnist
+        imgclf run --dataset path/to/photos --image-size 32 --model cnn --augment flip-crop
+        imgclf run --config runs/mnist/config.yaml --seed 1 --out runs/mnist-seed1
+    """)
+    train = command("train", "train a model and save it in a new run folder", """
+        imgclf train --dataset fashion-mnist --model mlp --model-option hidden=256 --epochs 5 --out runs/fm
+    """)
+    for p in (run, train):
+        p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
+        p.add_argument("--out", metavar="DIR", help="new run folder (default runs/<dataset>-<model>-<time>)")
+        _add_data_flags(p, full=True)
+        _add_train_flags(p)
+        _add_common(p)
+    _add_attack_flags(run)
+    _add_attack_flags(train)  # recorded in config.yaml for later `imgclf attack`
+
+    evaluate = command("evaluate", "clean test metrics of a trained run", "imgclf evaluate runs/mnist")
+    attack = command("attack", "robust accuracy of a trained run under FGSM and PGD", """
+        imgclf attack runs/mnist --attack pgd --eps 0,0.1,0.2,0.3 --pgd-steps 20
+        imgclf attack runs/cifar --eps 0:8/255:2/255 --attack-examples all
+    """)
+    for p in (evaluate, attack):
+        p.add_argument("run_dir", metavar="RUN", help="a run folder")
+        _add_data_flags(p, full=False)
+        _add_common(p)
+    _add_attack_flags(attack)
+
+    report = command("report", "write figures and report.html from a run folder", "imgclf report runs/mnist")
+    report.add_argument("run_dir", metavar="RUN", help="a run folder")
+    command("datasets", "list the built-in data sets and whether their files are present", "imgclf datasets")
+    command("models", "list the architectures and their options", "imgclf models")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = {key: value for key, value in vars(args).items() if "." in key or key in ("seed", "device")}
+    for key, value in getattr(args, "model_options", []):
+        overrides[f"model.options.{key}"] = value
+    return overrides
+
+
+def _list_datasets() -> None:
+    from imgclf.data import DATASETS, missing_files, resolve_data_dir
+
+    root = resolve_data_dir(None)
+    print(f"data folder: {root}")
+    for entry in DATASETS.values():
+        present = "present" if not missing_files(entry, root) else "not downloaded"
+        print(f"  {entry.name:<14} {entry.num_classes:>3} classes  {entry.channels}x{entry.image_size}x"
+              f"{entry.image_size}  {entry.splits:<28} {present:<15} {entry.summary}")
+    print("  PATH           an image folder: PATH/train/<class>/*, PATH/test/<class>/* or PATH/<class>/*")
+
+
+def _list_models() -> None:
+    from imgclf.models import MODELS
+
+    for entry in MODELS.values():
+        options = ", ".join(f"{k}={v!r}" for k, v in entry.defaults().items()) or "no options"
+        print(f"  {entry.name:<12} {entry.summary}\n  {'':<12} options: {options}")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen subcommand; returns the exit status."""
+    from imgclf import pipeline
+    from imgclf.config import load_config
+
+    if args.command == "datasets":
+        _list_datasets()
+        return 0
+    if args.command == "models":
+        _list_models()
+        return 0
+    if args.command in ("run", "train"):
+        config = load_config(args.config, _overrides(args))
+        if args.command == "run":
+            folder = pipeline.run(config, out=args.out, quiet=args.quiet)
+        else:
+            folder = pipeline.train_stage(config, out=args.out, quiet=args.quiet).folder
+        if args.quiet:
+            print(folder.path)
+        return 0
+    if args.command == "report":
+        pipeline.report_stage(pipeline.RunFolder.open(args.run_dir))
+        return 0
+    loaded = pipeline.open_run(args.run_dir, overrides=_overrides(args))
+    log = pipeline.RunLog(loaded.folder, quiet=args.quiet)
+    if args.command == "evaluate":
+        pipeline.evaluate_stage(loaded.folder, loaded.model, loaded.data, device=loaded.device,
+                                seed=loaded.config.seed, log=log)
+    else:
+        pipeline.attack_stage(loaded.folder, loaded.model, loaded.data, loaded.config, device=loaded.device,
+                              log=log, quiet=args.quiet)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``imgclf`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return dispatch(args)
+    except UsageError as error:
+        print(f"imgclf: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgclf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Every setting of a run, as dataclasses, read from YAML and flags and checked once.
+
+A run's configuration is a :class:`RunConfig` with one section per pipeline
+stage (``data``, ``model``, ``train``, ``attack``) plus ``seed`` and ``device``.
+It is built from three layers, later ones winning: the defaults below, a YAML
+file (``--config run.yaml``), and command-line flags (dotted keys such as
+``train.epochs``). :func:`config_from_dict` validates every key and value and
+raises :class:`~imgclf.errors.UsageError` naming the bad one; nothing inside
+the pipeline re-checks user input.
+
+The resolved configuration written to a run folder (``config.yaml``) can be fed
+back with ``--config`` to repeat the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imgclf.attacks.robustness import ATTACK_NAMES as ATTACKS
+from imgclf.data.augment import PRESETS
+from imgclf.errors import UsageError, unknown_choice
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+AUGMENTATIONS = tuple(PRESETS)
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Default eps lists (pixel units, images in [0, 1]) when the user gives none.
+DEFAULT_EPS_COLOUR = ("0", "1/255", "2/255", "4/255", "8/255")
+DEFAULT_EPS_GREY = ("0", "0.05", "0.1", "0.2", "0.3")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split and augmented."""
+
+    dataset: str = "digits"  # a registered name (`imgclf datasets`) or an image-folder path
+    data_dir: str | None = None  # None: $IMGCLF_DATA_DIR, else the per-user cache folder
+    image_size: int | None = None  # resize to N x N; None: the data set's own size
+    channels: int | None = None  # 1 or 3; None: from the data (grey folders stay 1 channel)
+    val_fraction: float = 0.2  # held out of train when the data set has no val split
+    test_fraction: float = 0.2  # held out when the data set has no test split
+    train_examples: int | None = None  # seeded stratified subset of train; None: all
+    augment: str = "none"  # one of AUGMENTATIONS
+    download: bool = True  # fetch missing files of built-in data sets
+
+
+@dataclass
+class ModelConfig:
+    """Which architecture, and its keyword-only hyperparameters (`imgclf models`)."""
+
+    name: str = "simple-cnn"
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. {hidden: 256, depth: 2}
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"  # one of OPTIMIZERS
+    lr: float = 2e-3  # peak learning rate for onecycle, initial for the others
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = True  # SGD only
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # one of SCHEDULES; stepped once per batch
+    step_epochs: int = 5  # `step` schedule: multiply lr by step_gamma every this many epochs
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0  # in [0, 1)
+
+
+@dataclass
+class AttackConfig:
+    """Robustness evaluation: which attacks, at which eps, on how many test images."""
+
+    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
+    eps: list[str] | None = None  # pixel units, e.g. ["0", "8/255"]; None: by channels
+    examples: int | None = 1000  # seeded stratified subset of test; None: the whole split
+    steps: int = 10  # PGD iterations
+    alpha: float | None = None  # PGD step size (pixel units); None: 2.5 * eps / steps
+    random_start: bool = True  # PGD starts at a uniform point in the eps ball
+    batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    """The whole configuration of one run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    seed: int = 0
+    device: str = "auto"  # one of DEVICES
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "attack": AttackConfig}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` to ``annotation`` (a field's type) or raise UsageError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+            return None
+        return _coerce(value, inner, where)
+    if origin is list:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where} must be a list, got {value!r}")
+        return [_coerce(item, args[0], where) for item in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where} must be a mapping of names to values, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UsageError(f"{where} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UsageError(f"{where} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise UsageError(f"{where} must be an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UsageError(f"{where} must be a number, got {value!r}")
+        try:
+            number = float(Fraction(str(value).strip()))
+        except (ValueError, ZeroDivisionError):
+            raise UsageError(f"{where} must be a number, got {value!r}") from None
+        return number
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise UsageError(f"{where} must be a single value, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config annotation {annotation!r} for {where}")
+
+
+def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:
+    if not isinstance(values, dict):
+        raise UsageError(f"config section {section!r} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise UsageError(
+                f"unknown setting {section}.{key!r}; valid settings in {section!r}: "
+                + ", ".join(names)
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a nested mapping.
+
+    Args:
+        values: ``{"data": {...}, "model": {...}, "train": {...}, "attack": {...},
+            "seed": int, "device": str}``; every key is optional.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        UsageError: On an unknown key, a value of the wrong type, or a value
+            outside its valid range or choices; the message names the key.
+    """
+    if values is not None and not isinstance(values, dict):
+        raise UsageError(f"a config must be a mapping of sections, got {values!r}")
+    values = dict(values or {})
+    top = {"seed", "device", *_SECTIONS}
+    for key in values:
+        if key not in top:
+            raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(top))}")
+    sections = {name: _section_from_dict(cls, values.get(name) or {}, name) for name, cls in _SECTIONS.items()}
+    config = RunConfig(
+        **sections,
+        seed=_coerce(values.get("seed", 0), int, "seed"),
+        device=_coerce(values.get("device", "auto"), str, "device"),
+    )
+    validate(config)
+    return config
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The configuration as plain nested dicts, lists and scalars (YAML-ready)."""
+    return dataclasses.asdict(config)
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``values["train"]["epochs"] = value`` for ``key="train.epochs"``."""
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML file (optional), apply dotted-key overrides, and validate.
+
+    Args:
+        path: A YAML file with the sections of :class:`RunConfig`, or None for
+            the defaults.
+        overrides: ``{"train.epochs": 3, ...}``, applied after the file.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        UsageError: If the file is missing or not valid YAML, or any value is
+            invalid.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise UsageError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UsageError(f"config file {str(path)!r} must hold a mapping of sections")
+        values = loaded or {}
+    for key, value in (overrides or {}).items():
+        set_dotted(values, key, value)
+    return config_from_dict(values)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The configuration as YAML text, readable by :func:`load_config`."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def parse_eps(values: str | float | list[str | float]) -> list[float]:
+    """Parse eps values given in pixel units.
+
+    Accepts numbers (``0.03``), fractions (``8/255``), comma-separated lists of
+    them, and inclusive ranges ``start:stop:step`` (``0:8/255:2/255`` is
+    0, 2/255, 4/255, 6/255, 8/255).
+
+    Args:
+        values: A string, a number, or a list of strings and numbers.
+
+    Returns:
+        The eps values as floats in ``[0, 1]``, in the order given.
+
+    Raises:
+        UsageError: If a value is not a number, is negative or above 1, or a
+            range is empty or has a non-positive step.
+    """
+    items = values if isinstance(values, (list, tuple)) else [values]
+    result: list[float] = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if ":" in part:
+                result.extend(_parse_eps_range(part))
+            else:
+                result.append(_parse_eps_value(part, part))
+    if not result:
+        raise UsageError("no eps given; expected values such as 0,2/255,8/255")
+    return result
+
+
+def _parse_eps_value(text: str, shown: str) -> float:
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(
+            f"invalid eps {shown!r}: expected a number in [0, 1] (pixel units) such as 0.03 or 8/255"
+        ) from None
+    if not 0 <= value <= 1:
+        raise UsageError(f"invalid eps {shown!r}: eps is in pixel units and must lie in [0, 1]")
+    return float(value)
+
+
+def _parse_eps_range(text: str) -> list[float]:
+    pieces = text.split(":")
+    if len(pieces) != 3:
+        raise UsageError(f"invalid eps range {text!r}: expected start:stop:step such as 0:8/255:1/255")
+    for piece in pieces:
+        _parse_eps_value(piece.strip(), text)  # each bound must itself be a valid eps
+    start, stop, step = (Fraction(piece.strip()) for piece in pieces)
+    if step <= 0 or stop < start:
+        raise UsageError(f"invalid eps range {text!r}: needs step > 0 and stop >= start")
+    count = math.floor((stop - start) / step)
+    return [float(start + i * step) for i in range(count + 1)]
+
+
+def validate(config: RunConfig) -> None:
+    """Check ranges and choices of a configuration.
+
+    Raises:
+        UsageError: Naming the first invalid setting and its valid values.
+    """
+    data, train, attack = config.data, config.train, config.attack
+    if data.augment not in AUGMENTATIONS:
+        raise unknown_choice("augmentation (data.augment)", data.augment, AUGMENTATIONS)
+    if data.image_size is not None and not 4 <= data.image_size <= 1024:
+        raise UsageError(f"data.image_size must be between 4 and 1024 pixels, got {data.image_size}")
+    if data.channels not in (None, 1, 3):
+        raise UsageError(f"data.channels must be 1 or 3, got {data.channels}")
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(data, name)
+        if not 0 < value < 1:
+            raise UsageError(f"data.{name} must be between 0 and 1 (exclusive), got {value}")
+    if data.train_examples is not None and data.train_examples < 1:
+        raise UsageError(f"data.train_examples must be a positive integer, got {data.train_examples}")
+    if train.optimizer not in OPTIMIZERS:
+        raise unknown_choice("optimizer (train.optimizer)", train.optimizer, OPTIMIZERS)
+    if train.schedule not in SCHEDULES:
+        raise unknown_choice("schedule (train.schedule)", train.schedule, SCHEDULES)
+    for name in ("epochs", "batch_size", "step_epochs"):
+        if getattr(train, name) < 1:
+            raise UsageError(f"train.{name} must be a positive integer, got {getattr(train, name)}")
+    if not (train.lr > 0 and math.isfinite(train.lr)):
+        raise UsageError(f"train.lr must be a positive number, got {train.lr}")
+    if train.weight_decay < 0 or train.momentum < 0 or train.step_gamma <= 0:
+        raise UsageError("train.weight_decay and train.momentum must be >= 0, train.step_gamma > 0")
+    if not 0 <= train.label_smoothing < 1:
+        raise UsageError(f"train.label_smoothing must be in [0, 1), got {train.label_smoothing}")
+    for name in attack.attacks:
+        if name not in ATTACKS:
+            raise unknown_choice("attack", name, ATTACKS)
+    if not attack.attacks:
+        raise UsageError(f"attack.attacks is empty; valid choices: {', '.join(ATTACKS)}")
+    if attack.eps is not None:
+        parse_eps(attack.eps)
+    if attack.examples is not None and attack.examples < 1:
+        raise UsageError(f"attack.examples must be a positive integer or 'all', got {attack.examples}")
+    if attack.steps < 1 or attack.batch_size < 1:
+        raise UsageError("attack.steps and attack.batch_size must be positive integers")
+    if attack.alpha is not None and not 0 < attack.alpha <= 1:
+        raise UsageError(f"attack.alpha is a step in pixel units and must lie in (0, 1], got {attack.alpha}")
+    if config.device not in DEVICES:
+        raise unknown_choice("device", config.device, DEVICES)

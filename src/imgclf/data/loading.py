@@ -1,0 +1,197 @@
+"""From a :class:`~imgclf.config.DataConfig` to train/val/test splits in memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from imgclf.config import DataConfig
+from imgclf.data.builtin import DATASETS, Pools, fetch
+from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit
+from imgclf.data.folder import load_folder, looks_like_folder
+from imgclf.errors import UsageError, unknown_choice
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+    """``data_dir``, else ``$IMGCLF_DATA_DIR``, else ``$XDG_CACHE_HOME/imgclf/data``
+    (``~/.cache/imgclf/data``)."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get("IMGCLF_DATA_DIR"):
+        return Path(os.environ["IMGCLF_DATA_DIR"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "imgclf" / "data"
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions ``0..N-1`` into ``(keep, held_out)`` with ``fraction`` held out.
+
+    Stratified by label (scikit-learn's ``train_test_split``), seeded. Falls
+    back to a plain seeded split when some class has a single example.
+
+    Args:
+        labels: ``int`` array of shape ``(N,)``.
+        fraction: Share held out, in ``(0, 1)``.
+        seed: Random seed.
+
+    Returns:
+        Two sorted ``int64`` position arrays.
+
+    Raises:
+        UsageError: If either side would be empty.
+    """
+    positions = np.arange(len(labels))
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    n_held = int(round(fraction * len(labels)))
+    if n_held < 1 or n_held >= len(labels):
+        raise UsageError(
+            f"cannot hold out {fraction:.0%} of {len(labels)} examples: one side would be empty"
+        )
+    if stratify is not None:
+        n_held = min(max(n_held, int((counts > 0).sum())), len(labels) - int((counts > 0).sum()))
+    keep, held = train_test_split(positions, test_size=n_held, random_state=seed, stratify=stratify)
+    return np.sort(keep).astype(np.int64), np.sort(held).astype(np.int64)
+
+
+def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded stratified subset of size ``n`` (all if ``n`` is None or >= N)."""
+    if n is None or n >= len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    _, chosen = stratified_split(labels, n / len(labels), seed)
+    return chosen
+
+
+def _load_pools(config: DataConfig) -> tuple[str, Pools, list[tuple[str, str]], list[str]]:
+    name = config.dataset
+    if name in DATASETS:
+        pools = fetch(DATASETS[name], resolve_data_dir(config.data_dir), config.download)
+        return name, pools, [], []
+    if looks_like_folder(name):
+        pools, bad, notes = load_folder(
+            Path(name).expanduser(), image_size=config.image_size, channels=config.channels
+        )
+        return str(Path(name)), pools, bad, notes
+    raise unknown_choice("dataset", name, [*DATASETS, "PATH (an image folder)"])
+
+
+def _adapt(images: np.ndarray, config: DataConfig) -> np.ndarray:
+    """Apply ``channels`` and ``image_size`` to a built-in data set's pool (``uint8`` NCHW)."""
+    tensor = torch.from_numpy(images)
+    if config.channels == 3 and tensor.shape[1] == 1:
+        tensor = tensor.expand(-1, 3, -1, -1)  # grey -> RGB by repetition
+    elif config.channels == 1 and tensor.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601-2 luma, as Pillow's "L"
+        tensor = (tensor.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if config.image_size is not None and tuple(tensor.shape[-2:]) != (config.image_size,) * 2:
+        import torchvision.transforms.v2.functional as tvf
+
+        tensor = tvf.resize(tensor, [config.image_size, config.image_size], antialias=True)
+    return tensor.contiguous().numpy()
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of ``uint8`` ``(N, C, H, W)`` images, in [0, 1] units."""
+    flat = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0  # (C, N*H*W)
+    mean = flat.mean(dim=1)
+    std = flat.std(dim=1).clamp_min(1e-3)  # a constant channel must not divide by zero
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def load_data(
+    config: DataConfig, *, seed: int, indices: dict[str, tuple[str, np.ndarray]] | None = None
+) -> DataSplits:
+    """Load a data set and split it into train, val and test.
+
+    Data sets without a test split lose a seeded stratified ``test_fraction``
+    of train to test; those without a val split then lose ``val_fraction`` of
+    what is left to val (the 80/20 split of the seed projects).
+
+    Args:
+        config: Data settings.
+        seed: Seed for every split.
+        indices: ``{split: (pool, positions)}`` from a run folder's
+            ``splits.npz``; when given, those exact examples are used.
+
+    Returns:
+        The splits, with images as ``uint8`` tensors (see :class:`ImageSplit`).
+
+    Raises:
+        UsageError: Unknown data set, unreadable folder, or impossible split.
+        DataNotFoundError: Built-in data set files missing and not downloadable.
+    """
+    name, pools, bad_files, notes = _load_pools(config)
+    raw = {split: (_adapt(x, config), y) for split, (x, y) in pools.pools.items()}
+    if indices is None:
+        indices = split_indices(
+            {split: y for split, (_, y) in raw.items()},
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            train_examples=config.train_examples,
+            seed=seed,
+        )
+    splits = {}
+    for split, (pool, positions) in indices.items():
+        if pool not in raw:
+            raise UsageError(f"saved split {split!r} refers to pool {pool!r}, which this data set lacks")
+        images, labels = raw[pool]
+        if len(positions) and positions.max() >= len(labels):
+            raise UsageError(f"saved split {split!r} does not match the data set: it has fewer examples")
+        splits[split] = ImageSplit(
+            torch.from_numpy(images[positions]), torch.from_numpy(labels[positions]), pool, positions
+        )
+    train = splits["train"]
+    mean, std = channel_stats(train.images)
+    spec = DatasetSpec(
+        name=name,
+        class_names=tuple(pools.class_names),
+        channels=int(train.images.shape[1]),
+        image_size=(int(train.images.shape[2]), int(train.images.shape[3])),
+        mean=mean,
+        std=std,
+    )
+    return DataSplits(spec, splits["train"], splits["val"], splits["test"], bad_files, notes)
+
+
+def split_indices(
+    labels: dict[str, np.ndarray],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    train_examples: int | None,
+    seed: int,
+) -> dict[str, tuple[str, np.ndarray]]:
+    """Decide which examples of which pool form each split.
+
+    Args:
+        labels: ``{pool: labels}`` for the pools the data set has (``train``
+            always, ``val`` and ``test`` optionally).
+        val_fraction, test_fraction: Held-out shares where a pool is missing.
+        train_examples: Optional size of a stratified subset of train.
+        seed: Random seed.
+
+    Returns:
+        ``{"train" | "val" | "test": (pool, sorted positions)}``.
+    """
+    train_pos = np.arange(len(labels["train"]), dtype=np.int64)
+    result: dict[str, tuple[str, np.ndarray]] = {}
+    if "test" in labels:
+        result["test"] = ("test", np.arange(len(labels["test"]), dtype=np.int64))
+    else:
+        keep, held = stratified_split(labels["train"], test_fraction, seed)
+        result["test"] = ("train", held)
+        train_pos = keep
+    if "val" in labels:
+        result["val"] = ("val", np.arange(len(labels["val"]), dtype=np.int64))
+    else:
+        keep, held = stratified_split(labels["train"][train_pos], val_fraction, seed + 1)
+        result["val"] = ("train", train_pos[held])
+        train_pos = train_pos[keep]
+    if train_examples is not None:
+        train_pos = train_pos[stratified_subset(labels["train"][train_pos], train_examples, seed + 2)]
+    result["train"] = ("train", train_pos)
+    return result

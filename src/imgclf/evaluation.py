@@ -1,0 +1,80 @@
+"""Run a model over a split and turn its predictions into metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imgclf.data.batches import iterate_batches
+from imgclf.data.containers import ImageSplit
+from imgclf.metrics import ClassificationMetrics, classification_metrics
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module, split: ImageSplit, *, batch_size: int = 512, device: torch.device
+) -> torch.Tensor:
+    """Logits of ``model`` for every example of ``split``, in order.
+
+    The caller chooses the model's mode (``model.eval()`` for evaluation).
+
+    Returns:
+        ``float32`` tensor of shape ``(N, K)`` on the CPU.
+    """
+    outputs = [
+        model(images).float().cpu()
+        for images, _ in iterate_batches(split, batch_size=batch_size, device=device)
+    ]
+    return torch.cat(outputs)
+
+
+def loss_and_accuracy(
+    model: torch.nn.Module, split: ImageSplit, *, batch_size: int, device: torch.device
+) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of ``model`` on ``split`` (model left as given)."""
+    logits = predict_logits(model, split, batch_size=batch_size, device=device)
+    loss = F.cross_entropy(logits, split.labels).item()
+    accuracy = (logits.argmax(1) == split.labels).float().mean().item()
+    return loss, accuracy
+
+
+@dataclass
+class EvalResult:
+    """The evaluate stage's output.
+
+    Attributes:
+        metrics: Clean metrics on the test split.
+        predictions: ``int64`` ``(N,)`` predicted class per test example.
+        probabilities: ``float32`` ``(N, K)`` softmax of the logits.
+        seconds: Wall time of the evaluation.
+    """
+
+    metrics: ClassificationMetrics
+    predictions: np.ndarray
+    probabilities: np.ndarray
+    seconds: float
+
+
+def evaluate(
+    model: torch.nn.Module,
+    split: ImageSplit,
+    class_names: list[str],
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+) -> EvalResult:
+    """Clean metrics of ``model`` on ``split`` (accuracy, macro F1, per class...).
+
+    The model is put in eval mode.
+    """
+    import time
+
+    start = time.perf_counter()
+    model.eval()
+    logits = predict_logits(model, split, batch_size=batch_size, device=device)
+    predictions = logits.argmax(1).numpy()
+    metrics = classification_metrics(split.labels.numpy(), predictions, class_names)
+    return EvalResult(metrics, predictions, logits.softmax(1).numpy(), time.perf_counter() - start)

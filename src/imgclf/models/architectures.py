@@ -1,0 +1,129 @@
+"""The built-in architectures. Each builder returns the body that maps
+normalized images ``(B, C, H, W)`` to logits ``(B, K)``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from imgclf.errors import UsageError
+from imgclf.models.registry import register_model
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+@register_model("mlp", summary="flatten, hidden fully connected layers (default one of 128, ReLU), linear head")
+def mlp(
+    *,
+    channels: int,
+    image_size: tuple[int, int],
+    num_classes: int,
+    hidden: int = 128,  # units per hidden layer
+    depth: int = 1,  # number of hidden layers
+    activation: str = "relu",  # relu | gelu | elu | tanh | silu
+    dropout: float = 0.0,  # after each hidden layer
+) -> nn.Module:
+    """Multilayer perceptron, the seed projects' "DNN".
+
+    Input ``(B, C, H, W)``; parameters ``(C*H*W + 1)*hidden + (depth-1)*(hidden+1)*hidden
+    + (hidden+1)*K`` (101,770 for MNIST with the defaults).
+    """
+    if activation not in ACTIVATIONS:
+        raise UsageError(f"unknown activation {activation!r}; valid choices: {', '.join(ACTIVATIONS)}")
+    if hidden < 1 or depth < 0 or not 0 <= dropout < 1:
+        raise UsageError("mlp needs hidden >= 1, depth >= 0 and dropout in [0, 1)")
+    layers: list[nn.Module] = [nn.Flatten()]  # (B, C, H, W) -> (B, C*H*W)
+    width = channels * image_size[0] * image_size[1]
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+@register_model(
+    "simple-cnn",
+    summary="two 3x3 convolutions (32 filters, same padding) each with ReLU and 2x2 max-pooling, linear head",
+    min_size=4,
+)
+def simple_cnn(
+    *, channels: int, image_size: tuple[int, int], num_classes: int, filters: int = 32
+) -> nn.Module:
+    """The MNIST/CIFAR-10 seed architecture.
+
+    Input ``(B, C, H, W)`` with ``H, W >= 4``; 28x28x1 input with 32 filters has
+    25,354 parameters.
+    """
+    h, w = image_size[0] // 4, image_size[1] // 4
+    return nn.Sequential(
+        nn.Conv2d(channels, filters, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # (B, F, H, W) -> (B, F, H/2, W/2)
+        nn.Conv2d(filters, filters, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # -> (B, F, H/4, W/4)
+        nn.Flatten(),  # -> (B, F*H/4*W/4)
+        nn.Linear(filters * h * w, num_classes),
+    )
+
+
+@register_model(
+    "cnn",
+    summary="three conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool, dropout), for 32-64 px colour images",
+    min_size=8,
+)
+def cnn(
+    *,
+    channels: int,
+    image_size: tuple[int, int],
+    num_classes: int,
+    widths: tuple = (32, 64, 128),  # filters of the three blocks
+    dropout: float = 0.25,  # after each block, and 2x before the head
+) -> nn.Module:
+    """A small VGG-style CNN with batch norm.
+
+    Input ``(B, C, H, W)`` with ``H, W >= 8``; about 0.11 M parameters at 32x32x3
+    with the defaults and 10 classes.
+    """
+    if len(widths) != 3 or not 0 <= dropout < 0.5:
+        raise UsageError("cnn needs three widths and dropout in [0, 0.5)")
+    layers: list[nn.Module] = []
+    in_ch = channels
+    for width in widths:
+        layers += [
+            nn.Conv2d(in_ch, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # (B, W, H, W) -> (B, W, H/2, W/2)
+            nn.Dropout(dropout),
+        ]
+        in_ch = width
+    h, w = image_size[0] // 8, image_size[1] // 8
+    layers += [
+        nn.Flatten(),  # (B, W3, H/8, W/8) -> (B, W3*H/8*W/8)
+        nn.Dropout(2 * dropout),
+        nn.Linear(in_ch * h * w, num_classes),
+    ]
+    return nn.Sequential(*layers)
+
+
+@register_model(
+    "resnet18",
+    summary="ResNet-18 (He et al. 2016), CIFAR variant: 3x3 stem, no stem max-pool; torchvision's blocks",
+    min_size=8,
+)
+def resnet18(*, channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+    """ResNet-18 for small images (11.2 M parameters with 10 classes).
+
+    torchvision's ``resnet18`` with the ImageNet stem (7x7 stride-2 conv and
+    max-pool) replaced by a 3x3 stride-1 conv, as for CIFAR-10 in He et al.,
+    "Deep Residual Learning for Image Recognition" (CVPR 2016). Input
+    ``(B, C, H, W)``; global average pooling makes any ``H, W >= 8`` work.
+    """
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net

@@ -1,0 +1,252 @@
+"""The stages of a run (train, evaluate, attack, report) and ``run``, which chains them.
+
+Each stage takes plain objects, returns plain objects, and writes its own part
+of the run folder (see :mod:`imgclf.run_folder`). ``imgclf run`` passes the
+objects along in memory; ``imgclf evaluate|attack|report RUN`` rebuild them from
+the folder (configuration, saved split indices, model) and call the same
+functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from imgclf.attacks import AttackSpec, RobustnessResult, robustness
+from imgclf.checkpoint import load_model, model_info, save_model
+from imgclf.config import DEFAULT_EPS_COLOUR, DEFAULT_EPS_GREY, RunConfig, dump_config, load_config, parse_eps
+from imgclf.data import DataSplits, load_data, stratified_subset
+from imgclf.evaluation import EvalResult, evaluate
+from imgclf.models import create_model
+from imgclf.report import write_report
+from imgclf.run_folder import RunFolder, atomic_write_text
+from imgclf.runtime import environment, seed_everything, select_device
+from imgclf.training import TrainResult, fit
+
+
+class RunLog:
+    """Prints progress lines (unless quiet) and keeps every line in ``log.txt``."""
+
+    def __init__(self, folder: RunFolder | None = None, *, quiet: bool = False):
+        self.folder, self.quiet, self._pending = folder, quiet, []
+
+    def attach(self, folder: RunFolder) -> None:
+        """Start writing to ``folder``'s log, including lines logged before it existed."""
+        self.folder = folder
+        for line in self._pending:
+            folder.append_log(line)
+        self._pending.clear()
+
+    def __call__(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)
+        if self.folder is None:
+            self._pending.append(line)
+        else:
+            self.folder.append_log(line)
+
+
+@dataclass
+class TrainedRun:
+    """What the train stage hands on."""
+
+    folder: RunFolder
+    config: RunConfig
+    data: DataSplits
+    model: torch.nn.Module
+    device: torch.device
+    result: TrainResult
+
+
+def resolve_eps(config: RunConfig, channels: int) -> RunConfig:
+    """Fill in the default eps list for the data's channels (grey or colour)."""
+    if config.attack.eps is not None:
+        return config
+    eps = list(DEFAULT_EPS_COLOUR if channels == 3 else DEFAULT_EPS_GREY)
+    return replace(config, attack=replace(config.attack, eps=eps))
+
+
+def _save_splits(folder: RunFolder, data: DataSplits) -> None:
+    arrays = {}
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        arrays[f"{name}_pool"] = np.array(split.source)
+        arrays[f"{name}_indices"] = split.indices
+    folder.write_arrays("splits.npz", **arrays)
+
+
+def _load_splits(folder: RunFolder) -> dict[str, tuple[str, np.ndarray]] | None:
+    arrays = folder.read_arrays("splits.npz")
+    if arrays is None:
+        return None
+    return {name: (str(arrays[f"{name}_pool"]), arrays[f"{name}_indices"]) for name in ("train", "val", "test")}
+
+
+def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = False) -> TrainedRun:
+    """Load data, train, and save the model, config, splits and history.
+
+    Args:
+        config: The validated configuration.
+        out: Run folder to create (must not exist or be empty); None for
+            ``runs/<dataset>-<model>-<time>``.
+        quiet: Print nothing but errors.
+
+    Raises:
+        UsageError: Bad data set, model, options, or an existing output folder.
+    """
+    if out is not None:
+        RunFolder.check_available(out)
+    log = RunLog(quiet=quiet)
+    seed_everything(config.seed)
+    device = select_device(config.device)
+    data = load_data(config.data, seed=config.seed)
+    spec = data.spec
+    config = resolve_eps(config, spec.channels)
+    model = create_model(
+        config.model.name, channels=spec.channels, image_size=spec.image_size,
+        num_classes=spec.num_classes, mean=spec.mean, std=spec.std, options=config.model.options,
+    ).to(device)
+    stem = Path(spec.name).name if "/" in spec.name else spec.name
+    folder = RunFolder.create(out, default_name=f"{stem}-{config.model.name}")
+    log.attach(folder)
+    atomic_write_text(folder.config_path, dump_config(config))
+    _save_splits(folder, data)
+    if data.bad_files:
+        atomic_write_text(folder.file("bad_files.txt"), "".join(f"{p}\t{r}\n" for p, r in data.bad_files))
+    for note in data.notes:
+        log(f"warning: {note}")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(
+        f"{spec.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
+        f"{spec.num_classes} classes, input {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}; "
+        f"{config.model.name} with {n_params:,} parameters on {device}"
+    )
+    env = environment(device)
+    folder.update_metrics({
+        "dataset": spec.name,
+        "model": config.model.name,
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names),
+        "seed": config.seed,
+        "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
+                 "input_shape": list(spec.input_shape), "bad_files": len(data.bad_files)},
+        "data_notes": data.notes,
+        "environment": env,
+    })
+    result = fit(
+        model, data, config.train, augment=config.data.augment, device=device, seed=config.seed,
+        log=log, quiet=quiet, on_epoch=lambda r: folder.write_csv("history.csv", r.history),
+    )
+    save_model(model, folder.weights_path, model_info(config.model.name, config.model.options, spec, env))
+    folder.update_metrics({
+        "training": {"epochs": config.train.epochs, "best_epoch": result.best_epoch,
+                     "best_val_accuracy": result.best_val_accuracy},
+        "timing": {"train_seconds": result.seconds},
+    })
+    log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy:.4f}); model saved to {folder.weights_path}")
+    return TrainedRun(folder, config, data, model, device, result)
+
+
+def evaluate_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, *, device: torch.device,
+                   seed: int, log=print) -> EvalResult:
+    """Clean metrics on the test split; saves ``metrics.json`` (``clean``) and ``samples.npz``."""
+    result = evaluate(model, data.test, list(data.spec.class_names), device=device)
+    labels = data.test.labels.numpy()
+    rng = np.random.default_rng(seed)
+    shown = np.sort(rng.choice(len(labels), size=min(16, len(labels)), replace=False))
+    wrong = np.flatnonzero(result.predictions != labels)
+    wrong = np.sort(rng.choice(wrong, size=min(8, len(wrong)), replace=False))
+    folder.write_arrays(
+        "samples.npz",
+        images=data.test.float_images(shown).numpy(), labels=labels[shown], predictions=result.predictions[shown],
+        error_images=data.test.float_images(wrong).numpy(), error_labels=labels[wrong],
+        error_predictions=result.predictions[wrong],
+    )
+    folder.update_metrics({"clean": result.metrics.to_dict(), "timing": {"eval_seconds": result.seconds}})
+    m = result.metrics
+    log(f"test: accuracy {m.accuracy:.4f}  macro F1 {m.macro_f1:.4f}  balanced accuracy {m.balanced_accuracy:.4f}  (n={m.n})")
+    return result
+
+
+def attack_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, config: RunConfig, *,
+                 device: torch.device, log=print, quiet: bool = False) -> RobustnessResult:
+    """Accuracy under each configured attack and eps on a seeded stratified test subset.
+
+    Saves ``metrics.json`` (``robustness``, ``attack``) and ``adversarial.npz``.
+    """
+    attack = config.attack
+    eps_values = parse_eps(attack.eps)
+    labels = data.test.labels
+    rows = stratified_subset(labels.numpy(), attack.examples, config.seed)
+    images = data.test.float_images(rows)
+    specs = [AttackSpec(name, steps=attack.steps, alpha=attack.alpha, random_start=attack.random_start)
+             for name in attack.attacks]
+    model.eval()
+    with tqdm(total=len(specs) * len(eps_values) * -(-len(rows) // attack.batch_size), desc="attacks",
+              unit="batch", leave=False, disable=True if quiet else None, dynamic_ncols=True) as bar:
+        result = robustness(
+            model, images, labels[torch.as_tensor(rows)], attacks=specs, eps_values=eps_values,
+            device=device, batch_size=attack.batch_size, seed=config.seed,
+            progress=lambda done, total: bar.update(1),
+        )
+    folder.write_arrays("adversarial.npz", **result.examples)
+    folder.update_metrics({
+        "robustness": result.to_dicts(),
+        "attack": {"n": result.n, "clean_accuracy": result.clean_accuracy, "seed": result.seed,
+                   "test_positions": "stratified subset of the test split, seeded (attack.examples)",
+                   "warnings": result.warnings},
+        "timing": {"attack_seconds": result.seconds},
+    })
+    for entry in result.entries:
+        log(f"{entry.attack.upper():>5} eps {entry.eps:.4f}: accuracy {entry.accuracy:.4f} (n={entry.n})")
+    for warning in result.warnings:
+        log(f"warning: {warning}")
+    return result
+
+
+def report_stage(folder: RunFolder, *, log=print) -> Path:
+    """Figures and ``report.html`` from what the folder holds."""
+    path = write_report(folder)
+    log(f"report: {path}")
+    return path
+
+
+def run(config: RunConfig, *, out: str | Path | None = None, quiet: bool = False) -> RunFolder:
+    """The whole pipeline: train, evaluate, attack, report. Returns the run folder."""
+    trained = train_stage(config, out=out, quiet=quiet)
+    log = RunLog(trained.folder, quiet=quiet)
+    evaluate_stage(trained.folder, trained.model, trained.data, device=trained.device, seed=trained.config.seed, log=log)
+    attack_stage(trained.folder, trained.model, trained.data, trained.config, device=trained.device, log=log, quiet=quiet)
+    report_stage(trained.folder, log=log)
+    return trained.folder
+
+
+@dataclass
+class LoadedRun:
+    """A finished train stage, rebuilt from its folder."""
+
+    folder: RunFolder
+    config: RunConfig
+    data: DataSplits
+    model: torch.nn.Module
+    device: torch.device
+
+
+def open_run(path: str | Path, *, overrides: dict | None = None) -> LoadedRun:
+    """Rebuild a run from its folder: configuration (with ``overrides``), the
+    same data splits, and the trained model in eval mode.
+
+    Raises:
+        UsageError: If ``path`` is not a run folder or the data cannot be loaded.
+    """
+    folder = RunFolder.open(path)
+    config = load_config(folder.config_path, overrides)
+    seed_everything(config.seed)
+    device = select_device(config.device)
+    data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))
+    model = load_model(folder.path, device=device)
+    return LoadedRun(folder, resolve_eps(config, data.spec.channels), data, model, device)

@@ -1,0 +1,117 @@
+"""The report stage: figures and one self-contained ``report.html`` from a run folder.
+
+It renders what the earlier stages saved (``metrics.json``, ``history.csv``,
+``samples.npz``, ``adversarial.npz``, ``config.yaml``) and computes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from imgclf.report.plots import (
+    adversarial_figure,
+    confusion_matrix_figure,
+    eps_label,
+    prediction_grid,
+    robustness_curve,
+    save_figure,
+    training_curves,
+)
+from imgclf.run_folder import RunFolder, atomic_write_text
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def write_report(folder: RunFolder) -> Path:
+    """Write ``figures/*.png`` and ``report.html`` for the run in ``folder``.
+
+    Sections whose inputs are missing (for example no attack stage yet) are
+    left out.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    metrics = folder.read_json("metrics.json", default={})
+    info = folder.read_json("model.json", default={})
+    history = folder.read_csv("history.csv")
+    class_names = metrics.get("class_names") or info.get("class_names") or []
+    input_shape = info.get("input_shape") or [0, 0, 0]
+    colour = input_shape[0] == 3
+    figures: dict[str, str] = {}
+
+    def add(name: str, figure) -> None:
+        data = save_figure(figure, folder.figures / f"{name}.png")
+        figures[name] = base64.b64encode(data).decode("ascii")
+
+    if history:
+        add("training_curves", training_curves(history))
+    clean = metrics.get("clean")
+    if clean:
+        add("confusion_matrix", confusion_matrix_figure(clean["confusion_matrix"], class_names))
+    samples = folder.read_arrays("samples.npz")
+    if samples is not None and len(samples["labels"]):
+        add("predictions", prediction_grid(samples["images"], samples["labels"], samples["predictions"],
+                                           class_names, title="Random test images (wrong predictions in red)"))
+    if samples is not None and len(samples["error_labels"]):
+        add("mistakes", prediction_grid(samples["error_images"], samples["error_labels"],
+                                        samples["error_predictions"], class_names,
+                                        title="Misclassified test images"))
+    robustness = metrics.get("robustness") or []
+    attack_info = metrics.get("attack", {})
+    if robustness:
+        add("robustness", robustness_curve(robustness, attack_info.get("clean_accuracy", float("nan")), colour=colour))
+    adversarial = folder.read_arrays("adversarial.npz")
+    if adversarial is not None and any(key.startswith("adv_") for key in adversarial):
+        add("adversarial", adversarial_figure(adversarial, class_names, colour=colour))
+
+    training = metrics.get("training", {})
+    cards = [{"label": "test accuracy", "value": _percent(clean["accuracy"]) if clean else "–"}]
+    if clean:
+        cards.append({"label": "macro F1", "value": f"{clean['macro_f1']:.4f}"})
+        cards.append({"label": "balanced accuracy", "value": _percent(clean["balanced_accuracy"])})
+    for attack in dict.fromkeys(row["attack"] for row in robustness):
+        worst = max((row for row in robustness if row["attack"] == attack), key=lambda row: row["eps"])
+        cards.append({
+            "label": f"{attack.upper()} accuracy at eps {eps_label(worst['eps'], colour)}",
+            "value": _percent(worst["accuracy"]),
+        })
+    timing = {key: f"{value:.1f} s" for key, value in metrics.get("timing", {}).items()}
+    environment = jinja_environment().get_template("report.html.j2")
+    from imgclf import __version__
+
+    html = environment.render(
+        model=metrics.get("model", info.get("model", "?")),
+        dataset=metrics.get("dataset", info.get("dataset", "?")),
+        num_classes=len(class_names),
+        input_shape="×".join(str(v) for v in input_shape),
+        seed=metrics.get("seed", "?"),
+        run_name=folder.path.name,
+        cards=cards,
+        notes=metrics.get("data_notes", []),
+        figures=figures,
+        best_val=_percent(training.get("best_val_accuracy")),
+        best_epoch=training.get("best_epoch", "?"),
+        clean=clean,
+        clean_n=clean["n"] if clean else None,
+        robustness=[{**row, "eps_label": eps_label(row["eps"], colour)} for row in robustness],
+        robustness_warnings=attack_info.get("warnings", []),
+        attack_n=attack_info.get("n"),
+        attack_clean=attack_info.get("clean_accuracy", float("nan")),
+        timing=timing,
+        environment=metrics.get("environment", {}),
+        config_text=folder.config_path.read_text(encoding="utf-8") if folder.config_path.is_file() else "",
+        version=__version__,
+    )
+    path = folder.file("report.html")
+    atomic_write_text(path, html)
+    return path
+
+
+def jinja_environment() -> Environment:
+    """The Jinja2 environment over imgclf's packaged templates (HTML autoescaped)."""
+    return Environment(loader=PackageLoader("imgclf", "report/templates"), autoescape=select_autoescape(["html", "j2"]))

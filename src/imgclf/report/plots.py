@@ -1,0 +1,173 @@
+"""Figures of a run. Each function returns a :class:`matplotlib.figure.Figure`;
+:func:`save_figure` writes it. Nothing is ever shown on screen, and pyplot's
+global state is never used."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from imgclf.run_folder import atomic_write_bytes
+
+WRONG = "#c0392b"
+RIGHT = "#1e8449"
+
+
+def save_figure(figure: Figure, path: Path, *, dpi: int = 110) -> bytes:
+    """Write ``figure`` as PNG to ``path`` atomically; return the PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    return data
+
+
+def _as_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """``(C, H, W)`` in [0, 1] -> ``(H, W)`` with a grey colour map, or ``(H, W, 3)``."""
+    image = np.clip(image, 0.0, 1.0)
+    if image.shape[0] == 1:
+        return image[0], "gray"
+    return image.transpose(1, 2, 0), None  # (C, H, W) -> (H, W, C)
+
+
+def training_curves(history: Sequence[dict[str, float]]) -> Figure:
+    """Loss and accuracy per epoch, training and validation, side by side."""
+    figure = Figure(figsize=(10, 3.8))
+    loss_ax, acc_ax = figure.subplots(1, 2)
+    epochs = [row["epoch"] for row in history]
+    for ax, key, title in ((loss_ax, "loss", "Loss (cross-entropy)"), (acc_ax, "accuracy", "Top-1 accuracy")):
+        ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
+        ax.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
+    """Confusion matrix: rows true class, columns predicted; colour = share of the row."""
+    counts = np.asarray(matrix)
+    k = len(class_names)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
+    size = min(12.0, 3.0 + 0.45 * k)
+    figure = Figure(figsize=(size + 1, size))
+    ax = figure.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    ax.set_xticks(range(k), labels=class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title("Confusion matrix (test split)")
+    figure.tight_layout()
+    return figure
+
+
+def eps_label(eps: float, colour: bool) -> str:
+    """``8/255`` for colour data when eps is a whole number of grey levels, else ``0.1``."""
+    if colour and eps > 0 and abs(eps * 255 - round(eps * 255)) < 1e-6:
+        return f"{round(eps * 255)}/255"
+    return f"{eps:g}"
+
+
+def robustness_curve(entries: Sequence[dict], clean_accuracy: float, *, colour: bool) -> Figure:
+    """Accuracy against eps, one line per attack, with the clean accuracy as reference."""
+    figure = Figure(figsize=(6.5, 4.2))
+    ax = figure.subplots()
+    attacks = list(dict.fromkeys(entry["attack"] for entry in entries))
+    for name in attacks:
+        points = sorted((e["eps"], e["accuracy"]) for e in entries if e["attack"] == name)
+        steps = next(e["steps"] for e in entries if e["attack"] == name)
+        label = name.upper() + (f"-{steps}" if name == "pgd" else "")
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+    ax.axhline(clean_accuracy, color="grey", linestyle="--", linewidth=1, label="clean")
+    eps_values = sorted({e["eps"] for e in entries})
+    ax.set_xticks(eps_values, labels=[eps_label(e, colour) for e in eps_values])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("eps (L-inf, pixel units)")
+    ax.set_ylabel("accuracy under attack")
+    ax.set_title(f"Robustness (n = {entries[0]['n'] if entries else 0})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def prediction_grid(
+    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str],
+    *, columns: int = 8, title: str = "Test predictions (wrong ones in red)",
+) -> Figure:
+    """Test images with true and predicted class; wrong predictions in red with a red frame.
+
+    Args:
+        images: ``float32`` ``(N, C, H, W)`` in ``[0, 1]``.
+        labels, predictions: ``int`` ``(N,)``.
+    """
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    figure = Figure(figsize=(1.6 * columns, 1.9 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for i in range(n):
+        ax = axes[i]
+        picture, cmap = _as_display(images[i])
+        ax.imshow(picture, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        wrong = labels[i] != predictions[i]
+        ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[predictions[i]]}",
+                     fontsize=8, color=WRONG if wrong else RIGHT)
+        if wrong:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(WRONG)
+                spine.set_linewidth(2.5)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
+def adversarial_figure(examples: dict[str, np.ndarray], class_names: Sequence[str], *, colour: bool) -> Figure:
+    """For each attack: rows clean image / perturbation (amplified) / adversarial image, with predictions."""
+    clean, labels, clean_pred = examples["clean"], examples["labels"], examples["clean_pred"]
+    eps = float(examples["eps"])
+    attacks = [key[4:] for key in examples if key.startswith("adv_")]
+    n = len(clean)
+    rows = 3 * len(attacks)
+    figure = Figure(figsize=(1.6 * n, 1.75 * rows + 0.4))
+    axes = np.asarray(figure.subplots(rows, n, squeeze=False))
+    for a, name in enumerate(attacks):
+        adv, pred = examples[f"adv_{name}"], examples[f"pred_{name}"]
+        delta = adv - clean
+        scale = max(float(np.abs(delta).max()), 1e-12)
+        for i in range(n):
+            panels = (
+                (clean[i], f"clean: {class_names[clean_pred[i]]}", clean_pred[i] != labels[i]),
+                (0.5 + 0.5 * delta[i] / scale, f"{name.upper()} perturbation", False),
+                (adv[i], f"adv: {class_names[pred[i]]}", pred[i] != labels[i]),
+            )
+            for r, (picture, title, wrong) in enumerate(panels):
+                ax = axes[3 * a + r, i]
+                shown, cmap = _as_display(picture)
+                ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+                ax.set_title(title, fontsize=7, color=WRONG if wrong else "black")
+                ax.axis("off")
+    figure.suptitle(
+        f"Adversarial examples at eps = {eps_label(eps, colour)} (perturbation scaled to full contrast; "
+        "red = misclassified)", fontsize=10,
+    )
+    figure.tight_layout()
+    return figure

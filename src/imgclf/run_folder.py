@@ -1,0 +1,196 @@
+"""The run folder: where each stage writes its results, atomically.
+
+Layout (every file optional until its stage has run)::
+
+    RUN/
+      config.yaml          resolved configuration (feed back with --config)
+      model.safetensors    weights (normalization buffers included)
+      model.json           architecture, class names, input shape, normalization, versions
+      splits.npz           indices of the train/val/test examples used
+      history.csv          one row per epoch
+      metrics.json         dataset, model, clean metrics, robustness, timing, environment
+      samples.npz          test images with true and predicted labels (for the report)
+      adversarial.npz      clean and adversarial images with predictions (for the report)
+      log.txt              everything printed during the run
+      figures/*.png        written by the report stage
+      report.html          one self-contained page
+
+Every write goes to a temporary file in the same folder that is then renamed
+over the target, so a reader never sees a half-written file and an
+interrupted run leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.errors import UsageError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class RunFolder:
+    """Paths and atomic readers/writers for one run folder.
+
+    Args:
+        path: The folder.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- creation ---------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path | None, *, default_name: str) -> RunFolder:
+        """Make a new, empty run folder; never reuse one that has files in it.
+
+        Args:
+            path: The folder to create, or None for ``runs/<default_name>-<time>``
+                (a numeric suffix is added if that exists).
+            default_name: Stem of the default folder name, e.g. ``"mnist-simple-cnn"``.
+
+        Raises:
+            UsageError: If ``path`` exists and is not an empty folder.
+        """
+        if path is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            base = Path("runs") / f"{default_name}-{stamp}"
+            candidate, n = base, 1
+            while candidate.exists():
+                n += 1
+                candidate = base.with_name(f"{base.name}-{n}")
+            path = candidate
+        path = Path(path)
+        cls.check_available(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @staticmethod
+    def check_available(path: str | Path) -> None:
+        """Raise UsageError unless ``path`` is absent or an empty folder."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UsageError(
+                f"output folder {str(path)!r} already exists and is not empty; "
+                "choose another --out (imgclf never overwrites a run)"
+            )
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        """Open an existing run folder.
+
+        Raises:
+            UsageError: If ``path`` is not a folder holding ``config.yaml``.
+        """
+        folder = cls(path)
+        if not folder.path.is_dir():
+            raise UsageError(f"run folder {str(path)!r} does not exist")
+        if not folder.config_path.is_file():
+            raise UsageError(f"{str(path)!r} is not a run folder: it has no config.yaml")
+        return folder
+
+    # -- paths ------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def model_info_path(self) -> Path:
+        return self.path / "model.json"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # -- JSON / CSV / arrays ----------------------------------------------
+    def write_json(self, name: str, data: Any) -> Path:
+        path = self.file(name)
+        atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+        return path
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        path = self.file(name)
+        if not path.is_file():
+            return default
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def update_metrics(self, updates: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``updates`` into ``metrics.json`` (dict values merge one level deep)."""
+        metrics = self.read_json("metrics.json", default={})
+        for key, value in updates.items():
+            if isinstance(value, dict) and isinstance(metrics.get(key), dict):
+                metrics[key] = {**metrics[key], **value}
+            else:
+                metrics[key] = value
+        self.write_json("metrics.json", metrics)
+        return metrics
+
+    def write_csv(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        buffer = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        path = self.file(name)
+        atomic_write_text(path, buffer.getvalue())
+        return path
+
+    def read_csv(self, name: str) -> list[dict[str, float]]:
+        path = self.file(name)
+        if not path.is_file():
+            return []
+        with path.open(newline="", encoding="utf-8") as handle:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+    def write_arrays(self, name: str, **arrays: np.ndarray) -> Path:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        path = self.file(name)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    def read_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        path = self.file(name)
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+
+    def append_log(self, line: str) -> None:
+        """Append one line to ``log.txt`` (a log, so appending is the right write)."""
+        with self.file("log.txt").open("a", encoding="utf-8") as handle:
+            handle.write(line.rstrip("\n") + "\n")

@@ -1,0 +1,71 @@
+"""The machine a run executes on: device choice, seeding, and version facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgclf.errors import UsageError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """Resolve ``"auto" | "cpu" | "cuda"`` to a :class:`torch.device`.
+
+    ``auto`` picks CUDA when a GPU is visible, else the CPU.
+
+    Raises:
+        UsageError: If ``cuda`` is asked for on a machine without a usable GPU.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators with ``seed``.
+
+    imgclf itself draws data order, splits and attack random starts from
+    explicit generators derived from the same seed; this call covers weight
+    initialisation and any third-party code that uses the global generators.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh :class:`torch.Generator` on ``device`` seeded with ``seed``."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware facts recorded with every result."""
+    import sklearn
+    import torchvision
+
+    from imgclf import __version__
+
+    info: dict[str, Any] = {
+        "imgclf": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "scikit_learn": sklearn.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "num_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
