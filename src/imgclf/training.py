@@ -108,7 +108,7 @@ class TrainResult:
 
     Attributes:
         history: One dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
-            ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``.
+            ``val_loss``, ``val_accuracy``, ``lr`` (at the end of the epoch), ``seconds``.
         best_epoch: Epoch (1-based) whose weights the model now holds.
         best_val_accuracy: Its validation accuracy.
         seconds: Total training wall time, validation included.
@@ -162,7 +162,6 @@ def fit(
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
         model.train()
         batches = iterate_batches(
             data.train, batch_size=config.batch_size, device=device, shuffle=True,
@@ -173,6 +172,7 @@ def fit(
             train_loss, train_acc = train_one_epoch(
                 model, batches, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, progress=bar
             )
+        lr = optimizer.param_groups[0]["lr"]  # after the epoch's last step
         model.eval()
         val_loss, val_acc = loss_and_accuracy(model, data.val, batch_size=512, device=device)
         seconds = time.perf_counter() - epoch_start

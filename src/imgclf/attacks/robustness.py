@@ -56,7 +56,11 @@ class AttackSpec:
 
 @dataclass
 class RobustnessEntry:
-    """Accuracy under one attack at one eps. ``accuracy`` is in ``[0, 1]`` over ``n`` examples."""
+    """Accuracy under one attack at one eps, over ``n`` examples, in ``[0, 1]``.
+
+    ``clean_accuracy`` is the accuracy on the same ``n`` examples without
+    attack, which ``accuracy`` equals at ``eps = 0``.
+    """
 
     attack: str
     norm: str
@@ -65,6 +69,7 @@ class RobustnessEntry:
     alpha: float
     random_start: bool
     accuracy: float
+    clean_accuracy: float
     n: int
 
 
@@ -139,7 +144,7 @@ def robustness(
     n = int(labels.shape[0])
     chunks = [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, n, batch_size)]
     clean_pred = torch.cat([_predict(model, x.to(device)).cpu() for x, _ in chunks])
-    clean_accuracy = (clean_pred == labels.cpu()).float().mean().item() if n else float("nan")
+    clean_accuracy = int((clean_pred == labels.cpu()).sum()) / n if n else float("nan")
     m = min(show, n)
     examples: dict[str, np.ndarray] = {
         "clean": images[:m].cpu().numpy(), "labels": labels[:m].cpu().numpy(),
@@ -151,20 +156,23 @@ def robustness(
         for eps in eps_values:
             gen = generator(seed)
             correct = 0
-            for b, (x, y) in enumerate(chunks):
+            kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # the first m results, for the report
+            for x, y in chunks:
                 x, y = x.to(device), y.to(device)
                 adv = spec.run(model, x, y, eps, gen)
                 pred = _predict(model, adv)
                 correct += int((pred == y).sum())
-                if b == 0 and eps == eps_values[-1] and m:
-                    examples[f"adv_{spec.name}"] = adv[:m].cpu().numpy()
-                    examples[f"pred_{spec.name}"] = pred[:m].cpu().numpy()
+                if eps == eps_values[-1] and sum(len(p) for _, p in kept) < m:
+                    kept.append((adv.cpu(), pred.cpu()))
                 done += 1
                 if progress is not None:
                     progress(done, total)
+            if kept:
+                examples[f"adv_{spec.name}"] = torch.cat([a for a, _ in kept])[:m].numpy()
+                examples[f"pred_{spec.name}"] = torch.cat([p for _, p in kept])[:m].numpy()
             entries.append(RobustnessEntry(
                 attack=spec.name, norm="linf", eps=eps, **spec.settings(eps),
-                accuracy=correct / n if n else float("nan"), n=n,
+                accuracy=correct / n if n else float("nan"), clean_accuracy=clean_accuracy, n=n,
             ))
     result = RobustnessResult(entries, clean_accuracy, n, seed, examples=examples)
     result.warnings = sanity_warnings(result)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from imgclf.config import DataConfig
 from imgclf.data.builtin import DATASETS, Pools, fetch
 from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit
 from imgclf.data.folder import load_folder, looks_like_folder
 from imgclf.errors import UsageError, unknown_choice
+
+if TYPE_CHECKING:
+    from imgclf.config import DataConfig
 
 
 def resolve_data_dir(data_dir: str | None) -> Path:

@@ -141,33 +141,39 @@ def prediction_grid(
 
 
 def adversarial_figure(examples: dict[str, np.ndarray], class_names: Sequence[str], *, colour: bool) -> Figure:
-    """For each attack: rows clean image / perturbation (amplified) / adversarial image, with predictions."""
+    """Clean images with their predictions, then for each attack the perturbation
+    (scaled to full contrast, grey = 0) and the adversarial image with its prediction.
+
+    Args:
+        examples: ``clean`` ``(M, C, H, W)`` in [0, 1], ``labels`` and
+            ``clean_pred`` ``(M,)``, ``eps``, and per attack ``adv_<name>``
+            ``(M, C, H, W)`` and ``pred_<name>`` ``(M,)``.
+    """
     clean, labels, clean_pred = examples["clean"], examples["labels"], examples["clean_pred"]
     eps = float(examples["eps"])
     attacks = [key[4:] for key in examples if key.startswith("adv_")]
     n = len(clean)
-    rows = 3 * len(attacks)
+    rows = 1 + 2 * len(attacks)
     figure = Figure(figsize=(1.6 * n, 1.75 * rows + 0.4))
     axes = np.asarray(figure.subplots(rows, n, squeeze=False))
+
+    def panel(ax, picture: np.ndarray, title: str, wrong: bool) -> None:
+        shown, cmap = _as_display(picture)
+        ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=7, color=WRONG if wrong else "black")
+        ax.axis("off")
+
+    for i in range(n):
+        panel(axes[0, i], clean[i], f"clean: {class_names[clean_pred[i]]}", clean_pred[i] != labels[i])
     for a, name in enumerate(attacks):
         adv, pred = examples[f"adv_{name}"], examples[f"pred_{name}"]
         delta = adv - clean
         scale = max(float(np.abs(delta).max()), 1e-12)
         for i in range(n):
-            panels = (
-                (clean[i], f"clean: {class_names[clean_pred[i]]}", clean_pred[i] != labels[i]),
-                (0.5 + 0.5 * delta[i] / scale, f"{name.upper()} perturbation", False),
-                (adv[i], f"adv: {class_names[pred[i]]}", pred[i] != labels[i]),
-            )
-            for r, (picture, title, wrong) in enumerate(panels):
-                ax = axes[3 * a + r, i]
-                shown, cmap = _as_display(picture)
-                ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-                ax.set_title(title, fontsize=7, color=WRONG if wrong else "black")
-                ax.axis("off")
+            panel(axes[1 + 2 * a, i], 0.5 + 0.5 * delta[i] / scale, f"{name.upper()} perturbation", False)
+            panel(axes[2 + 2 * a, i], adv[i], f"{name.upper()}: {class_names[pred[i]]}", pred[i] != labels[i])
     figure.suptitle(
-        f"Adversarial examples at eps = {eps_label(eps, colour)} (perturbation scaled to full contrast; "
-        "red = misclassified)", fontsize=10,
+        f"Adversarial examples at eps = {eps_label(eps, colour)} (red = misclassified)", fontsize=10,
     )
     figure.tight_layout()
     return figure

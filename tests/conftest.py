@@ -1,0 +1,51 @@
+"""Shared fixtures. Real-data tests read ../shared/data (or $IMGCLF_DATA_DIR) and
+are skipped, with the reason shown, where that folder is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("IMGCLF_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under the shared test data; skips the test if it is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (set IMGCLF_DATA_DIR)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _quiet_torch():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """An image folder with 3 classes of 12 PNG/JPEG images each, plus clutter."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "shapes"
+    for k, name in enumerate(["circle", "square", "stripe"]):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(12):
+            array = rng.integers(0, 60, size=(20, 24, 3), dtype=np.uint8)
+            array[:, :, k] += 150  # the class is the dominant colour channel
+            suffix = ".png" if i % 2 else ".jpg"
+            Image.fromarray(array).save(folder / f"{i}{suffix}")
+        (folder / "notes.txt").write_text("not an image")
+        (folder / ".DS_Store").write_bytes(b"\x00\x01")
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "junk.png").write_bytes(b"junk")
+    (root / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root

@@ -1,0 +1,134 @@
+"""The command line end to end on digits, and its errors."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from imgclf.checkpoint import load_model
+from imgclf.cli import main
+
+FIGURES = {"training_curves", "confusion_matrix", "predictions", "robustness", "adversarial"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["run", "--out", str(out), "--quiet"]) == 0  # the README's main job, defaults only
+    return out
+
+
+def test_run_writes_every_promised_file(run_dir):
+    for name in ("config.yaml", "model.safetensors", "model.json", "history.csv", "metrics.json",
+                 "splits.npz", "samples.npz", "adversarial.npz", "report.html", "log.txt"):
+        assert (run_dir / name).is_file(), name
+    assert FIGURES <= {p.stem for p in (run_dir / "figures").glob("*.png")}
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy")
+    assert len(history) == 11
+    assert "epoch  10/10" in (run_dir / "log.txt").read_text()
+
+
+def test_run_metrics_are_complete_and_honest(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("dataset", "model", "num_classes", "class_names", "seed", "clean", "robustness", "timing",
+                "environment"):
+        assert key in metrics, key
+    clean = metrics["clean"]
+    assert clean["accuracy"] >= 0.95
+    assert set(clean) >= {"accuracy", "macro_f1", "balanced_accuracy", "per_class", "confusion_matrix"}
+    assert np.array(clean["confusion_matrix"]).shape == (10, 10)
+    assert set(clean["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
+    assert set(metrics["timing"]) == {"train_seconds", "eval_seconds", "attack_seconds"}
+    assert {"imgclf", "torch", "torchvision", "device", "num_threads"} <= set(metrics["environment"])
+    rows = metrics["robustness"]
+    assert {r["attack"] for r in rows} == {"fgsm", "pgd"}
+    assert sorted({r["eps"] for r in rows}) == [0, 0.05, 0.1, 0.2, 0.3]  # grey-data defaults
+    acc = {(r["attack"], r["eps"]): r for r in rows}
+    for r in rows:
+        assert set(r) >= {"attack", "norm", "eps", "steps", "accuracy", "n"}
+        assert r["n"] == metrics["attack"]["n"] == 359  # the whole digits test split (< 1000)
+        if r["eps"] == 0:
+            assert r["accuracy"] == r["clean_accuracy"] == clean["accuracy"]
+        assert acc[("pgd", r["eps"])]["accuracy"] <= acc[("fgsm", r["eps"])]["accuracy"]
+    assert acc[("pgd", 0.3)]["accuracy"] < clean["accuracy"]
+    assert metrics["attack"]["warnings"] == []
+
+
+def test_report_is_one_self_contained_page(run_dir):
+    html = (run_dir / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]{0,30})', html)
+    assert len(sources) >= len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "simple-cnn on digits" in html and "PGD" in html
+
+
+def test_stages_alone_reuse_the_saved_run(run_dir, capsys):
+    before = json.loads((run_dir / "metrics.json").read_text())
+    assert main(["evaluate", str(run_dir)]) == 0
+    assert f"accuracy {before['clean']['accuracy']:.4f}" in capsys.readouterr().out
+    assert main(["attack", str(run_dir), "--attack", "pgd", "--eps", "0,0.1", "--pgd-steps", "3",
+                 "--attack-examples", "100"]) == 0
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert [(r["attack"], r["eps"], r["steps"], r["n"]) for r in after["robustness"]] == [
+        ("pgd", 0.0, 3, 100), ("pgd", 0.1, 3, 100)]
+    assert main(["report", str(run_dir)]) == 0
+    model = load_model(run_dir)
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_the_saved_config_repeats_the_run(run_dir, tmp_path):
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["attack"]["eps"] == ["0", "0.05", "0.1", "0.2", "0.3"]
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run_dir / "config.yaml"), "--out", str(again), "--quiet"]) == 0
+    first, second = load_model(run_dir).state_dict(), load_model(again).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_an_existing_run_folder_is_never_overwritten(run_dir, capsys):
+    stamp = (run_dir / "model.safetensors").stat().st_mtime_ns
+    assert main(["run", "--out", str(run_dir), "--epochs", "1"]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (run_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'; valid choices:"),
+    (["run", "--model", "vgg"], "unknown model 'vgg'; valid choices: cnn, mlp, resnet18, simple-cnn"),
+    (["run", "--attack", "cw"], "unknown attack 'cw'; valid choices: fgsm, pgd"),
+    (["run", "--eps", "abc"], "invalid eps 'abc'"),
+    (["run", "--eps", "-1"], "invalid eps '-1': eps is in pixel units and must lie in [0, 1]"),
+    (["run", "--optimizer", "lion"], "valid choices: adam, adamw, sgd"),
+    (["evaluate", "/no/such/run"], "run folder '/no/such/run' does not exist"),
+])
+def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "x")] if argv[0] == "run" else argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # nothing is created for a run that cannot start
+
+
+def test_missing_data_offline_is_a_user_error_with_instructions(tmp_path, capsys):
+    code = main(["run", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "FashionMNIST" in err and "by hand" in err
+
+
+def test_the_installed_command_exits_2_without_traceback():
+    done = subprocess.run([sys.executable, "-m", "imgclf", "attack", "nowhere"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "does not exist" in done.stderr
+    version = subprocess.run([sys.executable, "-m", "imgclf", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("imgclf ")
+
+
+@pytest.mark.parametrize("command", ["run", "train", "evaluate", "attack", "report", "datasets", "models"])
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "examples:" in capsys.readouterr().out

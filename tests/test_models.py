@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from imgclf.checkpoint import load_model, model_info, save_model
+from imgclf.data.containers import DatasetSpec
+from imgclf.errors import UsageError
+from imgclf.models import MODELS, Normalize, create_model
+
+
+def _spec(channels, size, k=5):
+    return DatasetSpec("synthetic", tuple(f"c{i}" for i in range(k)), channels, (size, size),
+                       (0.5,) * channels, (0.25,) * channels)
+
+
+def _build(name, spec):
+    return create_model(name, channels=spec.channels, image_size=spec.image_size, num_classes=spec.num_classes,
+                        mean=spec.mean, std=spec.std)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])
+def test_every_model_gives_logits_and_trains_every_parameter(name, channels, size):
+    torch.manual_seed(0)
+    spec = _spec(channels, size)
+    model = _build(name, spec)
+    images = torch.rand(4, channels, size, size)
+    logits = model(images)
+    assert logits.shape == (4, 5) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_save_then_load_gives_identical_outputs(tmp_path, name):
+    torch.manual_seed(0)
+    spec = _spec(3, 16)
+    model = _build(name, spec).eval()
+    env = {"torch": torch.__version__}
+    save_model(model, tmp_path / "model.safetensors", model_info(name, {}, spec, env))
+    loaded = load_model(tmp_path)
+    images = torch.rand(3, 3, 16, 16)
+    assert not loaded.training
+    assert torch.equal(model(images), loaded(images))
+    assert torch.equal(loaded.normalize.mean.flatten(), torch.full((3,), 0.5))
+
+
+def test_normalize_is_the_first_layer_and_uses_the_data_statistics():
+    layer = Normalize([0.5, 0.25], [0.5, 0.25])
+    x = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1)
+    assert torch.allclose(layer(x).flatten(), torch.tensor([0.0, 1.0]))
+
+
+def test_bad_model_names_and_options_list_the_valid_ones():
+    spec = _spec(1, 28)
+    with pytest.raises(UsageError, match="unknown model 'vgg'; valid choices: cnn, mlp, resnet18, simple-cnn"):
+        _build("vgg", spec)
+    with pytest.raises(UsageError, match="unknown option 'width' for model 'mlp'; valid options: hidden, depth"):
+        create_model("mlp", channels=1, image_size=(28, 28), num_classes=3, mean=[0], std=[1],
+                     options={"width": 3})
+    with pytest.raises(UsageError, match="must be of type int"):
+        create_model("mlp", channels=1, image_size=(28, 28), num_classes=3, mean=[0], std=[1],
+                     options={"hidden": "big"})
+    with pytest.raises(UsageError, match="at least 8x8"):
+        _build("cnn", _spec(1, 6))
+
+
+def test_mlp_options_change_the_architecture():
+    model = create_model("mlp", channels=1, image_size=(28, 28), num_classes=10, mean=[0], std=[1],
+                         options={"hidden": 64, "depth": 2})
+    assert sum(p.numel() for p in model.parameters()) == (784 + 1) * 64 + 65 * 64 + 65 * 10
+
+
+def test_loading_a_missing_or_foreign_file_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no trained model"):
+        load_model(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    (tmp_path / "model.json").write_text('{"format": "something-else"}')
+    with pytest.raises(UsageError, match="not an imgclf model file"):
+        load_model(tmp_path)
