@@ -132,3 +132,20 @@ def test_every_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+def test_files_are_written_atomically_with_normal_permissions(tmp_path):
+    import os
+
+    from imgclf.run_folder import RunFolder, atomic_write_text
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left behind
+    folder = RunFolder(tmp_path)
+    folder.update_metrics({"timing": {"train_seconds": 1.0}})
+    folder.update_metrics({"timing": {"eval_seconds": 2.0}, "seed": 3})
+    assert folder.read_json("metrics.json") == {"timing": {"train_seconds": 1.0, "eval_seconds": 2.0}, "seed": 3}

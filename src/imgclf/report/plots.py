@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from imgclf.run_folder import atomic_write_bytes
 
@@ -36,17 +37,17 @@ def _as_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 def training_curves(history: Sequence[dict[str, float]]) -> Figure:
     """Loss and accuracy per epoch, training and validation, side by side."""
-    figure = Figure(figsize=(10, 3.8))
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
     loss_ax, acc_ax = figure.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
     for ax, key, title in ((loss_ax, "loss", "Loss (cross-entropy)"), (acc_ax, "accuracy", "Top-1 accuracy")):
         ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
         ax.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    figure.tight_layout()
     return figure
 
 
@@ -57,7 +58,7 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequen
     rows = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
     size = min(12.0, 3.0 + 0.45 * k)
-    figure = Figure(figsize=(size + 1, size))
+    figure = Figure(figsize=(size + 1, size), layout="constrained")
     ax = figure.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
@@ -71,7 +72,6 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequen
                 ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if share[i, j] > 0.5 else "black")
     ax.set_title("Confusion matrix (test split)")
-    figure.tight_layout()
     return figure
 
 
@@ -84,7 +84,7 @@ def eps_label(eps: float, colour: bool) -> str:
 
 def robustness_curve(entries: Sequence[dict], clean_accuracy: float, *, colour: bool) -> Figure:
     """Accuracy against eps, one line per attack, with the clean accuracy as reference."""
-    figure = Figure(figsize=(6.5, 4.2))
+    figure = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = figure.subplots()
     attacks = list(dict.fromkeys(entry["attack"] for entry in entries))
     for name in attacks:
@@ -101,7 +101,6 @@ def robustness_curve(entries: Sequence[dict], clean_accuracy: float, *, colour: 
     ax.set_title(f"Robustness (n = {entries[0]['n'] if entries else 0})")
     ax.grid(alpha=0.3)
     ax.legend()
-    figure.tight_layout()
     return figure
 
 
@@ -117,7 +116,7 @@ def prediction_grid(
     """
     n = len(images)
     rows = max(1, -(-n // columns))
-    figure = Figure(figsize=(1.6 * columns, 1.9 * rows))
+    figure = Figure(figsize=(1.6 * columns, 2.0 * rows + 0.3), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -136,7 +135,6 @@ def prediction_grid(
                 spine.set_edgecolor(WRONG)
                 spine.set_linewidth(2.5)
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
     return figure
 
 
@@ -154,7 +152,7 @@ def adversarial_figure(examples: dict[str, np.ndarray], class_names: Sequence[st
     attacks = [key[4:] for key in examples if key.startswith("adv_")]
     n = len(clean)
     rows = 1 + 2 * len(attacks)
-    figure = Figure(figsize=(1.6 * n, 1.75 * rows + 0.4))
+    figure = Figure(figsize=(1.6 * n, 1.75 * rows + 0.4), layout="constrained")
     axes = np.asarray(figure.subplots(rows, n, squeeze=False))
 
     def panel(ax, picture: np.ndarray, title: str, wrong: bool) -> None:
@@ -175,5 +173,4 @@ def adversarial_figure(examples: dict[str, np.ndarray], class_names: Sequence[st
     figure.suptitle(
         f"Adversarial examples at eps = {eps_label(eps, colour)} (red = misclassified)", fontsize=10,
     )
-    figure.tight_layout()
     return figure
