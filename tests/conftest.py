@@ -23,6 +23,15 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Decoded-image cache in a temporary folder, never the user's."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("IMGCLF_CACHE_DIR", str(tmp_path_factory.mktemp("decoded-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _quiet_torch():
     torch.set_num_threads(min(2, os.cpu_count() or 1))

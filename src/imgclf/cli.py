@@ -68,6 +68,15 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
                        help="train on a seeded stratified subset of N images")
     group.add_argument("--augment", dest="data.augment", default=S, metavar="PRESET",
                        help="none | flip-crop | seed000 (default none)")
+    group.add_argument("--balance", dest="data.balance", default=S, metavar="HOW",
+                       help="counter class imbalance: none | weighted-loss | sampler (default none)")
+    group.add_argument("--bad-files", dest="data.bad_files", default=S, metavar="POLICY",
+                       help="image files that fail to decode: skip (listed in bad_files.txt) | error "
+                            "(default skip)")
+    group.add_argument("--cache", dest="data.cache", action=argparse.BooleanOptionalAction, default=S,
+                       help="keep decoded image folders in the decoded-image cache (default on)")
+    group.add_argument("--memory-limit", dest="data.memory_limit_mb", type=int, default=S, metavar="MB",
+                       help="decoded image folders larger than this are read from disk per batch (default 8192)")
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -163,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command("report", "write figures and report.html from a run folder", "imgclf report runs/mnist")
     report.add_argument("run_dir", metavar="RUN", help="a run folder")
+    data = command("data", "inspect data", "imgclf data check path/to/photos")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    check = data_sub.add_parser(
+        "check", help="scan an image folder for bad files, duplicates and imbalance",
+        description="Scan an image folder: classes with counts per split, image sizes and modes, files that "
+                    "fail to decode (with reasons), exact duplicates within and across splits, and class "
+                    "imbalance. Exit status 0 when clean, 1 when problems were found.",
+        epilog=_examples("imgclf data check ../shared/data/linnaeus5-4class-96"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("path", metavar="PATH", help="an image folder")
     command("datasets", "list the built-in data sets and whether their files are present", "imgclf datasets")
     command("models", "list the architectures and their options", "imgclf models")
     return parser
@@ -182,8 +202,9 @@ def _list_datasets() -> None:
     print(f"data folder: {root}")
     for entry in DATASETS.values():
         present = "present" if not missing_files(entry, root) else "not downloaded"
-        print(f"  {entry.name:<14} {entry.num_classes:>3} classes  {entry.channels}x{entry.image_size}x"
-              f"{entry.image_size}  {entry.splits:<28} {present:<15} {entry.summary}")
+        shape = f"{entry.channels}x{entry.image_size}x{entry.image_size}"
+        print(f"  {entry.name:<14} {entry.num_classes:>3} classes  {shape:<8}  {entry.splits:<28} "
+              f"{present:<15} {entry.summary}")
     print("  PATH           an image folder: PATH/train/<class>/*, PATH/test/<class>/* or PATH/<class>/*")
 
 
@@ -206,6 +227,14 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "models":
         _list_models()
         return 0
+    if args.command == "data":
+        from pathlib import Path
+
+        from imgclf.data.check import check_folder
+
+        report = check_folder(Path(args.path).expanduser())
+        print(report.render())
+        return 1 if report.problems() else 0
     if args.command in ("run", "train"):
         config = load_config(args.config, _overrides(args))
         if args.command == "run":

@@ -32,6 +32,8 @@ from imgclf.errors import UsageError, unknown_choice
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 AUGMENTATIONS = tuple(PRESETS)
+BALANCING = ("none", "weighted-loss", "sampler")
+BAD_FILES = ("skip", "error")
 DEVICES = ("auto", "cpu", "cuda")
 
 #: Default eps lists (pixel units, images in [0, 1]) when the user gives none.
@@ -51,6 +53,10 @@ class DataConfig:
     test_fraction: float = 0.2  # held out when the data set has no test split
     train_examples: int | None = None  # seeded stratified subset of train; None: all
     augment: str = "none"  # one of AUGMENTATIONS
+    balance: str = "none"  # none | weighted-loss | sampler: counter class imbalance in training
+    bad_files: str = "skip"  # skip (and list) image files that fail to decode, or stop with an error
+    cache: bool = True  # keep decoded image folders in the decoded-image cache
+    memory_limit_mb: int = 8192  # larger decoded image folders are read from the disk cache per batch
     download: bool = True  # fetch missing files of built-in data sets
 
 
@@ -321,6 +327,12 @@ def validate(config: RunConfig) -> None:
     data, train, attack = config.data, config.train, config.attack
     if data.augment not in AUGMENTATIONS:
         raise unknown_choice("augmentation (data.augment)", data.augment, AUGMENTATIONS)
+    if data.balance not in BALANCING:
+        raise unknown_choice("class balancing (data.balance)", data.balance, BALANCING)
+    if data.bad_files not in BAD_FILES:
+        raise unknown_choice("bad-files policy (data.bad_files)", data.bad_files, BAD_FILES)
+    if data.memory_limit_mb < 0:
+        raise UsageError(f"data.memory_limit_mb must be >= 0, got {data.memory_limit_mb}")
     if data.image_size is not None and not 4 <= data.image_size <= 1024:
         raise UsageError(f"data.image_size must be between 4 and 1024 pixels, got {data.image_size}")
     if data.channels not in (None, 1, 3):

@@ -138,7 +138,8 @@ def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = Fals
         "environment": env,
     })
     result = fit(
-        model, data, config.train, augment=config.data.augment, device=device, seed=config.seed,
+        model, data, config.train, augment=config.data.augment, balance=config.data.balance,
+        device=device, seed=config.seed,
         log=log, quiet=quiet, on_epoch=lambda r: folder.write_csv("history.csv", r.history),
     )
     save_model(model, folder.weights_path, model_info(config.model.name, config.model.options, spec, env))

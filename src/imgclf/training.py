@@ -126,6 +126,7 @@ def fit(
     config: TrainConfig,
     *,
     augment: str,
+    balance: str = "none",
     device: torch.device,
     seed: int,
     log: Log = print,
@@ -142,6 +143,9 @@ def fit(
         data: The splits.
         config: Optimisation settings.
         augment: Augmentation preset for the training batches.
+        balance: ``none``; ``weighted-loss``, weighting each class's loss by
+            ``N / (K * N_k)``; or ``sampler``, drawing each epoch's examples
+            with replacement with probability proportional to ``1 / N_k``.
         device: Where to train.
         seed: Seeds the batch order and augmentation.
         log: Receives one line per epoch.
@@ -155,7 +159,14 @@ def fit(
     optimizer = build_optimizer(model, config)
     steps = num_batches(len(data.train), config.batch_size)
     schedule = build_schedule(optimizer, config, steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    counts = torch.bincount(data.train.labels, minlength=data.spec.num_classes).double()
+    class_weights = sample_weights = None
+    if balance == "weighted-loss":
+        class_weights = torch.where(counts > 0, len(data.train) / (len(counts) * counts.clamp_min(1)), 0.0)
+        class_weights = class_weights.float().to(device)
+    elif balance == "sampler":
+        sample_weights = (1.0 / counts.clamp_min(1))[data.train.labels]
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
     order = generator(seed)
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
@@ -165,7 +176,7 @@ def fit(
         model.train()
         batches = iterate_batches(
             data.train, batch_size=config.batch_size, device=device, shuffle=True,
-            generator=order, augment=augment,
+            generator=order, augment=augment, sample_weights=sample_weights,
         )
         with tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                   leave=False, disable=True if quiet else None, dynamic_ncols=True) as bar:

@@ -4,7 +4,8 @@ Each entry is registered with :func:`register_dataset` and returns its pools
 (``train``, ``test``) as ``uint8`` arrays of shape ``(N, C, H, W)``. torchvision's
 own classes read (and, where files are missing, download) the files, in their
 own layout under the data folder: ``MNIST/raw``, ``FashionMNIST/raw``,
-``cifar-10-batches-py``.
+``KMNIST/raw``, ``cifar-10-batches-py``, ``cifar-100-python``, and SVHN's
+``train_32x32.mat`` / ``test_32x32.mat`` at the top of the data folder.
 """
 
 from __future__ import annotations
@@ -177,34 +178,96 @@ register_dataset(
 )(_load_idx("FashionMNIST", short_names=False))
 
 
-def _cifar10_files(root: Path) -> list[Path]:
-    import torchvision.datasets as tvd
+register_dataset(
+    "kmnist",
+    summary="Kuzushiji-MNIST: cursive Japanese hiragana, 10 classes (Clanuwat et al. 2018)",
+    channels=1,
+    image_size=28,
+    num_classes=10,
+    splits="60,000 train / 10,000 test",
+    files=_idx_files("KMNIST"),
+    source="https://github.com/rois-codh/kmnist; uncompress the .gz files",
+)(_load_idx("KMNIST", short_names=False))
 
-    cls = tvd.CIFAR10
-    names = [name for name, _md5 in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    return [root / cls.base_folder / name for name in names]
+
+def _cifar_files(class_name: str) -> Callable[[Path], list[Path]]:
+    def files(root: Path) -> list[Path]:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, class_name)
+        names = [name for name, _md5 in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        return [root / cls.base_folder / name for name in names]
+
+    return files
 
 
-@register_dataset(
+def _load_cifar(class_name: str) -> Callable[[Path, bool], Pools]:
+    def load(root: Path, download: bool) -> Pools:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, class_name)
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+        return Pools(
+            list(train.classes),
+            {
+                "train": (_to_nchw(train.data), np.asarray(train.targets, dtype=np.int64)),
+                "test": (_to_nchw(test.data), np.asarray(test.targets, dtype=np.int64)),
+            },
+        )
+
+    return load
+
+
+register_dataset(
     "cifar10",
     summary="32x32 colour photos, 10 classes (Krizhevsky 2009)",
     channels=3,
     image_size=32,
     num_classes=10,
     splits="50,000 train / 10,000 test",
-    files=_cifar10_files,
+    files=_cifar_files("CIFAR10"),
     source="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, extracted",
-)
-def _load_cifar10(root: Path, download: bool) -> Pools:
+)(_load_cifar("CIFAR10"))
+
+register_dataset(
+    "cifar100",
+    summary="32x32 colour photos, 100 fine classes (Krizhevsky 2009)",
+    channels=3,
+    image_size=32,
+    num_classes=100,
+    splits="50,000 train / 10,000 test",
+    files=_cifar_files("CIFAR100"),
+    source="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz, extracted",
+)(_load_cifar("CIFAR100"))
+
+
+def _svhn_files(root: Path) -> list[Path]:
     import torchvision.datasets as tvd
 
-    train = tvd.CIFAR10(str(root), train=True, download=download)
-    test = tvd.CIFAR10(str(root), train=False, download=download)
+    return [root / tvd.SVHN.split_list[split][1] for split in ("train", "test")]
+
+
+@register_dataset(
+    "svhn",
+    summary="Street View House Numbers, 32x32 colour digits (Netzer et al. 2011)",
+    channels=3,
+    image_size=32,
+    num_classes=10,
+    splits="73,257 train / 26,032 test",
+    files=_svhn_files,
+    source="http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat)",
+)
+def _load_svhn(root: Path, download: bool) -> Pools:
+    import torchvision.datasets as tvd
+
+    train = tvd.SVHN(str(root), split="train", download=download)
+    test = tvd.SVHN(str(root), split="test", download=download)
     return Pools(
-        list(train.classes),
-        {
-            "train": (_to_nchw(train.data), np.asarray(train.targets, dtype=np.int64)),
-            "test": (_to_nchw(test.data), np.asarray(test.targets, dtype=np.int64)),
+        [str(k) for k in range(10)],
+        {  # torchvision already gives (N, C, H, W) and maps label 10 to digit 0
+            "train": (np.ascontiguousarray(train.data), train.labels.astype(np.int64)),
+            "test": (np.ascontiguousarray(test.data), test.labels.astype(np.int64)),
         },
     )
 

@@ -38,13 +38,46 @@ class DatasetSpec:
         return (self.channels, *self.image_size)
 
 
+class LazyImages:
+    """``uint8`` images ``(N, C, H, W)`` read on demand from a memory-mapped array.
+
+    Used for splits larger than the memory limit: the decoded-image cache stays
+    on disk and only the rows asked for are read.
+
+    Args:
+        array: ``uint8`` array ``(M, C, H, W)``, typically a read-only memmap.
+        rows: ``int64`` ``(N,)``: row ``i`` of this object is ``array[rows[i]]``.
+    """
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray):
+        self.array, self.rows = array, np.asarray(rows, dtype=np.int64)
+        self.loaders: dict = {}  # DataLoaders kept by the batch iterator so their workers persist
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.array.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, positions: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The images at ``positions`` as a ``uint8`` tensor ``(len(positions), C, H, W)``."""
+        rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        order = np.argsort(rows, kind="stable")  # read the file front to back
+        block = np.asarray(self.array[rows[order]])
+        out = np.empty_like(block)
+        out[order] = block
+        return torch.from_numpy(out)
+
+
 @dataclass
 class ImageSplit:
-    """One split (train, val or test) held in memory.
+    """One split (train, val or test).
 
     Attributes:
-        images: ``uint8`` tensor of shape ``(N, C, H, W)``, values 0..255. Use
-            :meth:`float_images` for the pipeline's pixel space.
+        images: ``uint8`` images ``(N, C, H, W)``, values 0..255: a tensor in
+            memory, or :class:`LazyImages` when the split exceeds the memory
+            limit. Use :meth:`float_images` for the pipeline's pixel space.
         labels: ``int64`` tensor of shape ``(N,)``, values in ``[0, K)``.
         source: Which pool of the data set the rows come from (``"train"``,
             ``"val"``, ``"test"``).
@@ -53,7 +86,7 @@ class ImageSplit:
             see exactly the same examples.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | LazyImages
     labels: torch.Tensor
     source: str
     indices: np.ndarray
@@ -61,15 +94,27 @@ class ImageSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.images, torch.Tensor)
+
+    def uint8_images(self, rows: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        """Images (all, or only ``rows``) as a ``uint8`` tensor ``(N, C, H, W)``."""
+        if rows is None:
+            rows = np.arange(len(self))
+        if self.in_memory:
+            return self.images[torch.as_tensor(rows, dtype=torch.long)]
+        return self.images.take(rows)
+
     def float_images(self, rows: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
         """Images as ``float32`` ``(N, C, H, W)`` in ``[0, 1]`` (optionally only ``rows``)."""
-        images = self.images if rows is None else self.images[torch.as_tensor(rows, dtype=torch.long)]
-        return images.float().div_(255.0)
+        return self.uint8_images(rows).float().div_(255.0)
 
     def subset(self, rows: np.ndarray) -> ImageSplit:
         """The split restricted to ``rows`` (positions in this split)."""
         rows_t = torch.as_tensor(rows, dtype=torch.long)
-        return ImageSplit(self.images[rows_t], self.labels[rows_t], self.source, self.indices[rows])
+        images = self.images[rows_t] if self.in_memory else LazyImages(self.images.array, self.images.rows[rows])
+        return ImageSplit(images, self.labels[rows_t], self.source, self.indices[rows])
 
 
 @dataclass

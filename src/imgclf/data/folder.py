@@ -2,10 +2,13 @@
 (optional ``PATH/val/<class>/*``), or ``PATH/<class>/*`` alone.
 
 Images are decoded with Pillow, turned upright by their EXIF orientation,
-converted to grey (``L``) or ``RGB`` (transparency flattened onto white), and
-resized to ``image_size x image_size``. Hidden files and folders, ``__MACOSX``
-and files whose extension is not an image format are ignored; files that fail
-to decode are skipped and reported, never silently dropped.
+converted to grey (``L``) or ``RGB`` from any mode (16-bit grey is rescaled,
+transparency is flattened onto white), and resized to ``image_size x
+image_size``. Hidden files and folders, ``__MACOSX`` and files whose extension
+is not an image format are ignored. Files that cannot be decoded (corrupt,
+truncated, empty, decompression bombs) are skipped and listed with their
+reason, or stop the load when ``bad_files="error"``; none is silently dropped.
+The decoded arrays are cached (see :mod:`imgclf.data.cache`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,18 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgclf.data.builtin import Pools
+from imgclf.data.cache import CacheEntry, folder_key
 from imgclf.errors import UsageError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
 SPLIT_NAMES = ("train", "val", "test")
+BAD_FILE_POLICIES = ("skip", "error")
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: What decoding a broken file can raise, across Pillow's plugins.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError,
+                 EOFError)
 
 
 def _visible(path: Path) -> bool:
@@ -81,12 +90,14 @@ def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]
             raise UsageError(
                 f"the {split} split of {str(root)!r} has classes that train does not: {', '.join(extra)}"
             )
-        absent = sorted(set(class_names) - set(present))
-        if absent and split != "train":
-            notes.append(f"the {split} split has no images of: {', '.join(absent)}")
         files[split] = [
             (path, class_names.index(name)) for name in present for path in _image_files(folder / name)
         ]
+        if split != "train":
+            found = {label for _, label in files[split]}
+            absent = [name for k, name in enumerate(class_names) if k not in found]
+            if absent:
+                notes.append(f"the {split} split has no images of: {', '.join(absent)}")
     if not files["train"]:
         raise UsageError(
             f"no images found in {str(split_dirs['train'])!r}: expected one sub-folder per class "
@@ -103,6 +114,16 @@ def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]
     return class_names, files, notes
 
 
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float grey images -> 8-bit ``L`` by their value range."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if array.size and array.max() <= 1.0 else 255.0
+    else:
+        top = 65535.0 if image.mode.startswith("I;16") or (array.size and array.max() > 255) else 255.0
+    return Image.fromarray(np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8))  # -> mode L
+
+
 def decode_image(path: Path, *, channels: int, size: tuple[int, int]) -> np.ndarray:
     """Decode one image file into ``uint8`` ``(C, H, W)``.
 
@@ -112,12 +133,23 @@ def decode_image(path: Path, *, channels: int, size: tuple[int, int]) -> np.ndar
         size: ``(H, W)`` to resize to (bilinear, antialiased).
 
     Raises:
-        OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError:
-            If Pillow cannot decode the file.
+        OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError,
+        SyntaxError, EOFError: If Pillow cannot decode the file; a file with
+            more than ``Image.MAX_IMAGE_PIXELS`` pixels is refused as a
+            decompression bomb before it is decoded.
     """
     with Image.open(path) as image:
+        if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(
+                f"{image.width}x{image.height} pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS} "
+                "(a possible decompression bomb)"
+            )
         image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+            image = _to_8bit_grey(image)
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+            image.mode == "P" and "transparency" in image.info
+        ):
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, rgba)
@@ -130,72 +162,133 @@ def decode_image(path: Path, *, channels: int, size: tuple[int, int]) -> np.ndar
     return array.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
-def _probe(path: Path) -> tuple[tuple[int, int], str] | None:
+def probe_image(path: Path) -> tuple[tuple[int, int], str] | None:
+    """``((H, W), mode)`` from the file's header, or None if it cannot be opened."""
     try:
         with Image.open(path) as image:
             return (image.height, image.width), image.mode
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError):
+    except DECODE_ERRORS:
         return None
 
 
+def decode_workers() -> int:
+    """Threads for decoding (Pillow releases the GIL while it decodes): the cores, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _resolve_shape(
+    train: list[tuple[Path, int]], image_size: int | None, channels: int | None, notes: list[str], root: Path
+) -> tuple[tuple[int, int], int]:
+    """Image size and channels: as asked, else from a sample of training-file headers."""
+    if image_size is not None and channels is not None:
+        return (image_size, image_size), channels
+    sample = [path for path, _ in train[:: max(1, len(train) // 500)]]
+    with ThreadPoolExecutor(decode_workers()) as pool:
+        probes = [p for p in pool.map(probe_image, sample) if p is not None]
+    if not probes:
+        raise UsageError(f"none of the sampled images in {str(root)!r} could be read")
+    if image_size is None:
+        (h, w), count = Counter(size for size, _ in probes).most_common(1)[0]
+        size = (h, w)
+        if count < len(probes):
+            notes.append(f"images have several sizes; all resized to {w}x{h} (set --image-size to choose)")
+    else:
+        size = (image_size, image_size)
+    if channels is None:
+        channels = 1 if all(mode in GREY_MODES for _, mode in probes) else 3
+    return size, channels
+
+
 def load_folder(
-    root: Path, *, image_size: int | None, channels: int | None
+    root: Path,
+    *,
+    image_size: int | None,
+    channels: int | None,
+    bad_files: str = "skip",
+    cache: bool = True,
 ) -> tuple[Pools, list[tuple[str, str]], list[str]]:
-    """Decode an image folder into pools.
+    """Decode an image folder into pools, or read them from the decoded-image cache.
 
     Args:
         root: The folder (see the module docstring for layouts).
         image_size: Square size to resize to; None: the most common size in
             the training split.
-        channels: 1 or 3; None: 1 if every training image is grey, else 3.
+        channels: 1 or 3; None: 1 if every sampled training image is grey, else 3.
+        bad_files: ``"skip"`` files that cannot be decoded (and list them), or
+            ``"error"`` at the first one.
+        cache: Read and write the decoded-image cache. With the cache the
+            pools are read-only memory-mapped arrays.
 
     Returns:
-        ``(pools, bad_files, notes)``: the decoded pools, ``(path, reason)``
-        for each file that could not be decoded, and layout warnings.
+        ``(pools, bad_files, notes)``: pools with ``uint8`` ``(N, C, H, W)``
+        images, ``(path, reason)`` for each skipped file, and warnings.
 
     Raises:
-        UsageError: See :func:`scan_folder`; also when no file of a split decodes.
+        UsageError: See :func:`scan_folder`; a bad file under ``"error"``; a
+            split in which no file decodes.
     """
+    if bad_files not in BAD_FILE_POLICIES:
+        raise UsageError(f"unknown bad-files policy {bad_files!r}; valid choices: {', '.join(BAD_FILE_POLICIES)}")
     class_names, files, notes = scan_folder(root)
-    workers = max(1, min(8, os.cpu_count() or 1))
-    if image_size is None or channels is None:
-        sample = [path for path, _ in files["train"][:: max(1, len(files["train"]) // 500)]]
-        with ThreadPoolExecutor(workers) as pool:
-            probes = [p for p in pool.map(_probe, sample) if p is not None]
-        if not probes:
-            raise UsageError(f"none of the sampled images in {str(root)!r} could be read")
-        if image_size is None:
-            (h, w), count = Counter(size for size, _ in probes).most_common(1)[0]
-            size = (h, w)
-            if count < len(probes):
-                notes.append(f"images have several sizes; all resized to {w}x{h} (set --image-size to choose)")
-        if channels is None:
-            channels = 1 if all(mode in ("1", "L", "I", "I;16", "F") for _, mode in probes) else 3
-    if image_size is not None:
-        size = (image_size, image_size)
+    entry = CacheEntry(folder_key(files, class_names, image_size=image_size, channels=channels)) if cache else None
+    if entry is not None and entry.exists():
+        manifest, arrays = entry.read()
+        bad = [tuple(item) for item in manifest["bad_files"]]
+        if bad and bad_files == "error":
+            path, reason = bad[0]
+            raise UsageError(f"cannot decode {path!r} ({reason}); use --bad-files skip to skip such files")
+        return Pools(manifest["class_names"], arrays), bad, notes + manifest["notes"]
 
+    scanned = len(notes)  # notes from here on depend on the decoded content and are cached with it
+    size, channels = _resolve_shape(files["train"], image_size, channels, notes, root)
+    writer = entry.writer() if entry is not None else None
     bad: list[tuple[str, str]] = []
-
-    def decode(path: Path) -> np.ndarray | None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                return decode_image(path, channels=channels, size=size)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning, ValueError, SyntaxError) as error:
-            bad.append((str(path), f"{type(error).__name__}: {error}"))
-            return None
-
     pools: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for split, entries in files.items():
-        with ThreadPoolExecutor(workers) as pool:
-            decoded = list(pool.map(decode, [path for path, _ in entries]))
-        keep = [i for i, array in enumerate(decoded) if array is not None]
-        if not keep:
-            raise UsageError(f"no image in the {split} split of {str(root)!r} could be decoded")
-        images = np.stack([decoded[i] for i in keep])  # (N, C, H, W)
-        labels = np.asarray([entries[i][1] for i in keep], dtype=np.int64)
-        pools[split] = (images, labels)
-    if bad:
-        notes.append(f"skipped {len(bad)} file(s) that could not be decoded (listed in bad_files.txt)")
-    return Pools(class_names, pools), sorted(bad), notes
+    try:
+        for split, entries in files.items():
+            shape = (len(entries), channels, *size)
+            images = writer.images(split, shape) if writer else np.empty(shape, dtype=np.uint8)
+            ok = np.zeros(len(entries), dtype=bool)
+
+            def decode(i: int) -> None:
+                path = entries[i][0]
+                try:
+                    images[i] = decode_image(path, channels=channels, size=size)
+                    ok[i] = True
+                except DECODE_ERRORS as error:
+                    reason = f"{type(error).__name__}: {error}"
+                    if bad_files == "error":
+                        raise UsageError(
+                            f"cannot decode {str(path)!r} ({reason}); use --bad-files skip to skip such files"
+                        ) from None
+                    bad.append((str(path), reason))
+
+            with warnings.catch_warnings(), ThreadPoolExecutor(decode_workers()) as pool:
+                # decode_image refuses oversized images itself; Pillow's own warning would only repeat it.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                list(pool.map(decode, range(len(entries))))
+            if not ok.any():
+                raise UsageError(f"no image in the {split} split of {str(root)!r} could be decoded")
+            labels = np.asarray([label for _, label in entries], dtype=np.int64)[ok]
+            if not ok.all():
+                images = np.ascontiguousarray(images[ok])
+                if writer:
+                    writer.replace_images(split, images)
+            if writer:
+                writer.labels(split, labels)
+            pools[split] = (images, labels)
+        bad.sort()
+        if bad:
+            notes.append(f"skipped {len(bad)} file(s) that could not be decoded (listed in bad_files.txt)")
+        if writer:
+            del pools  # drop the writable maps before the files move
+            writer.commit({"class_names": class_names, "splits": list(files), "bad_files": bad,
+                           "notes": notes[scanned:], "image_size": list(size), "channels": channels,
+                           "root": str(root.resolve())})
+            manifest, arrays = entry.read()
+            return Pools(class_names, arrays), bad, notes
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    return Pools(class_names, pools), bad, notes

@@ -11,7 +11,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from imgclf.data.builtin import DATASETS, Pools, fetch
-from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit
+from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit, LazyImages
 from imgclf.data.folder import load_folder, looks_like_folder
 from imgclf.errors import UsageError, unknown_choice
 
@@ -76,15 +76,23 @@ def _load_pools(config: DataConfig) -> tuple[str, Pools, list[tuple[str, str]], 
         return name, pools, [], []
     if looks_like_folder(name):
         pools, bad, notes = load_folder(
-            Path(name).expanduser(), image_size=config.image_size, channels=config.channels
+            Path(name).expanduser(), image_size=config.image_size, channels=config.channels,
+            bad_files=config.bad_files, cache=config.cache,
         )
         return str(Path(name)), pools, bad, notes
     raise unknown_choice("dataset", name, [*DATASETS, "PATH (an image folder)"])
 
 
 def _adapt(images: np.ndarray, config: DataConfig) -> np.ndarray:
-    """Apply ``channels`` and ``image_size`` to a built-in data set's pool (``uint8`` NCHW)."""
-    tensor = torch.from_numpy(images)
+    """Apply ``channels`` and ``image_size`` to a pool (``uint8`` NCHW) that does not match them.
+
+    Image folders are decoded at the asked size and channels already, so their
+    (possibly memory-mapped) pools pass through untouched.
+    """
+    size_ok = config.image_size is None or tuple(images.shape[-2:]) == (config.image_size,) * 2
+    if size_ok and config.channels in (None, images.shape[1]):
+        return images
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
     if config.channels == 3 and tensor.shape[1] == 1:
         tensor = tensor.expand(-1, 3, -1, -1)  # grey -> RGB by repetition
     elif config.channels == 1 and tensor.shape[1] == 3:
@@ -97,8 +105,13 @@ def _adapt(images: np.ndarray, config: DataConfig) -> np.ndarray:
     return tensor.contiguous().numpy()
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of ``uint8`` ``(N, C, H, W)`` images, in [0, 1] units."""
+def channel_stats(split: ImageSplit, *, max_images: int = 20000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of a split's images, in [0, 1] units.
+
+    Computed over all images, or an evenly spaced sample of ``max_images`` of them.
+    """
+    rows = np.linspace(0, len(split) - 1, num=min(len(split), max_images)).round().astype(np.int64)
+    images = split.uint8_images(None if len(rows) == len(split) else np.unique(rows))
     flat = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0  # (C, N*H*W)
     mean = flat.mean(dim=1)
     std = flat.std(dim=1).clamp_min(1e-3)  # a constant channel must not divide by zero
@@ -137,6 +150,15 @@ def load_data(
             train_examples=config.train_examples,
             seed=seed,
         )
+    total_bytes = sum(images.nbytes for images, _ in raw.values())
+    lazy = total_bytes > config.memory_limit_mb * 2**20 and all(
+        isinstance(images, np.memmap) for images, _ in raw.values()
+    )
+    if lazy:
+        notes.append(
+            f"the decoded images ({total_bytes / 2**20:,.0f} MB) exceed data.memory_limit_mb "
+            f"({config.memory_limit_mb:,} MB): reading batches from the disk cache with worker processes"
+        )
     splits = {}
     for split, (pool, positions) in indices.items():
         if pool not in raw:
@@ -144,16 +166,16 @@ def load_data(
         images, labels = raw[pool]
         if len(positions) and positions.max() >= len(labels):
             raise UsageError(f"saved split {split!r} does not match the data set: it has fewer examples")
-        splits[split] = ImageSplit(
-            torch.from_numpy(images[positions]), torch.from_numpy(labels[positions]), pool, positions
-        )
+        held = LazyImages(images, positions) if lazy else torch.from_numpy(np.ascontiguousarray(images[positions]))
+        splits[split] = ImageSplit(held, torch.from_numpy(labels[positions]), pool, positions)
     train = splits["train"]
-    mean, std = channel_stats(train.images)
+    mean, std = channel_stats(train)
+    _, channels, height, width = train.images.shape
     spec = DatasetSpec(
         name=name,
         class_names=tuple(pools.class_names),
-        channels=int(train.images.shape[1]),
-        image_size=(int(train.images.shape[2]), int(train.images.shape[3])),
+        channels=int(channels),
+        image_size=(int(height), int(width)),
         mean=mean,
         std=std,
     )

@@ -1,0 +1,111 @@
+"""Decoded-image cache for image folders.
+
+The first load of a folder decodes and resizes every image once and stores the
+result as ``uint8`` ``.npy`` arrays (one per split, ``(N, C, H, W)``) with a JSON
+manifest. The cache key is a hash of every file's path, label, size and
+modification time plus the requested image size and channels, so any change
+to a file (or to those settings) makes a new entry; an entry is never reused
+for different inputs. Arrays are opened memory-mapped, so a split larger than
+memory is read from disk on demand.
+
+Location: ``$IMGCLF_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgclf/decoded``
+(``~/.cache/imgclf/decoded``). Entries are written to a temporary folder that
+is renamed into place, so a crashed run never leaves a half-written entry.
+Deleting the folder is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "imgclf-decoded/1"
+
+
+def cache_root() -> Path:
+    """The folder holding cache entries (created on first write)."""
+    if os.environ.get("IMGCLF_CACHE_DIR"):
+        return Path(os.environ["IMGCLF_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imgclf" / "decoded"
+
+
+def folder_key(
+    files: dict[str, list[tuple[Path, int]]],
+    class_names: list[str],
+    *,
+    image_size: int | None,
+    channels: int | None,
+) -> str:
+    """A hex digest identifying the decoded result of these files and settings."""
+    digest = hashlib.sha256()
+    digest.update(f"{FORMAT}\n{image_size}\n{channels}\n{json.dumps(class_names)}\n".encode())
+    for split in sorted(files):
+        for path, label in files[split]:
+            stat = path.stat()
+            digest.update(f"{split}\0{path.resolve()}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+class CacheEntry:
+    """One decoded folder in the cache: ``manifest.json`` and ``<split>_{images,labels}.npy``."""
+
+    def __init__(self, key: str, root: Path | None = None):
+        self.key = key
+        self.path = (root or cache_root()) / key
+
+    def exists(self) -> bool:
+        return (self.path / "manifest.json").is_file()
+
+    def read(self) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """The manifest and ``{split: (images memmap (N, C, H, W) uint8, labels int64 (N,))}``."""
+        manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"cache entry {self.path} has format {manifest.get('format')!r}")
+        arrays = {
+            split: (
+                np.load(self.path / f"{split}_images.npy", mmap_mode="r"),
+                np.load(self.path / f"{split}_labels.npy"),
+            )
+            for split in manifest["splits"]
+        }
+        return manifest, arrays
+
+    def writer(self) -> CacheWriter:
+        return CacheWriter(self)
+
+
+class CacheWriter:
+    """Builds an entry in a temporary folder; :meth:`commit` renames it into place."""
+
+    def __init__(self, entry: CacheEntry):
+        self.entry = entry
+        entry.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=entry.path.parent, prefix=f".{entry.key}."))
+
+    def images(self, split: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A writable ``uint8`` memmap of ``shape`` for ``split``'s images."""
+        return np.lib.format.open_memmap(self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=shape)
+
+    def replace_images(self, split: str, array: np.ndarray) -> None:
+        np.save(self.tmp / f"{split}_images.npy", array)
+
+    def labels(self, split: str, labels: np.ndarray) -> None:
+        np.save(self.tmp / f"{split}_labels.npy", labels.astype(np.int64))
+
+    def commit(self, manifest: dict) -> None:
+        (self.tmp / "manifest.json").write_text(json.dumps({"format": FORMAT, **manifest}, indent=1), encoding="utf-8")
+        try:
+            os.rename(self.tmp, self.entry.path)
+        except OSError:
+            # Another process committed the same entry first; its content is identical.
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
