@@ -132,3 +132,14 @@ def test_augmentations_keep_shape_and_range_and_do_what_they_say():
     jittered = colour_jitter(images, gen)
     assert jittered.shape == images.shape and 0 <= jittered.min() and jittered.max() <= 1
     assert not torch.allclose(jittered, images)
+
+
+@pytest.mark.parametrize("n", [1, 3, 6, 7, 50, 99])
+def test_subsets_have_exactly_the_size_asked_for(n):
+    from imgclf.data import stratified_subset
+
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    chosen = stratified_subset(labels, n, seed=0)
+    assert len(chosen) == n == len(set(chosen.tolist()))
+    if n == 50:  # stratified where possible: the class shares are kept
+        assert np.bincount(labels[chosen]).tolist() == [25, 15, 10]

@@ -160,3 +160,28 @@ def test_kmnist_reads_torchvisions_layout(tmp_path):
     data = load_data(DataConfig(dataset="kmnist", data_dir=str(tmp_path), download=False), seed=0)
     assert data.spec.class_names[:3] == ("o", "ki", "su")
     assert (len(data.train) + len(data.val), len(data.test)) == (50, 20)
+
+
+def test_decompression_bombs_are_refused_with_a_reason(tiny_folder, monkeypatch):
+    from pathlib import Path
+
+    from PIL import Image
+
+    (tiny_folder / "square" / "broken.png").unlink()
+    Image.new("RGB", (40, 40), (200, 0, 0)).save(tiny_folder / "circle" / "huge.png")  # 1,600 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the other images have 24x20 = 480 pixels
+    data = load_data(DataConfig(dataset=str(tiny_folder), image_size=8, cache=False), seed=0)
+    assert [(Path(p).name, "decompression bomb" in r) for p, r in data.bad_files] == [("huge.png", True)]
+    assert len(data.train) + len(data.val) + len(data.test) == 36
+    report = check_folder(tiny_folder)
+    assert [Path(p).name for p, r in report.bad_files if "decompression bomb" in r] == ["huge.png"]
+
+
+def test_the_whole_pipeline_runs_on_the_disk_path(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--dataset", str(tiny_folder), "--image-size", "16", "--model", "cnn", "--epochs", "2",
+                 "--memory-limit", "0", "--attack-examples", "6", "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert any("memory_limit_mb" in note for note in metrics["data_notes"])
+    assert metrics["clean"]["n"] == metrics["data"]["test"] and metrics["attack"]["n"] == 6
+    assert (out / "report.html").is_file()

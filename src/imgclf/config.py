@@ -83,6 +83,7 @@ class TrainConfig:
     step_epochs: int = 5  # `step` schedule: multiply lr by step_gamma every this many epochs
     step_gamma: float = 0.1
     label_smoothing: float = 0.0  # in [0, 1)
+    channels_last: bool = True  # NHWC memory format for weights and batches (faster convolutions)
 
 
 @dataclass

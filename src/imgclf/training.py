@@ -108,7 +108,8 @@ class TrainResult:
 
     Attributes:
         history: One dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
-            ``val_loss``, ``val_accuracy``, ``lr`` (at the end of the epoch), ``seconds``.
+            ``val_loss``, ``val_accuracy``, ``lr`` (at the end of the epoch), ``seconds``
+            (the whole epoch) and ``train_seconds`` (its training pass alone).
         best_epoch: Epoch (1-based) whose weights the model now holds.
         best_val_accuracy: Its validation accuracy.
         seconds: Total training wall time, validation included.
@@ -168,15 +169,20 @@ def fit(
         sample_weights = (1.0 / counts.clamp_min(1))[data.train.labels]
     loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
     order = generator(seed)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)  # only 4-D weights change layout
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
         model.train()
-        batches = iterate_batches(
-            data.train, batch_size=config.batch_size, device=device, shuffle=True,
-            generator=order, augment=augment, sample_weights=sample_weights,
+        batches = (
+            (images.contiguous(memory_format=memory_format), labels)
+            for images, labels in iterate_batches(
+                data.train, batch_size=config.batch_size, device=device, shuffle=True,
+                generator=order, augment=augment, sample_weights=sample_weights,
+            )
         )
         with tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                   leave=False, disable=True if quiet else None, dynamic_ncols=True) as bar:
@@ -184,12 +190,14 @@ def fit(
                 model, batches, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, progress=bar
             )
         lr = optimizer.param_groups[0]["lr"]  # after the epoch's last step
+        train_seconds = time.perf_counter() - epoch_start
         model.eval()
         val_loss, val_acc = loss_and_accuracy(model, data.val, batch_size=512, device=device)
         seconds = time.perf_counter() - epoch_start
         result.history.append({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "seconds": seconds,
+            "train_seconds": train_seconds,
         })
         if val_acc >= result.best_val_accuracy:
             result.best_epoch, result.best_val_accuracy = epoch, val_acc

@@ -7,15 +7,13 @@ and fully decoded (so truncated files are caught, not only unreadable headers).
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from imgclf.data.folder import DECODE_ERRORS, decode_workers, scan_folder
+from imgclf.data.folder import DECODE_ERRORS, decoding_pool, scan_folder
 
 #: Largest / smallest class size above which a split counts as imbalanced.
 IMBALANCE_RATIO = 1.5
@@ -120,8 +118,7 @@ def check_folder(root: Path) -> FolderReport:
     report = FolderReport(root, class_names, {s: [0] * len(class_names) for s in files}, notes=notes)
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
     jobs = [(split, path, label) for split, entries in files.items() for path, label in entries]
-    with warnings.catch_warnings(), ThreadPoolExecutor(decode_workers()) as pool:
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with decoding_pool() as pool:
         results = list(pool.map(lambda job: _inspect(job[1]), jobs))
     for (split, path, label), (digest, size, mode, error) in zip(jobs, results):
         if error:

@@ -13,9 +13,11 @@ The decoded arrays are cached (see :mod:`imgclf.data.cache`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -171,6 +173,15 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str] | None:
         return None
 
 
+@contextlib.contextmanager
+def decoding_pool() -> Iterator[ThreadPoolExecutor]:
+    """A thread pool for Pillow work, with Pillow's decompression-bomb warning silenced:
+    :func:`decode_image` refuses oversized images itself and reports them as bad files."""
+    with warnings.catch_warnings(), ThreadPoolExecutor(decode_workers()) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield pool
+
+
 def decode_workers() -> int:
     """Threads for decoding (Pillow releases the GIL while it decodes): the cores, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
@@ -183,7 +194,7 @@ def _resolve_shape(
     if image_size is not None and channels is not None:
         return (image_size, image_size), channels
     sample = [path for path, _ in train[:: max(1, len(train) // 500)]]
-    with ThreadPoolExecutor(decode_workers()) as pool:
+    with decoding_pool() as pool:
         probes = [p for p in pool.map(probe_image, sample) if p is not None]
     if not probes:
         raise UsageError(f"none of the sampled images in {str(root)!r} could be read")
@@ -263,9 +274,7 @@ def load_folder(
                         ) from None
                     bad.append((str(path), reason))
 
-            with warnings.catch_warnings(), ThreadPoolExecutor(decode_workers()) as pool:
-                # decode_image refuses oversized images itself; Pillow's own warning would only repeat it.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with decoding_pool() as pool:
                 list(pool.map(decode, range(len(entries))))
             if not ok.any():
                 raise UsageError(f"no image in the {split} split of {str(root)!r} could be decoded")

@@ -62,9 +62,16 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    """Sorted positions of a seeded stratified subset of size ``n`` (all if ``n`` is None or >= N)."""
+    """Sorted positions of a seeded subset of exactly ``n`` examples (all if ``n`` is None or >= N).
+
+    Stratified by label where both the subset and the rest can hold every
+    class; otherwise a plain seeded draw, so the size is always ``n``.
+    """
     if n is None or n >= len(labels):
         return np.arange(len(labels), dtype=np.int64)
+    classes = len(np.unique(labels))
+    if min(n, len(labels) - n) < classes or np.bincount(labels)[np.unique(labels)].min() < 2:
+        return np.sort(np.random.default_rng(seed).choice(len(labels), size=n, replace=False)).astype(np.int64)
     _, chosen = stratified_split(labels, n / len(labels), seed)
     return chosen
 
