@@ -25,8 +25,10 @@ from imgclf.run_folder import atomic_write_bytes, atomic_write_text
 FORMAT = "imgclf-model/1"
 
 
-def model_info(name: str, options: dict[str, Any], spec: DatasetSpec, environment: dict[str, Any]) -> dict[str, Any]:
-    """The JSON metadata saved beside the weights."""
+def model_info(
+    model: ImageClassifier, name: str, options: dict[str, Any], spec: DatasetSpec, environment: dict[str, Any]
+) -> dict[str, Any]:
+    """The JSON metadata saved beside the weights (normalization as the model applies it)."""
     return {
         "format": FORMAT,
         "model": name,
@@ -37,21 +39,23 @@ def model_info(name: str, options: dict[str, Any], spec: DatasetSpec, environmen
         "input_shape": list(spec.input_shape),
         "input_range": [0.0, 1.0],
         "output": "logits",
-        "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
+        "normalization": {"mean": model.normalize.mean.flatten().tolist(),
+                          "std": model.normalize.std.flatten().tolist()},
         "versions": environment,
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def save_model(model: torch.nn.Module, weights_path: Path, info: dict[str, Any]) -> None:
+def save_model(model: torch.nn.Module | dict[str, torch.Tensor], weights_path: Path, info: dict[str, Any]) -> None:
     """Write ``weights_path`` (safetensors) and ``weights_path.with_suffix('.json')`` atomically.
 
     Args:
-        model: The model; its state dict is copied to the CPU.
+        model: The model, or its state dict; tensors are copied to the CPU.
         weights_path: Target ``*.safetensors`` file.
         info: Metadata from :func:`model_info`.
     """
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    tensors = model if isinstance(model, dict) else model.state_dict()
+    state = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
     atomic_write_bytes(weights_path, save(state, metadata={"format": FORMAT}))
     atomic_write_text(weights_path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
 

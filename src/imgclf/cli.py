@@ -213,7 +213,9 @@ def _list_models() -> None:
 
     for entry in MODELS.values():
         options = ", ".join(f"{k}={v!r}" for k, v in entry.defaults().items()) or "no options"
-        print(f"  {entry.name:<12} {entry.summary}\n  {'':<12} options: {options}")
+        print(f"  {entry.name:<16} {entry.summary}\n  {'':<16} options: {options}")
+    print(f"  {'timm:<name>':<16} any timm model, e.g. timm:resnet50 (pip install \"imgclf[timm]\")\n"
+          f"  {'':<16} options: pretrained=False (True fetches the published weights)")
 
 
 def dispatch(args: argparse.Namespace) -> int:

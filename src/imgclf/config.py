@@ -35,6 +35,7 @@ AUGMENTATIONS = tuple(PRESETS)
 BALANCING = ("none", "weighted-loss", "sampler")
 BAD_FILES = ("skip", "error")
 DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 #: Default eps lists (pixel units, images in [0, 1]) when the user gives none.
 DEFAULT_EPS_COLOUR = ("0", "1/255", "2/255", "4/255", "8/255")
@@ -84,6 +85,21 @@ class TrainConfig:
     step_gamma: float = 0.1
     label_smoothing: float = 0.0  # in [0, 1)
     channels_last: bool = True  # NHWC memory format for weights and batches (faster convolutions)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0: off
+    mixup: float = 0.0  # MixUp alpha (Zhang et al. 2018); 0: off
+    cutmix: float = 0.0  # CutMix alpha (Yun et al. 2019); 0: off; with mixup, one of the two per batch
+    grad_clip: float = 0.0  # clip the global gradient norm to this; 0: off
+    early_stopping: int = 0  # stop after this many epochs without a better val accuracy; 0: off
+    amp: str = "auto"  # mixed precision: auto (bf16 on CUDA where supported), off, bf16, fp16
+    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+
+
+@dataclass
+class EvalConfig:
+    """Clean evaluation settings."""
+
+    tta: bool = False  # test-time augmentation: average the logits of each image and its mirror
+    batch_size: int = 512
 
 
 @dataclass
@@ -106,12 +122,34 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     seed: int = 0
     device: str = "auto"  # one of DEVICES
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "attack": AttackConfig}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
+             "attack": AttackConfig}
+
+#: Named presets, applied under the YAML file and the flags (``--recipe NAME``).
+RECIPES: dict[str, dict[str, Any]] = {
+    # In the spirit of airbench (Jordan 2024) for CIFAR-10-sized data: a residual-free net with a
+    # whitening first layer, large batches, Nesterov SGD, label smoothing, flip-and-crop, flip TTA.
+    "fast": {
+        "model.name": "fast-cnn",
+        "data.augment": "flip-crop",
+        "train.epochs": 10,
+        "train.batch_size": 1024,
+        "train.optimizer": "sgd",
+        "train.lr": 0.2,
+        "train.momentum": 0.85,
+        "train.nesterov": True,
+        "train.weight_decay": 5e-4,
+        "train.schedule": "onecycle",
+        "train.label_smoothing": 0.2,
+        "eval.tta": True,
+    },
+}
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -183,8 +221,8 @@ def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
     """Build and validate a :class:`RunConfig` from a nested mapping.
 
     Args:
-        values: ``{"data": {...}, "model": {...}, "train": {...}, "attack": {...},
-            "seed": int, "device": str}``; every key is optional.
+        values: ``{"data": {...}, "model": {...}, "train": {...}, "eval": {...},
+            "attack": {...}, "seed": int, "device": str}``; every key is optional.
 
     Returns:
         The validated configuration.
@@ -196,7 +234,7 @@ def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
     if values is not None and not isinstance(values, dict):
         raise UsageError(f"a config must be a mapping of sections, got {values!r}")
     values = dict(values or {})
-    top = {"seed", "device", *_SECTIONS}
+    top = {"seed", "device", *_SECTIONS}  # ("recipe" is applied by load_config, below the file)
     for key in values:
         if key not in top:
             raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(top))}")
@@ -240,6 +278,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             invalid.
     """
     values: dict[str, Any] = {}
+    overrides = dict(overrides or {})
+    recipe = overrides.pop("recipe", None)
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -251,7 +291,20 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if loaded is not None and not isinstance(loaded, dict):
             raise UsageError(f"config file {str(path)!r} must hold a mapping of sections")
         values = loaded or {}
-    for key, value in (overrides or {}).items():
+    recipe = recipe or values.pop("recipe", None)
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise unknown_choice("recipe", recipe, RECIPES)
+        layered: dict[str, Any] = {}
+        for key, value in RECIPES[recipe].items():
+            set_dotted(layered, key, value)
+        for section, settings in values.items():  # the file wins over the recipe
+            if isinstance(settings, dict) and isinstance(layered.get(section), dict):
+                layered[section].update(settings)
+            else:
+                layered[section] = settings
+        values = layered
+    for key, value in overrides.items():
         set_dotted(values, key, value)
     return config_from_dict(values)
 
@@ -355,6 +408,14 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"train.lr must be a positive number, got {train.lr}")
     if train.weight_decay < 0 or train.momentum < 0 or train.step_gamma <= 0:
         raise UsageError("train.weight_decay and train.momentum must be >= 0, train.step_gamma > 0")
+    if train.amp not in AMP_MODES:
+        raise unknown_choice("mixed precision (train.amp)", train.amp, AMP_MODES)
+    if not 0 <= train.ema < 1:
+        raise UsageError(f"train.ema is a decay in [0, 1), got {train.ema}")
+    if train.mixup < 0 or train.cutmix < 0 or train.grad_clip < 0 or train.early_stopping < 0:
+        raise UsageError("train.mixup, train.cutmix, train.grad_clip and train.early_stopping must be >= 0")
+    if config.eval.batch_size < 1:
+        raise UsageError(f"eval.batch_size must be a positive integer, got {config.eval.batch_size}")
     if not 0 <= train.label_smoothing < 1:
         raise UsageError(f"train.label_smoothing must be in [0, 1), got {train.label_smoothing}")
     for name in attack.attacks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,19 +16,26 @@ from imgclf.metrics import ClassificationMetrics, classification_metrics
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, split: ImageSplit, *, batch_size: int = 512, device: torch.device
+    model: torch.nn.Module, split: ImageSplit, *, batch_size: int = 512, device: torch.device,
+    tta: bool = False,
 ) -> torch.Tensor:
     """Logits of ``model`` for every example of ``split``, in order.
 
     The caller chooses the model's mode (``model.eval()`` for evaluation).
 
+    Args:
+        tta: Test-time augmentation: the mean of the logits of each image and
+            of its left-right mirror.
+
     Returns:
         ``float32`` tensor of shape ``(N, K)`` on the CPU.
     """
-    outputs = [
-        model(images).float().cpu()
-        for images, _ in iterate_batches(split, batch_size=batch_size, device=device)
-    ]
+    outputs = []
+    for images, _ in iterate_batches(split, batch_size=batch_size, device=device):
+        logits = model(images).float()
+        if tta:
+            logits = (logits + model(images.flip(3)).float()) / 2
+        outputs.append(logits.cpu())
     return torch.cat(outputs)
 
 
@@ -65,16 +73,16 @@ def evaluate(
     *,
     device: torch.device,
     batch_size: int = 512,
+    tta: bool = False,
 ) -> EvalResult:
     """Clean metrics of ``model`` on ``split`` (accuracy, macro F1, per class...).
 
-    The model is put in eval mode.
+    The model is put in eval mode. ``tta`` averages the logits of each image
+    and its mirror (see :func:`predict_logits`).
     """
-    import time
-
     start = time.perf_counter()
     model.eval()
-    logits = predict_logits(model, split, batch_size=batch_size, device=device)
+    logits = predict_logits(model, split, batch_size=batch_size, device=device, tta=tta)
     predictions = logits.argmax(1).numpy()
     metrics = classification_metrics(split.labels.numpy(), predictions, class_names)
     return EvalResult(metrics, predictions, logits.softmax(1).numpy(), time.perf_counter() - start)

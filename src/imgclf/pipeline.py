@@ -142,7 +142,7 @@ def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = Fals
         device=device, seed=config.seed,
         log=log, quiet=quiet, on_epoch=lambda r: folder.write_csv("history.csv", r.history),
     )
-    save_model(model, folder.weights_path, model_info(config.model.name, config.model.options, spec, env))
+    save_model(model, folder.weights_path, model_info(model, config.model.name, config.model.options, spec, env))
     folder.update_metrics({
         "training": {"epochs": config.train.epochs, "best_epoch": result.best_epoch,
                      "best_val_accuracy": result.best_val_accuracy},

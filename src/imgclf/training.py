@@ -1,11 +1,23 @@
-"""Training: optimizer and schedule from the config, one epoch, and ``fit``."""
+"""Training: optimizer and schedule from the config, one epoch, and ``fit``.
+
+``fit`` trains with the configured optimizer, schedule, augmentation, class
+balancing, MixUp/CutMix, gradient clipping, mixed precision and an optional
+exponential moving average of the weights; validates after every epoch; keeps
+the best weights; stops early when asked; and after every epoch hands a
+complete training state to a callback, from which :func:`fit` can resume and
+reach, on the CPU with the same seed, exactly the weights of an uninterrupted run.
+Under ``torchrun`` it trains with distributed data parallel (see
+:mod:`imgclf.distributed`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,6 +26,7 @@ from tqdm import tqdm
 from imgclf.config import TrainConfig
 from imgclf.data.batches import iterate_batches, num_batches
 from imgclf.data.containers import DataSplits
+from imgclf.distributed import Distributed
 from imgclf.evaluation import loss_and_accuracy
 from imgclf.runtime import generator
 
@@ -46,9 +59,7 @@ def build_schedule(
     """
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25
-        )
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if config.schedule == "step":
@@ -58,48 +69,104 @@ def build_schedule(
     return None
 
 
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for ``train.amp`` on ``device`` (None: full fp32).
+
+    ``auto`` is bf16 on a CUDA GPU that supports it, fp16 on an older GPU, and
+    off on the CPU.
+    """
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def build_mixing(config: TrainConfig, num_classes: int) -> Callable | None:
+    """MixUp / CutMix from torchvision's v2 transforms (soft labels out), or None."""
+    if not (config.mixup or config.cutmix):
+        return None
+    from torchvision.transforms import v2
+
+    options = []
+    if config.mixup:
+        options.append(v2.MixUp(alpha=config.mixup, num_classes=num_classes))
+    if config.cutmix:
+        options.append(v2.CutMix(alpha=config.cutmix, num_classes=num_classes))
+    return options[0] if len(options) == 1 else v2.RandomChoice(options)
+
+
 def train_one_epoch(
     model: nn.Module,
-    batches,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler | None,
     loss_fn: nn.Module,
     progress: tqdm | None = None,
-) -> tuple[float, float]:
-    """One pass over ``batches``; returns mean training loss and accuracy.
+    mixing: Callable | None = None,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float = 0.0,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over ``batches``.
 
     Loss and correct counts are accumulated on the device, so the loop never
     waits for the GPU inside a step.
 
     Args:
         model: In training mode.
-        batches: Iterable of ``(images (B, C, H, W) float32 [0, 1], labels (B,) int64)``.
+        batches: ``(images (B, C, H, W) float32 [0, 1], labels (B,) int64)``.
         optimizer, schedule, loss_fn: From :func:`build_optimizer`,
             :func:`build_schedule` and ``nn.CrossEntropyLoss``.
         progress: Optional bar, advanced once per batch.
+        mixing: MixUp/CutMix (:func:`build_mixing`); accuracy is then against
+            each mixed example's dominant class.
+        amp_dtype: Autocast dtype (None for fp32); ``scaler`` for fp16.
+        grad_clip: Max global gradient norm (0: no clipping).
+        ema: Averaged model updated after every step.
+
+    Returns:
+        ``(summed loss, correct count)`` as device tensors, and the example count.
     """
-    loss_sum = correct = None
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for images, labels in batches:
-        logits = model(images)
-        loss = loss_fn(logits, labels)
+        targets = labels
+        if mixing is not None:
+            images, targets = mixing(images, labels)
+            labels = targets.argmax(1)
+        precision = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        with precision:
+            logits = model(images)
+            loss = loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         if schedule is not None:
             schedule.step()
+        if ema is not None:
+            ema.update_parameters(model)
         with torch.no_grad():
-            batch_loss = loss.detach() * labels.shape[0]
-            batch_correct = (logits.argmax(1) == labels).sum()
-            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            correct = batch_correct if correct is None else correct + batch_correct
+            loss_sum += loss.detach() * labels.shape[0]
+            correct += (logits.argmax(1) == labels).sum()
         seen += labels.shape[0]
         if progress is not None:
             progress.update(1)
-    if not seen:
-        return math.nan, math.nan
-    return loss_sum.item() / seen, correct.item() / seen
+    return loss_sum, correct, seen
 
 
 @dataclass
@@ -112,13 +179,20 @@ class TrainResult:
             (the whole epoch) and ``train_seconds`` (its training pass alone).
         best_epoch: Epoch (1-based) whose weights the model now holds.
         best_val_accuracy: Its validation accuracy.
-        seconds: Total training wall time, validation included.
+        seconds: Total training wall time, validation included (over all
+            sessions of a resumed run).
+        stopped_early: True when early stopping ended the run.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_accuracy: float = -1.0
     seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def fit(
@@ -132,12 +206,15 @@ def fit(
     seed: int,
     log: Log = print,
     quiet: bool = False,
-    on_epoch: Callable[[TrainResult], None] | None = None,
+    on_epoch: Callable[[TrainResult, dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train``, validate on ``data.val`` after every epoch.
 
-    The weights with the best validation accuracy are kept and loaded back into
-    ``model`` at the end (ties go to the later epoch).
+    The weights with the best validation accuracy (of the moving average, when
+    ``config.ema`` is on) are kept and loaded into ``model`` at the end; ties go
+    to the later epoch.
 
     Args:
         model: A model from :func:`imgclf.models.create_model`, on ``device``.
@@ -148,18 +225,28 @@ def fit(
             ``N / (K * N_k)``; or ``sampler``, drawing each epoch's examples
             with replacement with probability proportional to ``1 / N_k``.
         device: Where to train.
-        seed: Seeds the batch order and augmentation.
+        seed: Seeds the batch order, augmentation and mixing.
         log: Receives one line per epoch.
         quiet: Hide the progress bar.
-        on_epoch: Called after every epoch with the result so far (for
-            writing the history as it grows).
+        on_epoch: Called after every epoch with the result so far and the full
+            training state (tensors and plain values only; save it with
+            ``torch.save`` and pass it back as ``resume``).
+        resume: A state from ``on_epoch``: training continues after its epoch.
+        distributed: Rank and world size under ``torchrun``; each process
+            trains on its share of every epoch and gradients are averaged.
 
     Returns:
         History and best epoch; ``model`` holds the best weights, in eval mode.
     """
-    optimizer = build_optimizer(model, config)
-    steps = num_batches(len(data.train), config.batch_size)
-    schedule = build_schedule(optimizer, config, steps)
+    dist = distributed or Distributed()
+    if resume is None:
+        initialize = getattr(getattr(model, "body", None), "initialize_from_data", None)
+        if initialize is not None:  # data-dependent layers (fast-cnn's whitening) see normalized training images
+            rows = torch.randperm(len(data.train), generator=generator(seed))[:5000].numpy()
+            with torch.no_grad():
+                initialize(model.normalize(data.train.float_images(rows).to(device)))
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)  # only 4-D weights change layout
     counts = torch.bincount(data.train.labels, minlength=data.spec.num_classes).double()
     class_weights = sample_weights = None
     if balance == "weighted-loss":
@@ -168,31 +255,64 @@ def fit(
     elif balance == "sampler":
         sample_weights = (1.0 / counts.clamp_min(1))[data.train.labels]
     loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
+    train_model = dist.wrap(torch.compile(model) if config.compile else model)
+    optimizer = build_optimizer(model, config)
+    steps = num_batches(dist.share(len(data.train)), config.batch_size)
+    schedule = build_schedule(optimizer, config, steps)
+    ema = None
+    if config.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    mixing = build_mixing(config, data.spec.num_classes)
+    amp_dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     order = generator(seed)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)  # only 4-D weights change layout
+    torch.manual_seed(seed)  # dropout and MixUp/CutMix draw from the global generator
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    start_epoch, stale = 1, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(resume["schedule"])
+        if ema is not None:
+            ema.load_state_dict(resume["ema"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        order.set_state(resume["order_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        best_state = resume["best_state"]
+        result = TrainResult(list(resume["history"]), resume["best_epoch"], resume["best_val_accuracy"],
+                             resume["seconds"])
+        start_epoch, stale = resume["epoch"] + 1, resume["stale"]
+    started = time.perf_counter() - result.seconds
+    for epoch in range(start_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()
         model.train()
         batches = (
             (images.contiguous(memory_format=memory_format), labels)
             for images, labels in iterate_batches(
                 data.train, batch_size=config.batch_size, device=device, shuffle=True,
-                generator=order, augment=augment, sample_weights=sample_weights,
+                generator=order, augment=augment, sample_weights=sample_weights, shard=dist.shard,
             )
         )
-        with tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                  leave=False, disable=True if quiet else None, dynamic_ncols=True) as bar:
-            train_loss, train_acc = train_one_epoch(
-                model, batches, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, progress=bar
+        with tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                  disable=True if quiet or not dist.is_main else None, dynamic_ncols=True) as bar:
+            loss_sum, correct, seen = train_one_epoch(
+                train_model, batches, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, progress=bar,
+                mixing=mixing, amp_dtype=amp_dtype, scaler=scaler, grad_clip=config.grad_clip, ema=ema,
             )
+        loss_sum, correct, seen = dist.sum(loss_sum, correct, seen)  # over all processes
+        train_loss, train_acc = (loss_sum / seen, correct / seen) if seen else (math.nan, math.nan)
         lr = optimizer.param_groups[0]["lr"]  # after the epoch's last step
         train_seconds = time.perf_counter() - epoch_start
-        model.eval()
-        val_loss, val_acc = loss_and_accuracy(model, data.val, batch_size=512, device=device)
+        evaluated = ema.module if ema is not None else model
+        evaluated.eval()
+        val_loss, val_acc = loss_and_accuracy(evaluated, data.val, batch_size=512, device=device)
         seconds = time.perf_counter() - epoch_start
         result.history.append({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
@@ -200,15 +320,31 @@ def fit(
             "train_seconds": train_seconds,
         })
         if val_acc >= result.best_val_accuracy:
-            result.best_epoch, result.best_val_accuracy = epoch, val_acc
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            result.best_epoch, result.best_val_accuracy, stale = epoch, val_acc, 0
+            best_state = _clone_state(evaluated)
+        else:
+            stale += 1
         log(
             f"epoch {epoch:>3}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.2e}  {seconds:.1f} s"
         )
         result.seconds = time.perf_counter() - started
+        stop = bool(config.early_stopping) and stale >= config.early_stopping and epoch < config.epochs
         if on_epoch is not None:
-            on_epoch(result)
+            on_epoch(result, {
+                "epoch": epoch, "stale": stale, "stopped_early": stop,
+                "model": _clone_state(model), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict() if schedule is not None else None,
+                "ema": ema.state_dict() if ema is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "order_rng": order.get_state(), "torch_rng": torch.get_rng_state(),
+                "best_state": best_state, "history": result.history, "best_epoch": result.best_epoch,
+                "best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
+            })
+        if stop:
+            result.stopped_early = True
+            log(f"early stopping: no better validation accuracy for {stale} epochs")
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -97,6 +97,7 @@ def iterate_batches(
     augment: str = "none",
     drop_last: bool = False,
     sample_weights: torch.Tensor | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images, labels)`` batches in pixel space.
 
@@ -114,6 +115,9 @@ def iterate_batches(
         sample_weights: ``(N,)`` non-negative weights: draw ``N`` examples with
             replacement in proportion to them (class-balanced sampling)
             instead of a permutation.
+        shard: ``(rank, world_size)``: this process takes every ``world_size``-th
+            example of the epoch's order, starting at ``rank``, from an order cut
+            to a multiple of ``world_size`` so every process gets as many.
 
     Yields:
         ``images``: ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` on ``device``;
@@ -129,8 +133,11 @@ def iterate_batches(
         order = torch.randperm(n, generator=generator)
     else:
         order = torch.arange(n)
+    if shard is not None:
+        rank, world = shard
+        order = order[: (n // world) * world][rank::world]
     if drop_last:
-        order = order[: (n // batch_size) * batch_size]
+        order = order[: (len(order) // batch_size) * batch_size]
     aug_gen = generator
     if augmentation is not None and device.type != "cpu":
         # Augmentation draws on the batch's device; derive that generator from the CPU one.

@@ -104,15 +104,28 @@ def _check_option(entry: ModelEntry, key: str, value: Any, default: Any) -> Any:
     )
 
 
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``: a registered model, or ``timm:<model>``.
+
+    Raises:
+        UsageError: If ``name`` is neither.
+    """
+    from imgclf.models.timm_models import PREFIX, timm_builder
+
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith(PREFIX) and len(name) > len(PREFIX):
+        return ModelEntry(name, "a timm model", timm_builder(name[len(PREFIX):]), 1)
+    raise unknown_choice("model", name, [*MODELS, "timm:<name>"])
+
+
 def resolve_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
     """All hyperparameters of model ``name``: defaults overridden by ``options``.
 
     Raises:
         UsageError: Unknown model name or option, or an option of the wrong type.
     """
-    if name not in MODELS:
-        raise unknown_choice("model", name, MODELS)
-    entry = MODELS[name]
+    entry = get_entry(name)
     defaults = entry.defaults()
     resolved = dict(defaults)
     for key, value in (options or {}).items():
@@ -142,6 +155,8 @@ def create_model(
         num_classes: Number of classes ``K`` (>= 2).
         mean, std: Per-channel normalization statistics, ``[0, 1]`` units.
         options: The architecture's hyperparameters (see ``imgclf models``).
+            With ``pretrained=true`` (timm models), ``mean`` and ``std`` are
+            replaced by those the pretrained weights were trained with.
 
     Returns:
         A module mapping ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` to logits
@@ -152,11 +167,16 @@ def create_model(
             architecture.
     """
     resolved = resolve_options(name, options)
-    entry = MODELS[name]
+    entry = get_entry(name)
     if min(image_size) < entry.min_size:
         raise UsageError(
             f"model {name!r} needs images of at least {entry.min_size}x{entry.min_size} pixels, "
             f"got {image_size[1]}x{image_size[0]}; use --image-size"
         )
     body = entry.builder(channels=channels, image_size=tuple(image_size), num_classes=num_classes, **resolved)
+    if resolved.get("pretrained"):
+        # Pretrained weights expect the statistics they were trained with.
+        cfg = getattr(body, "pretrained_cfg", {}) or {}
+        if len(cfg.get("mean", ())) == channels:
+            mean, std = cfg["mean"], cfg["std"]
     return ImageClassifier(Normalize(mean, std), body)
