@@ -100,7 +100,7 @@ def test_an_existing_run_folder_is_never_overwritten(run_dir, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'; valid choices:"),
-    (["run", "--model", "vgg"], "unknown model 'vgg'; valid choices: cnn, mlp, resnet18, simple-cnn"),
+    (["run", "--model", "vgg"], "unknown model 'vgg'; valid choices: cnn, fast-cnn, keras-cnn, mlp, preact-resnet18"),
     (["run", "--attack", "cw"], "unknown attack 'cw'; valid choices: fgsm, pgd"),
     (["run", "--eps", "abc"], "invalid eps 'abc'"),
     (["run", "--eps", "-1"], "invalid eps '-1': eps is in pixel units and must lie in [0, 1]"),

@@ -51,3 +51,64 @@ def test_every_optimizer_and_schedule_trains(digits, optimizer, schedule):
                  log=lambda line: None, quiet=True)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_val_accuracy > 0.5
+
+
+def _fit(data, config, name="simple-cnn", **kwargs):
+    model = _model(data, name)
+    result = fit(model, data, config, augment=kwargs.pop("augment", "none"), device=torch.device("cpu"), seed=0,
+                 log=lambda line: None, quiet=True, **kwargs)
+    return model, result
+
+
+def test_ema_keeps_the_averaged_weights(digits):
+    plain, _ = _fit(digits, TrainConfig(epochs=2, batch_size=64))
+    averaged, result = _fit(digits, TrainConfig(epochs=2, batch_size=64, ema=0.95))
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), averaged.state_dict().values()))
+    _, val_acc = loss_and_accuracy(averaged, digits.val, batch_size=256, device=torch.device("cpu"))
+    assert val_acc == pytest.approx(result.best_val_accuracy) and val_acc > 0.8
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
+def test_mixup_and_cutmix_train(digits, mixup, cutmix):
+    _, result = _fit(digits, TrainConfig(epochs=3, batch_size=32, mixup=mixup, cutmix=cutmix, lr=3e-3), "cnn")
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_val_accuracy > 0.6
+
+
+def test_early_stopping_stops_when_validation_stalls(digits):
+    lines = []
+    model = _model(digits)
+    result = fit(model, digits, TrainConfig(epochs=20, lr=1e-12, schedule="constant", early_stopping=2),
+                 augment="none", device=torch.device("cpu"), seed=0, log=lines.append, quiet=True)
+    assert result.stopped_early and len(result.history) == 3
+    assert "early stopping" in lines[-1]
+
+
+def test_gradient_clipping_limits_the_step(digits):
+    start = _model(digits).state_dict()
+    clipped, _ = _fit(digits, TrainConfig(epochs=1, optimizer="sgd", lr=0.1, momentum=0.0, schedule="constant",
+                                          weight_decay=0.0, grad_clip=1e-6))
+    moved = max((clipped.state_dict()[k] - start[k]).abs().max().item() for k in start)
+    assert moved <= 0.1 * 1e-6 * 18 + 1e-7  # at most lr * max-norm per step, 18 steps
+
+
+def test_tta_averages_an_image_and_its_mirror(digits):
+    from imgclf.evaluation import predict_logits
+
+    model = _model(digits).eval()
+    logits = predict_logits(model, digits.test, device=torch.device("cpu"), tta=True)
+    images = digits.test.float_images()
+    with torch.no_grad():
+        expected = (model(images) + model(images.flip(3))) / 2
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
+def test_the_fast_recipe_is_a_preset_under_file_and_flags(tmp_path):
+    from imgclf.config import load_config
+
+    config = load_config(None, {"recipe": "fast"})
+    assert (config.model.name, config.train.batch_size, config.eval.tta) == ("fast-cnn", 1024, True)
+    path = tmp_path / "run.yaml"
+    path.write_text("recipe: fast\ntrain:\n  epochs: 3\n")
+    config = load_config(path, {"train.lr": 0.1})
+    assert (config.train.epochs, config.train.lr, config.train.label_smoothing) == (3, 0.1, 0.2)

@@ -96,6 +96,24 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--schedule", dest="train.schedule", default=S,
                        help="onecycle | cosine | step | constant (default onecycle)")
     group.add_argument("--label-smoothing", dest="train.label_smoothing", type=float, default=S, help="default 0")
+    group.add_argument("--ema", dest="train.ema", type=float, default=S, metavar="DECAY",
+                       help="validate and keep an exponential moving average of the weights, e.g. 0.999")
+    group.add_argument("--mixup", dest="train.mixup", type=float, default=S, metavar="ALPHA", help="MixUp alpha")
+    group.add_argument("--cutmix", dest="train.cutmix", type=float, default=S, metavar="ALPHA", help="CutMix alpha")
+    group.add_argument("--grad-clip", dest="train.grad_clip", type=float, default=S, metavar="NORM",
+                       help="clip the global gradient norm")
+    group.add_argument("--early-stopping", dest="train.early_stopping", type=int, default=S, metavar="EPOCHS",
+                       help="stop after this many epochs without a better validation accuracy")
+    group.add_argument("--amp", dest="train.amp", default=S, metavar="MODE",
+                       help="mixed precision: auto (bf16 on CUDA) | off | bf16 | fp16")
+    group.add_argument("--compile", dest="train.compile", action=argparse.BooleanOptionalAction, default=S,
+                       help="torch.compile the model")
+    group.add_argument("--channels-last", dest="train.channels_last", action=argparse.BooleanOptionalAction,
+                       default=S, help="channels-last memory format (default on)")
+    group.add_argument("--tta", dest="eval.tta", action=argparse.BooleanOptionalAction, default=S,
+                       help="test-time augmentation: average each test image's logits with its mirror's")
+    group.add_argument("--recipe", dest="recipe", default=S, metavar="NAME",
+                       help="a preset under the config file and flags: fast (airbench-style, CIFAR-sized data)")
     group.add_argument("--seed", dest="seed", type=int, default=S, help="seeds everything (default 0)")
 
 
@@ -149,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     """)
     train = command("train", "train a model and save it in a new run folder", """
         imgclf train --dataset fashion-mnist --model mlp --model-option hidden=256 --epochs 5 --out runs/fm
+        imgclf train --resume runs/fm                 # after an interruption, even kill -9
+        torchrun --nproc_per_node 2 -m imgclf train --dataset mnist --out runs/ddp
+        imgclf train --recipe fast --dataset cifar10 --device cuda --out runs/fast
     """)
+    train.add_argument("--resume", metavar="RUN",
+                       help="continue a stopped run from its last finished epoch (its own config.yaml applies)")
     for p in (run, train):
         p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
         p.add_argument("--out", metavar="DIR", help="new run folder (default runs/<dataset>-<model>-<time>)")
@@ -189,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides = {key: value for key, value in vars(args).items() if "." in key or key in ("seed", "device")}
+    overrides = {key: value for key, value in vars(args).items()
+                 if "." in key or key in ("seed", "device", "recipe")}
     for key, value in getattr(args, "model_options", []):
         overrides[f"model.options.{key}"] = value
     return overrides
@@ -237,13 +261,24 @@ def dispatch(args: argparse.Namespace) -> int:
         report = check_folder(Path(args.path).expanduser())
         print(report.render())
         return 1 if report.problems() else 0
+    if args.command == "train" and args.resume:
+        extra = sorted(set(_overrides(args)) - {"device"}) + (["--config"] if args.config else []) + \
+            (["--out"] if args.out else [])
+        if extra:
+            raise UsageError(f"--resume continues a run with its own config.yaml; drop {', '.join(extra)} "
+                             "(only --device and --quiet apply)")
+        device = {"device": args.device} if hasattr(args, "device") else {}
+        folder = pipeline.resume_stage(args.resume, quiet=args.quiet, overrides=device).folder
+        if args.quiet:
+            print(folder.path)
+        return 0
     if args.command in ("run", "train"):
         config = load_config(args.config, _overrides(args))
         if args.command == "run":
             folder = pipeline.run(config, out=args.out, quiet=args.quiet)
         else:
             folder = pipeline.train_stage(config, out=args.out, quiet=args.quiet).folder
-        if args.quiet:
+        if args.quiet and folder is not None:
             print(folder.path)
         return 0
     if args.command == "report":
@@ -253,7 +288,7 @@ def dispatch(args: argparse.Namespace) -> int:
     log = pipeline.RunLog(loaded.folder, quiet=args.quiet)
     if args.command == "evaluate":
         pipeline.evaluate_stage(loaded.folder, loaded.model, loaded.data, device=loaded.device,
-                                seed=loaded.config.seed, log=log)
+                                seed=loaded.config.seed, tta=loaded.config.eval.tta, log=log)
     else:
         pipeline.attack_stage(loaded.folder, loaded.model, loaded.data, loaded.config, device=loaded.device,
                               log=log, quiet=args.quiet)

@@ -9,6 +9,7 @@ functions.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,12 +21,18 @@ from imgclf.attacks import AttackSpec, RobustnessResult, robustness
 from imgclf.checkpoint import load_model, model_info, save_model
 from imgclf.config import DEFAULT_EPS_COLOUR, DEFAULT_EPS_GREY, RunConfig, dump_config, load_config, parse_eps
 from imgclf.data import DataSplits, load_data, stratified_subset
+from imgclf.distributed import Distributed
+from imgclf.errors import UsageError
 from imgclf.evaluation import EvalResult, evaluate
 from imgclf.models import create_model
 from imgclf.report import write_report
-from imgclf.run_folder import RunFolder, atomic_write_text
+from imgclf.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 from imgclf.runtime import environment, seed_everything, select_device
 from imgclf.training import TrainResult, fit
+
+
+#: The training state after the last finished epoch, for ``imgclf train --resume``.
+TRAIN_STATE = "train_state.pt"
 
 
 class RunLog:
@@ -54,7 +61,7 @@ class RunLog:
 class TrainedRun:
     """What the train stage hands on."""
 
-    folder: RunFolder
+    folder: RunFolder | None  # None in the processes other than rank 0 of a distributed run
     config: RunConfig
     data: DataSplits
     model: torch.nn.Module
@@ -86,8 +93,55 @@ def _load_splits(folder: RunFolder) -> dict[str, tuple[str, np.ndarray]] | None:
     return {name: (str(arrays[f"{name}_pool"]), arrays[f"{name}_indices"]) for name in ("train", "val", "test")}
 
 
+def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
+    spec = data.spec
+    return create_model(
+        config.model.name, channels=spec.channels, image_size=spec.image_size,
+        num_classes=spec.num_classes, mean=spec.mean, std=spec.std, options=config.model.options,
+    ).to(device)
+
+
+def _train(folder: RunFolder | None, config: RunConfig, data: DataSplits, model: torch.nn.Module,
+           device: torch.device, dist: Distributed, log: RunLog, quiet: bool,
+           resume: dict | None = None) -> TrainResult:
+    """Fit, writing the history, the best model and the training state after every epoch (rank 0)."""
+    spec = data.spec
+    env = environment(device)
+
+    def save_epoch(result: TrainResult, state: dict) -> None:
+        if folder is None:
+            return
+        folder.write_csv("history.csv", result.history)
+        if result.best_epoch == state["epoch"]:  # a new best: keep it as the run's model
+            save_model(state["best_state"], folder.weights_path,
+                       model_info(model, config.model.name, config.model.options, spec, env))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(folder.file(TRAIN_STATE), buffer.getvalue())
+
+    result = fit(
+        model, data, config.train, augment=config.data.augment, balance=config.data.balance,
+        device=device, seed=config.seed, log=log, quiet=quiet, on_epoch=save_epoch, resume=resume,
+        distributed=dist,
+    )
+    if folder is not None:
+        save_model(model, folder.weights_path, model_info(model, config.model.name, config.model.options, spec, env))
+        folder.update_metrics({
+            "training": {"epochs": config.train.epochs, "epochs_run": len(result.history),
+                         "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                         "stopped_early": result.stopped_early, "processes": dist.world_size},
+            "timing": {"train_seconds": result.seconds},
+        })
+        log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy:.4f}); "
+            f"model saved to {folder.weights_path}")
+    return result
+
+
 def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = False) -> TrainedRun:
-    """Load data, train, and save the model, config, splits and history.
+    """Load data, train, and save the model, config, splits, history and training state.
+
+    Under ``torchrun`` every process trains and only rank 0 writes (the other
+    ranks return a :class:`TrainedRun` whose ``folder`` is None).
 
     Args:
         config: The validated configuration.
@@ -98,25 +152,36 @@ def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = Fals
     Raises:
         UsageError: Bad data set, model, options, or an existing output folder.
     """
-    if out is not None:
+    dist = Distributed.from_env()
+    if out is not None and dist.is_main:
         RunFolder.check_available(out)
-    log = RunLog(quiet=quiet)
+    log = RunLog(quiet=quiet or not dist.is_main)
     seed_everything(config.seed)
-    device = select_device(config.device)
+    device = dist.device(select_device(config.device))
     data = load_data(config.data, seed=config.seed)
     spec = data.spec
     config = resolve_eps(config, spec.channels)
-    model = create_model(
-        config.model.name, channels=spec.channels, image_size=spec.image_size,
-        num_classes=spec.num_classes, mean=spec.mean, std=spec.std, options=config.model.options,
-    ).to(device)
-    stem = Path(spec.name).name if "/" in spec.name else spec.name
-    folder = RunFolder.create(out, default_name=f"{stem}-{config.model.name}")
-    log.attach(folder)
-    atomic_write_text(folder.config_path, dump_config(config))
-    _save_splits(folder, data)
-    if data.bad_files:
-        atomic_write_text(folder.file("bad_files.txt"), "".join(f"{p}\t{r}\n" for p, r in data.bad_files))
+    model = _model_for(config, data, device)
+    folder = None
+    if dist.is_main:
+        stem = Path(spec.name).name if "/" in spec.name else spec.name
+        folder = RunFolder.create(out, default_name=f"{stem}-{config.model.name}")
+        log.attach(folder)
+        atomic_write_text(folder.config_path, dump_config(config))
+        _save_splits(folder, data)
+        if data.bad_files:
+            atomic_write_text(folder.file("bad_files.txt"), "".join(f"{p}\t{r}\n" for p, r in data.bad_files))
+        folder.update_metrics({
+            "dataset": spec.name,
+            "model": config.model.name,
+            "num_classes": spec.num_classes,
+            "class_names": list(spec.class_names),
+            "seed": config.seed,
+            "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
+                     "input_shape": list(spec.input_shape), "bad_files": len(data.bad_files)},
+            "data_notes": data.notes,
+            "environment": environment(device),
+        })
     for note in data.notes:
         log(f"warning: {note}")
     n_params = sum(p.numel() for p in model.parameters())
@@ -124,38 +189,51 @@ def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = Fals
         f"{spec.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
         f"{spec.num_classes} classes, input {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}; "
         f"{config.model.name} with {n_params:,} parameters on {device}"
+        + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
     )
-    env = environment(device)
-    folder.update_metrics({
-        "dataset": spec.name,
-        "model": config.model.name,
-        "num_classes": spec.num_classes,
-        "class_names": list(spec.class_names),
-        "seed": config.seed,
-        "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
-                 "input_shape": list(spec.input_shape), "bad_files": len(data.bad_files)},
-        "data_notes": data.notes,
-        "environment": env,
-    })
-    result = fit(
-        model, data, config.train, augment=config.data.augment, balance=config.data.balance,
-        device=device, seed=config.seed,
-        log=log, quiet=quiet, on_epoch=lambda r: folder.write_csv("history.csv", r.history),
-    )
-    save_model(model, folder.weights_path, model_info(model, config.model.name, config.model.options, spec, env))
-    folder.update_metrics({
-        "training": {"epochs": config.train.epochs, "best_epoch": result.best_epoch,
-                     "best_val_accuracy": result.best_val_accuracy},
-        "timing": {"train_seconds": result.seconds},
-    })
-    log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy:.4f}); model saved to {folder.weights_path}")
+    result = _train(folder, config, data, model, device, dist, log, quiet)
+    return TrainedRun(folder, config, data, model, device, result)
+
+
+def resume_stage(path: str | Path, *, quiet: bool = False, overrides: dict | None = None) -> TrainedRun:
+    """Continue a run from its last training state (``train_state.pt``), e.g. after ``kill -9``.
+
+    On the CPU with the same settings the result is the same, weight for weight,
+    as a run that was never stopped. A finished run is left as it is.
+
+    Raises:
+        UsageError: If ``path`` is not a run folder or holds no training state.
+    """
+    folder = RunFolder.open(path)
+    state_path = folder.file(TRAIN_STATE)
+    if not state_path.is_file():
+        raise UsageError(f"{str(path)!r} holds no {TRAIN_STATE}: it stopped before its first epoch ended; "
+                         "start it again instead")
+    config = load_config(folder.config_path, overrides)
+    log = RunLog(folder, quiet=quiet)
+    seed_everything(config.seed)
+    device = select_device(config.device)
+    data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))
+    model = _model_for(config, data, device)
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    if state["epoch"] >= config.train.epochs or state["stopped_early"]:
+        log(f"{folder.path} finished training already (epoch {state['epoch']}); nothing to resume")
+        model.load_state_dict(state["best_state"])
+        result = TrainResult(state["history"], state["best_epoch"], state["best_val_accuracy"], state["seconds"],
+                             state["stopped_early"])
+        return TrainedRun(folder, config, data, model.eval(), device, result)
+    log(f"resuming {folder.path} after epoch {state['epoch']} of {config.train.epochs}")
+    result = _train(folder, config, data, model, device, Distributed(), log, quiet, resume=state)
     return TrainedRun(folder, config, data, model, device, result)
 
 
 def evaluate_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, *, device: torch.device,
-                   seed: int, log=print) -> EvalResult:
-    """Clean metrics on the test split; saves ``metrics.json`` (``clean``) and ``samples.npz``."""
-    result = evaluate(model, data.test, list(data.spec.class_names), device=device)
+                   seed: int, tta: bool = False, log=print) -> EvalResult:
+    """Clean metrics on the test split; saves ``metrics.json`` (``clean``) and ``samples.npz``.
+
+    ``tta`` averages each image's logits with its mirror's (``eval.tta``).
+    """
+    result = evaluate(model, data.test, list(data.spec.class_names), device=device, tta=tta)
     labels = data.test.labels.numpy()
     rng = np.random.default_rng(seed)
     shown = np.sort(rng.choice(len(labels), size=min(16, len(labels)), replace=False))
@@ -216,11 +294,15 @@ def report_stage(folder: RunFolder, *, log=print) -> Path:
     return path
 
 
-def run(config: RunConfig, *, out: str | Path | None = None, quiet: bool = False) -> RunFolder:
-    """The whole pipeline: train, evaluate, attack, report. Returns the run folder."""
+def run(config: RunConfig, *, out: str | Path | None = None, quiet: bool = False) -> RunFolder | None:
+    """The whole pipeline: train, evaluate, attack, report. Returns the run folder
+    (None in the processes other than rank 0 of a distributed run)."""
     trained = train_stage(config, out=out, quiet=quiet)
+    if trained.folder is None:  # not rank 0 of a distributed run
+        return None
     log = RunLog(trained.folder, quiet=quiet)
-    evaluate_stage(trained.folder, trained.model, trained.data, device=trained.device, seed=trained.config.seed, log=log)
+    evaluate_stage(trained.folder, trained.model, trained.data, device=trained.device, seed=trained.config.seed,
+                   tta=trained.config.eval.tta, log=log)
     attack_stage(trained.folder, trained.model, trained.data, trained.config, device=trained.device, log=log, quiet=quiet)
     report_stage(trained.folder, log=log)
     return trained.folder

@@ -319,11 +319,10 @@ def fit(
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "seconds": seconds,
             "train_seconds": train_seconds,
         })
-        if val_acc >= result.best_val_accuracy:
-            result.best_epoch, result.best_val_accuracy, stale = epoch, val_acc, 0
+        stale = 0 if val_acc > result.best_val_accuracy else stale + 1  # a tie is no progress
+        if val_acc >= result.best_val_accuracy:  # but the later of two equal epochs is kept
+            result.best_epoch, result.best_val_accuracy = epoch, val_acc
             best_state = _clone_state(evaluated)
-        else:
-            stale += 1
         log(
             f"epoch {epoch:>3}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.2e}  {seconds:.1f} s"
