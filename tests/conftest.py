@@ -41,8 +41,13 @@ def _quiet_torch():
 @pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
     """An image folder with 3 classes of 12 PNG/JPEG images each, plus clutter."""
+    return make_tiny_folder(tmp_path)
+
+
+def make_tiny_folder(parent: Path) -> Path:
+    """See :func:`tiny_folder`; the class is the dominant colour channel."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "shapes"
+    root = parent / "shapes"
     for k, name in enumerate(["circle", "square", "stripe"]):
         folder = root / name
         folder.mkdir(parents=True)

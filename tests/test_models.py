@@ -112,3 +112,18 @@ def test_unknown_timm_names_suggest_real_ones():
     pytest.importorskip("timm")
     with pytest.raises(UsageError, match="unknown timm model 'resnet_18'; similar names:"):
         create_model("timm:resnet_18", channels=3, image_size=(32, 32), num_classes=10, mean=[0] * 3, std=[1] * 3)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_trains_through_imgclf_run(name, tiny_folder, tmp_path):
+    import json
+
+    from imgclf.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--dataset", str(tiny_folder), "--image-size", "16", "--model", name, "--epochs", "1",
+                 "--batch-size", "8", "--attack-examples", "4", "--eps", "0,0.1", "--pgd-steps", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == name and 0 <= metrics["clean"]["accuracy"] <= 1
+    assert load_model(out)(torch.rand(2, 3, 16, 16)).shape == (2, 3)

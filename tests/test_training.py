@@ -112,3 +112,13 @@ def test_the_fast_recipe_is_a_preset_under_file_and_flags(tmp_path):
     path.write_text("recipe: fast\ntrain:\n  epochs: 3\n")
     config = load_config(path, {"train.lr": 0.1})
     assert (config.train.epochs, config.train.lr, config.train.label_smoothing) == (3, 0.1, 0.2)
+
+
+def test_mixed_precision_resolves_per_device_and_trains_in_bf16(digits):
+    from imgclf.training import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16 and autocast_dtype("fp16", cpu) == torch.float16
+    _, result = _fit(digits, TrainConfig(epochs=2, batch_size=64, amp="bf16"), "mlp")
+    assert result.best_val_accuracy > 0.8

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from imgclf import __version__
-from imgclf.errors import UsageError
+from imgclf.errors import ExportMismatchError, UsageError
 
 S = argparse.SUPPRESS
 
@@ -110,6 +110,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                        help="torch.compile the model")
     group.add_argument("--channels-last", dest="train.channels_last", action=argparse.BooleanOptionalAction,
                        default=S, help="channels-last memory format (default on)")
+    group.add_argument("--tensorboard", dest="train.tensorboard", action=argparse.BooleanOptionalAction,
+                       default=S, help="also log to RUN/tensorboard: scalars, figures, hyperparameters")
     group.add_argument("--tta", dest="eval.tta", action=argparse.BooleanOptionalAction, default=S,
                        help="test-time augmentation: average each test image's logits with its mirror's")
     group.add_argument("--recipe", dest="recipe", default=S, metavar="NAME",
@@ -193,6 +195,27 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
     _add_attack_flags(attack)
 
+    predict = command("predict", "top-k classes of image files with a trained model", """
+        imgclf predict runs/linnaeus photos/ --top-k 3
+        imgclf predict runs/mnist/model.onnx digit.png --format json
+    """)
+    predict.add_argument("model_path", metavar="RUN", help="a run folder, model.safetensors, .onnx or TorchScript file")
+    predict.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and folders")
+    predict.add_argument("--top-k", type=int, default=1, metavar="K", help="classes per image (default 1)")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    predict.add_argument("--batch-size", type=int, default=256, help=argparse.SUPPRESS)
+
+    export = command("export", "export a trained model to ONNX or TorchScript, checked on real test images", """
+        imgclf export runs/cifar --format onnx
+        imgclf export runs/cifar --format torchscript --out deploy/cifar.pt
+    """)
+    export.add_argument("run_dir", metavar="RUN", help="a run folder")
+    export.add_argument("--format", dest="export_format", choices=("onnx", "torchscript"), default="onnx")
+    export.add_argument("--out", metavar="FILE", help="default RUN/model.onnx or RUN/model.torchscript.pt")
+    export.add_argument("--examples", type=int, default=256, metavar="N",
+                        help="test images for the parity check (default 256)")
+    _add_data_flags(export, full=False)
+
     report = command("report", "write figures and report.html from a run folder", "imgclf report runs/mnist")
     report.add_argument("run_dir", metavar="RUN", help="a run folder")
     data = command("data", "inspect data", "imgclf data check path/to/photos")
@@ -242,6 +265,57 @@ def _list_models() -> None:
           f"  {'':<16} options: pretrained=False (True fetches the published weights)")
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from imgclf.prediction import Classifier, predict
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be a positive integer, got {args.top_k}")
+    classifier = Classifier.load(args.model_path)
+    results = predict(classifier, args.images, top_k=args.top_k, batch_size=args.batch_size)
+    if not results:
+        raise UsageError("no image files found in " + ", ".join(args.images))
+    if args.format == "json":
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["file", "rank", "class", "probability", "error"])
+        for r in results:
+            rows = [(k + 1, c, f"{p:.6f}", "") for k, (c, p) in enumerate(zip(r.classes, r.probabilities))]
+            writer.writerows([(r.file, *row) for row in rows] or [(r.file, "", "", "", r.error)])
+    else:
+        width = max(len(r.file) for r in results)
+        for r in results:
+            shown = "  ".join(f"{c} ({p:.3f})" for c, p in zip(r.classes, r.probabilities))
+            print(f"{r.file:<{width}}  {shown or 'error: ' + str(r.error)}")
+    failed = [r for r in results if r.error]
+    if failed:
+        print(f"imgclf: {len(failed)} of {len(results)} file(s) could not be predicted", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from imgclf.checkpoint import read_model_info
+    from imgclf.data import stratified_subset
+    from imgclf.export import FORMATS, export_model
+    from imgclf.pipeline import open_run
+
+    loaded = open_run(args.run_dir, overrides=_overrides(args))
+    out = Path(args.out) if args.out else loaded.folder.path / f"model{FORMATS[args.export_format]}"
+    test = loaded.data.test
+    rows = stratified_subset(test.labels.numpy(), max(2, args.examples), loaded.config.seed)
+    result = export_model(loaded.model, read_model_info(loaded.folder.path), test.float_images(rows), out,
+                          format=args.export_format)
+    print(f"wrote {result.path} ({result.format}) and {result.path.name}.json; on {result.n_images} test images "
+          f"the largest logit difference from PyTorch is {result.max_abs_diff:.2e} (tolerance 1e-04) and "
+          f"{result.same_top1:.1%} have the same top-1 class")
+    return 0
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen subcommand; returns the exit status."""
     from imgclf import pipeline
@@ -281,6 +355,10 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.quiet and folder is not None:
             print(folder.path)
         return 0
+    if args.command == "predict":
+        return _predict(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "report":
         pipeline.report_stage(pipeline.RunFolder.open(args.run_dir))
         return 0
@@ -307,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"imgclf: error: {error}", file=sys.stderr)
         return 2
+    except ExportMismatchError as error:
+        print(f"imgclf: export check failed: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)
         return 130

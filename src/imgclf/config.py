@@ -92,6 +92,7 @@ class TrainConfig:
     early_stopping: int = 0  # stop after this many epochs without a better val accuracy; 0: off
     amp: str = "auto"  # mixed precision: auto (bf16 on CUDA where supported), off, bf16, fp16
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+    tensorboard: bool = False  # also log to RUN/tensorboard (scalars, figures, hyperparameters)
 
 
 @dataclass

@@ -82,9 +82,3 @@ class Distributed:
             tdist.all_reduce(totals)
         loss, right, count = totals.tolist()
         return loss, right, int(count)
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as tdist
-
-            tdist.barrier()

@@ -22,6 +22,10 @@ class DataNotFoundError(UsageError):
     """A data set's files are missing and could not be downloaded."""
 
 
+class ExportMismatchError(RuntimeError):
+    """An exported model's logits differ from PyTorch's by more than the tolerance."""
+
+
 def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> UsageError:
     """Build the standard error for a name that is not one of ``choices``.
 

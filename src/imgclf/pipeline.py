@@ -19,7 +19,15 @@ from tqdm import tqdm
 
 from imgclf.attacks import AttackSpec, RobustnessResult, robustness
 from imgclf.checkpoint import load_model, model_info, save_model
-from imgclf.config import DEFAULT_EPS_COLOUR, DEFAULT_EPS_GREY, RunConfig, dump_config, load_config, parse_eps
+from imgclf.config import (
+    DEFAULT_EPS_COLOUR,
+    DEFAULT_EPS_GREY,
+    RunConfig,
+    config_to_dict,
+    dump_config,
+    load_config,
+    parse_eps,
+)
 from imgclf.data import DataSplits, load_data, stratified_subset
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError
@@ -107,10 +115,19 @@ def _train(folder: RunFolder | None, config: RunConfig, data: DataSplits, model:
     """Fit, writing the history, the best model and the training state after every epoch (rank 0)."""
     spec = data.spec
     env = environment(device)
+    board = None
+    if config.train.tensorboard and folder is not None:
+        from imgclf.tensorboard_logging import TrainingLogger
+
+        steps_done = resume.get("optimizer_steps", 0) if resume is not None else 0
+        board = TrainingLogger(folder.path / "tensorboard", first_step=steps_done)
 
     def save_epoch(result: TrainResult, state: dict) -> None:
         if folder is None:
             return
+        if board is not None:
+            board.epoch(result.history[-1])
+            state["optimizer_steps"] = board.global_step
         folder.write_csv("history.csv", result.history)
         if result.best_epoch == state["epoch"]:  # a new best: keep it as the run's model
             save_model(state["best_state"], folder.weights_path,
@@ -119,11 +136,15 @@ def _train(folder: RunFolder | None, config: RunConfig, data: DataSplits, model:
         torch.save(state, buffer)
         atomic_write_bytes(folder.file(TRAIN_STATE), buffer.getvalue())
 
-    result = fit(
-        model, data, config.train, augment=config.data.augment, balance=config.data.balance,
-        device=device, seed=config.seed, log=log, quiet=quiet, on_epoch=save_epoch, resume=resume,
-        distributed=dist,
-    )
+    try:
+        result = fit(
+            model, data, config.train, augment=config.data.augment, balance=config.data.balance,
+            device=device, seed=config.seed, log=log, quiet=quiet, on_epoch=save_epoch, resume=resume,
+            distributed=dist, on_step=board.step if board is not None else None,
+        )
+    finally:
+        if board is not None:
+            board.close()
     if folder is not None:
         save_model(model, folder.weights_path, model_info(model, config.model.name, config.model.options, spec, env))
         folder.update_metrics({
@@ -305,7 +326,18 @@ def run(config: RunConfig, *, out: str | Path | None = None, quiet: bool = False
                    tta=trained.config.eval.tta, log=log)
     attack_stage(trained.folder, trained.model, trained.data, trained.config, device=trained.device, log=log, quiet=quiet)
     report_stage(trained.folder, log=log)
+    if trained.config.train.tensorboard:
+        tensorboard_results(trained.folder, trained.config)
     return trained.folder
+
+
+def tensorboard_results(folder: RunFolder, config: RunConfig) -> None:
+    """Add the run's figures and its hyperparameters with final metrics to ``RUN/tensorboard``."""
+    from imgclf.report.html import build_figures
+    from imgclf.tensorboard_logging import log_results
+
+    figures = {k: v for k, v in build_figures(folder).items() if k in ("confusion_matrix", "predictions", "adversarial")}
+    log_results(folder.path / "tensorboard", config_to_dict(config), folder.read_json("metrics.json", {}), figures)
 
 
 @dataclass

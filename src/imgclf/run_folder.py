@@ -43,7 +43,7 @@ def _umask() -> int:
 
 
 #: Permissions of a file made by ``open()``; ``mkstemp`` would leave 0600.
-_FILE_MODE = 0o666 & ~_umask()
+FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -54,7 +54,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -133,30 +133,32 @@ class RunFolder:
     # -- paths ------------------------------------------------------------
     @property
     def config_path(self) -> Path:
+        """``RUN/config.yaml``."""
         return self.path / "config.yaml"
 
     @property
     def weights_path(self) -> Path:
+        """``RUN/model.safetensors`` (its metadata is ``RUN/model.json``)."""
         return self.path / "model.safetensors"
 
     @property
-    def model_info_path(self) -> Path:
-        return self.path / "model.json"
-
-    @property
     def figures(self) -> Path:
+        """``RUN/figures``."""
         return self.path / "figures"
 
     def file(self, name: str) -> Path:
+        """``RUN/name``."""
         return self.path / name
 
     # -- JSON / CSV / arrays ----------------------------------------------
     def write_json(self, name: str, data: Any) -> Path:
+        """Write ``data`` as indented JSON to ``RUN/name``, atomically."""
         path = self.file(name)
         atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
         return path
 
     def read_json(self, name: str, default: Any = None) -> Any:
+        """The JSON in ``RUN/name``, or ``default`` if there is no such file."""
         path = self.file(name)
         if not path.is_file():
             return default
@@ -174,6 +176,7 @@ class RunFolder:
         return metrics
 
     def write_csv(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        """Write ``rows`` (dicts with the same keys) as CSV with a header, atomically."""
         buffer = io.StringIO()
         if rows:
             writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -184,6 +187,7 @@ class RunFolder:
         return path
 
     def read_csv(self, name: str) -> list[dict[str, float]]:
+        """The rows of a numeric CSV written by :meth:`write_csv` ([] if absent)."""
         path = self.file(name)
         if not path.is_file():
             return []
@@ -191,6 +195,7 @@ class RunFolder:
             return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
     def write_arrays(self, name: str, **arrays: np.ndarray) -> Path:
+        """Write NumPy arrays to a compressed ``.npz``, atomically."""
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         path = self.file(name)
@@ -198,6 +203,7 @@ class RunFolder:
         return path
 
     def read_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays of ``RUN/name`` (``.npz``, never unpickled), or None if absent."""
         path = self.file(name)
         if not path.is_file():
             return None

@@ -109,6 +109,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float = 0.0,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
+    on_step: Callable[[torch.Tensor, float], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One pass over ``batches``.
 
@@ -126,6 +127,8 @@ def train_one_epoch(
         amp_dtype: Autocast dtype (None for fp32); ``scaler`` for fp16.
         grad_clip: Max global gradient norm (0: no clipping).
         ema: Averaged model updated after every step.
+        on_step: Called after every step with the batch loss (a detached device
+            tensor) and the learning rate.
 
     Returns:
         ``(summed loss, correct count)`` as device tensors, and the example count.
@@ -160,6 +163,8 @@ def train_one_epoch(
             schedule.step()
         if ema is not None:
             ema.update_parameters(model)
+        if on_step is not None:
+            on_step(loss.detach(), optimizer.param_groups[0]["lr"])
         with torch.no_grad():
             loss_sum += loss.detach() * labels.shape[0]
             correct += (logits.argmax(1) == labels).sum()
@@ -209,6 +214,7 @@ def fit(
     on_epoch: Callable[[TrainResult, dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
     distributed: Distributed | None = None,
+    on_step: Callable[[torch.Tensor, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train``, validate on ``data.val`` after every epoch.
 
@@ -234,6 +240,7 @@ def fit(
         resume: A state from ``on_epoch``: training continues after its epoch.
         distributed: Rank and world size under ``torchrun``; each process
             trains on its share of every epoch and gradients are averaged.
+        on_step: Called after every optimizer step (see :func:`train_one_epoch`).
 
     Returns:
         History and best epoch; ``model`` holds the best weights, in eval mode.
@@ -305,6 +312,7 @@ def fit(
             loss_sum, correct, seen = train_one_epoch(
                 train_model, batches, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, progress=bar,
                 mixing=mixing, amp_dtype=amp_dtype, scaler=scaler, grad_clip=config.grad_clip, ema=ema,
+                on_step=on_step,
             )
         loss_sum, correct, seen = dist.sum(loss_sum, correct, seen)  # over all processes
         train_loss, train_acc = (loss_sum / seen, correct / seen) if seen else (math.nan, math.nan)

@@ -48,6 +48,8 @@ class Whitening(nn.Module):
 
 
 class ConvGroup(nn.Sequential):
+    """conv 3x3, max-pool 2x2, BN, GELU, conv 3x3, BN, GELU: ``(B, in, H, W) -> (B, out, H/2, W/2)``."""
+
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__(
             nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(out_ch),

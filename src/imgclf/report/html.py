@@ -10,6 +10,7 @@ import base64
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from matplotlib.figure import Figure
 
 from imgclf.report.plots import (
     adversarial_figure,
@@ -27,6 +28,37 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
 
 
+def build_figures(folder: RunFolder) -> dict[str, Figure]:
+    """Every figure the run folder has the data for, by name (in report order)."""
+    metrics = folder.read_json("metrics.json", default={})
+    info = folder.read_json("model.json", default={})
+    history = folder.read_csv("history.csv")
+    class_names = metrics.get("class_names") or info.get("class_names") or []
+    colour = (info.get("input_shape") or [0])[0] == 3
+    figures: dict[str, Figure] = {}
+    if history:
+        figures["training_curves"] = (training_curves(history))
+    clean = metrics.get("clean")
+    if clean:
+        figures["confusion_matrix"] = (confusion_matrix_figure(clean["confusion_matrix"], class_names))
+    samples = folder.read_arrays("samples.npz")
+    if samples is not None and len(samples["labels"]):
+        figures["predictions"] = (prediction_grid(samples["images"], samples["labels"], samples["predictions"],
+                                           class_names, title="Random test images (wrong predictions in red)"))
+    if samples is not None and len(samples["error_labels"]):
+        figures["mistakes"] = (prediction_grid(samples["error_images"], samples["error_labels"],
+                                        samples["error_predictions"], class_names,
+                                        title="Misclassified test images"))
+    robustness = metrics.get("robustness") or []
+    attack_info = metrics.get("attack", {})
+    if robustness:
+        figures["robustness"] = (robustness_curve(robustness, attack_info.get("clean_accuracy", float("nan")), colour=colour))
+    adversarial = folder.read_arrays("adversarial.npz")
+    if adversarial is not None and any(key.startswith("adv_") for key in adversarial):
+        figures["adversarial"] = (adversarial_figure(adversarial, class_names, colour=colour))
+    return figures
+
+
 def write_report(folder: RunFolder) -> Path:
     """Write ``figures/*.png`` and ``report.html`` for the run in ``folder``.
 
@@ -38,36 +70,16 @@ def write_report(folder: RunFolder) -> Path:
     """
     metrics = folder.read_json("metrics.json", default={})
     info = folder.read_json("model.json", default={})
-    history = folder.read_csv("history.csv")
     class_names = metrics.get("class_names") or info.get("class_names") or []
     input_shape = info.get("input_shape") or [0, 0, 0]
     colour = input_shape[0] == 3
-    figures: dict[str, str] = {}
-
-    def add(name: str, figure) -> None:
-        data = save_figure(figure, folder.figures / f"{name}.png")
-        figures[name] = base64.b64encode(data).decode("ascii")
-
-    if history:
-        add("training_curves", training_curves(history))
+    figures = {
+        name: base64.b64encode(save_figure(figure, folder.figures / f"{name}.png")).decode("ascii")
+        for name, figure in build_figures(folder).items()
+    }
     clean = metrics.get("clean")
-    if clean:
-        add("confusion_matrix", confusion_matrix_figure(clean["confusion_matrix"], class_names))
-    samples = folder.read_arrays("samples.npz")
-    if samples is not None and len(samples["labels"]):
-        add("predictions", prediction_grid(samples["images"], samples["labels"], samples["predictions"],
-                                           class_names, title="Random test images (wrong predictions in red)"))
-    if samples is not None and len(samples["error_labels"]):
-        add("mistakes", prediction_grid(samples["error_images"], samples["error_labels"],
-                                        samples["error_predictions"], class_names,
-                                        title="Misclassified test images"))
     robustness = metrics.get("robustness") or []
     attack_info = metrics.get("attack", {})
-    if robustness:
-        add("robustness", robustness_curve(robustness, attack_info.get("clean_accuracy", float("nan")), colour=colour))
-    adversarial = folder.read_arrays("adversarial.npz")
-    if adversarial is not None and any(key.startswith("adv_") for key in adversarial):
-        add("adversarial", adversarial_figure(adversarial, class_names, colour=colour))
 
     training = metrics.get("training", {})
     cards = [{"label": "test accuracy", "value": _percent(clean["accuracy"]) if clean else "–"}]
