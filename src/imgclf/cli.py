@@ -271,8 +271,6 @@ def _predict(args: argparse.Namespace) -> int:
 
     from imgclf.prediction import Classifier, predict
 
-    if args.top_k < 1:
-        raise UsageError(f"--top-k must be a positive integer, got {args.top_k}")
     classifier = Classifier.load(args.model_path)
     results = predict(classifier, args.images, top_k=args.top_k, batch_size=args.batch_size)
     if not results:
@@ -311,7 +309,7 @@ def _export(args: argparse.Namespace) -> int:
     result = export_model(loaded.model, read_model_info(loaded.folder.path), test.float_images(rows), out,
                           format=args.export_format)
     print(f"wrote {result.path} ({result.format}) and {result.path.name}.json; on {result.n_images} test images "
-          f"the largest logit difference from PyTorch is {result.max_abs_diff:.2e} (tolerance 1e-04) and "
+          f"the largest logit difference from PyTorch is {result.max_abs_diff:.2e} (tolerance {result.tolerance:.0e}) and "
           f"{result.same_top1:.1%} have the same top-1 class")
     return 0
 

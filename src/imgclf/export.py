@@ -37,6 +37,7 @@ class ExportResult:
     max_abs_diff: float
     n_images: int
     same_top1: float  # share of the images with the same top-1 class
+    tolerance: float
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -121,4 +122,4 @@ def export_model(
     finally:
         tmp.unlink(missing_ok=True)
         tmp_info.unlink(missing_ok=True)
-    return ExportResult(path, format, diff, len(images), same)
+    return ExportResult(path, format, diff, len(images), same, tolerance)

@@ -101,6 +101,15 @@ def _load_splits(folder: RunFolder) -> dict[str, tuple[str, np.ndarray]] | None:
     return {name: (str(arrays[f"{name}_pool"]), arrays[f"{name}_indices"]) for name in ("train", "val", "test")}
 
 
+def _reload(folder: RunFolder, overrides: dict | None) -> tuple[RunConfig, torch.device, DataSplits]:
+    """A run folder's configuration (with ``overrides``), device, and the very data splits it trained on."""
+    config = load_config(folder.config_path, overrides)
+    seed_everything(config.seed)
+    device = select_device(config.device)
+    data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))
+    return resolve_eps(config, data.spec.channels), device, data
+
+
 def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
     spec = data.spec
     return create_model(
@@ -111,10 +120,13 @@ def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> tor
 
 def _train(folder: RunFolder | None, config: RunConfig, data: DataSplits, model: torch.nn.Module,
            device: torch.device, dist: Distributed, log: RunLog, quiet: bool,
-           resume: dict | None = None) -> TrainResult:
-    """Fit, writing the history, the best model and the training state after every epoch (rank 0)."""
+           resume: dict | None = None, env: dict | None = None) -> TrainResult:
+    """Fit, writing the history, the best model and the training state after every epoch (rank 0).
+
+    ``env`` is :func:`imgclf.runtime.environment` when the caller has it already.
+    """
     spec = data.spec
-    env = environment(device)
+    env = env if env is not None else environment(device)
     board = None
     if config.train.tensorboard and folder is not None:
         from imgclf.tensorboard_logging import TrainingLogger
@@ -183,6 +195,7 @@ def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = Fals
     spec = data.spec
     config = resolve_eps(config, spec.channels)
     model = _model_for(config, data, device)
+    env = environment(device)
     folder = None
     if dist.is_main:
         stem = Path(spec.name).name if "/" in spec.name else spec.name
@@ -201,7 +214,7 @@ def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = Fals
             "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
                      "input_shape": list(spec.input_shape), "bad_files": len(data.bad_files)},
             "data_notes": data.notes,
-            "environment": environment(device),
+            "environment": env,
         })
     for note in data.notes:
         log(f"warning: {note}")
@@ -212,7 +225,7 @@ def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = Fals
         f"{config.model.name} with {n_params:,} parameters on {device}"
         + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
     )
-    result = _train(folder, config, data, model, device, dist, log, quiet)
+    result = _train(folder, config, data, model, device, dist, log, quiet, env=env)
     return TrainedRun(folder, config, data, model, device, result)
 
 
@@ -230,11 +243,8 @@ def resume_stage(path: str | Path, *, quiet: bool = False, overrides: dict | Non
     if not state_path.is_file():
         raise UsageError(f"{str(path)!r} holds no {TRAIN_STATE}: it stopped before its first epoch ended; "
                          "start it again instead")
-    config = load_config(folder.config_path, overrides)
+    config, device, data = _reload(folder, overrides)
     log = RunLog(folder, quiet=quiet)
-    seed_everything(config.seed)
-    device = select_device(config.device)
-    data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))
     model = _model_for(config, data, device)
     state = torch.load(state_path, map_location=device, weights_only=True)
     if state["epoch"] >= config.train.epochs or state["stopped_early"]:
@@ -286,12 +296,16 @@ def attack_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, co
     specs = [AttackSpec(name, steps=attack.steps, alpha=attack.alpha, random_start=attack.random_start)
              for name in attack.attacks]
     model.eval()
-    with tqdm(total=len(specs) * len(eps_values) * -(-len(rows) // attack.batch_size), desc="attacks",
-              unit="batch", leave=False, disable=True if quiet else None, dynamic_ncols=True) as bar:
+    with tqdm(desc="attacks", unit="batch", leave=False, disable=True if quiet else None,
+              dynamic_ncols=True) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
         result = robustness(
             model, images, labels[torch.as_tensor(rows)], attacks=specs, eps_values=eps_values,
-            device=device, batch_size=attack.batch_size, seed=config.seed,
-            progress=lambda done, total: bar.update(1),
+            device=device, batch_size=attack.batch_size, seed=config.seed, progress=advance,
         )
     folder.write_arrays("adversarial.npz", **result.examples)
     folder.update_metrics({
@@ -359,9 +373,6 @@ def open_run(path: str | Path, *, overrides: dict | None = None) -> LoadedRun:
         UsageError: If ``path`` is not a run folder or the data cannot be loaded.
     """
     folder = RunFolder.open(path)
-    config = load_config(folder.config_path, overrides)
-    seed_everything(config.seed)
-    device = select_device(config.device)
-    data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))
+    config, device, data = _reload(folder, overrides)
     model = load_model(folder.path, device=device)
-    return LoadedRun(folder, resolve_eps(config, data.spec.channels), data, model, device)
+    return LoadedRun(folder, config, data, model, device)

@@ -12,7 +12,6 @@ its error in its own result; the others are still predicted.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.data.folder import DECODE_ERRORS, IMAGE_EXTENSIONS, decode_image
+from imgclf.data.folder import DECODE_ERRORS, decode_image, list_image_files
 from imgclf.errors import UsageError
 
 
@@ -136,13 +135,8 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
     """Files given, and the image files inside folders given (recursively, hidden ones skipped)."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-                found += [Path(dirpath) / f for f in sorted(filenames)
-                          if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-        else:
-            found.append(path)  # named explicitly: predicted, or reported if it is not an image
+        # A file named explicitly is predicted, or reported if it is not an image.
+        found += list_image_files(path) if path.is_dir() else [path]
     return found
 
 

@@ -134,7 +134,8 @@ def robustness(
         batch_size: Examples per attack batch.
         seed: Seeds PGD's random starts.
         show: How many examples to keep for the report's figure.
-        progress: Optional callable ``progress(done, total)`` after each batch.
+        progress: Optional callable ``progress(done, total)`` after each batch,
+            with the batches done and the total over all attacks and eps.
 
     Returns:
         The entries, clean accuracy on the same examples, and warnings.
@@ -142,8 +143,9 @@ def robustness(
     start = time.perf_counter()
     eps_values = sorted(set(float(e) for e in eps_values))
     n = int(labels.shape[0])
+    images, labels = images.to(device), labels.to(device)  # once, not once per attack and eps
     chunks = [(images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, n, batch_size)]
-    clean_pred = torch.cat([_predict(model, x.to(device)).cpu() for x, _ in chunks])
+    clean_pred = torch.cat([_predict(model, x).cpu() for x, _ in chunks])
     clean_accuracy = int((clean_pred == labels.cpu()).sum()) / n if n else float("nan")
     m = min(show, n)
     examples: dict[str, np.ndarray] = {
@@ -158,7 +160,6 @@ def robustness(
             correct = 0
             kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # the first m results, for the report
             for x, y in chunks:
-                x, y = x.to(device), y.to(device)
                 adv = spec.run(model, x, y, eps, gen)
                 pred = _predict(model, adv)
                 correct += int((pred == y).sum())

@@ -145,9 +145,8 @@ def iterate_batches(
         aug_gen = torch.Generator(device=device)
         aug_gen.manual_seed(seed)
 
-    labels = split.labels.to(device, non_blocking=True)
+    images, labels = split.on(device)
     if split.in_memory:
-        images = split.images.to(device, non_blocking=True)
         device_order = order.to(device)
         raw = (
             (images[rows], rows)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from imgclf.data.folder import DECODE_ERRORS, decoding_pool, scan_folder
+from imgclf.data.folder import DECODE_ERRORS, decoding_pool, refuse_bombs, scan_folder
 
 #: Largest / smallest class size above which a split counts as imbalanced.
 IMBALANCE_RATIO = 1.5
@@ -97,8 +97,7 @@ def _inspect(path: Path) -> tuple[str, tuple[int, int] | None, str | None, str |
         return digest, None, None, "empty file (0 bytes)"
     try:
         with Image.open(path) as image:
-            if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
-                return digest, None, None, f"{image.width}x{image.height} pixels: a possible decompression bomb"
+            refuse_bombs(image)
             mode = image.mode
             upright = ImageOps.exif_transpose(image)
             upright.load()

@@ -90,9 +90,25 @@ class ImageSplit:
     labels: torch.Tensor
     source: str
     indices: np.ndarray
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor | LazyImages, torch.Tensor]:
+        """``(images, labels)`` on ``device``, copied there once and kept.
+
+        An in-memory split stays on the training device for the whole run (a
+        GPU gets one copy, not one per epoch); a split on disk keeps its images
+        there and only its labels move.
+        """
+        if device.type == "cpu":
+            return self.images, self.labels
+        key = str(device)
+        if key not in self._on_device:
+            images = self.images.to(device, non_blocking=True) if self.in_memory else self.images
+            self._on_device[key] = (images, self.labels.to(device, non_blocking=True))
+        return self._on_device[key]
 
     @property
     def in_memory(self) -> bool:

@@ -47,9 +47,11 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
 
 
-def _image_files(class_dir: Path) -> list[Path]:
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively and sorted; hidden files and folders,
+    ``__MACOSX`` and files without an image extension are skipped."""
     files = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
+    for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if _visible(Path(d)))
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -93,7 +95,7 @@ def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]
                 f"the {split} split of {str(root)!r} has classes that train does not: {', '.join(extra)}"
             )
         files[split] = [
-            (path, class_names.index(name)) for name in present for path in _image_files(folder / name)
+            (path, class_names.index(name)) for name in present for path in list_image_files(folder / name)
         ]
         if split != "train":
             found = {label for _, label in files[split]}
@@ -126,6 +128,21 @@ def _to_8bit_grey(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8))  # -> mode L
 
 
+def refuse_bombs(image: Image.Image) -> None:
+    """Raise before decoding an image of more than ``Image.MAX_IMAGE_PIXELS`` pixels.
+
+    Pillow itself only warns between one and two times that limit.
+
+    Raises:
+        Image.DecompressionBombError: Naming the size and the limit.
+    """
+    if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(
+            f"{image.width}x{image.height} pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS} "
+            "(a possible decompression bomb)"
+        )
+
+
 def decode_image(path: Path, *, channels: int, size: tuple[int, int]) -> np.ndarray:
     """Decode one image file into ``uint8`` ``(C, H, W)``.
 
@@ -141,11 +158,7 @@ def decode_image(path: Path, *, channels: int, size: tuple[int, int]) -> np.ndar
             decompression bomb before it is decoded.
     """
     with Image.open(path) as image:
-        if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
-            raise Image.DecompressionBombError(
-                f"{image.width}x{image.height} pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS} "
-                "(a possible decompression bomb)"
-            )
+        refuse_bombs(image)
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I", "F") or image.mode.startswith("I;16"):
             image = _to_8bit_grey(image)
@@ -210,6 +223,10 @@ def _resolve_shape(
     return size, channels
 
 
+def _bad_file_error(path: str, reason: str) -> UsageError:
+    return UsageError(f"cannot decode {path!r} ({reason}); use --bad-files skip to skip such files")
+
+
 def load_folder(
     root: Path,
     *,
@@ -246,8 +263,7 @@ def load_folder(
         manifest, arrays = entry.read()
         bad = [tuple(item) for item in manifest["bad_files"]]
         if bad and bad_files == "error":
-            path, reason = bad[0]
-            raise UsageError(f"cannot decode {path!r} ({reason}); use --bad-files skip to skip such files")
+            raise _bad_file_error(*bad[0])
         return Pools(manifest["class_names"], arrays), bad, notes + manifest["notes"]
 
     scanned = len(notes)  # notes from here on depend on the decoded content and are cached with it
@@ -269,9 +285,7 @@ def load_folder(
                 except DECODE_ERRORS as error:
                     reason = f"{type(error).__name__}: {error}"
                     if bad_files == "error":
-                        raise UsageError(
-                            f"cannot decode {str(path)!r} ({reason}); use --bad-files skip to skip such files"
-                        ) from None
+                        raise _bad_file_error(str(path), reason) from None
                     bad.append((str(path), reason))
 
             with decoding_pool() as pool:
