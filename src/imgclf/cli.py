@@ -122,18 +122,34 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("attacks")
     group.add_argument("--attack", dest="attack.attacks", default=S, metavar="NAMES",
-                       help="comma-separated: fgsm, pgd (default both)")
+                       help="comma-separated attacks or presets: fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, apgd-ce-t, "
+                            "fab-t, square; "
+                            "quick = fgsm,pgd (the default), full = AutoAttack (apgd-ce,apgd-t,fab-t,square)")
+    group.add_argument("--preset", dest="attack.attacks", type=_preset, default=S, metavar="NAME",
+                       help="quick (FGSM + PGD-20) or full (the standard AutoAttack ensemble)")
+    group.add_argument("--norm", dest="attack.norm", default=S, metavar="NORM", help="linf (default) | l2")
     group.add_argument("--eps", dest="attack.eps", default=S, metavar="LIST",
-                       help="L-inf radii in pixel units, e.g. 0,1/255,2/255 or 0:8/255:2/255 "
-                            "(default 0,1/255,2/255,4/255,8/255 for colour, 0,0.05,0.1,0.2,0.3 for grey)")
-    group.add_argument("--attack-examples", dest="attack.examples", type=_count_or_all, default=S, metavar="N|all",
-                       help="attack a seeded stratified subset of N test images (default 1000)")
-    group.add_argument("--pgd-steps", dest="attack.steps", type=int, default=S, metavar="N", help="default 10")
-    group.add_argument("--pgd-alpha", dest="attack.alpha", type=float, default=S, metavar="STEP",
+                       help="radii in pixel units, e.g. 0,1/255,2/255 or 0:8/255:2/255 (default under linf "
+                            "0,1/255,2/255,4/255,8/255 for colour, 0,0.05,0.1,0.2,0.3 for grey)")
+    group.add_argument("--n-examples", "--attack-examples", dest="attack.examples", type=_count_or_all, default=S,
+                       metavar="N|all", help="attack a seeded stratified subset of N test images (default 1000)")
+    group.add_argument("--steps", "--pgd-steps", dest="attack.steps", type=int, default=S, metavar="N",
+                       help="iterations (default: PGD 20, APGD and FAB 100)")
+    group.add_argument("--step-size", "--pgd-alpha", dest="attack.alpha", type=float, default=S, metavar="STEP",
                        help="PGD step size in pixel units (default 2.5 * eps / steps)")
+    group.add_argument("--restarts", dest="attack.restarts", type=int, default=S, metavar="N",
+                       help="random restarts of PGD, APGD and FAB (default 1)")
     group.add_argument("--random-start", dest="attack.random_start", action=argparse.BooleanOptionalAction,
                        default=S, help="PGD random start (default on)")
+    group.add_argument("--target", dest="attack.target", default=S, metavar="MODE",
+                       help="targeted fgsm/pgd/apgd: random | least-likely | a class name or index")
+    group.add_argument("--queries", dest="attack.queries", type=int, default=S, metavar="N",
+                       help="Square's queries per example (default 5000)")
     group.add_argument("--attack-batch-size", dest="attack.batch_size", type=int, default=S, metavar="N")
+
+
+def _preset(text: str) -> list[str]:
+    return [text]  # validated with the other attack names in imgclf.config.validate
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -185,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack_flags(train)  # recorded in config.yaml for later `imgclf attack`
 
     evaluate = command("evaluate", "clean test metrics of a trained run", "imgclf evaluate runs/mnist")
-    attack = command("attack", "robust accuracy of a trained run under FGSM and PGD", """
-        imgclf attack runs/mnist --attack pgd --eps 0,0.1,0.2,0.3 --pgd-steps 20
-        imgclf attack runs/cifar --eps 0:8/255:2/255 --attack-examples all
+    attack = command("attack", "robust accuracy of a trained run under FGSM, PGD, APGD, FAB-T, Square, AutoAttack", """
+        imgclf attack runs/mnist --attack pgd --eps 0,0.1,0.2,0.3 --steps 40 --restarts 2
+        imgclf attack runs/mnist --preset full --eps 0.1 --n-examples 1000
+        imgclf attack runs/mnist --attack pgd --target least-likely --eps 0.3
+        imgclf attack runs/cifar --norm l2 --eps 0,0.25,0.5 --attack pgd,apgd-ce
     """)
     for p in (evaluate, attack):
         p.add_argument("run_dir", metavar="RUN", help="a run folder")

@@ -25,7 +25,10 @@ from typing import Any
 
 import yaml
 
+from imgclf.attacks.projection import NORMS
 from imgclf.attacks.robustness import ATTACK_NAMES as ATTACKS
+from imgclf.attacks.robustness import PRESETS as ATTACK_PRESETS
+from imgclf.attacks.robustness import TARGET_MODES, TARGETABLE
 from imgclf.data.augment import PRESETS
 from imgclf.errors import UsageError, unknown_choice
 
@@ -40,6 +43,9 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 #: Default eps lists (pixel units, images in [0, 1]) when the user gives none.
 DEFAULT_EPS_COLOUR = ("0", "1/255", "2/255", "4/255", "8/255")
 DEFAULT_EPS_GREY = ("0", "0.05", "0.1", "0.2", "0.3")
+#: Under L2 (the perturbation's Euclidean length in pixel units).
+DEFAULT_EPS_L2_COLOUR = ("0", "0.25", "0.5", "1")
+DEFAULT_EPS_L2_GREY = ("0", "0.5", "1", "2", "3")
 
 
 @dataclass
@@ -107,13 +113,25 @@ class EvalConfig:
 class AttackConfig:
     """Robustness evaluation: which attacks, at which eps, on how many test images."""
 
-    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
-    eps: list[str] | None = None  # pixel units, e.g. ["0", "8/255"]; None: by channels
+    attacks: list[str] = field(default_factory=lambda: ["quick"])  # names or presets (quick, full)
+    norm: str = "linf"  # linf | l2: the norm that bounds the perturbation
+    eps: list[str] | None = None  # pixel units, e.g. ["0", "8/255"]; None: by channels and norm
     examples: int | None = 1000  # seeded stratified subset of test; None: the whole split
-    steps: int = 10  # PGD iterations
+    steps: int | None = None  # iterations; None: PGD-20, APGD and FAB 100
     alpha: float | None = None  # PGD step size (pixel units); None: 2.5 * eps / steps
-    random_start: bool = True  # PGD starts at a uniform point in the eps ball
+    restarts: int = 1  # random restarts of PGD, APGD and FAB
+    random_start: bool = True  # PGD starts at a random point of the eps ball
+    target: str | None = None  # random | least-likely | a class name or index: targeted FGSM/PGD/APGD
+    queries: int = 5000  # Square's query budget per example
     batch_size: int = 256
+
+
+def attack_names(names: list[str]) -> list[str]:
+    """Attack names with presets expanded, in order, without repeats."""
+    expanded: list[str] = []
+    for name in names:
+        expanded.extend(ATTACK_PRESETS.get(name, (name,)))
+    return list(dict.fromkeys(expanded))
 
 
 @dataclass
@@ -315,8 +333,8 @@ def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
-def parse_eps(values: str | float | list[str | float]) -> list[float]:
-    """Parse eps values given in pixel units.
+def parse_eps(values: str | float | list[str | float], norm: str = "linf") -> list[float]:
+    """Parse eps values given in pixel units (L-inf: at most 1; L2: any length >= 0).
 
     Accepts numbers (``0.03``), fractions (``8/255``), comma-separated lists of
     them, and inclusive ranges ``start:stop:step`` (``0:8/255:2/255`` is
@@ -324,9 +342,10 @@ def parse_eps(values: str | float | list[str | float]) -> list[float]:
 
     Args:
         values: A string, a number, or a list of strings and numbers.
+        norm: ``"linf"`` (values in ``[0, 1]``) or ``"l2"`` (values ``>= 0``).
 
     Returns:
-        The eps values as floats in ``[0, 1]``, in the order given.
+        The eps values as floats, in the order given.
 
     Raises:
         UsageError: If a value is not a number, is negative or above 1, or a
@@ -340,32 +359,33 @@ def parse_eps(values: str | float | list[str | float]) -> list[float]:
             if not part:
                 continue
             if ":" in part:
-                result.extend(_parse_eps_range(part))
+                result.extend(_parse_eps_range(part, norm))
             else:
-                result.append(_parse_eps_value(part, part))
+                result.append(_parse_eps_value(part, part, norm))
     if not result:
         raise UsageError("no eps given; expected values such as 0,2/255,8/255")
     return result
 
 
-def _parse_eps_value(text: str, shown: str) -> float:
+def _parse_eps_value(text: str, shown: str, norm: str = "linf") -> float:
+    valid = "in [0, 1]" if norm == "linf" else ">= 0"
     try:
         value = Fraction(text)
     except (ValueError, ZeroDivisionError):
         raise UsageError(
-            f"invalid eps {shown!r}: expected a number in [0, 1] (pixel units) such as 0.03 or 8/255"
+            f"invalid eps {shown!r}: expected a number {valid} (pixel units) such as 0.03 or 8/255"
         ) from None
-    if not 0 <= value <= 1:
-        raise UsageError(f"invalid eps {shown!r}: eps is in pixel units and must lie in [0, 1]")
+    if value < 0 or (norm == "linf" and value > 1):
+        raise UsageError(f"invalid eps {shown!r}: eps is in pixel units and must be {valid} under {norm}")
     return float(value)
 
 
-def _parse_eps_range(text: str) -> list[float]:
+def _parse_eps_range(text: str, norm: str = "linf") -> list[float]:
     pieces = text.split(":")
     if len(pieces) != 3:
         raise UsageError(f"invalid eps range {text!r}: expected start:stop:step such as 0:8/255:1/255")
     for piece in pieces:
-        _parse_eps_value(piece.strip(), text)  # each bound must itself be a valid eps
+        _parse_eps_value(piece.strip(), text, norm)  # each bound must itself be a valid eps
     start, stop, step = (Fraction(piece.strip()) for piece in pieces)
     if step <= 0 or stop < start:
         raise UsageError(f"invalid eps range {text!r}: needs step > 0 and stop >= start")
@@ -419,18 +439,32 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"eval.batch_size must be a positive integer, got {config.eval.batch_size}")
     if not 0 <= train.label_smoothing < 1:
         raise UsageError(f"train.label_smoothing must be in [0, 1), got {train.label_smoothing}")
+    choices = (*ATTACKS, *ATTACK_PRESETS)
     for name in attack.attacks:
-        if name not in ATTACKS:
-            raise unknown_choice("attack", name, ATTACKS)
+        if name not in choices:
+            raise unknown_choice("attack", name, choices)
     if not attack.attacks:
-        raise UsageError(f"attack.attacks is empty; valid choices: {', '.join(ATTACKS)}")
+        raise UsageError(f"attack.attacks is empty; valid choices: {', '.join(choices)}")
+    if attack.norm not in NORMS:
+        raise unknown_choice("norm (attack.norm)", attack.norm, NORMS)
+    if attack.norm != "linf" and "square" in attack_names(attack.attacks):
+        raise UsageError("the square attack is implemented for --norm linf only; drop it or use linf")
+    if attack.target is not None:
+        untargetable = [n for n in attack_names(attack.attacks) if n not in TARGETABLE]
+        if untargetable:
+            raise UsageError(f"--target applies to {', '.join(TARGETABLE)}; {', '.join(untargetable)} "
+                             "pick their own targets (drop --target or those attacks)")
+        if not str(attack.target).strip():
+            raise UsageError(f"attack.target is empty; valid choices: {', '.join(TARGET_MODES)}, or a class")
     if attack.eps is not None:
-        parse_eps(attack.eps)
+        parse_eps(attack.eps, attack.norm)
     if attack.examples is not None and attack.examples < 1:
         raise UsageError(f"attack.examples must be a positive integer or 'all', got {attack.examples}")
-    if attack.steps < 1 or attack.batch_size < 1:
-        raise UsageError("attack.steps and attack.batch_size must be positive integers")
-    if attack.alpha is not None and not 0 < attack.alpha <= 1:
-        raise UsageError(f"attack.alpha is a step in pixel units and must lie in (0, 1], got {attack.alpha}")
+    if (attack.steps is not None and attack.steps < 1) or attack.batch_size < 1 or attack.restarts < 1 \
+            or attack.queries < 1:
+        raise UsageError("attack.steps, attack.restarts, attack.queries and attack.batch_size must be positive integers")
+    if attack.alpha is not None and not 0 < attack.alpha <= (1 if attack.norm == "linf" else math.inf):
+        raise UsageError(f"attack.alpha is a step in pixel units and must be > 0 (at most 1 under linf), "
+                         f"got {attack.alpha}")
     if config.device not in DEVICES:
         raise unknown_choice("device", config.device, DEVICES)

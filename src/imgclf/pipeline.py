@@ -17,12 +17,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imgclf.attacks import AttackSpec, RobustnessResult, robustness
+from imgclf.attacks import TARGET_MODES, AttackSpec, RobustnessResult, robustness
 from imgclf.checkpoint import load_model, model_info, save_model
 from imgclf.config import (
     DEFAULT_EPS_COLOUR,
     DEFAULT_EPS_GREY,
+    DEFAULT_EPS_L2_COLOUR,
+    DEFAULT_EPS_L2_GREY,
     RunConfig,
+    attack_names,
     config_to_dict,
     dump_config,
     load_config,
@@ -78,10 +81,13 @@ class TrainedRun:
 
 
 def resolve_eps(config: RunConfig, channels: int) -> RunConfig:
-    """Fill in the default eps list for the data's channels (grey or colour)."""
+    """Fill in the default eps list for the data's channels (grey or colour) and the norm."""
     if config.attack.eps is not None:
         return config
-    eps = list(DEFAULT_EPS_COLOUR if channels == 3 else DEFAULT_EPS_GREY)
+    if config.attack.norm == "l2":
+        eps = list(DEFAULT_EPS_L2_COLOUR if channels == 3 else DEFAULT_EPS_L2_GREY)
+    else:
+        eps = list(DEFAULT_EPS_COLOUR if channels == 3 else DEFAULT_EPS_GREY)
     return replace(config, attack=replace(config.attack, eps=eps))
 
 
@@ -102,7 +108,13 @@ def _load_splits(folder: RunFolder) -> dict[str, tuple[str, np.ndarray]] | None:
 
 
 def _reload(folder: RunFolder, overrides: dict | None) -> tuple[RunConfig, torch.device, DataSplits]:
-    """A run folder's configuration (with ``overrides``), device, and the very data splits it trained on."""
+    """A run folder's configuration (with ``overrides``), device, and the very data splits it trained on.
+
+    A new ``attack.norm`` without new eps values takes that norm's default eps.
+    """
+    overrides = dict(overrides or {})
+    if "attack.norm" in overrides and "attack.eps" not in overrides:
+        overrides["attack.eps"] = None
     config = load_config(folder.config_path, overrides)
     seed_everything(config.seed)
     device = select_device(config.device)
@@ -282,19 +294,42 @@ def evaluate_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, 
     return result
 
 
-def attack_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, config: RunConfig, *,
-                 device: torch.device, log=print, quiet: bool = False) -> RobustnessResult:
-    """Accuracy under each configured attack and eps on a seeded stratified test subset.
+def attack_specs(config: RunConfig, class_names: list[str]) -> list[AttackSpec]:
+    """The configured attacks (presets expanded), with a target class name turned into its index.
 
-    Saves ``metrics.json`` (``robustness``, ``attack``) and ``adversarial.npz``.
+    Raises:
+        UsageError: On a target that is neither a mode nor a class of the data.
     """
     attack = config.attack
-    eps_values = parse_eps(attack.eps)
+    target = attack.target
+    if target is not None and target not in TARGET_MODES:
+        if str(target) in class_names:
+            target = class_names.index(str(target))
+        elif str(target).isdigit() and int(target) < len(class_names):
+            target = int(target)
+        else:
+            raise UsageError(f"unknown target {target!r}; valid choices: {', '.join(TARGET_MODES)}, "
+                             f"or a class: {', '.join(class_names)}")
+    return [AttackSpec(name, norm=attack.norm, steps=attack.steps, alpha=attack.alpha, restarts=attack.restarts,
+                       random_start=attack.random_start, target=target, queries=attack.queries)
+            for name in attack_names(attack.attacks)]
+
+
+def attack_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, config: RunConfig, *,
+                 device: torch.device, log=print, quiet: bool = False) -> RobustnessResult:
+    """Robust accuracy under each configured attack and eps, and the worst case, on a
+    seeded stratified test subset, with the sanity checks.
+
+    Saves ``metrics.json`` (``robustness``, ``attack``), ``adversarial.pt``
+    (worst-case adversarial images as float tensors with their test positions)
+    and ``adversarial.npz`` (the examples shown in the report).
+    """
+    attack = config.attack
+    eps_values = parse_eps(attack.eps, attack.norm)
     labels = data.test.labels
     rows = stratified_subset(labels.numpy(), attack.examples, config.seed)
     images = data.test.float_images(rows)
-    specs = [AttackSpec(name, steps=attack.steps, alpha=attack.alpha, random_start=attack.random_start)
-             for name in attack.attacks]
+    specs = attack_specs(config, list(data.spec.class_names))
     model.eval()
     with tqdm(desc="attacks", unit="batch", leave=False, disable=True if quiet else None,
               dynamic_ncols=True) as bar:
@@ -303,22 +338,37 @@ def attack_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, co
             bar.total = total
             bar.update(done - bar.n)
 
-        result = robustness(
-            model, images, labels[torch.as_tensor(rows)], attacks=specs, eps_values=eps_values,
-            device=device, batch_size=attack.batch_size, seed=config.seed, progress=advance,
-        )
+        try:
+            result = robustness(
+                model, images, labels[torch.as_tensor(rows)], attacks=specs, eps_values=eps_values,
+                device=device, batch_size=attack.batch_size, seed=config.seed, progress=advance,
+            )
+        except ValueError as error:  # e.g. an L2 eps larger than the images allow
+            raise UsageError(str(error)) from None
     folder.write_arrays("adversarial.npz", **result.examples)
+    buffer = io.BytesIO()
+    torch.save({**result.adversarial, "test_positions": torch.as_tensor(rows),
+                "indices": torch.as_tensor(data.test.indices[rows]), "labels": labels[torch.as_tensor(rows)]}, buffer)
+    atomic_write_bytes(folder.file("adversarial.pt"), buffer.getvalue())
     folder.update_metrics({
         "robustness": result.to_dicts(),
         "attack": {"n": result.n, "clean_accuracy": result.clean_accuracy, "seed": result.seed,
+                   "norm": attack.norm, "attacks": [spec.label for spec in specs],
                    "test_positions": "stratified subset of the test split, seeded (attack.examples)",
-                   "warnings": result.warnings},
+                   "skipped": result.skipped, "checks": result.checks, "warnings": result.warnings},
         "timing": {"attack_seconds": result.seconds},
     })
+    for note in result.skipped:
+        log(f"note: {note}")
     for entry in result.entries:
-        log(f"{entry.attack.upper():>5} eps {entry.eps:.4f}: accuracy {entry.accuracy:.4f} (n={entry.n})")
-    for warning in result.warnings:
-        log(f"warning: {warning}")
+        rate = "" if entry.target_success_rate is None else f", reached target {entry.target_success_rate:.4f}"
+        log(f"{entry.attack.upper():>12} eps {entry.eps:.4f}: robust accuracy {entry.accuracy:.4f}, "
+            f"success rate {entry.success_rate:.4f}{rate} (n={entry.n})")
+    failed = [check for check in result.checks if check["status"] == "failed"]
+    log(f"sanity checks: {sum(c['status'] == 'passed' for c in result.checks)} passed, {len(failed)} failed, "
+        f"{sum(c['status'] == 'not run' for c in result.checks)} not run")
+    for check in failed:
+        log(f"warning: check '{check['name']}' failed: {check['detail']}")
     return result
 
 

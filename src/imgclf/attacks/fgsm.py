@@ -1,20 +1,32 @@
-"""Fast Gradient Sign Method.
+"""Fast Gradient Sign Method (L-inf) and its L2 form, the Fast Gradient Method.
 
 Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial
-Examples", ICLR 2015.
+Examples", ICLR 2015; the L2 step as in Miyato et al. 2016 and Kurakin et al. 2017.
 """
 
 from __future__ import annotations
 
 import torch
 
-from imgclf.attacks.projection import check_inputs, loss_gradient, warn_if_training
+from imgclf.attacks.losses import cross_entropy
+from imgclf.attacks.projection import (
+    attack_entry,
+    check_inputs,
+    logits_and_gradient,
+    project,
+    steepest_step,
+    warn_if_training,
+)
 
 
-def fgsm(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float) -> torch.Tensor:
-    """Untargeted L-inf FGSM: one step of size ``eps`` along the sign of the loss gradient.
+@attack_entry
+def fgsm(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
+         norm: str = "linf", target: torch.Tensor | None = None) -> torch.Tensor:
+    """One step of length ``eps`` along the steepest ascent of the cross-entropy.
 
-    ``x_adv = clip_[0,1](x + eps * sign(grad_x CE(model(x), y)))``
+    L-inf: ``x_adv = clip_[0,1](x + eps * sign(grad))``; L2:
+    ``x + eps * grad / ||grad||_2``. Untargeted it increases the loss of the true
+    class; with ``target`` it decreases the loss of the target class.
 
     The model's mode and parameters are not touched; put it in eval mode first.
 
@@ -22,19 +34,23 @@ def fgsm(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         model: Maps ``float32`` ``(N, C, H, W)`` in ``[0, 1]`` to logits ``(N, K)``.
         images: Clean images, ``float32`` ``(N, C, H, W)``, range ``[0, 1]``.
         labels: True classes, ``int64`` ``(N,)``.
-        eps: L-inf radius in pixel units, ``[0, 1]`` (``8/255`` = 8 grey levels).
+        eps: Radius in pixel units: ``[0, 1]`` under L-inf (``8/255`` = 8 grey
+            levels), ``[0, sqrt(C*H*W)]`` under L2.
+        norm: ``"linf"`` or ``"l2"``.
+        target: Optional target classes ``int64`` ``(N,)``, never the true label.
 
     Returns:
         Adversarial images, same shape and dtype, in ``[0, 1]`` and within
         ``eps`` of ``images``; ``eps=0`` returns a copy of ``images``.
 
     Raises:
-        ValueError: On images outside ``[0, 1]``, wrong shapes, or ``eps``
-            outside ``[0, 1]``.
+        ValueError: On images outside ``[0, 1]``, wrong shapes, an unknown norm,
+            ``eps`` out of range, or a target equal to the true label.
     """
-    check_inputs(images, labels, eps)
+    check_inputs(images, labels, eps, norm, target)
     warn_if_training(model)
+    x = images.detach()
     if eps == 0:
-        return images.detach().clone()
-    grad = loss_gradient(model, images, labels)
-    return (images.detach() + eps * grad.sign()).clamp_(0.0, 1.0)
+        return x.clone()
+    _, grad = logits_and_gradient(model, x, cross_entropy(labels, target))
+    return project(x + eps * steepest_step(grad, norm), x, eps, norm)

@@ -1,4 +1,4 @@
-"""Projected Gradient Descent under the L-inf norm.
+"""Projected Gradient Descent under the L-inf and L2 norms.
 
 Madry, Makelov, Schmidt, Tsipras and Vladu, "Towards Deep Learning Models
 Resistant to Adversarial Attacks", ICLR 2018.
@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from imgclf.attacks.projection import check_inputs, loss_gradient, project_linf, warn_if_training
+from imgclf.attacks.losses import cross_entropy
+from imgclf.attacks.projection import (
+    attack_entry,
+    check_inputs,
+    fooled,
+    logits_and_gradient,
+    project,
+    random_point,
+    steepest_step,
+    warn_if_training,
+)
 
 
 def default_alpha(eps: float, steps: int) -> float:
@@ -16,22 +26,35 @@ def default_alpha(eps: float, steps: int) -> float:
     return 2.5 * eps / steps
 
 
+@attack_entry
 def pgd(
     model: torch.nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
     eps: float,
+    norm: str = "linf",
     alpha: float | None = None,
-    steps: int = 10,
+    steps: int = 20,
+    restarts: int = 1,
     random_start: bool = True,
+    target: torch.Tensor | None = None,
+    early_stop: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Untargeted L-inf PGD on the cross-entropy loss.
+    """PGD on the cross-entropy: repeated steepest-ascent steps, each projected
+    back onto the eps ball and ``[0, 1]``.
 
-    Starting from ``x`` (or a uniform random point of the eps ball when
-    ``random_start``), repeat ``steps`` times:
-    ``x_adv = Proj_{B_inf(x, eps) ∩ [0,1]}(x_adv + alpha * sign(grad CE))``.
+    Starting from ``x`` (or a random point of the eps ball when
+    ``random_start``), repeat ``steps`` times
+    ``x_adv = Proj(x_adv + alpha * d)``, with ``d = sign(grad)`` under L-inf and
+    ``grad / ||grad||_2`` under L2. Untargeted it increases the cross-entropy of
+    the true class; with ``target`` it decreases that of the target class.
+
+    Speed: only input gradients are formed, and with ``early_stop`` an example
+    is set aside as soon as an iterate fools the model (that iterate is its
+    result), so later steps and restarts cost only what is still unbroken. Each
+    restart runs on the examples no earlier restart has fooled.
 
     The model's mode and parameters are not touched; put it in eval mode first.
 
@@ -39,37 +62,63 @@ def pgd(
         model: Maps ``float32`` ``(N, C, H, W)`` in ``[0, 1]`` to logits ``(N, K)``.
         images: Clean images, ``float32`` ``(N, C, H, W)``, range ``[0, 1]``.
         labels: True classes, ``int64`` ``(N,)``.
-        eps: L-inf radius in pixel units, ``[0, 1]``.
-        alpha: Step size in pixel units, ``> 0``; default
+        eps: Radius in pixel units: ``[0, 1]`` under L-inf, ``[0, sqrt(C*H*W)]`` under L2.
+        norm: ``"linf"`` or ``"l2"``.
+        alpha: Step length in pixel units, ``> 0``; default
             :func:`default_alpha` ``= 2.5 * eps / steps``.
-        steps: Number of gradient steps, ``>= 1``.
-        random_start: Start from ``x + U(-eps, eps)`` (clamped to ``[0, 1]``).
-        generator: Seeds the random start; its device is used to draw it.
+        steps: Gradient steps per restart, ``>= 1``.
+        restarts: Independent runs, ``>= 1`` (more than one needs ``random_start``
+            to differ).
+        random_start: Start from a random point of the eps ball.
+        target: Optional target classes ``int64`` ``(N,)``, never the true label.
+        early_stop: Keep the first fooling iterate of each example (True), or
+            always run every step and return the last iterate (False: what
+            adversarial training wants).
+        generator: Seeds the random starts; its device is used to draw them.
 
     Returns:
         Adversarial images, same shape and dtype, in ``[0, 1]`` and within
         ``eps`` of ``images``; ``eps=0`` returns a copy of ``images``.
 
     Raises:
-        ValueError: On invalid images, labels, ``eps``, ``alpha`` or ``steps``.
+        ValueError: On invalid images, labels, target, norm, ``eps``, ``alpha``,
+            ``steps`` or ``restarts``.
     """
-    check_inputs(images, labels, eps)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_inputs(images, labels, eps, norm, target)
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
     alpha = default_alpha(eps, steps) if alpha is None else alpha
     if not alpha > 0 and eps > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     warn_if_training(model)
     x = images.detach()
+    result = x.clone()
     if eps == 0:
-        return x.clone()
-    if random_start:
-        draw_on = generator.device if generator is not None else x.device
-        noise = torch.rand(x.shape, generator=generator, device=draw_on, dtype=x.dtype).to(x.device)
-        adversarial = (x + (2 * noise - 1) * eps).clamp_(0.0, 1.0)
-    else:
-        adversarial = x.clone()
-    for _ in range(steps):
-        grad = loss_gradient(model, adversarial, labels)
-        adversarial = project_linf(adversarial + alpha * grad.sign(), x, eps)
-    return adversarial
+        return result
+    todo = torch.arange(len(x), device=x.device)  # examples no iterate has fooled yet
+    for _ in range(restarts):
+        if not len(todo):
+            break
+        clean, y = x[todo], labels[todo]
+        t = None if target is None else target[todo]
+        adv = random_point(clean, eps, norm, generator) if random_start else clean.clone()
+        for step in range(steps + 1):
+            last = step == steps
+            if last:
+                with torch.no_grad():
+                    logits = model(adv).float()
+            else:
+                logits, grad = logits_and_gradient(model, adv, cross_entropy(y, t))
+            if early_stop or last:
+                hit = fooled(logits, y, t)
+                result[todo[hit]] = adv[hit]
+                if last:  # the unfooled keep the last restart's final iterate
+                    result[todo[~hit]] = adv[~hit]
+                keep = ~hit  # the fooled are set aside for the rest of this and later restarts
+                todo, clean, y, adv = todo[keep], clean[keep], y[keep], adv[keep]
+                t = None if t is None else t[keep]
+                if last or not len(todo):
+                    break
+                grad = grad[keep]
+            adv = project(adv + alpha * steepest_step(grad, norm), clean, eps, norm)
+    return result

@@ -1,35 +1,70 @@
-"""What every attack shares: input checks, the loss gradient, projection and clamping.
+"""What every attack shares: input checks, gradients, steps, projection and clamping.
 
 All attacks work in pixel space: images are ``float32`` ``(N, C, H, W)`` in
-``[0, 1]`` and eps is in the same units (``8/255`` is 8 grey levels).
+``[0, 1]`` and eps is in the same units (``8/255`` is 8 grey levels under
+L-inf; an L2 eps is the Euclidean length of the perturbation in pixel units).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+#: Threat models: the norm that bounds the perturbation.
+NORMS = ("linf", "l2")
 
-def check_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float) -> None:
+
+def check_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "linf",
+                 target: torch.Tensor | None = None) -> None:
     """Validate an attack's arguments.
 
     Raises:
         ValueError: If ``images`` is not 4-D floating point in ``[0, 1]``,
-            ``labels`` is not ``(N,)`` integer, or ``eps`` is outside ``[0, 1]``.
+            ``labels`` (or ``target``) is not ``(N,)`` integer, ``target`` equals
+            the true label somewhere, ``norm`` is not one of :data:`NORMS`, or
+            ``eps`` is outside ``[0, 1]`` (L-inf) or ``[0, sqrt(C*H*W)]`` (L2).
     """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"images must be a float tensor of shape (N, C, H, W), got {tuple(images.shape)} {images.dtype}")
-    if labels.shape != images.shape[:1] or labels.is_floating_point():
-        raise ValueError(f"labels must be an integer tensor of shape ({images.shape[0]},), got {tuple(labels.shape)}")
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"eps is in pixel units and must lie in [0, 1], got {eps}")
+    for name, tensor in (("labels", labels), ("target", target)):
+        if tensor is not None and (tensor.shape != images.shape[:1] or tensor.is_floating_point()):
+            raise ValueError(f"{name} must be an integer tensor of shape ({images.shape[0]},), got {tuple(tensor.shape)}")
+    if target is not None and bool((target == labels).any()):
+        raise ValueError("a target class must differ from the true label of its example")
+    largest = 1.0 if norm == "linf" else math.sqrt(images[0].numel()) if images.shape[0] else math.inf
+    if not 0.0 <= eps <= largest:
+        raise ValueError(f"eps is in pixel units and must lie in [0, {largest:.4g}] under {norm}, got {eps}")
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise ValueError(
             "images must be in [0, 1] pixel space (normalization belongs inside the model); "
             f"got values in [{images.min().item():.3f}, {images.max().item():.3f}]"
         )
+
+
+def attack_entry(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Decorate a public attack ``f(model, images, labels, ..., target=None)`` so that
+    it works whatever the caller's autograd context: it runs outside
+    ``torch.inference_mode`` and under ``torch.no_grad`` (gradients are taken
+    only where :func:`logits_and_gradient` asks), on copies of any inference
+    tensors it is given."""
+
+    def usable(tensor):
+        return tensor.clone() if isinstance(tensor, torch.Tensor) and tensor.is_inference() else tensor
+
+    @functools.wraps(function)
+    def wrapper(model, images, labels, *args, **kwargs):
+        with torch.inference_mode(False), torch.no_grad():
+            kwargs = {key: usable(value) for key, value in kwargs.items()}
+            return function(model, usable(images), usable(labels), *args, **kwargs)
+
+    return wrapper
 
 
 def warn_if_training(model: torch.nn.Module) -> None:
@@ -42,34 +77,97 @@ def warn_if_training(model: torch.nn.Module) -> None:
         )
 
 
-def loss_gradient(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Gradient of the summed cross-entropy of ``model(images)`` w.r.t. ``images``.
+def logits_and_gradient(model: torch.nn.Module, images: torch.Tensor,
+                        loss: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ``images`` and the gradient of ``loss(logits).sum()`` w.r.t. ``images``.
 
-    Only the input gradient is computed: parameters' ``.grad`` are left as they
-    were and no weight gradients are formed. Works inside ``torch.no_grad()``
-    and ``torch.inference_mode()`` blocks of the caller. The loss is computed
-    in float32 from the logits.
+    Only the input gradient is computed: parameters' ``.grad`` are left as
+    they were and no weight gradients are formed. Works inside the caller's
+    ``torch.no_grad()`` and ``torch.inference_mode()`` blocks. Logits are cast
+    to float32 before the loss.
 
     Args:
         model: Maps ``(N, C, H, W)`` to logits ``(N, K)``.
         images: ``float32`` ``(N, C, H, W)`` in ``[0, 1]``.
-        labels: ``int64`` ``(N,)``.
+        loss: Per-example loss ``(N, K) -> (N,)`` to increase.
 
     Returns:
-        ``float32`` tensor shaped like ``images``.
+        Detached ``float32`` logits ``(N, K)`` and a gradient shaped like ``images``.
     """
     with torch.inference_mode(False), torch.enable_grad():
         x = images.detach().clone().requires_grad_(True)
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels.clone(), reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
+        logits = model(x).float()
+        (grad,) = torch.autograd.grad(loss(logits).sum(), x)
+    return logits.detach(), grad
+
+
+def loss_gradient(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Gradient of the summed cross-entropy of ``model(images)`` w.r.t. ``images``
+    (see :func:`logits_and_gradient`); ``float32``, shaped like ``images``."""
+    labels = labels.clone()
+    return logits_and_gradient(model, images, lambda z: F.cross_entropy(z, labels, reduction="none"))[1]
+
+
+def per_example_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """The L-inf or L2 norm of each example of ``delta`` ``(N, ...)``, shaped ``(N, 1, 1, 1)``."""
+    flat = delta.flatten(1)
+    values = flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+    return values.view(-1, *([1] * (delta.ndim - 1)))
+
+
+def steepest_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The unit-norm steepest-ascent direction: ``sign(grad)`` (L-inf) or ``grad / ||grad||_2`` (L2)."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / per_example_norm(grad, "l2").clamp_min(1e-12)
+
+
+def project(adversarial: torch.Tensor, images: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+    """Project onto the eps ball around ``images`` under ``norm``, then onto ``[0, 1]``.
+
+    Clamping to ``[0, 1]`` after the ball never moves a point out of the ball,
+    as ``images`` lies in ``[0, 1]``. The result satisfies
+    ``||result - images|| <= eps`` (up to float32 rounding) and ``0 <= result <= 1``.
+    """
+    if norm == "linf":
+        return torch.minimum(torch.maximum(adversarial, images - eps), images + eps).clamp_(0.0, 1.0)
+    delta = adversarial - images
+    scale = (eps / per_example_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
+    return (images + delta * scale).clamp_(0.0, 1.0)
 
 
 def project_linf(adversarial: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the L-inf ball of radius ``eps`` around ``images``, then onto ``[0, 1]``.
+    """:func:`project` under L-inf."""
+    return project(adversarial, images, eps, "linf")
 
-    The result satisfies ``|result - images| <= eps`` (up to float32 rounding
-    of ``images +- eps``) and ``0 <= result <= 1``.
+
+def random_point(images: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """A random point of the eps ball around ``images``, clamped to ``[0, 1]``.
+
+    L-inf: ``x + U(-eps, eps)`` per pixel. L2: a uniformly random direction
+    scaled to ``eps * U(0, 1)``. Drawn on ``generator``'s device, then moved.
     """
-    return torch.minimum(torch.maximum(adversarial, images - eps), images + eps).clamp_(0.0, 1.0)
+    draw_on = generator.device if generator is not None else images.device
+    if norm == "linf":
+        noise = torch.rand(images.shape, generator=generator, device=draw_on, dtype=images.dtype).to(images.device)
+        return (images + (2 * noise - 1) * eps).clamp_(0.0, 1.0)
+    direction = torch.randn(images.shape, generator=generator, device=draw_on, dtype=images.dtype)
+    radius = torch.rand((images.shape[0], 1, 1, 1), generator=generator, device=draw_on, dtype=images.dtype)
+    delta = (direction / per_example_norm(direction, "l2").clamp_min(1e-12) * radius * eps).to(images.device)
+    return (images + delta).clamp_(0.0, 1.0)
+
+
+def fooled(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Which examples the attack has succeeded on: predicted class ``!= labels``
+    (untargeted) or ``== target`` (targeted). Bool ``(N,)``."""
+    predicted = logits.argmax(1)
+    return predicted != labels if target is None else predicted == target
+
+
+def top_classes(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` highest-scoring classes other than the true one, per example,
+    best first: AutoAttack's target classes. ``int64`` ``(N, count)``."""
+    with torch.no_grad():
+        logits = model(images).float()
+    logits[torch.arange(len(labels), device=labels.device), labels] = -math.inf
+    return logits.topk(count, dim=1).indices

@@ -86,12 +86,21 @@ def write_report(folder: RunFolder) -> Path:
     if clean:
         cards.append({"label": "macro F1", "value": f"{clean['macro_f1']:.4f}"})
         cards.append({"label": "balanced accuracy", "value": _percent(clean["balanced_accuracy"])})
-    for attack in dict.fromkeys(row["attack"] for row in robustness):
-        worst = max((row for row in robustness if row["attack"] == attack), key=lambda row: row["eps"])
+    worst_rows = [row for row in robustness if row["attack"] == "worst-case"]
+    for attack in dict.fromkeys(row["attack"] for row in robustness if row["attack"] != "worst-case"):
+        largest = max((row for row in robustness if row["attack"] == attack), key=lambda row: row["eps"])
         cards.append({
-            "label": f"{attack.upper()} accuracy at eps {eps_label(worst['eps'], colour)}",
-            "value": _percent(worst["accuracy"]),
+            "label": f"{attack.upper()} accuracy at eps {eps_label(largest['eps'], colour)}",
+            "value": _percent(largest["accuracy"]),
         })
+    if worst_rows and len({row["attack"] for row in robustness}) > 2:
+        largest = max(worst_rows, key=lambda row: row["eps"])
+        cards.append({"label": f"worst-case robust accuracy at eps {eps_label(largest['eps'], colour)}",
+                      "value": _percent(largest["accuracy"])})
+    checks = attack_info.get("checks", [])
+    if checks:
+        failed = sum(check["status"] == "failed" for check in checks)
+        cards.append({"label": "sanity checks failed", "value": f"{failed} of {len(checks)}"})
     timing = {key: f"{value:.1f} s" for key, value in metrics.get("timing", {}).items()}
     environment = jinja_environment().get_template("report.html.j2")
     from imgclf import __version__
@@ -112,6 +121,9 @@ def write_report(folder: RunFolder) -> Path:
         clean_n=clean["n"] if clean else None,
         robustness=[{**row, "eps_label": eps_label(row["eps"], colour)} for row in robustness],
         robustness_warnings=attack_info.get("warnings", []),
+        checks=checks,
+        attack_skipped=attack_info.get("skipped", []),
+        attack_norm={"linf": "L-inf", "l2": "L2"}.get(attack_info.get("norm", "linf"), "L-inf"),
         attack_n=attack_info.get("n"),
         attack_clean=attack_info.get("clean_accuracy", float("nan")),
         timing=timing,

@@ -88,15 +88,19 @@ def robustness_curve(entries: Sequence[dict], clean_accuracy: float, *, colour: 
     ax = figure.subplots()
     attacks = list(dict.fromkeys(entry["attack"] for entry in entries))
     for name in attacks:
+        if name == "worst-case" and len(attacks) <= 2:
+            continue  # one attack: its worst case is itself
         points = sorted((e["eps"], e["accuracy"]) for e in entries if e["attack"] == name)
         steps = next(e["steps"] for e in entries if e["attack"] == name)
-        label = name.upper() + (f"-{steps}" if name == "pgd" else "")
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+        label = name.upper() + (f"-{steps}" if name.startswith("pgd") else "")
+        style = {"color": "black", "linestyle": ":", "linewidth": 2.2} if name == "worst-case" else {"linestyle": "-"}
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, **style)
     ax.axhline(clean_accuracy, color="grey", linestyle="--", linewidth=1, label="clean")
     eps_values = sorted({e["eps"] for e in entries})
     ax.set_xticks(eps_values, labels=[eps_label(e, colour) for e in eps_values])
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("eps (L-inf, pixel units)")
+    norm = "L2" if entries and entries[0].get("norm") == "l2" else "L-inf"
+    ax.set_xlabel(f"eps ({norm}, pixel units)")
     ax.set_ylabel("accuracy under attack")
     ax.set_title(f"Robustness (n = {entries[0]['n'] if entries else 0})")
     ax.grid(alpha=0.3)

@@ -1,0 +1,185 @@
+"""Automatic checks for false robustness, run with every robustness evaluation.
+
+After Carlini, Athalye, Papernot, Brendel, Rauber, Tsipras, Goodfellow, Madry
+and Kurakin, "On Evaluating Adversarial Robustness" (2019), and the checks
+AutoAttack runs (Croce and Hein 2020). Each check is a dict with ``name``,
+``status`` (``"passed"``, ``"failed"`` or ``"not run"``), ``detail`` (what was
+measured) and ``meaning`` (why it matters).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from imgclf.attacks.projection import logits_and_gradient
+from imgclf.runtime import generator
+
+if TYPE_CHECKING:
+    from imgclf.attacks.robustness import AttackSpec, RobustnessResult
+
+#: Examples used by the checks that run extra attacks or gradients.
+CHECK_EXAMPLES = 200
+#: A drop in accuracy larger than this (a fraction) counts as a change.
+TOLERANCE = 0.01
+
+MEANINGS = {
+    "logits": "Attacks need logits. Attacking probabilities (a softmax before the loss) flattens the "
+              "gradients and makes the model look robust when it is not.",
+    "gradients": "Zero or NaN input gradients (rounding, saturated softmax, non-differentiable layers) "
+                 "stop gradient attacks without making the model robust.",
+    "pgd beats fgsm": "A multi-step attack must be at least as strong as its own first step; if PGD is "
+                      "weaker than FGSM the attack is failing, not the model succeeding.",
+    "accuracy falls with eps": "A real attack gets stronger as eps grows; accuracy that rises with eps "
+                               "is a sign of gradient masking.",
+    "large eps breaks the model": "At an eps that allows any image, accuracy must reach about 0; if it does "
+                                  "not, the attack cannot find the way, whatever the smaller eps say.",
+    "attack converged": "Three times the steps and one more restart should not lower accuracy by more than "
+                        "a point; if they do, the reported numbers overstate robustness.",
+    "white-box beats black-box": "The black-box Square attack does not use gradients; when it fools an example "
+                                 "every white-box attack failed on, the gradients are misleading.",
+}
+
+
+def _check(name: str, status: str, detail: str) -> dict[str, Any]:
+    return {"name": name, "status": status, "detail": detail, "meaning": MEANINGS[name]}
+
+
+def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, result: RobustnessResult,
+                  attacks: list[AttackSpec], *, batch_size: int = 256, seed: int = 0) -> list[dict[str, Any]]:
+    """The checks above on a finished evaluation; extra attacks run on up to
+    :data:`CHECK_EXAMPLES` correctly classified examples.
+
+    Args:
+        model: The evaluated model, in eval mode.
+        images, labels: The evaluated examples (``float32`` ``(N, C, H, W)`` in
+            ``[0, 1]`` and ``int64`` ``(N,)``), on the model's device.
+        result: The evaluation.
+        attacks: The attacks that ran.
+
+    Returns:
+        One dict per check, in the order of :data:`MEANINGS`.
+    """
+    from imgclf.attacks.robustness import WHITE_BOX, predict
+
+    with torch.no_grad():
+        logits = predict(model, images[:batch_size], batch_size)
+    correct = torch.nonzero(predict(model, images, batch_size).argmax(1) == labels).squeeze(1)[:CHECK_EXAMPLES]
+    x, y = images[correct], labels[correct]
+    checks = [_logits_check(logits), _gradient_check(model, x, y, batch_size)]
+
+    accuracy = {(e.attack, e.eps): e.accuracy for e in result.entries}
+    fgsm_specs = [s for s in attacks if s.name == "fgsm"]
+    pgd_specs = [s for s in attacks if s.name == "pgd"]
+    if fgsm_specs and pgd_specs:
+        weaker = [f"eps={eps:.4g}: PGD {accuracy[(pgd_specs[0].label, eps)]:.3f} > FGSM "
+                  f"{accuracy[(fgsm_specs[0].label, eps)]:.3f}"
+                  for (name, eps) in accuracy if name == fgsm_specs[0].label
+                  and accuracy[(pgd_specs[0].label, eps)] > accuracy[(name, eps)]]
+        checks.append(_check("pgd beats fgsm", "failed" if weaker else "passed",
+                             "; ".join(weaker) or "PGD accuracy <= FGSM accuracy at every eps"))
+    else:
+        checks.append(_check("pgd beats fgsm", "not run", "needs both fgsm and pgd in the attacks"))
+
+    rises = []
+    for spec in attacks:
+        curve = sorted((eps, acc) for (name, eps), acc in accuracy.items() if name == spec.label)
+        rises += [f"{spec.label} {a:.3f} at eps={e0:.4g} -> {b:.3f} at eps={e1:.4g}"
+                  for (e0, a), (e1, b) in zip(curve, curve[1:]) if b > a + TOLERANCE]
+    checks.append(_check("accuracy falls with eps", "failed" if rises else "passed",
+                         "; ".join(rises) or "no attack's accuracy rises with eps"))
+
+    iterative = [s for s in attacks if s.name in WHITE_BOX and s.name != "fgsm"]
+    strongest = iterative[0] if iterative else (fgsm_specs[0] if fgsm_specs else None)
+    if strongest is None or not len(x):
+        checks.append(_check("large eps breaks the model", "not run", "needs a white-box attack and correct examples"))
+        checks.append(_check("attack converged", "not run", "needs an iterative white-box attack"))
+    else:
+        checks.append(_large_eps_check(model, x, y, strongest, batch_size, seed))
+        checks.append(_convergence_check(model, x, y, strongest, result, accuracy, batch_size, seed)
+                      if iterative else _check("attack converged", "not run", "needs an iterative white-box attack"))
+
+    squares = [s for s in attacks if s.name == "square"]
+    white = [s for s in attacks if s.name in WHITE_BOX]
+    if squares and white:
+        beaten = []
+        for eps in sorted({eps for (_, eps) in result.fooled}):
+            by_square = result.fooled[(squares[0].label, eps)]
+            by_white = sum(result.fooled[(s.label, eps)].astype(int) for s in white) > 0
+            count = int((by_square & ~by_white).sum())
+            if count:
+                beaten.append(f"eps={eps:.4g}: {count} example(s)")
+        checks.append(_check("white-box beats black-box", "failed" if beaten else "passed",
+                             "Square fooled examples every white-box attack failed on: " + "; ".join(beaten)
+                             if beaten else "Square fooled no example the white-box attacks missed"))
+    else:
+        checks.append(_check("white-box beats black-box", "not run", "needs square and a white-box attack"))
+    return checks
+
+
+def _logits_check(logits: torch.Tensor) -> dict[str, Any]:
+    looks_like_probabilities = bool((logits >= -1e-6).all() and torch.allclose(
+        logits.sum(1), torch.ones(len(logits), device=logits.device), atol=1e-3))
+    if looks_like_probabilities:
+        return _check("logits", "failed", "the outputs are non-negative and each row sums to 1: probabilities, not logits")
+    return _check("logits", "passed", "the outputs are not probabilities")
+
+
+def _gradient_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, Any]:
+    if not len(x):
+        return _check("gradients", "not run", "no correctly classified examples")
+    bad = 0
+    for i in range(0, len(x), batch_size):
+        labels = y[i:i + batch_size]
+        _, grad = logits_and_gradient(model, x[i:i + batch_size],
+                                      lambda z, labels=labels: F.cross_entropy(z, labels, reduction="none"))
+        flat = grad.flatten(1)
+        bad += int(((flat == 0).all(1) | ~torch.isfinite(flat).all(1)).sum())
+    fraction = bad / len(x)
+    return _check("gradients", "failed" if fraction > TOLERANCE else "passed",
+                  f"{fraction:.1%} of {len(x)} correctly classified examples have an all-zero or NaN input gradient")
+
+
+def _large_eps_check(model, x, y, spec, batch_size, seed) -> dict[str, Any]:
+    large = 1.0 if spec.norm == "linf" else math.sqrt(x[0].numel())
+    probe = replace(spec, target=None, name="fgsm" if spec.name == "fgsm" else "pgd", steps=None, alpha=None)
+    gen = generator(seed, x.device)
+    wrong = 0
+    for i in range(0, len(x), batch_size):
+        adv = probe.run(model, x[i:i + batch_size], y[i:i + batch_size], large, gen)
+        wrong += int((predict_classes(model, adv) != y[i:i + batch_size]).sum())
+    accuracy = 1 - wrong / len(x)
+    return _check("large eps breaks the model", "failed" if accuracy > TOLERANCE else "passed",
+                  f"{probe.label} at eps={large:.4g} ({spec.norm}): accuracy {accuracy:.3f} on {len(x)} examples")
+
+
+def _convergence_check(model, x, y, spec, result, accuracy, batch_size, seed) -> dict[str, Any]:
+    clean = result.clean_accuracy
+    curve = [(eps, acc) for (name, eps), acc in accuracy.items() if name == spec.label and eps > 0 and acc > 0]
+    if not curve:
+        return _check("attack converged", "passed", f"{spec.label} accuracy is 0 at every eps > 0: nothing left to find")
+    eps = min(curve, key=lambda point: abs(point[1] - clean / 2))[0]
+    base_spec = replace(spec, target=None)  # convergence of the attack itself: both untargeted
+    stronger = replace(base_spec, steps=3 * spec.n_steps, restarts=spec.restarts + 1, random_start=True)
+    fooled_base = fooled_more = 0
+    gen_base, gen_more = generator(seed, x.device), generator(seed + 1, x.device)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        base = base_spec.run(model, xb, yb, eps, gen_base)
+        more = stronger.run(model, xb, yb, eps, gen_more)
+        fooled_base += int((predict_classes(model, base) != yb).sum())
+        fooled_more += int((predict_classes(model, more) != yb).sum())
+    drop = (fooled_more - fooled_base) / len(x)
+    detail = (f"at eps={eps:.4g}, {spec.label} with {stronger.n_steps} steps and {stronger.restarts} restarts "
+              f"lowers accuracy on {len(x)} correct examples by {drop:.3f} (from {1 - fooled_base / len(x):.3f})")
+    return _check("attack converged", "failed" if drop > TOLERANCE else "passed", detail)
+
+
+def predict_classes(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Predicted classes ``int64`` ``(N,)``, without gradients."""
+    with torch.no_grad():
+        return model(images).argmax(1)
