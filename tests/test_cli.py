@@ -47,17 +47,25 @@ def test_run_metrics_are_complete_and_honest(run_dir):
     assert set(metrics["timing"]) == {"train_seconds", "eval_seconds", "attack_seconds"}
     assert {"imgclf", "torch", "torchvision", "device", "num_threads"} <= set(metrics["environment"])
     rows = metrics["robustness"]
-    assert {r["attack"] for r in rows} == {"fgsm", "pgd"}
+    assert {r["attack"] for r in rows} == {"fgsm", "pgd", "worst-case"}
     assert sorted({r["eps"] for r in rows}) == [0, 0.05, 0.1, 0.2, 0.3]  # grey-data defaults
     acc = {(r["attack"], r["eps"]): r for r in rows}
     for r in rows:
-        assert set(r) >= {"attack", "norm", "eps", "steps", "accuracy", "n"}
+        assert set(r) >= {"attack", "norm", "eps", "steps", "restarts", "accuracy", "success_rate", "per_class", "n"}
         assert r["n"] == metrics["attack"]["n"] == 359  # the whole digits test split (< 1000)
         if r["eps"] == 0:
             assert r["accuracy"] == r["clean_accuracy"] == clean["accuracy"]
         assert acc[("pgd", r["eps"])]["accuracy"] <= acc[("fgsm", r["eps"])]["accuracy"]
-    assert acc[("pgd", 0.3)]["accuracy"] < clean["accuracy"]
-    assert metrics["attack"]["warnings"] == []
+        assert acc[("worst-case", r["eps"])]["accuracy"] == acc[("pgd", r["eps"])]["accuracy"]
+    assert acc[("pgd", 0.3)]["accuracy"] < clean["accuracy"] and acc[("pgd", 0.3)]["steps"] == 20
+    info = metrics["attack"]
+    assert info["norm"] == "linf" and info["attacks"] == ["fgsm", "pgd"] and info["seed"] == 0
+    assert {c["name"]: c["status"] for c in info["checks"]}["large eps breaks the model"] == "passed"
+    assert info["warnings"] == [f"{c['name']}: {c['detail']}" for c in info["checks"] if c["status"] == "failed"]
+    saved = torch.load(run_dir / "adversarial.pt", weights_only=True)
+    assert saved["images"].shape == (5, 359, 1, 8, 8) and saved["images"].dtype == torch.float32
+    assert saved["indices"].shape == saved["labels"].shape == (359,)
+    assert ((saved["images"] - saved["images"][0]).abs().amax(dim=(2, 3, 4)) <= saved["eps"][:, None] + 1e-6).all()
 
 
 def test_report_is_one_self_contained_page(run_dir):
@@ -72,11 +80,16 @@ def test_stages_alone_reuse_the_saved_run(run_dir, capsys):
     before = json.loads((run_dir / "metrics.json").read_text())
     assert main(["evaluate", str(run_dir)]) == 0
     assert f"accuracy {before['clean']['accuracy']:.4f}" in capsys.readouterr().out
-    assert main(["attack", str(run_dir), "--attack", "pgd", "--eps", "0,0.1", "--pgd-steps", "3",
-                 "--attack-examples", "100"]) == 0
+    assert main(["attack", str(run_dir), "--attack", "pgd", "--eps", "0,0.1", "--steps", "3",
+                 "--n-examples", "100"]) == 0
     after = json.loads((run_dir / "metrics.json").read_text())
     assert [(r["attack"], r["eps"], r["steps"], r["n"]) for r in after["robustness"]] == [
-        ("pgd", 0.0, 3, 100), ("pgd", 0.1, 3, 100)]
+        ("pgd", 0.0, 3, 100), ("worst-case", 0.0, None, 100), ("pgd", 0.1, 3, 100), ("worst-case", 0.1, None, 100)]
+    assert main(["attack", str(run_dir), "--attack", "pgd", "--target", "least-likely", "--norm", "l2",
+                 "--n-examples", "50", "--quiet"]) == 0
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert {r["eps"] for r in after["robustness"]} == {0, 0.5, 1, 2, 3}  # the L2 defaults for grey data
+    assert all(r["target_success_rate"] is not None for r in after["robustness"] if r["attack"] != "worst-case")
     assert main(["report", str(run_dir)]) == 0
     model = load_model(run_dir)
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
@@ -101,9 +114,14 @@ def test_an_existing_run_folder_is_never_overwritten(run_dir, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'; valid choices:"),
     (["run", "--model", "vgg"], "unknown model 'vgg'; valid choices: cnn, fast-cnn, keras-cnn, mlp, preact-resnet18"),
-    (["run", "--attack", "cw"], "unknown attack 'cw'; valid choices: fgsm, pgd"),
+    (["run", "--attack", "cw"], "unknown attack 'cw'; valid choices: apgd-ce, apgd-ce-t, apgd-dlr, apgd-t, fab-t, fgsm, full, pgd"),
+    (["run", "--preset", "huge"], "unknown attack 'huge'; valid choices: apgd-ce"),
+    (["run", "--norm", "l1"], "unknown norm (attack.norm) 'l1'; valid choices: l2, linf"),
+    (["run", "--preset", "full", "--norm", "l2"], "the square attack is implemented for --norm linf only"),
+    (["run", "--preset", "full", "--target", "random"], "--target applies to fgsm, pgd, apgd-ce, apgd-dlr"),
     (["run", "--eps", "abc"], "invalid eps 'abc'"),
-    (["run", "--eps", "-1"], "invalid eps '-1': eps is in pixel units and must lie in [0, 1]"),
+    (["run", "--eps", "-1"], "invalid eps '-1': eps is in pixel units and must be in [0, 1] under linf"),
+    (["run", "--eps", "2"], "invalid eps '2': eps is in pixel units and must be in [0, 1] under linf"),
     (["run", "--optimizer", "lion"], "valid choices: adam, adamw, sgd"),
     (["evaluate", "/no/such/run"], "run folder '/no/such/run' does not exist"),
 ])
@@ -149,3 +167,45 @@ def test_files_are_written_atomically_with_normal_permissions(tmp_path):
     folder.update_metrics({"timing": {"train_seconds": 1.0}})
     folder.update_metrics({"timing": {"eval_seconds": 2.0}, "seed": 3})
     assert folder.read_json("metrics.json") == {"timing": {"train_seconds": 1.0, "eval_seconds": 2.0}, "seed": 3}
+
+
+class Rounding(torch.nn.Module):
+    """A model that masks its gradients by quantizing its input."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 4) / 4)
+
+
+def test_the_report_says_when_a_model_masks_its_gradients(run_dir, tmp_path):
+    import shutil
+
+    from imgclf import pipeline
+
+    copy = tmp_path / "masked"
+    shutil.copytree(run_dir, copy)
+    loaded = pipeline.open_run(copy, overrides={"attack.attacks": ["quick", "square"], "attack.queries": 100,
+                                                "attack.examples": 150, "attack.eps": ["0", "0.1", "0.3"]})
+    masked = Rounding(loaded.model).eval()
+    result = pipeline.attack_stage(loaded.folder, masked, loaded.data, loaded.config, device=loaded.device,
+                                   log=lambda line: None, quiet=True)
+    statuses = {c["name"]: c["status"] for c in result.checks}
+    assert statuses["gradients"] == "failed"
+    html = (pipeline.report_stage(loaded.folder, log=lambda line: None)).read_text()
+    assert "check(s) failed:</strong> treat the robust accuracy above as unproven" in html
+    assert '<td class="bad">failed</td>' in html and "all-zero or NaN input gradient" in html
+
+
+def test_a_target_class_can_be_named(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "named"
+    shutil.copytree(run_dir, copy)
+    assert main(["attack", str(copy), "--attack", "pgd", "--target", "7", "--eps", "0.3", "--n-examples", "60"]) == 0
+    rows = json.loads((copy / "metrics.json").read_text())["robustness"]
+    assert rows[0]["target"] == "7" and rows[0]["target_success_rate"] >= 0.9
+    assert main(["attack", str(copy), "--attack", "pgd", "--target", "seven", "--eps", "0.3"]) == 2
+    assert "unknown target 'seven'; valid choices: random, least-likely, or a class: 0, 1, 2" in capsys.readouterr().err

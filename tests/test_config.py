@@ -20,8 +20,8 @@ def test_parse_eps_accepts_fractions_decimals_lists_and_ranges():
 
 @pytest.mark.parametrize("bad, words", [
     ("abc", "invalid eps 'abc'"),
-    ("-1", "must lie in [0, 1]"),
-    ("2", "must lie in [0, 1]"),
+    ("-1", "must be in [0, 1] under linf"),
+    ("2", "must be in [0, 1] under linf"),
     ("1/0", "invalid eps"),
     ("0:1/255", "start:stop:step"),
     ("0:1/255:0", "step > 0"),
@@ -40,7 +40,7 @@ def test_unknown_keys_and_bad_values_name_the_setting_and_the_choices():
         config_from_dict({"train": {"epochs": "many"}})
     with pytest.raises(UsageError, match="valid choices: adam, adamw, sgd"):
         config_from_dict({"train": {"optimizer": "lion"}})
-    with pytest.raises(UsageError, match="valid choices: fgsm, pgd"):
+    with pytest.raises(UsageError, match="valid choices: apgd-ce, .*, square"):
         config_from_dict({"attack": {"attacks": "fgsm,cw"}})
     with pytest.raises(UsageError, match="unknown config key 'optimizer'"):
         config_from_dict({"optimizer": "sgd"})
@@ -68,3 +68,13 @@ def test_config_file_errors_are_usage_errors(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(UsageError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_attack_presets_expand_and_l2_eps_may_exceed_one():
+    from imgclf.config import attack_names
+
+    assert attack_names(["quick"]) == ["fgsm", "pgd"]
+    assert attack_names(["full", "pgd", "square"]) == ["apgd-ce", "apgd-t", "fab-t", "square", "pgd"]
+    assert parse_eps("0,1.5,3", "l2") == [0, 1.5, 3]
+    with pytest.raises(UsageError, match="must be >= 0 under l2"):
+        parse_eps("-1", "l2")

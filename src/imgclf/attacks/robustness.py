@@ -288,7 +288,7 @@ def robustness(
     classes = logits.shape[1]
     clean_pred = logits.argmax(1)
     correct = clean_pred == labels
-    clean_accuracy = correct.float().mean().item() if n else float("nan")
+    clean_accuracy = int(correct.sum()) / n if n else float("nan")
     runnable, skipped = [], []
     for spec in attacks:
         if classes < spec.min_classes():
@@ -377,11 +377,12 @@ def _entry(attack: str, eps: float, robust: torch.Tensor, labels: torch.Tensor, 
     per_class: list[float | None] = []
     for k in range(classes):
         members = labels == k
-        per_class.append(robust[members].float().mean().item() if members.any() else None)
+        count = int(members.sum())
+        per_class.append(int(robust[members].sum()) / count if count else None)
     initially = int(correct.sum())
     return RobustnessEntry(
         attack=attack, eps=eps, **settings,
-        accuracy=robust.float().mean().item() if n else float("nan"), clean_accuracy=clean_accuracy,
+        accuracy=int(robust.sum()) / n if n else float("nan"), clean_accuracy=clean_accuracy,
         success_rate=(initially - int(robust.sum())) / initially if initially else float("nan"),
         target_success_rate=target_success_rate, per_class=per_class, n=n, seconds=seconds,
     )
