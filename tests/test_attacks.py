@@ -283,7 +283,7 @@ def test_hyperplane_projection_is_the_minimum_norm_step_found_by_a_linear_progra
 def test_square_schedule_halves_the_square_at_the_papers_points():
     assert square_fraction(0.8, 5, 10000) == 0.8
     assert square_fraction(0.8, 11, 10000) == 0.4
-    assert square_fraction(0.8, 2500, 5000) == 0.8 / 2 ** 6
+    assert square_fraction(0.8, 2500, 5000) == 0.8 / 2 ** 7  # 2,500 of 5,000 is 5,000 of 10,000
     assert square_fraction(0.8, 9000, 10000) == 0.8 / 2 ** 9
 
 
