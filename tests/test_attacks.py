@@ -26,7 +26,7 @@ from imgclf.data import load_data
 from imgclf.models import create_model
 from imgclf.training import fit
 
-from conftest import shared_data
+from conftest import Rounding, shared_data
 
 CPU = torch.device("cpu")
 
@@ -315,17 +315,6 @@ def test_robust_accuracy_is_the_per_example_worst_case(model, batch):
     again = robustness(model, x, y, attacks=[AttackSpec("pgd", steps=10)], eps_values=[0.004], device=CPU,
                        batch_size=5, seed=0, run_checks=False)
     assert again.entries[0].accuracy == rows[("pgd", 0.004)].accuracy  # a point does not depend on the others
-
-
-class Rounding(torch.nn.Module):
-    """Gradient masking by quantizing the input: accurate, but every input gradient is 0."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(torch.round(x * 4) / 4)
 
 
 class Probabilities(torch.nn.Module):

@@ -13,6 +13,8 @@ import yaml
 from imgclf.checkpoint import load_model
 from imgclf.cli import main
 
+from conftest import Rounding
+
 FIGURES = {"training_curves", "confusion_matrix", "predictions", "robustness", "adversarial"}
 
 
@@ -167,17 +169,6 @@ def test_files_are_written_atomically_with_normal_permissions(tmp_path):
     folder.update_metrics({"timing": {"train_seconds": 1.0}})
     folder.update_metrics({"timing": {"eval_seconds": 2.0}, "seed": 3})
     assert folder.read_json("metrics.json") == {"timing": {"train_seconds": 1.0, "eval_seconds": 2.0}, "seed": 3}
-
-
-class Rounding(torch.nn.Module):
-    """A model that masks its gradients by quantizing its input."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(torch.round(x * 4) / 4)
 
 
 def test_the_report_says_when_a_model_masks_its_gradients(run_dir, tmp_path):

@@ -15,6 +15,7 @@ from imgclf.attacks.projection import (
     check_inputs,
     fooled,
     logits_and_gradient,
+    num_classes,
     per_example_norm,
     project,
     steepest_step,
@@ -102,8 +103,7 @@ def apgd(
     result = x.clone()
     if eps == 0 or not len(x):
         return result
-    with torch.no_grad():
-        classes = model(x[:1]).shape[1]
+    classes = num_classes(model, x)
     if classes < min_classes(loss, target is not None):
         raise ValueError(f"the {'targeted ' if target is not None else ''}DLR loss needs at least "
                          f"{min_classes(loss, target is not None)} classes, the model has {classes}")
@@ -117,8 +117,9 @@ def apgd(
         if target is not None:
             s["t"] = target[todo]
         s["adv"] = _start(s["clean"], eps, norm, generator)
-        logits, s["grad"] = logits_and_gradient(model, s["adv"], get_loss(loss, s["y"], s.get("t")))
-        s["loss"] = get_loss(loss, s["y"], s.get("t"))(logits)
+        objective = get_loss(loss, s["y"], s.get("t"))
+        logits, s["grad"] = logits_and_gradient(model, s["adv"], objective)
+        s["loss"] = objective(logits)
         s["prev"] = s["adv"].clone()
         s["best"], s["best_grad"], s["best_loss"] = s["adv"].clone(), s["grad"].clone(), s["loss"].clone()
         s["eta"] = torch.full((len(todo), 1, 1, 1), 2.0 * eps, device=x.device)
@@ -135,8 +136,9 @@ def apgd(
             z = project(adv + s["eta"] * steepest_step(s["grad"], norm), clean, eps, norm)
             s["prev"] = adv
             s["adv"] = project(adv + a * (z - adv) + (1 - a) * (adv - prev), clean, eps, norm)
-            logits, s["grad"] = logits_and_gradient(model, s["adv"], get_loss(loss, s["y"], s.get("t")))
-            value = get_loss(loss, s["y"], s.get("t"))(logits)
+            objective = get_loss(loss, s["y"], s.get("t"))
+            logits, s["grad"] = logits_and_gradient(model, s["adv"], objective)
+            value = objective(logits)
             s["rises"] += (value > s["loss"]).float()
             s["loss"] = value
             better = value > s["best_loss"]
@@ -202,9 +204,7 @@ def apgd_targeted(
     result = x.clone()
     if eps == 0 or not len(x):
         return result
-    with torch.no_grad():
-        classes = model(x[:1]).shape[1]
-    targets = top_classes(model, x, labels, min(target_classes, classes - 1))
+    targets = top_classes(model, x, labels, target_classes)
     todo = torch.arange(len(x), device=x.device)
     for k in range(targets.shape[1]):
         if not len(todo):

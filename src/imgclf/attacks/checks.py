@@ -49,8 +49,9 @@ def _check(name: str, status: str, detail: str) -> dict[str, Any]:
     return {"name": name, "status": status, "detail": detail, "meaning": MEANINGS[name]}
 
 
-def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, result: RobustnessResult,
-                  attacks: list[AttackSpec], *, batch_size: int = 256, seed: int = 0) -> list[dict[str, Any]]:
+def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
+                  result: RobustnessResult, attacks: list[AttackSpec], *, batch_size: int = 256,
+                  seed: int = 0) -> list[dict[str, Any]]:
     """The checks above on a finished evaluation; extra attacks run on up to
     :data:`CHECK_EXAMPLES` correctly classified examples.
 
@@ -58,19 +59,18 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
         model: The evaluated model, in eval mode.
         images, labels: The evaluated examples (``float32`` ``(N, C, H, W)`` in
             ``[0, 1]`` and ``int64`` ``(N,)``), on the model's device.
+        logits: The model's clean logits ``float32`` ``(N, K)`` for ``images``.
         result: The evaluation.
         attacks: The attacks that ran.
 
     Returns:
         One dict per check, in the order of :data:`MEANINGS`.
     """
-    from imgclf.attacks.robustness import WHITE_BOX, predict
+    from imgclf.attacks.robustness import WHITE_BOX
 
-    with torch.no_grad():
-        logits = predict(model, images[:batch_size], batch_size)
-    correct = torch.nonzero(predict(model, images, batch_size).argmax(1) == labels).squeeze(1)[:CHECK_EXAMPLES]
+    correct = torch.nonzero(logits.argmax(1) == labels).squeeze(1)[:CHECK_EXAMPLES]
     x, y = images[correct], labels[correct]
-    checks = [_logits_check(logits), _gradient_check(model, x, y, batch_size)]
+    checks = [_logits_check(logits[:batch_size]), _gradient_check(model, x, y, batch_size)]
 
     accuracy = {(e.attack, e.eps): e.accuracy for e in result.entries}
     fgsm_specs = [s for s in attacks if s.name == "fgsm"]
@@ -151,7 +151,7 @@ def _large_eps_check(model, x, y, spec, batch_size, seed) -> dict[str, Any]:
     wrong = 0
     for i in range(0, len(x), batch_size):
         adv = probe.run(model, x[i:i + batch_size], y[i:i + batch_size], large, gen)
-        wrong += int((predict_classes(model, adv) != y[i:i + batch_size]).sum())
+        wrong += int((_classes(model, adv, batch_size) != y[i:i + batch_size]).sum())
     accuracy = 1 - wrong / len(x)
     return _check("large eps breaks the model", "failed" if accuracy > TOLERANCE else "passed",
                   f"{probe.label} at eps={large:.4g} ({spec.norm}): accuracy {accuracy:.3f} on {len(x)} examples")
@@ -171,15 +171,15 @@ def _convergence_check(model, x, y, spec, result, accuracy, batch_size, seed) ->
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         base = base_spec.run(model, xb, yb, eps, gen_base)
         more = stronger.run(model, xb, yb, eps, gen_more)
-        fooled_base += int((predict_classes(model, base) != yb).sum())
-        fooled_more += int((predict_classes(model, more) != yb).sum())
+        fooled_base += int((_classes(model, base, batch_size) != yb).sum())
+        fooled_more += int((_classes(model, more, batch_size) != yb).sum())
     drop = (fooled_more - fooled_base) / len(x)
     detail = (f"at eps={eps:.4g}, {spec.label} with {stronger.n_steps} steps and {stronger.restarts} restarts "
               f"lowers accuracy on {len(x)} correct examples by {drop:.3f} (from {1 - fooled_base / len(x):.3f})")
     return _check("attack converged", "failed" if drop > TOLERANCE else "passed", detail)
 
 
-def predict_classes(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Predicted classes ``int64`` ``(N,)``, without gradients."""
-    with torch.no_grad():
-        return model(images).argmax(1)
+def _classes(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    from imgclf.attacks.robustness import predict
+
+    return predict(model, images, batch_size).argmax(1)

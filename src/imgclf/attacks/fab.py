@@ -118,9 +118,7 @@ def fab_targeted(
     result = x.clone()
     if eps == 0 or not len(x):
         return result
-    with torch.no_grad():
-        classes = model(x[:1]).shape[1]
-    targets = top_classes(model, x, labels, min(target_classes, classes - 1))
+    targets = top_classes(model, x, labels, target_classes)
     best_norm = torch.full((len(x),), float("inf"), device=x.device)
     for k in range(targets.shape[1]):
         for restart in range(restarts):

@@ -165,9 +165,15 @@ def fooled(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | No
 
 
 def top_classes(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
-    """The ``count`` highest-scoring classes other than the true one, per example,
-    best first: AutoAttack's target classes. ``int64`` ``(N, count)``."""
+    """The ``count`` (at most ``K - 1``) highest-scoring classes other than the true
+    one, per example, best first: AutoAttack's target classes. ``int64`` ``(N, min(count, K - 1))``."""
     with torch.no_grad():
         logits = model(images).float()
     logits[torch.arange(len(labels), device=labels.device), labels] = -math.inf
-    return logits.topk(count, dim=1).indices
+    return logits.topk(min(count, logits.shape[1] - 1), dim=1).indices
+
+
+def num_classes(model: torch.nn.Module, images: torch.Tensor) -> int:
+    """How many logits ``model`` gives (one forward pass on one image)."""
+    with torch.no_grad():
+        return model(images[:1]).shape[1]

@@ -365,7 +365,8 @@ def robustness(
     result = RobustnessResult(entries, clean_accuracy, n, seed, skipped=skipped, fooled=fooled,
                               adversarial=adversarial, examples=examples)
     if run_checks:
-        result.checks = sanity_checks(model, images, labels, result, runnable, batch_size=batch_size, seed=seed)
+        result.checks = sanity_checks(model, images, labels, logits, result, runnable, batch_size=batch_size,
+                                      seed=seed)
     result.seconds = time.perf_counter() - start
     return result
 
