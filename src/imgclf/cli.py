@@ -119,6 +119,26 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", dest="seed", type=int, default=S, help="seeds everything (default 0)")
 
 
+def _add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("adversarial training")
+    group.add_argument("--adversarial", dest="adversarial.recipe", default=S, metavar="RECIPE",
+                       help="none (default) | pgd (Madry et al.) | fgsm-rs (fast, Wong et al.) | trades")
+    group.add_argument("--adv-eps", dest="adversarial.eps", default=S, metavar="EPS",
+                       help="training radius in pixel units, e.g. 0.3 or 8/255 (default: the largest --eps)")
+    group.add_argument("--adv-steps", dest="adversarial.steps", type=int, default=S, metavar="N",
+                       help="attack steps of pgd and trades (default 10)")
+    group.add_argument("--adv-step-size", dest="adversarial.alpha", type=float, default=S, metavar="STEP",
+                       help="step size in pixel units (default: fgsm-rs 1.25 * eps, else 2.5 * eps / steps)")
+    group.add_argument("--trades-beta", dest="adversarial.beta", type=float, default=S, metavar="BETA",
+                       help="TRADES weight of the KL term (default 6)")
+    group.add_argument("--eps-warmup", dest="adversarial.warmup_epochs", type=float, default=S, metavar="EPOCHS",
+                       help="eps rises linearly from 0 over these epochs (default: 20%% of the epochs)")
+    group.add_argument("--robust-val-examples", dest="adversarial.val_examples", type=int, default=S, metavar="N",
+                       help="validation images whose PGD accuracy picks the checkpoint (default 1000)")
+    group.add_argument("--robust-val-steps", dest="adversarial.val_steps", type=int, default=S, metavar="N",
+                       help="PGD steps of that robust validation (default 10)")
+
+
 def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("attacks")
     group.add_argument("--attack", dest="attack.attacks", default=S, metavar="NAMES",
@@ -182,12 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         imgclf run --dataset mnist --model simple-cnn --epochs 1 --out runs/mnist
         imgclf run --dataset path/to/photos --image-size 32 --model cnn --augment flip-crop
         imgclf run --config runs/mnist/config.yaml --seed 1 --out runs/mnist-seed1
+        imgclf run --dataset fashion-mnist --adversarial pgd --adv-eps 0.1 --eps 0:0.2:0.05
     """)
     train = command("train", "train a model and save it in a new run folder", """
         imgclf train --dataset fashion-mnist --model mlp --model-option hidden=256 --epochs 5 --out runs/fm
         imgclf train --resume runs/fm                 # after an interruption, even kill -9
         torchrun --nproc_per_node 2 -m imgclf train --dataset mnist --out runs/ddp
         imgclf train --recipe fast --dataset cifar10 --device cuda --out runs/fast
+        imgclf train --dataset mnist --adversarial fgsm-rs --eps 0.3 --out runs/mnist-robust
     """)
     train.add_argument("--resume", metavar="RUN",
                        help="continue a stopped run from its last finished epoch (its own config.yaml applies)")
@@ -196,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", metavar="DIR", help="new run folder (default runs/<dataset>-<model>-<time>)")
         _add_data_flags(p, full=True)
         _add_train_flags(p)
+        _add_adversarial_flags(p)
         _add_common(p)
     _add_attack_flags(run)
     _add_attack_flags(train)  # recorded in config.yaml for later `imgclf attack`

@@ -1,7 +1,8 @@
 """Every setting of a run, as dataclasses, read from YAML and flags and checked once.
 
 A run's configuration is a :class:`RunConfig` with one section per pipeline
-stage (``data``, ``model``, ``train``, ``attack``) plus ``seed`` and ``device``.
+stage (``data``, ``model``, ``train``, ``eval``, ``attack``, ``adversarial``) plus
+``seed`` and ``device``.
 It is built from three layers, later ones winning: the defaults below, a YAML
 file (``--config run.yaml``), and command-line flags (dotted keys such as
 ``train.epochs``). :func:`config_from_dict` validates every key and value and
@@ -30,6 +31,7 @@ from imgclf.attacks.robustness import ATTACK_NAMES as ATTACKS
 from imgclf.attacks.robustness import PRESETS as ATTACK_PRESETS
 from imgclf.attacks.robustness import TARGET_MODES, TARGETABLE
 from imgclf.data.augment import PRESETS
+from imgclf.defenses.adversary import RECIPES as ADVERSARIAL_RECIPES
 from imgclf.errors import UsageError, unknown_choice
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -126,6 +128,26 @@ class AttackConfig:
     batch_size: int = 256
 
 
+@dataclass
+class AdversarialConfig:
+    """Adversarial training (:mod:`imgclf.defenses`); its norm is ``attack.norm``."""
+
+    recipe: str = "none"  # none | pgd | fgsm-rs | trades
+    eps: str | None = None  # training radius in pixel units (0.3, 8/255); None: the largest attack eps
+    steps: int | None = None  # attack steps; None: pgd and trades 10 (fgsm-rs is always 1)
+    alpha: float | None = None  # step size (pixel units); None: fgsm-rs 1.25 * eps, else 2.5 * eps / steps
+    beta: float = 6.0  # TRADES: weight of the KL term
+    warmup_epochs: float | None = None  # eps rises linearly from 0 over these epochs; None: 20% of them
+    val_examples: int = 1000  # fixed validation subset for the robust accuracy that picks the checkpoint
+    val_steps: int = 10  # PGD steps of that robust validation
+    overfit_drop: float = 0.2  # fgsm-rs: PGD val accuracy falling this much below its best stops training
+
+    @property
+    def enabled(self) -> bool:
+        """True for every recipe but ``none``."""
+        return self.recipe != "none"
+
+
 def attack_names(names: list[str]) -> list[str]:
     """Attack names with presets expanded, in order, without repeats."""
     expanded: list[str] = []
@@ -143,12 +165,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     seed: int = 0
     device: str = "auto"  # one of DEVICES
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-             "attack": AttackConfig}
+             "attack": AttackConfig, "adversarial": AdversarialConfig}
 
 #: Named presets, applied under the YAML file and the flags (``--recipe NAME``).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -241,7 +264,8 @@ def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
 
     Args:
         values: ``{"data": {...}, "model": {...}, "train": {...}, "eval": {...},
-            "attack": {...}, "seed": int, "device": str}``; every key is optional.
+            "attack": {...}, "adversarial": {...}, "seed": int, "device": str}``;
+            every key is optional.
 
     Returns:
         The validated configuration.
@@ -466,5 +490,29 @@ def validate(config: RunConfig) -> None:
     if attack.alpha is not None and not 0 < attack.alpha <= (1 if attack.norm == "linf" else math.inf):
         raise UsageError(f"attack.alpha is a step in pixel units and must be > 0 (at most 1 under linf), "
                          f"got {attack.alpha}")
+    _validate_adversarial(config)
     if config.device not in DEVICES:
         raise unknown_choice("device", config.device, DEVICES)
+
+
+def _validate_adversarial(config: RunConfig) -> None:
+    adversarial, train = config.adversarial, config.train
+    if adversarial.recipe not in ADVERSARIAL_RECIPES:
+        raise unknown_choice("adversarial training recipe (adversarial.recipe)", adversarial.recipe,
+                             ADVERSARIAL_RECIPES)
+    if adversarial.eps is not None:
+        values = parse_eps(adversarial.eps, config.attack.norm)
+        if len(values) != 1:
+            raise UsageError(f"adversarial.eps is one radius, got {adversarial.eps!r}")
+    if (adversarial.steps is not None and adversarial.steps < 1) or adversarial.val_examples < 1 \
+            or adversarial.val_steps < 1:
+        raise UsageError("adversarial.steps, adversarial.val_examples and adversarial.val_steps must be "
+                         "positive integers")
+    if adversarial.alpha is not None and not adversarial.alpha > 0:
+        raise UsageError(f"adversarial.alpha is a step in pixel units and must be > 0, got {adversarial.alpha}")
+    if adversarial.beta < 0 or (adversarial.warmup_epochs is not None and adversarial.warmup_epochs < 0):
+        raise UsageError("adversarial.beta and adversarial.warmup_epochs must be >= 0")
+    if not 0 < adversarial.overfit_drop <= 1:
+        raise UsageError(f"adversarial.overfit_drop is a fall in accuracy in (0, 1], got {adversarial.overfit_drop}")
+    if adversarial.enabled and (train.mixup or train.cutmix):
+        raise UsageError("adversarial training needs hard labels: drop --mixup/--cutmix or --adversarial")

@@ -81,14 +81,26 @@ class TrainedRun:
 
 
 def resolve_eps(config: RunConfig, channels: int) -> RunConfig:
-    """Fill in the default eps list for the data's channels (grey or colour) and the norm."""
-    if config.attack.eps is not None:
-        return config
-    if config.attack.norm == "l2":
-        eps = list(DEFAULT_EPS_L2_COLOUR if channels == 3 else DEFAULT_EPS_L2_GREY)
-    else:
-        eps = list(DEFAULT_EPS_COLOUR if channels == 3 else DEFAULT_EPS_GREY)
-    return replace(config, attack=replace(config.attack, eps=eps))
+    """Fill in the default eps list for the data's channels (grey or colour) and the norm,
+    and under adversarial training without its own eps, the largest of that list.
+
+    Raises:
+        UsageError: If adversarial training would train at eps 0.
+    """
+    if config.attack.eps is None:
+        if config.attack.norm == "l2":
+            eps = list(DEFAULT_EPS_L2_COLOUR if channels == 3 else DEFAULT_EPS_L2_GREY)
+        else:
+            eps = list(DEFAULT_EPS_COLOUR if channels == 3 else DEFAULT_EPS_GREY)
+        config = replace(config, attack=replace(config.attack, eps=eps))
+    adversarial = config.adversarial
+    if adversarial.enabled and adversarial.eps is None:
+        values = parse_eps(config.attack.eps, config.attack.norm)
+        largest = config.attack.eps[-1] if len(config.attack.eps) == 1 else max(values)
+        config = replace(config, adversarial=replace(adversarial, eps=str(largest)))
+    if adversarial.enabled and parse_eps(config.adversarial.eps, config.attack.norm) == [0.0]:
+        raise UsageError("adversarial training at eps 0 is standard training; give --adv-eps or --eps above 0")
+    return config
 
 
 def _save_splits(folder: RunFolder, data: DataSplits) -> None:
@@ -165,19 +177,28 @@ def _train(folder: RunFolder | None, config: RunConfig, data: DataSplits, model:
             model, data, config.train, augment=config.data.augment, balance=config.data.balance,
             device=device, seed=config.seed, log=log, quiet=quiet, on_epoch=save_epoch, resume=resume,
             distributed=dist, on_step=board.step if board is not None else None,
+            adversarial=config.adversarial, norm=config.attack.norm,
         )
     finally:
         if board is not None:
             board.close()
     if folder is not None:
         save_model(model, folder.weights_path, model_info(model, config.model.name, config.model.options, spec, env))
+        adversarial = config.adversarial
         folder.update_metrics({
             "training": {"epochs": config.train.epochs, "epochs_run": len(result.history),
                          "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                         "stopped_early": result.stopped_early, "processes": dist.world_size},
+                         "stopped_early": result.stopped_early, "processes": dist.world_size,
+                         "adversarial": {"recipe": adversarial.recipe, "eps": parse_eps(adversarial.eps, config.attack.norm)[0],
+                                         "norm": config.attack.norm,
+                                         "best_robust_val_accuracy": result.best_robust_val_accuracy,
+                                         "catastrophic_overfitting": result.catastrophic_overfitting}
+                         if adversarial.enabled else None},
             "timing": {"train_seconds": result.seconds},
         })
-        log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy:.4f}); "
+        robust = "" if result.best_robust_val_accuracy is None else \
+            f", robust val accuracy {result.best_robust_val_accuracy:.4f}"
+        log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy:.4f}{robust}); "
             f"model saved to {folder.weights_path}")
     return result
 
@@ -263,7 +284,7 @@ def resume_stage(path: str | Path, *, quiet: bool = False, overrides: dict | Non
         log(f"{folder.path} finished training already (epoch {state['epoch']}); nothing to resume")
         model.load_state_dict(state["best_state"])
         result = TrainResult(state["history"], state["best_epoch"], state["best_val_accuracy"], state["seconds"],
-                             state["stopped_early"])
+                             state["stopped_early"], state.get("best_robust_val_accuracy"))
         return TrainedRun(folder, config, data, model.eval(), device, result)
     log(f"resuming {folder.path} after epoch {state['epoch']} of {config.train.epochs}")
     result = _train(folder, config, data, model, device, Distributed(), log, quiet, resume=state)

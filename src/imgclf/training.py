@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from imgclf.config import TrainConfig
+from imgclf.config import AdversarialConfig, TrainConfig, parse_eps
 from imgclf.data.batches import iterate_batches, num_batches
 from imgclf.data.containers import DataSplits
+from imgclf.defenses import Adversary, RobustValidation, catastrophic_overfitting, warmup_steps
 from imgclf.distributed import Distributed
 from imgclf.evaluation import loss_and_accuracy
 from imgclf.runtime import generator
@@ -110,6 +111,7 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
     on_step: Callable[[torch.Tensor, float], None] | None = None,
+    adversary: Adversary | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One pass over ``batches``.
 
@@ -129,6 +131,9 @@ def train_one_epoch(
         ema: Averaged model updated after every step.
         on_step: Called after every step with the batch loss (a detached device
             tensor) and the learning rate.
+        adversary: Adversarial training (:class:`imgclf.defenses.Adversary`):
+            each batch is attacked (eval mode, fp32) and trained on with the
+            recipe's loss; accuracy is then on the adversarial examples.
 
     Returns:
         ``(summed loss, correct count)`` as device tensors, and the example count.
@@ -142,10 +147,14 @@ def train_one_epoch(
         if mixing is not None:
             images, targets = mixing(images, labels)
             labels = targets.argmax(1)
+        adversarial = adversary.perturb(images, labels) if adversary is not None else None
         precision = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
         with precision:
-            logits = model(images)
-            loss = loss_fn(logits.float(), targets)
+            if adversary is not None:
+                logits, loss = adversary.loss(model, images, adversarial, targets, loss_fn)
+            else:
+                logits = model(images)
+                loss = loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -182,8 +191,17 @@ class TrainResult:
         history: One dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
             ``val_loss``, ``val_accuracy``, ``lr`` (at the end of the epoch), ``seconds``
             (the whole epoch) and ``train_seconds`` (its training pass alone).
-        best_epoch: Epoch (1-based) whose weights the model now holds.
+            Adversarial training adds ``robust_val_accuracy`` (PGD on a fixed
+            validation subset at the full eps), ``train_eps`` (the warmed-up eps
+            of the epoch's last batch) and, for ``fgsm-rs``, ``fgsm_val_accuracy``;
+            its ``train_accuracy`` is on the adversarial training examples.
+        best_epoch: Epoch (1-based) whose weights the model now holds: the best
+            validation accuracy, or under adversarial training the best robust
+            validation accuracy.
         best_val_accuracy: Its validation accuracy.
+        best_robust_val_accuracy: Its robust validation accuracy (None without
+            adversarial training).
+        catastrophic_overfitting: Why ``fgsm-rs`` training was stopped, or None.
         seconds: Total training wall time, validation included (over all
             sessions of a resumed run).
         stopped_early: True when early stopping ended the run.
@@ -194,6 +212,8 @@ class TrainResult:
     best_val_accuracy: float = -1.0
     seconds: float = 0.0
     stopped_early: bool = False
+    best_robust_val_accuracy: float | None = None
+    catastrophic_overfitting: str | None = None
 
 
 def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -215,6 +235,8 @@ def fit(
     resume: dict[str, Any] | None = None,
     distributed: Distributed | None = None,
     on_step: Callable[[torch.Tensor, float], None] | None = None,
+    adversarial: AdversarialConfig | None = None,
+    norm: str = "linf",
 ) -> TrainResult:
     """Train ``model`` on ``data.train``, validate on ``data.val`` after every epoch.
 
@@ -241,9 +263,15 @@ def fit(
         distributed: Rank and world size under ``torchrun``; each process
             trains on its share of every epoch and gradients are averaged.
         on_step: Called after every optimizer step (see :func:`train_one_epoch`).
+        adversarial: Adversarial training settings with ``eps`` filled in (see
+            :mod:`imgclf.defenses`); None or recipe ``none`` trains on clean images.
+        norm: The norm of the adversarial training eps: ``"linf"`` or ``"l2"``.
 
     Returns:
         History and best epoch; ``model`` holds the best weights, in eval mode.
+
+    Raises:
+        ValueError: If adversarial training is asked for without an eps.
     """
     dist = distributed or Distributed()
     if resume is None:
@@ -276,6 +304,17 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    adversary = robust_val = None
+    if adversarial is not None and adversarial.enabled:
+        if adversarial.eps is None:
+            raise ValueError("adversarial training needs adversarial.eps (the pipeline fills in the default)")
+        (eps,) = parse_eps(adversarial.eps, norm)
+        adversary = Adversary(model, recipe=adversarial.recipe, eps=eps, norm=norm, steps=adversarial.steps,
+                              alpha=adversarial.alpha, beta=adversarial.beta,
+                              warmup_steps=warmup_steps(adversarial.warmup_epochs, config.epochs, steps),
+                              seed=seed + 1 + dist.rank, device=device)
+        robust_val = RobustValidation(data.val, examples=adversarial.val_examples, eps=eps, norm=norm,
+                                      steps=adversarial.val_steps, seed=seed, device=device)
     order = generator(seed)
     torch.manual_seed(seed)  # dropout and MixUp/CutMix draw from the global generator
     result = TrainResult()
@@ -292,9 +331,11 @@ def fit(
             scaler.load_state_dict(resume["scaler"])
         order.set_state(resume["order_rng"])
         torch.set_rng_state(resume["torch_rng"])
+        if adversary is not None:
+            adversary.load_state_dict(resume["adversary"])
         best_state = resume["best_state"]
         result = TrainResult(list(resume["history"]), resume["best_epoch"], resume["best_val_accuracy"],
-                             resume["seconds"])
+                             resume["seconds"], best_robust_val_accuracy=resume.get("best_robust_val_accuracy"))
         start_epoch, stale = resume["epoch"] + 1, resume["stale"]
     started = time.perf_counter() - result.seconds
     for epoch in range(start_epoch, config.epochs + 1):
@@ -312,7 +353,7 @@ def fit(
             loss_sum, correct, seen = train_one_epoch(
                 train_model, batches, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, progress=bar,
                 mixing=mixing, amp_dtype=amp_dtype, scaler=scaler, grad_clip=config.grad_clip, ema=ema,
-                on_step=on_step,
+                on_step=on_step, adversary=adversary,
             )
         loss_sum, correct, seen = dist.sum(loss_sum, correct, seen)  # over all processes
         train_loss, train_acc = (loss_sum / seen, correct / seen) if seen else (math.nan, math.nan)
@@ -321,22 +362,33 @@ def fit(
         evaluated = ema.module if ema is not None else model
         evaluated.eval()
         val_loss, val_acc = loss_and_accuracy(evaluated, data.val, batch_size=512, device=device)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+               "val_loss": val_loss, "val_accuracy": val_acc}
+        robust = ""
+        if robust_val is not None:
+            row.update(robust_val(evaluated, with_fgsm=adversary.recipe == "fgsm-rs"), train_eps=adversary.last_eps)
+            robust = f" robust {row['robust_val_accuracy']:.4f}"
         seconds = time.perf_counter() - epoch_start
-        result.history.append({
-            "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-            "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "seconds": seconds,
-            "train_seconds": train_seconds,
-        })
-        stale = 0 if val_acc > result.best_val_accuracy else stale + 1  # a tie is no progress
-        if val_acc >= result.best_val_accuracy:  # but the later of two equal epochs is kept
+        result.history.append({**row, "lr": lr, "seconds": seconds, "train_seconds": train_seconds})
+        best_score = result.best_val_accuracy if robust_val is None else result.best_robust_val_accuracy
+        score = row.get("robust_val_accuracy", val_acc)  # what picks the checkpoint
+        stale = 0 if best_score is None or score > best_score else stale + 1  # a tie is no progress
+        if best_score is None or score >= best_score:  # but the later of two equal epochs is kept
             result.best_epoch, result.best_val_accuracy = epoch, val_acc
+            result.best_robust_val_accuracy = row.get("robust_val_accuracy")
             best_state = _clone_state(evaluated)
         log(
             f"epoch {epoch:>3}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.2e}  {seconds:.1f} s"
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}{robust}  lr {lr:.2e}  {seconds:.1f} s"
         )
         result.seconds = time.perf_counter() - started
         stop = bool(config.early_stopping) and stale >= config.early_stopping and epoch < config.epochs
+        if adversary is not None and adversary.recipe == "fgsm-rs":
+            result.catastrophic_overfitting = catastrophic_overfitting(result.history, drop=adversarial.overfit_drop)
+            if result.catastrophic_overfitting:
+                log(f"warning: {result.catastrophic_overfitting}; training stops and keeps epoch "
+                    f"{result.best_epoch} (robust val accuracy {result.best_robust_val_accuracy:.4f})")
+                stop = True
         if on_epoch is not None:
             on_epoch(result, {
                 "epoch": epoch, "stale": stale, "stopped_early": stop,
@@ -347,10 +399,13 @@ def fit(
                 "order_rng": order.get_state(), "torch_rng": torch.get_rng_state(),
                 "best_state": best_state, "history": result.history, "best_epoch": result.best_epoch,
                 "best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
+                "best_robust_val_accuracy": result.best_robust_val_accuracy,
+                "adversary": adversary.state_dict() if adversary is not None else None,
             })
         if stop:
             result.stopped_early = True
-            log(f"early stopping: no better validation accuracy for {stale} epochs")
+            if not result.catastrophic_overfitting:
+                log(f"early stopping: no better validation accuracy for {stale} epochs")
             break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -83,6 +83,10 @@ def write_report(folder: RunFolder) -> Path:
 
     training = metrics.get("training", {})
     cards = [{"label": "test accuracy", "value": _percent(clean["accuracy"]) if clean else "–"}]
+    if training.get("adversarial"):
+        trained = training["adversarial"]
+        cards.append({"label": f"trained with {trained['recipe']} at eps {eps_label(trained['eps'], colour)}",
+                      "value": _percent(trained["best_robust_val_accuracy"]) + " robust val"})
     if clean:
         cards.append({"label": "macro F1", "value": f"{clean['macro_f1']:.4f}"})
         cards.append({"label": "balanced accuracy", "value": _percent(clean["balanced_accuracy"])})
@@ -116,6 +120,7 @@ def write_report(folder: RunFolder) -> Path:
         notes=metrics.get("data_notes", []),
         figures=figures,
         best_val=_percent(training.get("best_val_accuracy")),
+        adversarial=training.get("adversarial"),
         best_epoch=training.get("best_epoch", "?"),
         clean=clean,
         clean_n=clean["n"] if clean else None,

@@ -36,18 +36,28 @@ def _as_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 
 def training_curves(history: Sequence[dict[str, float]]) -> Figure:
-    """Loss and accuracy per epoch, training and validation, side by side."""
+    """Loss and accuracy per epoch, training and validation, side by side; under
+    adversarial training the accuracy panel adds the robust (PGD) and FGSM
+    validation accuracy, and its training accuracy is on adversarial examples."""
     figure = Figure(figsize=(10, 3.8), layout="constrained")
     loss_ax, acc_ax = figure.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
+    adversarial = "robust_val_accuracy" in history[0] if history else False
     for ax, key, title in ((loss_ax, "loss", "Loss (cross-entropy)"), (acc_ax, "accuracy", "Top-1 accuracy")):
-        ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
-        ax.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation")
+        train_label = "train (adversarial)" if adversarial else "train"
+        ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label=train_label)
+        ax.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation (clean)" if adversarial
+                else "validation")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+    for column, label, marker in (("robust_val_accuracy", "validation (PGD)", "^-"),
+                                  ("fgsm_val_accuracy", "validation (FGSM)", "v--")):
+        if history and column in history[0]:
+            acc_ax.plot(epochs, [row[column] for row in history], marker, label=label)
+    loss_ax.legend()
+    acc_ax.legend()
     return figure
 
 

@@ -1,0 +1,224 @@
+"""Adversarial training: each recipe's examples and loss, eps warm-up, robust checkpoint
+selection, the catastrophic-overfitting alarm, resume, and robustness gained on real data."""
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from imgclf.attacks import pgd
+from imgclf.cli import main
+from imgclf.config import AdversarialConfig, DataConfig, TrainConfig, load_config
+from imgclf.data import load_data
+from imgclf.defenses import Adversary, catastrophic_overfitting, kl_divergence, trades_adversarial
+from imgclf.errors import UsageError
+from imgclf.models import create_model
+from imgclf.runtime import generator
+from imgclf.training import fit
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(DataConfig(dataset="digits"), seed=0)
+
+
+def _model(data, name="simple-cnn", seed=0):
+    torch.manual_seed(seed)
+    s = data.spec
+    return create_model(name, channels=s.channels, image_size=s.image_size, num_classes=s.num_classes,
+                        mean=s.mean, std=s.std)
+
+
+def _batch(data, n=64):
+    return data.train.float_images(torch.arange(n)), data.train.labels[:n]
+
+
+def test_kl_divergence_matches_torch(digits):
+    clean, adversarial = torch.randn(16, 10), torch.randn(16, 10)
+    expected = F.kl_div(F.log_softmax(adversarial, 1), F.log_softmax(clean, 1), log_target=True,
+                        reduction="none").sum(1)
+    assert torch.allclose(kl_divergence(clean, adversarial), expected, atol=1e-6)
+    assert torch.allclose(kl_divergence(clean, clean), torch.zeros(16), atol=1e-6)
+
+
+def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_uniform_start(digits):
+    """Against a direct transcription of Wong et al.'s Algorithm 1 with the same random start."""
+    model = _model(digits).eval()
+    images, labels = _batch(digits)
+    eps = 0.1
+    adversary = Adversary(model, recipe="fgsm-rs", eps=eps, seed=5)
+    ours = adversary.perturb(images, labels)
+    noise = torch.rand(images.shape, generator=generator(5))
+    start = (images + (2 * noise - 1) * eps).clamp(0, 1).requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(start), labels), start)
+    delta = (start + 1.25 * eps * grad.sign() - images).clamp(-eps, eps)
+    reference = (images + delta).clamp(0, 1)
+    assert torch.allclose(ours, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "trades"])
+def test_recipes_attack_in_eval_mode_and_leave_mode_and_gradients(digits, recipe):
+    model = _model(digits, "cnn").train()  # batch norm and dropout: eval mode matters
+    images, labels = _batch(digits)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    adversary = Adversary(model, recipe=recipe, eps=0.2, steps=3, seed=0)
+    adversarial = adversary.perturb(images, labels)
+    assert seen and not any(seen)  # every forward of the attack ran in eval mode
+    assert model.training  # and the mode is restored
+    assert all(p.grad is None for p in model.parameters())
+    assert (adversarial - images).abs().max() <= 0.2 + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    assert (adversarial != images).any()
+    logits, loss = adversary.loss(model, images, adversarial, labels, torch.nn.CrossEntropyLoss())
+    assert logits.shape == (64, 10) and loss.ndim == 0
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_pgd_training_examples_are_pgd_without_early_stopping(digits):
+    model = _model(digits).eval()
+    images, labels = _batch(digits)
+    adversary = Adversary(model, recipe="pgd", eps=0.1, steps=5, seed=2)
+    expected = pgd(model, images, labels, eps=0.1, steps=5, alpha=0.05, early_stop=False, generator=generator(2))
+    assert torch.equal(adversary.perturb(images, labels), expected)
+
+
+def test_trades_inner_maximisation_raises_the_kl(digits):
+    model = _model(digits).eval()
+    images, _ = _batch(digits)
+    adversarial = trades_adversarial(model, images, eps=0.2, steps=10, alpha=0.05, generator=generator(0))
+    with torch.no_grad():
+        clean = model(images)
+        start = kl_divergence(clean, model((images + 0.001 * torch.randn_like(images)).clamp(0, 1))).mean()
+        reached = kl_divergence(clean, model(adversarial)).mean()
+    assert reached > 100 * start
+    assert (adversarial - images).abs().max() <= 0.2 + 1e-6 and 0 <= adversarial.min() <= adversarial.max() <= 1
+
+
+def test_eps_warms_up_linearly_then_holds(digits):
+    model = _model(digits).eval()
+    images, labels = _batch(digits, 8)
+    adversary = Adversary(model, recipe="fgsm-rs", eps=0.3, warmup_steps=3)
+    seen = []
+    for _ in range(5):
+        adversarial = adversary.perturb(images, labels)
+        seen.append(adversary.last_eps)
+        assert (adversarial - images).abs().max() <= adversary.last_eps + 1e-6
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.3])
+
+
+def test_catastrophic_overfitting_needs_pgd_to_collapse_while_fgsm_rises():
+    rows = [{"epoch": 1, "robust_val_accuracy": 0.6, "fgsm_val_accuracy": 0.7},
+            {"epoch": 2, "robust_val_accuracy": 0.7, "fgsm_val_accuracy": 0.75}]
+    assert catastrophic_overfitting(rows) is None
+    collapsed = rows + [{"epoch": 3, "robust_val_accuracy": 0.05, "fgsm_val_accuracy": 0.9}]
+    assert "epoch 3" in catastrophic_overfitting(collapsed)
+    both_fell = rows + [{"epoch": 3, "robust_val_accuracy": 0.05, "fgsm_val_accuracy": 0.1}]
+    assert catastrophic_overfitting(both_fell) is None  # a failing run, not overfitting to FGSM
+    assert catastrophic_overfitting(rows + [{"epoch": 3, "robust_val_accuracy": 0.55, "fgsm_val_accuracy": 0.9}]) \
+        is None  # 0.15 below the best is within the default drop of 0.2
+
+
+def _adversarial(recipe="pgd", **settings):
+    return AdversarialConfig(recipe=recipe, eps=settings.pop("eps", "0.1"), steps=settings.pop("steps", 3),
+                             val_examples=settings.pop("val_examples", 128), val_steps=5, **settings)
+
+
+class _Scripted:
+    """Stands in for RobustValidation with fixed per-epoch accuracies."""
+
+    def __init__(self, rows):
+        self.rows = iter(rows)
+
+    def __call__(self, model, *, with_fgsm=False):
+        row = next(self.rows)
+        return row if with_fgsm else {"robust_val_accuracy": row["robust_val_accuracy"]}
+
+
+def test_the_checkpoint_is_the_best_robust_epoch_not_the_best_clean_one(digits, monkeypatch):
+    scripted = [{"robust_val_accuracy": a, "fgsm_val_accuracy": 0.5} for a in (0.3, 0.6, 0.4)]
+    monkeypatch.setattr("imgclf.training.RobustValidation", lambda *args, **kwargs: _Scripted(scripted))
+    states = []
+    model = _model(digits)
+    result = fit(model, digits, TrainConfig(epochs=3, batch_size=64), augment="none", device=CPU, seed=0,
+                 log=lambda line: None, quiet=True, adversarial=_adversarial(),
+                 on_epoch=lambda result, state: states.append(state["model"]))
+    assert result.best_epoch == 2 and result.best_robust_val_accuracy == 0.6
+    assert result.best_val_accuracy == result.history[1]["val_accuracy"]
+    assert all(torch.equal(model.state_dict()[k], states[1][k]) for k in states[1])
+    assert [row["train_eps"] for row in result.history] == pytest.approx([0.1, 0.1, 0.1])
+
+
+def test_catastrophic_overfitting_stops_fgsm_rs_and_keeps_the_epoch_before(digits, monkeypatch):
+    scripted = [{"robust_val_accuracy": 0.5, "fgsm_val_accuracy": 0.6},
+                {"robust_val_accuracy": 0.6, "fgsm_val_accuracy": 0.65},
+                {"robust_val_accuracy": 0.02, "fgsm_val_accuracy": 0.9}]
+    monkeypatch.setattr("imgclf.training.RobustValidation", lambda *args, **kwargs: _Scripted(scripted))
+    lines = []
+    result = fit(_model(digits), digits, TrainConfig(epochs=6, batch_size=64), augment="none", device=CPU, seed=0,
+                 log=lines.append, quiet=True, adversarial=_adversarial("fgsm-rs"))
+    assert len(result.history) == 3 and result.stopped_early and result.best_epoch == 2
+    assert "catastrophic overfitting in epoch 3" in result.catastrophic_overfitting
+    assert any("catastrophic overfitting" in line and "keeps epoch 2" in line for line in lines)
+
+
+def test_resume_gives_the_uninterrupted_adversarial_weights(digits):
+    config, adversarial = TrainConfig(epochs=2, batch_size=64), _adversarial("pgd", warmup_epochs=1.5)
+    saved = []
+
+    def save(result, state):  # serialised at once, as the pipeline does (the optimizer's state lives on)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        saved.append(buffer.getvalue())
+
+    reference = _model(digits)
+    fit(reference, digits, config, augment="none", device=CPU, seed=0, log=lambda line: None, quiet=True,
+        adversarial=adversarial, on_epoch=save)
+    resumed = _model(digits)
+    fit(resumed, digits, config, augment="none", device=CPU, seed=0, log=lambda line: None, quiet=True,
+        adversarial=adversarial, resume=torch.load(io.BytesIO(saved[0]), weights_only=True))
+    assert all(torch.equal(reference.state_dict()[k], resumed.state_dict()[k]) for k in reference.state_dict())
+
+
+def _robust_accuracy(model, data, eps):
+    images, labels = data.test.float_images(), data.test.labels
+    adversarial = pgd(model.eval(), images, labels, eps=eps, steps=20, generator=generator(0))
+    with torch.no_grad():
+        return (model(adversarial).argmax(1) == labels).float().mean().item()
+
+
+GAIN_CONFIG = TrainConfig(epochs=4, batch_size=32, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def standard_robust_accuracy(digits):
+    standard = _model(digits)
+    fit(standard, digits, GAIN_CONFIG, augment="none", device=CPU, seed=0, log=lambda line: None, quiet=True)
+    return _robust_accuracy(standard, digits, 0.1)
+
+
+@pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "trades"])
+def test_adversarial_training_buys_robustness_on_real_digits(digits, standard_robust_accuracy, recipe):
+    robust = _model(digits)
+    result = fit(robust, digits, GAIN_CONFIG, augment="none", device=CPU, seed=0, log=lambda line: None,
+                 quiet=True, adversarial=_adversarial(recipe, eps="0.1", steps=3, beta=3.0))
+    assert {"robust_val_accuracy", "train_eps"} <= set(result.history[0])
+    gained = _robust_accuracy(robust, digits, 0.1) - standard_robust_accuracy
+    assert gained > 0.15, f"{recipe} gained only {gained:.3f} PGD-20 accuracy at eps 0.1"
+
+
+def test_bad_adversarial_settings_get_one_clear_error(tmp_path, capsys):
+    with pytest.raises(UsageError, match="valid choices: fgsm-rs, none, pgd, trades"):
+        load_config(None, {"adversarial.recipe": "free"})
+    with pytest.raises(UsageError, match="hard labels"):
+        load_config(None, {"adversarial.recipe": "pgd", "train.mixup": 0.2})
+    with pytest.raises(UsageError, match="one radius"):
+        load_config(None, {"adversarial.recipe": "pgd", "adversarial.eps": "0.1,0.2"})
+    assert main(["train", "--dataset", "digits", "--adversarial", "pgd", "--adv-eps", "0",
+                 "--out", str(tmp_path / "zero")]) == 2
+    assert "eps 0 is standard training" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()
