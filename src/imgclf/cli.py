@@ -259,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command("report", "write figures and report.html from a run folder", "imgclf report runs/mnist")
     report.add_argument("run_dir", metavar="RUN", help="a run folder")
+    compare = command("compare", "several runs in one report: metrics, robustness against eps, training curves", """
+        imgclf compare runs/fm-standard runs/fm-robust --out runs/fm-compare
+    """)
+    compare.add_argument("run_dirs", metavar="RUN", nargs="+", help="two or more run folders")
+    compare.add_argument("--out", metavar="DIR", help="new folder for compare.html (default runs/compare-<time>)")
     data = command("data", "inspect data", "imgclf data check path/to/photos")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = data_sub.add_parser(
@@ -398,6 +403,11 @@ def dispatch(args: argparse.Namespace) -> int:
         return _predict(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "compare":
+        from imgclf.report import compare_runs
+
+        print(f"report: {compare_runs(args.run_dirs, args.out)}")
+        return 0
     if args.command == "report":
         pipeline.report_stage(pipeline.RunFolder.open(args.run_dir))
         return 0

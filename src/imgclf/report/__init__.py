@@ -1,5 +1,6 @@
 """Figures and the HTML report, rendered from what a run folder holds."""
 
+from imgclf.report.compare import compare_runs
 from imgclf.report.html import write_report
 from imgclf.report.plots import (
     adversarial_figure,
@@ -12,6 +13,7 @@ from imgclf.report.plots import (
 
 __all__ = [
     "adversarial_figure",
+    "compare_runs",
     "confusion_matrix_figure",
     "prediction_grid",
     "robustness_curve",

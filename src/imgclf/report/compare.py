@@ -1,0 +1,158 @@
+"""``imgclf compare``: several run folders in one report (metrics, robustness and curves side by side).
+
+Like the run report it renders what the run folders saved and computes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from imgclf.report.html import jinja_environment
+from imgclf.report.plots import eps_label, save_figure
+from imgclf.run_folder import RunFolder, atomic_write_text
+
+
+@dataclass
+class ComparedRun:
+    """What one run folder contributes to a comparison."""
+
+    name: str
+    path: Path
+    metrics: dict
+    history: list[dict[str, float]]
+    colour: bool
+
+    @property
+    def training(self) -> str:
+        """``standard``, or the adversarial recipe and its eps."""
+        adversarial = self.metrics.get("training", {}).get("adversarial")
+        if not adversarial:
+            return "standard"
+        return f"{adversarial['recipe']} at eps {eps_label(adversarial['eps'], self.colour)}"
+
+    def worst_case(self) -> dict[float, float]:
+        """Worst-case robust accuracy by eps (the only attack's rows when there is one)."""
+        rows = self.metrics.get("robustness") or []
+        return {row["eps"]: row["accuracy"] for row in rows if row["attack"] == "worst-case"}
+
+
+def _load(path: str | Path) -> ComparedRun:
+    folder = RunFolder.open(path)
+    info = folder.read_json("model.json", default={})
+    colour = (info.get("input_shape") or [0])[0] == 3
+    return ComparedRun(folder.path.name, folder.path, folder.read_json("metrics.json", default={}),
+                       folder.read_csv("history.csv"), colour)
+
+
+def robustness_comparison(runs: list[ComparedRun]) -> Figure:
+    """Worst-case accuracy against eps, one line per run."""
+    figure = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = figure.subplots()
+    for run in runs:
+        points = sorted(run.worst_case().items())
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                    label=f"{run.name} ({run.training})")
+    eps_values = sorted({eps for run in runs for eps in run.worst_case()})
+    colour = any(run.colour for run in runs)
+    ax.set_xticks(eps_values, labels=[eps_label(e, colour) for e in eps_values])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("eps (pixel units)")
+    ax.set_ylabel("worst-case accuracy under attack")
+    ax.set_title("Robustness")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure
+
+
+def validation_comparison(runs: list[ComparedRun]) -> Figure:
+    """Clean (solid) and PGD (dashed) validation accuracy per epoch, one colour per run."""
+    figure = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = figure.subplots()
+    for index, run in enumerate(runs):
+        if not run.history:
+            continue
+        colour = f"C{index % 10}"
+        epochs = [row["epoch"] for row in run.history]
+        ax.plot(epochs, [row["val_accuracy"] for row in run.history], "o-", color=colour, label=f"{run.name} clean")
+        if "robust_val_accuracy" in run.history[0]:
+            ax.plot(epochs, [row["robust_val_accuracy"] for row in run.history], "^--", color=colour,
+                    label=f"{run.name} PGD")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure
+
+
+def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
+    """Write ``compare.html``, ``comparison.json`` and ``figures/*.png`` for ``paths`` into ``out``.
+
+    Args:
+        paths: Two or more run folders (trained; evaluated and attacked for the full table).
+        out: A new folder (absent or empty).
+
+    Returns:
+        The path of ``compare.html``.
+
+    Raises:
+        UsageError: If fewer than two runs are given, one is not a run folder, or
+            ``out`` exists and is not empty.
+    """
+    from imgclf import __version__
+    from imgclf.errors import UsageError
+
+    if len(paths) < 2:
+        raise UsageError("imgclf compare needs at least two run folders")
+    runs = [_load(path) for path in paths]
+    folder = RunFolder.create(out, default_name="compare")
+    names = [run.name for run in runs]
+    for index, run in enumerate(runs):  # two folders with the same name get their position as well
+        if names.count(run.name) > 1:
+            run.name = f"{run.name} [{index + 1}]"
+    eps_values = sorted({eps for run in runs for eps in run.worst_case()})
+    figures = {"robustness": robustness_comparison(runs), "validation": validation_comparison(runs)}
+    encoded = {name: base64.b64encode(save_figure(figure, folder.figures / f"{name}.png")).decode("ascii")
+               for name, figure in figures.items()}
+
+    def percent(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.2f}%"
+
+    rows, summary = [], []
+    for run in runs:
+        clean = run.metrics.get("clean") or {}
+        worst = run.worst_case()
+        seconds = run.metrics.get("timing", {}).get("train_seconds")
+        rows.append({
+            "name": run.name, "path": str(run.path), "model": run.metrics.get("model", "?"), "training": run.training,
+            "accuracy": percent(clean.get("accuracy")),
+            "macro_f1": "–" if clean.get("macro_f1") is None else f"{clean['macro_f1']:.4f}",
+            "robust": [percent(worst.get(eps)) for eps in eps_values],
+            "train_time": "–" if seconds is None else f"{seconds:.0f} s",
+            "warnings": run.metrics.get("attack", {}).get("warnings", []),
+        })
+        summary.append({"run": str(run.path), "model": run.metrics.get("model"), "dataset": run.metrics.get("dataset"),
+                        "training": run.training, "test_accuracy": clean.get("accuracy"),
+                        "macro_f1": clean.get("macro_f1"), "worst_case_robust_accuracy": worst,
+                        "train_seconds": seconds})
+    colour = any(run.colour for run in runs)
+    html = jinja_environment().get_template("compare.html.j2").render(
+        rows=rows, figures=encoded, version=__version__,
+        datasets=sorted({str(run.metrics.get("dataset", "?")) for run in runs}),
+        eps_columns=[{"label": eps_label(eps, colour)} for eps in eps_values],
+    )
+    atomic_write_text(folder.file("comparison.json"),
+                      json.dumps({"runs": [{**row, "worst_case_robust_accuracy": {str(k): v for k, v in
+                                                                               row["worst_case_robust_accuracy"].items()}}
+                                           for row in summary]}, indent=2))
+    path = folder.file("compare.html")
+    atomic_write_text(path, html)
+    return path

@@ -1,0 +1,59 @@
+"""`imgclf run --adversarial` end to end, and `imgclf compare` of a standard and a robust run."""
+
+import json
+
+import pytest
+
+from imgclf.cli import main
+
+COMMON = ["--dataset", "digits", "--epochs", "4", "--batch-size", "32", "--eps", "0,0.1,0.2", "--n-examples", "120",
+          "--attack", "pgd", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    assert main(["run", *COMMON, "--out", str(root / "standard")]) == 0
+    assert main(["run", *COMMON, "--adversarial", "pgd", "--adv-eps", "0.1", "--adv-steps", "3",
+                 "--out", str(root / "robust")]) == 0
+    return root
+
+
+def test_adversarial_run_records_its_training_and_robust_history(runs):
+    metrics = json.loads((runs / "robust" / "metrics.json").read_text())
+    adversarial = metrics["training"]["adversarial"]
+    assert adversarial["recipe"] == "pgd" and adversarial["eps"] == 0.1 and adversarial["norm"] == "linf"
+    assert 0 < adversarial["best_robust_val_accuracy"] <= 1 and adversarial["catastrophic_overfitting"] is None
+    header = (runs / "robust" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"robust_val_accuracy", "train_eps"} <= set(header) and "fgsm_val_accuracy" not in header
+    html = (runs / "robust" / "report.html").read_text()
+    assert "Adversarial training (pgd, L-inf eps 0.1" in html
+    standard = json.loads((runs / "standard" / "metrics.json").read_text())
+    assert standard["training"]["adversarial"] is None
+
+
+def test_compare_puts_both_runs_in_one_report(runs, capsys):
+    out = runs / "both"
+    assert main(["compare", str(runs / "standard"), str(runs / "robust"), "--out", str(out)]) == 0
+    assert str(out / "compare.html") in capsys.readouterr().out
+    summary = json.loads((out / "comparison.json").read_text())["runs"]
+    assert [row["training"] for row in summary] == ["standard", "pgd at eps 0.1"]
+    for row, name in zip(summary, ("standard", "robust")):
+        saved = json.loads((runs / name / "metrics.json").read_text())
+        worst = {str(r["eps"]): r["accuracy"] for r in saved["robustness"] if r["attack"] == "worst-case"}
+        assert row["worst_case_robust_accuracy"] == worst and row["test_accuracy"] == saved["clean"]["accuracy"]
+    robust_gain = summary[1]["worst_case_robust_accuracy"]["0.1"] - summary[0]["worst_case_robust_accuracy"]["0.1"]
+    assert robust_gain > 0.1  # the robust run is more robust, as the report shows
+    html = (out / "compare.html").read_text()
+    assert html.count("<tr><td><code>") == 2 and "robust acc. eps 0.2" in html
+    assert (out / "figures" / "robustness.png").stat().st_size > 0 and (out / "figures" / "validation.png").is_file()
+
+
+def test_compare_refuses_bad_input_without_writing(runs, capsys):
+    assert main(["compare", str(runs / "standard"), "--out", str(runs / "one")]) == 2
+    assert "at least two run folders" in capsys.readouterr().err
+    assert main(["compare", str(runs / "standard"), str(runs / "missing"), "--out", str(runs / "bad")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (runs / "one").exists() and not (runs / "bad").exists()
+    assert main(["compare", str(runs / "standard"), str(runs / "robust"), "--out", str(runs / "robust")]) == 2
+    assert "never overwrites" in capsys.readouterr().err
