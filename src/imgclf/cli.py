@@ -264,6 +264,89 @@ def build_parser() -> argparse.ArgumentParser:
     """)
     compare.add_argument("run_dirs", metavar="RUN", nargs="+", help="two or more run folders")
     compare.add_argument("--out", metavar="DIR", help="new folder for compare.html (default runs/compare-<time>)")
+    activations = command("activations", "plot activation functions and their derivatives; print their properties", """
+        imgclf activations
+        imgclf activations elu selu gelu --alpha 0.5 --range -4 4 --out runs/act
+    """)
+    activations.add_argument("names", metavar="NAME", nargs="*",
+                             help="activations (default all): relu, leaky-relu, elu, selu, gelu, silu (swish), mish, "
+                                  "softplus, sigmoid, tanh")
+    activations.add_argument("--alpha", type=float, default=1.0, help="ELU's alpha (default 1)")
+    activations.add_argument("--negative-slope", type=float, default=0.01, help="leaky ReLU's slope (default 0.01)")
+    activations.add_argument("--range", dest="x_range", type=float, nargs=2, default=(-5.0, 5.0),
+                             metavar=("LOW", "HIGH"), help="x range of the figure (default -5 5)")
+    activations.add_argument("--out", metavar="DIR", help="new folder for the figure and table "
+                                                          "(default runs/activations-<time>)")
+
+    mlp = command("mlp-numpy", "train the from-scratch NumPy MLP on pixels or features, with the run report", """
+        imgclf mlp-numpy --dataset fashion-mnist --out runs/fm-numpy
+        imgclf mlp-numpy --features runs/fm-cnn/features.npz --epochs 20 --out runs/fm-numpy-features
+        imgclf mlp-numpy --dataset mnist --hidden 256 128 --activation elu --dropout 0.2
+    """)
+    inputs = mlp.add_mutually_exclusive_group()
+    inputs.add_argument("--dataset", default="digits", metavar="NAME|PATH",
+                        help="train on this data set's flattened pixels (default digits)")
+    inputs.add_argument("--features", metavar="FILE", help="train on a feature file from `imgclf features`")
+    mlp.add_argument("--data-dir", metavar="DIR", help="folder holding the data sets (default $IMGCLF_DATA_DIR)")
+    mlp.add_argument("--image-size", type=int, metavar="N", help="resize images to N x N")
+    mlp.add_argument("--train-examples", type=int, metavar="N", help="train on a seeded stratified subset")
+    mlp.add_argument("--hidden", type=int, nargs="*", metavar="UNITS", help="hidden layer sizes (default 128)")
+    mlp.add_argument("--activation", help="relu (default), leaky-relu, elu, selu, gelu, silu, mish, softplus, "
+                                          "sigmoid, tanh")
+    mlp.add_argument("--init", help="he (default) | xavier")
+    mlp.add_argument("--dropout", type=float, help="after each hidden layer (default 0)")
+    mlp.add_argument("--epochs", type=int, help="default 30")
+    mlp.add_argument("--batch-size", type=int, help="default 128")
+    mlp.add_argument("--lr", type=float, help="SGD learning rate (peak; default 0.05)")
+    mlp.add_argument("--schedule", help="cosine (default) | constant")
+    mlp.add_argument("--momentum", type=float, help="default 0.9")
+    mlp.add_argument("--weight-decay", type=float, help="L2 coefficient on the weights (default 1e-4)")
+    mlp.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without a "
+                                                                         "better validation accuracy")
+    mlp.add_argument("--dtype", help="float32 (default) | float64")
+
+    features = command("features", "save a layer's activations of a trained run for every split (.npz)", """
+        imgclf features runs/fm-cnn --out runs/fm-cnn/features.npz
+        imgclf features runs/fm-cnn --layer body.12 --out body12.npz
+        imgclf features runs/fm-cnn --list-layers
+    """)
+    features.add_argument("run_dir", metavar="RUN", help="a run folder")
+    features.add_argument("--layer", default="penultimate",
+                          help="module name, or penultimate (default: the input of the last linear layer)")
+    features.add_argument("--list-layers", action="store_true", help="print the layer names and stop")
+    features.add_argument("--out", metavar="FILE", help="the .npz to write (required unless --list-layers)")
+    features.add_argument("--batch-size", type=int, default=512, help=argparse.SUPPRESS)
+    _add_data_flags(features, full=False)
+    _add_common(features)
+
+    fit_features = command("fit-features", "train a classifier on a feature file, with the run report", """
+        imgclf fit-features runs/fm-cnn/features.npz --classifier numpy-mlp --out runs/fm-numpy
+        imgclf fit-features runs/fm-cnn/features.npz --classifier logistic --option C=0.5
+        imgclf fit-features runs/fm-cnn/features.npz --classifier knn --option n_neighbors=10
+    """)
+    fit_features.add_argument("features_file", metavar="FILE", help="a feature file from `imgclf features`")
+    fit_features.add_argument("--classifier", default="numpy-mlp",
+                              help="numpy-mlp (default) | torch-mlp | logistic | svm | knn")
+    fit_features.add_argument("--option", dest="options", type=_key_value, action="append", default=[],
+                              metavar="KEY=VALUE", help="classifier hyperparameter (repeatable)")
+    for p in (mlp, fit_features):
+        p.add_argument("--seed", type=int, default=0, help="seeds everything (default 0)")
+        p.add_argument("--out", metavar="DIR", help="new run folder")
+        p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and the run folder")
+
+    sweep = command("sweep", "hyperparameter search with Optuna; every trial is a run folder", """
+        imgclf sweep --config sweep.yaml
+        imgclf sweep --config sweep.yaml --storage sqlite:///runs/sweep.db   # run it on several machines
+    """)
+    sweep.add_argument("--config", required=True, metavar="YAML", help="the sweep: base settings and search space")
+    sweep.add_argument("--trials", type=int, metavar="N", help="override the file's trials")
+    sweep.add_argument("--storage", metavar="URL", help="Optuna storage shared by several sweep processes "
+                                                        "(sqlite:///FILE, postgresql://..., mysql://...)")
+    sweep.add_argument("--out", metavar="DIR", help="override the file's out folder")
+    sweep.add_argument("--seed", type=int, metavar="N", help="override the file's sampler seed (give each parallel "
+                                                             "process its own)")
+    sweep.add_argument("--quiet", "-q", action="store_true", help="print one line per trial only")
+
     data = command("data", "inspect data", "imgclf data check path/to/photos")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = data_sub.add_parser(
@@ -360,6 +443,99 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _activations(args: argparse.Namespace) -> int:
+    from imgclf.report.plots import save_figure
+    from imgclf.run_folder import RunFolder, atomic_write_text
+    from imgclf.teaching.activations import (
+        ACTIVATIONS,
+        activation_figure,
+        get_activation,
+        properties,
+        properties_table,
+    )
+
+    low, high = args.x_range
+    if not low < high:
+        raise UsageError(f"--range needs LOW < HIGH, got {low} {high}")
+    functions = [get_activation(name, alpha=args.alpha, negative_slope=args.negative_slope)
+                 for name in (args.names or ACTIVATIONS)]
+    folder = RunFolder.create(args.out, default_name="activations")
+    rows = [properties(f) for f in functions]
+    table = properties_table(rows)
+    save_figure(activation_figure(functions, low=low, high=high), folder.file("activations.png"))
+    atomic_write_text(folder.file("activations.md"), table + "\n")
+    folder.write_json("activations.json", [{**row.row(), "source": f.source} for row, f in zip(rows, functions)])
+    print(table)
+    print(f"\nwrote {folder.file('activations.png')}, activations.md and activations.json")
+    return 0
+
+
+def _mlp_numpy(args: argparse.Namespace) -> int:
+    from imgclf.features.extract import features_from_pixels, load_features
+    from imgclf.features.runs import fit_classifier_run
+
+    settings = {"hidden": args.hidden, "activation": args.activation, "init": args.init, "dropout": args.dropout,
+                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
+                "momentum": args.momentum, "weight_decay": args.weight_decay, "early_stopping": args.early_stopping,
+                "dtype": args.dtype}
+    options = {key: value for key, value in settings.items() if value is not None}
+    if args.out is not None:
+        from imgclf.run_folder import RunFolder
+
+        RunFolder.check_available(args.out)  # before loading anything
+    if args.features:
+        data = load_features(args.features)
+    else:
+        from imgclf.config import load_config
+        from imgclf.data import load_data
+
+        overrides = {"data.dataset": args.dataset, "data.data_dir": args.data_dir,
+                     "data.image_size": args.image_size, "data.train_examples": args.train_examples}
+        config = load_config(None, {k: v for k, v in overrides.items() if v is not None})
+        data = features_from_pixels(load_data(config.data, seed=args.seed))
+    folder = fit_classifier_run(data, "numpy-mlp", options=options, seed=args.seed, out=args.out, quiet=args.quiet)
+    if args.quiet:
+        print(folder.path)
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from imgclf.features.extract import features_from_run, layer_names, save_features
+    from imgclf.pipeline import open_run
+
+    if args.list_layers:
+        for name in layer_names(open_run(args.run_dir, overrides=_overrides(args)).model):
+            print(name)
+        return 0
+    if not args.out:
+        raise UsageError("give --out FILE for the features (or --list-layers to see the layers)")
+    from pathlib import Path
+
+    out = Path(args.out) if args.out.endswith(".npz") else Path(args.out + ".npz")
+    if out.exists():
+        raise UsageError(f"{str(out)!r} already exists; choose another --out (imgclf never overwrites a file)")
+    data = features_from_run(args.run_dir, layer=args.layer, batch_size=args.batch_size, overrides=_overrides(args))
+    path = save_features(data, out)
+    print(f"wrote {path}: {data.width} features per image from layer {args.layer} "
+          f"({len(data.train_y)} train, {len(data.val_y)} val, {len(data.test_y)} test)")
+    return 0
+
+
+def _fit_features(args: argparse.Namespace) -> int:
+    from imgclf.features.extract import load_features
+    from imgclf.features.runs import fit_classifier_run
+
+    if args.out is not None:
+        from imgclf.run_folder import RunFolder
+
+        RunFolder.check_available(args.out)
+    folder = fit_classifier_run(load_features(args.features_file), args.classifier, options=dict(args.options),
+                                seed=args.seed, out=args.out, quiet=args.quiet)
+    if args.quiet:
+        print(folder.path)
+    return 0
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen subcommand; returns the exit status."""
     from imgclf import pipeline
@@ -370,6 +546,17 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "models":
         _list_models()
+        return 0
+    handlers = {"activations": _activations, "mlp-numpy": _mlp_numpy, "features": _features,
+                "fit-features": _fit_features}
+    if args.command in handlers:
+        return handlers[args.command](args)
+    if args.command == "sweep":
+        from imgclf.sweep import run_sweep
+
+        path = run_sweep(args.config, trials=args.trials, storage=args.storage, out=args.out, seed=args.seed,
+                         quiet=args.quiet)
+        print(f"report: {path}")
         return 0
     if args.command == "data":
         from pathlib import Path

@@ -10,6 +10,7 @@ functions.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -144,10 +145,13 @@ def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> tor
 
 def _train(folder: RunFolder | None, config: RunConfig, data: DataSplits, model: torch.nn.Module,
            device: torch.device, dist: Distributed, log: RunLog, quiet: bool,
-           resume: dict | None = None, env: dict | None = None) -> TrainResult:
+           resume: dict | None = None, env: dict | None = None,
+           after_epoch: Callable[[TrainResult], None] | None = None) -> TrainResult:
     """Fit, writing the history, the best model and the training state after every epoch (rank 0).
 
     ``env`` is :func:`imgclf.runtime.environment` when the caller has it already.
+    ``after_epoch`` is called with the result so far once an epoch is saved (a sweep's
+    pruner raises from it to stop the run).
     """
     spec = data.spec
     env = env if env is not None else environment(device)
@@ -159,8 +163,12 @@ def _train(folder: RunFolder | None, config: RunConfig, data: DataSplits, model:
         board = TrainingLogger(folder.path / "tensorboard", first_step=steps_done)
 
     def save_epoch(result: TrainResult, state: dict) -> None:
-        if folder is None:
-            return
+        if folder is not None:
+            _save_epoch(result, state)
+        if after_epoch is not None:
+            after_epoch(result)
+
+    def _save_epoch(result: TrainResult, state: dict) -> None:
         if board is not None:
             board.epoch(result.history[-1])
             state["optimizer_steps"] = board.global_step
@@ -203,7 +211,8 @@ def _train(folder: RunFolder | None, config: RunConfig, data: DataSplits, model:
     return result
 
 
-def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = False) -> TrainedRun:
+def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = False,
+                after_epoch: Callable[[TrainResult], None] | None = None) -> TrainedRun:
     """Load data, train, and save the model, config, splits, history and training state.
 
     Under ``torchrun`` every process trains and only rank 0 writes (the other
@@ -214,6 +223,7 @@ def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = Fals
         out: Run folder to create (must not exist or be empty); None for
             ``runs/<dataset>-<model>-<time>``.
         quiet: Print nothing but errors.
+        after_epoch: Called with the result so far after every saved epoch.
 
     Raises:
         UsageError: Bad data set, model, options, or an existing output folder.
@@ -258,7 +268,7 @@ def train_stage(config: RunConfig, *, out: str | Path | None, quiet: bool = Fals
         f"{config.model.name} with {n_params:,} parameters on {device}"
         + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
     )
-    result = _train(folder, config, data, model, device, dist, log, quiet, env=env)
+    result = _train(folder, config, data, model, device, dist, log, quiet, env=env, after_epoch=after_epoch)
     return TrainedRun(folder, config, data, model, device, result)
 
 
@@ -298,21 +308,30 @@ def evaluate_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, 
     ``tta`` averages each image's logits with its mirror's (``eval.tta``).
     """
     result = evaluate(model, data.test, list(data.spec.class_names), device=device, tta=tta)
-    labels = data.test.labels.numpy()
-    rng = np.random.default_rng(seed)
-    shown = np.sort(rng.choice(len(labels), size=min(16, len(labels)), replace=False))
-    wrong = np.flatnonzero(result.predictions != labels)
-    wrong = np.sort(rng.choice(wrong, size=min(8, len(wrong)), replace=False))
-    folder.write_arrays(
-        "samples.npz",
-        images=data.test.float_images(shown).numpy(), labels=labels[shown], predictions=result.predictions[shown],
-        error_images=data.test.float_images(wrong).numpy(), error_labels=labels[wrong],
-        error_predictions=result.predictions[wrong],
-    )
+    save_samples(folder, lambda rows: data.test.float_images(rows).numpy(), data.test.labels.numpy(),
+                 result.predictions, seed)
     folder.update_metrics({"clean": result.metrics.to_dict(), "timing": {"eval_seconds": result.seconds}})
     m = result.metrics
     log(f"test: accuracy {m.accuracy:.4f}  macro F1 {m.macro_f1:.4f}  balanced accuracy {m.balanced_accuracy:.4f}  (n={m.n})")
     return result
+
+
+def save_samples(folder: RunFolder, images, labels: np.ndarray, predictions: np.ndarray, seed: int) -> None:
+    """Write ``samples.npz`` for the report: 16 seeded random test examples and 8 misclassified ones.
+
+    Args:
+        images: ``images(rows)`` gives ``float32`` ``(len(rows), C, H, W)`` in ``[0, 1]`` for test positions ``rows``.
+        labels, predictions: ``int`` ``(N_test,)``.
+    """
+    rng = np.random.default_rng(seed)
+    shown = np.sort(rng.choice(len(labels), size=min(16, len(labels)), replace=False))
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = np.sort(rng.choice(wrong, size=min(8, len(wrong)), replace=False))
+    folder.write_arrays(
+        "samples.npz",
+        images=images(shown), labels=labels[shown], predictions=predictions[shown],
+        error_images=images(wrong), error_labels=labels[wrong], error_predictions=predictions[wrong],
+    )
 
 
 def attack_specs(config: RunConfig, class_names: list[str]) -> list[AttackSpec]:

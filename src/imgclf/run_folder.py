@@ -70,6 +70,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: The settings of a run that trained a classifier on features (``imgclf fit-features``, ``imgclf mlp-numpy``).
+CLASSIFIER_CONFIG = "classifier.yaml"
+
+
 class RunFolder:
     """Paths and atomic readers/writers for one run folder.
 
@@ -126,6 +130,9 @@ class RunFolder:
         folder = cls(path)
         if not folder.path.is_dir():
             raise UsageError(f"run folder {str(path)!r} does not exist")
+        if not folder.config_path.is_file() and folder.file(CLASSIFIER_CONFIG).is_file():
+            raise UsageError(f"{str(path)!r} holds a classifier trained on features (imgclf fit-features or "
+                             "mlp-numpy), not an image model; this command needs a run of imgclf run or train")
         if not folder.config_path.is_file():
             raise UsageError(f"{str(path)!r} is not a run folder: it has no config.yaml")
         return folder

@@ -21,11 +21,16 @@ from imgclf.report.plots import (
     save_figure,
     training_curves,
 )
-from imgclf.run_folder import RunFolder, atomic_write_text
+from imgclf.run_folder import CLASSIFIER_CONFIG, RunFolder, atomic_write_text
 
 
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _input_shape(metrics: dict, info: dict) -> list[int]:
+    """``(C, H, W)`` from ``model.json``, else from ``metrics.json`` (runs on features), else zeros."""
+    return info.get("input_shape") or (metrics.get("data") or {}).get("input_shape") or [0, 0, 0]
 
 
 def build_figures(folder: RunFolder) -> dict[str, Figure]:
@@ -34,7 +39,7 @@ def build_figures(folder: RunFolder) -> dict[str, Figure]:
     info = folder.read_json("model.json", default={})
     history = folder.read_csv("history.csv")
     class_names = metrics.get("class_names") or info.get("class_names") or []
-    colour = (info.get("input_shape") or [0])[0] == 3
+    colour = _input_shape(metrics, info)[0] == 3
     figures: dict[str, Figure] = {}
     if history:
         figures["training_curves"] = (training_curves(history))
@@ -71,7 +76,7 @@ def write_report(folder: RunFolder) -> Path:
     metrics = folder.read_json("metrics.json", default={})
     info = folder.read_json("model.json", default={})
     class_names = metrics.get("class_names") or info.get("class_names") or []
-    input_shape = info.get("input_shape") or [0, 0, 0]
+    input_shape = _input_shape(metrics, info)
     colour = input_shape[0] == 3
     figures = {
         name: base64.b64encode(save_figure(figure, folder.figures / f"{name}.png")).decode("ascii")
@@ -116,6 +121,7 @@ def write_report(folder: RunFolder) -> Path:
         input_shape="×".join(str(v) for v in input_shape),
         seed=metrics.get("seed", "?"),
         run_name=folder.path.name,
+        inputs=metrics.get("inputs"),
         cards=cards,
         notes=metrics.get("data_notes", []),
         figures=figures,
@@ -133,7 +139,9 @@ def write_report(folder: RunFolder) -> Path:
         attack_clean=attack_info.get("clean_accuracy", float("nan")),
         timing=timing,
         environment=metrics.get("environment", {}),
-        config_text=folder.config_path.read_text(encoding="utf-8") if folder.config_path.is_file() else "",
+        config_text=next((path.read_text(encoding="utf-8") for path in (folder.config_path,
+                                                                         folder.file(CLASSIFIER_CONFIG))
+                          if path.is_file()), ""),
         version=__version__,
     )
     path = folder.file("report.html")

@@ -188,3 +188,48 @@ def adversarial_figure(examples: dict[str, np.ndarray], class_names: Sequence[st
         f"Adversarial examples at eps = {eps_label(eps, colour)} (red = misclassified)", fontsize=10,
     )
     return figure
+
+
+def optimization_history_figure(trials: Sequence[dict]) -> Figure:
+    """A sweep's objective per trial: finished trials as dots, pruned ones at their last
+    reported value as crosses, and the best value so far as a step line.
+
+    Args:
+        trials: Dicts with ``number``, ``state`` (``complete``, ``pruned``, ``fail``),
+            ``value`` and ``last_val_accuracy``.
+    """
+    figure = Figure(figsize=(6.5, 4.0), layout="constrained")
+    ax = figure.subplots()
+    done = sorted((t["number"], t["value"]) for t in trials if t["state"] == "complete")
+    pruned = [(t["number"], t["last_val_accuracy"]) for t in trials
+              if t["state"] == "pruned" and t["last_val_accuracy"] is not None]
+    if done:
+        ax.plot([n for n, _ in done], [v for _, v in done], "o", label="finished trial")
+        best, running = [], float("-inf")
+        for _, value in done:
+            running = max(running, value)
+            best.append(running)
+        ax.step([n for n, _ in done], best, where="post", color="black", linewidth=1.6, label="best so far")
+    if pruned:
+        ax.plot([n for n, _ in pruned], [v for _, v in pruned], "x", color=WRONG, label="pruned (last epoch)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Optimisation history")
+    ax.grid(alpha=0.3)
+    if done or pruned:
+        ax.legend()
+    return figure
+
+
+def importance_figure(importances: dict[str, float]) -> Figure:
+    """Horizontal bars of each searched setting's importance (fANOVA; they sum to 1)."""
+    figure = Figure(figsize=(6.5, 0.9 + 0.45 * len(importances)), layout="constrained")
+    ax = figure.subplots()
+    names = list(importances)[::-1]  # most important at the top
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance for validation accuracy (fANOVA)")
+    ax.set_xlim(0, 1)
+    ax.set_title("Parameter importances")
+    ax.grid(alpha=0.3, axis="x")
+    return figure

@@ -1,0 +1,96 @@
+"""A classifier on features (or flattened pixels) into a run folder with the same report as ``imgclf run``.
+
+The folder holds ``classifier.yaml`` (classifier, hyperparameters, seed, where the
+features came from), ``classifier.safetensors`` and ``classifier.json`` (the
+weights and the standardisation, for the MLPs), ``history.csv``, ``metrics.json``,
+``samples.npz``, ``log.txt``, ``figures/`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from imgclf.features.classifiers import CLASSIFIERS, fit_classifier
+from imgclf.features.extract import FeatureSet
+from imgclf.metrics import classification_metrics
+from imgclf.run_folder import CLASSIFIER_CONFIG, RunFolder, atomic_write_bytes, atomic_write_text
+
+
+def describe_inputs(source: dict[str, Any]) -> str:
+    """One line saying what the classifier was trained on."""
+    if source.get("kind") == "features":
+        return f"{source.get('width')} features: layer {source.get('layer')} of {source.get('model')} ({source.get('run')})"
+    return f"{source.get('width')} pixels ({'x'.join(str(v) for v in source.get('input_shape', []))}), flattened"
+
+
+def fit_classifier_run(data: FeatureSet, classifier: str, *, options: dict[str, Any] | None = None, seed: int = 0,
+                       out: str | Path | None = None, quiet: bool = False) -> RunFolder:
+    """Train ``classifier`` on ``data``, measure it on the test split, and write the run folder and its report.
+
+    Args:
+        data: Train, val and test features and labels (see :class:`FeatureSet`).
+        classifier: A name of :data:`imgclf.features.classifiers.CLASSIFIERS`.
+        options: The classifier's hyperparameters.
+        seed: Seeds everything random.
+        out: New run folder (default ``runs/<dataset>-<classifier>-<time>``).
+        quiet: Print nothing but errors.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        UsageError: On a bad classifier, option or output folder (checked before training).
+    """
+    from imgclf.pipeline import RunLog, save_samples
+    from imgclf.report import write_report
+
+    if classifier not in CLASSIFIERS:
+        fit_classifier(classifier, data)  # raises the standard unknown-choice error
+    stem = Path(str(data.source.get("dataset", "features"))).name
+    if out is not None:
+        RunFolder.check_available(out)
+    folder = RunFolder.create(out, default_name=f"{stem}-{classifier}")
+    log = RunLog(folder, quiet=quiet)
+    log(f"{classifier} on {describe_inputs(data.source)}: {len(data.train_y)} train / {len(data.val_y)} val / "
+        f"{len(data.test_y)} test, {data.num_classes} classes")
+    result, scaler = fit_classifier(classifier, data, options=options, seed=seed, log=log)
+    settings = {"classifier": classifier, "options": result.options, "seed": seed, "inputs": data.source}
+    atomic_write_text(folder.file(CLASSIFIER_CONFIG), yaml.safe_dump(json.loads(json.dumps(settings)), sort_keys=False))
+    if result.history:
+        folder.write_csv("history.csv", result.history)
+    if result.weights is not None:
+        from safetensors.numpy import save
+
+        tensors = {**{k: np.ascontiguousarray(v) for k, v in result.weights.items()},
+                   "scaler.mean": scaler.mean_.astype(np.float32), "scaler.scale": scaler.scale_.astype(np.float32)}
+        atomic_write_bytes(folder.file("classifier.safetensors"), save(tensors))
+        folder.write_json("classifier.json", {**settings, "class_names": data.class_names,
+                                              "tensors": {k: list(v.shape) for k, v in tensors.items()}})
+    metrics = classification_metrics(data.test_y, result.test_predictions, data.class_names)
+    import sklearn
+
+    folder.update_metrics({
+        "dataset": data.source.get("dataset", "features"), "model": classifier, "num_classes": data.num_classes,
+        "class_names": data.class_names, "seed": seed, "inputs": describe_inputs(data.source),
+        "data": {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y),
+                 "input_shape": data.source.get("input_shape"), "features": data.width},
+        "clean": metrics.to_dict(),
+        "training": {"best_epoch": result.best_epoch, "best_val_accuracy": result.val_accuracy,
+                     "epochs_run": len(result.history)},
+        "timing": {"train_seconds": result.seconds},
+        "environment": {"python": platform.python_version(), "numpy": np.__version__,
+                        "scikit-learn": sklearn.__version__},
+    })
+    if data.test_images is not None:
+        save_samples(folder, lambda rows: data.test_images[rows].astype(np.float32) / 255, data.test_y,
+                     result.test_predictions, seed)
+    log(f"test: accuracy {metrics.accuracy:.4f}  macro F1 {metrics.macro_f1:.4f}  (n={metrics.n}); "
+        f"training {result.seconds:.1f} s")
+    log(f"report: {write_report(folder)}")
+    return folder
