@@ -349,3 +349,18 @@ def test_sanity_checks_pass_on_an_honest_model_and_fail_on_masked_gradients(mnis
 
     probabilities = robustness(Probabilities(net).eval(), x, y, attacks=quick[:2], eps_values=[0, 0.1], device=CPU)
     assert _statuses(probabilities)["logits"] == "failed"
+
+
+@pytest.mark.slow
+def test_convergence_check_tests_the_reported_worst_case(mnist):
+    net, x, y = mnist
+    x, y = x[:150], y[:150]
+    weak = [AttackSpec("pgd", steps=2)]
+    alone = robustness(net, x, y, attacks=weak, eps_values=[0, 0.1], device=CPU, seed=0)
+    check = next(c for c in alone.checks if c["name"] == "attack converged")
+    assert check["status"] == "failed", check  # PGD-2 alone is far from converged
+    # the same PGD-2 first in an ensemble whose worst case APGD-CE has already driven down
+    ensemble = robustness(net, x, y, attacks=weak + [AttackSpec("apgd-ce")], eps_values=[0, 0.1], device=CPU, seed=0)
+    check = next(c for c in ensemble.checks if c["name"] == "attack converged")
+    assert check["status"] == "passed", check
+    assert "pgd with 6 steps and 2 restarts fools" in check["detail"]
