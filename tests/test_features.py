@@ -113,7 +113,9 @@ def test_classifier_errors_are_one_line(trained, tmp_path, capsys):
     assert "n_neighbors (default 5)" in capsys.readouterr().err
     assert main(["fit-features", str(tmp_path / "missing.npz")]) == 2
     assert main(["mlp-numpy", "--activation", "relu6", "--out", str(tmp_path / "x")]) == 2
-    assert "unknown activation 'relu6'" in capsys.readouterr().err
+    assert "unknown activation 'relu6'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["fit-features", str(path), "--option", "dropout=2", "--out", str(tmp_path / "y")]) == 2
+    assert "dropout must be in [0, 1)" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 @pytest.mark.slow

@@ -478,7 +478,9 @@ def _mlp_numpy(args: argparse.Namespace) -> int:
                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
                 "momentum": args.momentum, "weight_decay": args.weight_decay, "early_stopping": args.early_stopping,
                 "dtype": args.dtype}
-    options = {key: value for key, value in settings.items() if value is not None}
+    from imgclf.features.classifiers import resolve_options
+
+    options = resolve_options("numpy-mlp", {key: value for key, value in settings.items() if value is not None})
     if args.out is not None:
         from imgclf.run_folder import RunFolder
 

@@ -70,10 +70,8 @@ def _options(defaults: dict[str, Any], given: dict[str, Any], classifier: str) -
     return options
 
 
-def _numpy_mlp(data: FeatureSet, scaled: dict[str, np.ndarray], given: dict[str, Any], seed: int,
+def _numpy_mlp(data: FeatureSet, scaled: dict[str, np.ndarray], options: dict[str, Any], seed: int,
                log: Log) -> ClassifierResult:
-    defaults = {f.name: f.default for f in fields(MLPConfig)}
-    options = _options(defaults, given, "numpy-mlp")
     config = MLPConfig(**options)
     result = train_mlp(scaled["train"], data.train_y, scaled["val"], data.val_y, data.num_classes, config,
                        seed=seed, log=log)
@@ -86,13 +84,12 @@ TORCH_MLP_DEFAULTS = {"hidden": (128,), "dropout": 0.0, "epochs": 30, "batch_siz
                       "weight_decay": 1e-4}
 
 
-def _torch_mlp(data: FeatureSet, scaled: dict[str, np.ndarray], given: dict[str, Any], seed: int,
+def _torch_mlp(data: FeatureSet, scaled: dict[str, np.ndarray], options: dict[str, Any], seed: int,
                log: Log) -> ClassifierResult:
     """A torch MLP (ReLU, optional dropout) trained with AdamW and a cosine schedule, on the CPU."""
     import torch
     from torch import nn
 
-    options = _options(TORCH_MLP_DEFAULTS, given, "torch-mlp")
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     width = data.width
@@ -140,10 +137,9 @@ def _torch_mlp(data: FeatureSet, scaled: dict[str, np.ndarray], given: dict[str,
                             {**options, "hidden": list(options["hidden"])}, time.perf_counter() - start)
 
 
-def _sklearn(build: Callable[[dict[str, Any], int], Any], defaults: dict[str, Any], name: str):
-    def fit(data: FeatureSet, scaled: dict[str, np.ndarray], given: dict[str, Any], seed: int,
+def _sklearn(build: Callable[[dict[str, Any], int], Any], name: str):
+    def fit(data: FeatureSet, scaled: dict[str, np.ndarray], options: dict[str, Any], seed: int,
             log: Log) -> ClassifierResult:
-        options = _options(defaults, given, name)
         start = time.perf_counter()
         model = build(options, seed)
         model.fit(scaled["train"], data.train_y)
@@ -172,16 +168,42 @@ def _knn(options, seed):
     return KNeighborsClassifier(n_neighbors=options["n_neighbors"], weights=options["weights"])
 
 
-#: Every classifier: name -> (fit function, one-line description).
-CLASSIFIERS: dict[str, tuple[Callable[..., ClassifierResult], str]] = {
-    "numpy-mlp": (_numpy_mlp, "imgclf's NumPy MLP (imgclf.teaching.numpy_mlp), SGD with momentum"),
-    "torch-mlp": (_torch_mlp, "a torch MLP with AdamW and a cosine schedule"),
-    "logistic": (_sklearn(_logistic, {"C": 1.0, "max_iter": 1000}, "logistic"),
-                 "scikit-learn's multinomial logistic regression"),
-    "svm": (_sklearn(_svm, {"C": 1.0, "kernel": "rbf", "gamma": "scale"}, "svm"),
-            "scikit-learn's SVC (RBF kernel by default; minutes on 50,000 examples)"),
-    "knn": (_sklearn(_knn, {"n_neighbors": 5, "weights": "uniform"}, "knn"), "scikit-learn's k-nearest neighbours"),
+@dataclass(frozen=True)
+class ClassifierEntry:
+    """A registered classifier: its fit function, default hyperparameters and a one-line description."""
+
+    fit: Callable[..., ClassifierResult]
+    defaults: dict[str, Any]
+    summary: str
+
+
+#: Every classifier by name.
+CLASSIFIERS: dict[str, ClassifierEntry] = {
+    "numpy-mlp": ClassifierEntry(_numpy_mlp, {f.name: f.default for f in fields(MLPConfig)},
+                                 "imgclf's NumPy MLP (imgclf.teaching.numpy_mlp), SGD with momentum"),
+    "torch-mlp": ClassifierEntry(_torch_mlp, TORCH_MLP_DEFAULTS, "a torch MLP with AdamW and a cosine schedule"),
+    "logistic": ClassifierEntry(_sklearn(_logistic, "logistic"), {"C": 1.0, "max_iter": 1000},
+                                "scikit-learn's multinomial logistic regression"),
+    "svm": ClassifierEntry(_sklearn(_svm, "svm"), {"C": 1.0, "kernel": "rbf", "gamma": "scale"},
+                           "scikit-learn's SVC (RBF kernel by default; minutes on 50,000 examples)"),
+    "knn": ClassifierEntry(_sklearn(_knn, "knn"), {"n_neighbors": 5, "weights": "uniform"},
+                           "scikit-learn's k-nearest neighbours"),
 }
+
+
+def resolve_options(name: str, given: dict[str, Any] | None) -> dict[str, Any]:
+    """Classifier ``name``'s hyperparameters: its defaults updated with ``given``, checked.
+
+    Raises:
+        UsageError: On an unknown classifier or option, a value of the wrong type, or
+            (NumPy MLP) a value out of range; the message lists the valid choices.
+    """
+    if name not in CLASSIFIERS:
+        raise unknown_choice("classifier", name, CLASSIFIERS)
+    options = _options(CLASSIFIERS[name].defaults, dict(given or {}), name)
+    if name == "numpy-mlp":
+        MLPConfig(**options)  # checks the ranges
+    return options
 
 
 def fit_classifier(name: str, data: FeatureSet, *, options: dict[str, Any] | None = None, seed: int = 0,
@@ -201,12 +223,11 @@ def fit_classifier(name: str, data: FeatureSet, *, options: dict[str, Any] | Non
     Raises:
         UsageError: On an unknown classifier or option, or features of the wrong shape.
     """
-    if name not in CLASSIFIERS:
-        raise unknown_choice("classifier", name, CLASSIFIERS)
+    options = resolve_options(name, options)
     if not len(data.train_y):
         raise UsageError("the training split is empty")
     scaler = StandardScaler().fit(data.train_x)
     scaled = {split: scaler.transform(getattr(data, f"{split}_x")).astype(np.float32)
               for split in ("train", "val", "test")}
-    result = CLASSIFIERS[name][0](data, scaled, dict(options or {}), seed, log)
+    result = CLASSIFIERS[name].fit(data, scaled, options, seed, log)
     return result, scaler

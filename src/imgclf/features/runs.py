@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from imgclf.features.classifiers import CLASSIFIERS, fit_classifier
+from imgclf.features.classifiers import fit_classifier, resolve_options
 from imgclf.features.extract import FeatureSet
 from imgclf.metrics import classification_metrics
 from imgclf.run_folder import CLASSIFIER_CONFIG, RunFolder, atomic_write_bytes, atomic_write_text
@@ -50,8 +50,7 @@ def fit_classifier_run(data: FeatureSet, classifier: str, *, options: dict[str, 
     from imgclf.pipeline import RunLog, save_samples
     from imgclf.report import write_report
 
-    if classifier not in CLASSIFIERS:
-        fit_classifier(classifier, data)  # raises the standard unknown-choice error
+    options = resolve_options(classifier, options)  # every bad value fails before the folder exists
     stem = Path(str(data.source.get("dataset", "features"))).name
     if out is not None:
         RunFolder.check_available(out)
