@@ -316,7 +316,8 @@ def evaluate_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, 
     return result
 
 
-def save_samples(folder: RunFolder, images, labels: np.ndarray, predictions: np.ndarray, seed: int) -> None:
+def save_samples(folder: RunFolder, images: Callable[[np.ndarray], np.ndarray], labels: np.ndarray,
+                 predictions: np.ndarray, seed: int) -> None:
     """Write ``samples.npz`` for the report: 16 seeded random test examples and 8 misclassified ones.
 
     Args:

@@ -9,6 +9,8 @@ space over any of its settings by dotted key::
     storage: null            # default sqlite:///OUT/study.db; PostgreSQL/MySQL URLs for many machines
     seed: 0                  # seeds the TPE sampler (give each parallel process its own)
     pruner: median           # median | none
+    startup_trials: 5        # the pruner waits for this many finished trials
+    warmup_epochs: 1         # and never stops a trial during its first epochs
     attack: false            # also run the attack stage in every finished trial
     base:                    # a mapping like config.yaml, or the path of such a file
       data: {dataset: fashion-mnist}
@@ -22,7 +24,9 @@ space over any of its settings by dotted key::
 The objective is the best validation accuracy of the trial's run (never the
 test split); Optuna's TPE sampler proposes settings (Bergstra et al. 2011) and
 its median pruner stops a trial whose validation accuracy after an epoch is
-below the median of earlier trials at that epoch. The test accuracy of every
+below the median of earlier trials at that epoch (once ``startup_trials`` trials
+have finished, and never in a trial's first ``warmup_epochs`` epochs, whose
+accuracy says little while the learning rate warms up). The test accuracy of every
 finished trial is recorded beside it, for reading, not for choosing.
 """
 
@@ -43,7 +47,7 @@ from imgclf.run_folder import RunFolder, atomic_write_text
 
 #: What a sweep file may hold, with defaults.
 SWEEP_KEYS = {"study": None, "trials": 20, "out": None, "storage": None, "seed": 0, "pruner": "median",
-              "attack": False, "base": {}, "search": {}}
+              "startup_trials": 5, "warmup_epochs": 1, "attack": False, "base": {}, "search": {}}
 PRUNERS = ("median", "none")
 #: The copy of the sweep file that marks a folder as a sweep's.
 SWEEP_FILE = "sweep.yaml"
@@ -120,6 +124,8 @@ class SweepSpec:
     storage: str
     seed: int
     pruner: str
+    startup_trials: int
+    warmup_epochs: int
     attack: bool
     base: dict[str, Any]
     search: list[Dimension]
@@ -179,10 +185,14 @@ def load_sweep(path: str | Path, *, trials: int | None = None, storage: str | No
         raise UsageError(f"sweep trials must be a positive integer, got {trials!r}")
     if values["pruner"] not in PRUNERS:
         raise UsageError(f"unknown pruner {values['pruner']!r}; valid choices: {', '.join(PRUNERS)}")
+    for key in ("startup_trials", "warmup_epochs"):
+        if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 0:
+            raise UsageError(f"sweep {key} must be an integer >= 0, got {values[key]!r}")
     out_dir = Path(out or values["out"] or Path("runs") / f"sweep-{path.stem}")
     storage_url = storage or values["storage"] or f"sqlite:///{(out_dir / 'study.db').as_posix()}"
     return SweepSpec(study=str(values["study"] or path.stem), trials=trials, out=out_dir, storage=storage_url,
                      seed=int(values["seed"] if seed is None else seed), pruner=values["pruner"],
+                     startup_trials=values["startup_trials"], warmup_epochs=values["warmup_epochs"],
                      attack=bool(values["attack"]), base=base, search=search, text=text)
 
 
@@ -226,8 +236,9 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
     spec = load_sweep(path, trials=trials, storage=storage, out=out, seed=seed)
     _prepare_out(spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if spec.pruner == "median" \
-        else optuna.pruners.NopPruner()
+    # steps are epochs counted from 1: a trial can be stopped from epoch warmup_epochs + 1 on
+    pruner = optuna.pruners.NopPruner() if spec.pruner == "none" else \
+        optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs + 1)
     study = _open_study(spec, pruner)
     base = _flatten(spec.base)
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
