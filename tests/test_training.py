@@ -122,3 +122,17 @@ def test_mixed_precision_resolves_per_device_and_trains_in_bf16(digits):
     assert autocast_dtype("bf16", cpu) == torch.bfloat16 and autocast_dtype("fp16", cpu) == torch.float16
     _, result = _fit(digits, TrainConfig(epochs=2, batch_size=64, amp="bf16"), "mlp")
     assert result.best_val_accuracy > 0.8
+
+
+@pytest.mark.parametrize("steps", [1, 3, 4, 7, 8])
+def test_onecycle_with_very_few_steps_still_trains(steps):
+    """torch's OneCycleLR divides by zero at exactly 4 steps; short runs decay by cosine instead."""
+    from imgclf.training import build_schedule
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = build_schedule(optimizer, TrainConfig(epochs=1, schedule="onecycle"), steps_per_epoch=steps)
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+    assert 0 <= optimizer.param_groups[0]["lr"] < 0.1

@@ -47,21 +47,27 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+#: Fewest optimizer steps for which ``onecycle`` warms up; shorter runs decay by cosine.
+MIN_ONECYCLE_STEPS = 8
+
+
 def build_schedule(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The learning-rate schedule, stepped once per batch.
 
     * ``onecycle``: Smith & Topin (2019), warm-up over the first 25% of steps to
-      ``lr`` then cosine annealing (torch's ``OneCycleLR``).
+      ``lr`` then cosine annealing (torch's ``OneCycleLR``). A run of fewer than
+      :data:`MIN_ONECYCLE_STEPS` steps has no room for a warm-up (and torch's
+      schedule divides by zero at exactly 4): it gets the cosine decay.
     * ``cosine``: cosine decay from ``lr`` to 0 over all steps.
     * ``step``: multiply by ``step_gamma`` every ``step_epochs`` epochs.
     * ``constant``: none.
     """
     total = config.epochs * steps_per_epoch
-    if config.schedule == "onecycle":
+    if config.schedule == "onecycle" and total >= MIN_ONECYCLE_STEPS:
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25)
-    if config.schedule == "cosine":
+    if config.schedule in ("cosine", "onecycle"):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(
