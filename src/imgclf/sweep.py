@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -356,7 +356,7 @@ def write_sweep_report(study, spec: SweepSpec) -> Path:
                for name, fig in figures.items()}
     summary = {"study": spec.study, "storage": spec.storage, "trials": rows, "best": best,
                "importances": importances, "importance_note": importance_note,
-               "search": [d.__dict__ | {"choices": list(d.choices) if d.choices else None} for d in spec.search]}
+               "search": [asdict(d) for d in spec.search]}
     folder.write_json("sweep.json", json.loads(json.dumps(summary, default=str)))
     html = jinja_environment().get_template("sweep.html.j2").render(
         study=spec.study, storage=spec.storage, rows=sorted(rows, key=lambda r: (r["value"] is None, -(r["value"] or 0))),

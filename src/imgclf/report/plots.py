@@ -209,7 +209,9 @@ def optimization_history_figure(trials: Sequence[dict]) -> Figure:
         for _, value in done:
             running = max(running, value)
             best.append(running)
-        ax.step([n for n, _ in done], best, where="post", color="black", linewidth=1.6, label="best so far")
+        last = max(t["number"] for t in trials)  # the line runs to the last trial, pruned or not
+        ax.step([n for n, _ in done] + [last], best + best[-1:], where="post", color="black", linewidth=1.6,
+                label="best so far")
     if pruned:
         ax.plot([n for n, _ in pruned], [v for _, v in pruned], "x", color=WRONG, label="pruned (last epoch)")
     ax.set_xlabel("trial")
