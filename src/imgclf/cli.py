@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", metavar="DIR", help="override the file's out folder")
     sweep.add_argument("--seed", type=int, metavar="N", help="override the file's sampler seed (give each parallel "
                                                              "process its own)")
-    sweep.add_argument("--quiet", "-q", action="store_true", help="print one line per trial only")
+    sweep.add_argument("--quiet", "-q", action="store_true", help="print only failed trials and the report")
 
     data = command("data", "inspect data", "imgclf data check path/to/photos")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -471,6 +471,7 @@ def _activations(args: argparse.Namespace) -> int:
 
 
 def _mlp_numpy(args: argparse.Namespace) -> int:
+    from imgclf.features.classifiers import resolve_options
     from imgclf.features.extract import features_from_pixels, load_features
     from imgclf.features.runs import fit_classifier_run
 
@@ -478,8 +479,6 @@ def _mlp_numpy(args: argparse.Namespace) -> int:
                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
                 "momentum": args.momentum, "weight_decay": args.weight_decay, "early_stopping": args.early_stopping,
                 "dtype": args.dtype}
-    from imgclf.features.classifiers import resolve_options
-
     options = resolve_options("numpy-mlp", {key: value for key, value in settings.items() if value is not None})
     if args.out is not None:
         from imgclf.run_folder import RunFolder
@@ -502,7 +501,7 @@ def _mlp_numpy(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from imgclf.features.extract import features_from_run, layer_names, save_features
+    from imgclf.features.extract import feature_path, features_from_run, layer_names, save_features
     from imgclf.pipeline import open_run
 
     if args.list_layers:
@@ -511,11 +510,7 @@ def _features(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise UsageError("give --out FILE for the features (or --list-layers to see the layers)")
-    from pathlib import Path
-
-    out = Path(args.out) if args.out.endswith(".npz") else Path(args.out + ".npz")
-    if out.exists():
-        raise UsageError(f"{str(out)!r} already exists; choose another --out (imgclf never overwrites a file)")
+    out = feature_path(args.out)  # refuses an existing file before any work
     data = features_from_run(args.run_dir, layer=args.layer, batch_size=args.batch_size, overrides=_overrides(args))
     path = save_features(data, out)
     print(f"wrote {path}: {data.width} features per image from layer {args.layer} "
@@ -538,6 +533,15 @@ def _fit_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from imgclf.sweep import run_sweep
+
+    path = run_sweep(args.config, trials=args.trials, storage=args.storage, out=args.out, seed=args.seed,
+                     quiet=args.quiet)
+    print(f"report: {path}")
+    return 0
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen subcommand; returns the exit status."""
     from imgclf import pipeline
@@ -550,16 +554,9 @@ def dispatch(args: argparse.Namespace) -> int:
         _list_models()
         return 0
     handlers = {"activations": _activations, "mlp-numpy": _mlp_numpy, "features": _features,
-                "fit-features": _fit_features}
+                "fit-features": _fit_features, "sweep": _sweep}
     if args.command in handlers:
         return handlers[args.command](args)
-    if args.command == "sweep":
-        from imgclf.sweep import run_sweep
-
-        path = run_sweep(args.config, trials=args.trials, storage=args.storage, out=args.out, seed=args.seed,
-                         quiet=args.quiet)
-        print(f"report: {path}")
-        return 0
     if args.command == "data":
         from pathlib import Path
 

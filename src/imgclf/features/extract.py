@@ -167,17 +167,27 @@ def features_from_pixels(data) -> FeatureSet:
                       test_images=data.test.uint8_images().numpy())
 
 
-def save_features(features: FeatureSet, path: str | Path) -> Path:
-    """Write ``features`` to ``path`` (``.npz``, see the module docstring) atomically.
+def feature_path(path: str | Path) -> Path:
+    """``path`` with the ``.npz`` suffix added if missing.
 
     Raises:
-        UsageError: If ``path`` exists (a user's file is never overwritten).
+        UsageError: If that file exists (a user's file is never overwritten).
     """
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
     if path.exists():
         raise UsageError(f"{str(path)!r} already exists; choose another --out (imgclf never overwrites a file)")
+    return path
+
+
+def save_features(features: FeatureSet, path: str | Path) -> Path:
+    """Write ``features`` to :func:`feature_path` of ``path`` (``.npz``, see the module docstring) atomically.
+
+    Raises:
+        UsageError: If the file exists.
+    """
+    path = feature_path(path)
     arrays = {f"{name}_{kind}": getattr(features, f"{name}_{short}")
               for name in SPLITS for kind, short in (("features", "x"), ("labels", "y"))}
     if features.test_images is not None:
