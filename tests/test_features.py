@@ -110,7 +110,7 @@ def test_classifier_errors_are_one_line(trained, tmp_path, capsys):
     assert main(["fit-features", str(path), "--classifier", "forest"]) == 2
     assert "valid choices: knn, logistic, numpy-mlp, svm, torch-mlp" in capsys.readouterr().err
     assert main(["fit-features", str(path), "--classifier", "knn", "--option", "k=3"]) == 2
-    assert "n_neighbors (default 5)" in capsys.readouterr().err
+    assert "unknown option 'k' for classifier 'knn'; valid options: n_neighbors, weights" in capsys.readouterr().err
     assert main(["fit-features", str(tmp_path / "missing.npz")]) == 2
     assert main(["mlp-numpy", "--activation", "relu6", "--out", str(tmp_path / "x")]) == 2
     assert "unknown activation 'relu6'" in capsys.readouterr().err and not (tmp_path / "x").exists()

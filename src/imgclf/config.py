@@ -296,6 +296,39 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def resolve_options(kind: str, name: str, defaults: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """Keyword hyperparameters of a model or classifier: ``defaults`` updated with ``given``.
+
+    A value must have its default's type; an int is accepted for a float, a list
+    for a tuple (and one int for a tuple of ints); a default of None accepts anything.
+
+    Args:
+        kind: What the options belong to, for messages (``"model"``, ``"classifier"``).
+        name: Its registered name.
+
+    Raises:
+        UsageError: On an unknown key (listing the valid ones) or a value of the wrong type.
+    """
+    resolved = dict(defaults)
+    for key, value in (given or {}).items():
+        if key not in defaults:
+            valid = ", ".join(f"{k}" for k in defaults) or "none"
+            raise UsageError(f"unknown option {key!r} for {kind} {name!r}; valid options: {valid}")
+        default = defaults[key]
+        if default is None or (isinstance(value, type(default)) and not isinstance(default, tuple)):
+            resolved[key] = value
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            resolved[key] = float(value)
+        elif isinstance(default, tuple) and isinstance(value, list | tuple):
+            resolved[key] = tuple(value)
+        elif isinstance(default, tuple) and isinstance(value, int) and not isinstance(value, bool):
+            resolved[key] = (value,)
+        else:
+            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be of type {type(default).__name__} "
+                             f"(default {default!r})")
+    return resolved
+
+
 def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     """Set ``values["train"]["epochs"] = value`` for ``key="train.epochs"``."""
     *parents, leaf = key.split(".")

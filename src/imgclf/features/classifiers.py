@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
+from imgclf.config import resolve_options as resolve
 from imgclf.errors import UsageError, unknown_choice
 from imgclf.features.extract import FeatureSet
 from imgclf.teaching.numpy_mlp import MLPConfig, train_mlp
@@ -46,28 +47,6 @@ class ClassifierResult:
     weights: dict[str, np.ndarray] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def _options(defaults: dict[str, Any], given: dict[str, Any], classifier: str) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise UsageError(f"unknown option(s) {', '.join(unknown)} for classifier {classifier!r}; valid choices: "
-                         f"{', '.join(f'{k} (default {v!r})' for k, v in defaults.items())}")
-    options = dict(defaults)
-    for key, value in given.items():
-        default = defaults[key]
-        if isinstance(default, bool) or default is None:
-            options[key] = value
-        elif isinstance(default, float) and isinstance(value, int | float) and not isinstance(value, bool):
-            options[key] = float(value)
-        elif isinstance(default, tuple) and isinstance(value, list | tuple | int):
-            options[key] = tuple(value) if isinstance(value, list | tuple) else (value,)
-        elif isinstance(value, type(default)):
-            options[key] = value
-        else:
-            raise UsageError(f"option {key}={value!r} for {classifier!r} must be of type {type(default).__name__} "
-                             f"(default {default!r})")
-    return options
 
 
 def _numpy_mlp(data: FeatureSet, scaled: dict[str, np.ndarray], options: dict[str, Any], seed: int,
@@ -200,7 +179,7 @@ def resolve_options(name: str, given: dict[str, Any] | None) -> dict[str, Any]:
     """
     if name not in CLASSIFIERS:
         raise unknown_choice("classifier", name, CLASSIFIERS)
-    options = _options(CLASSIFIERS[name].defaults, dict(given or {}), name)
+    options = resolve("classifier", name, CLASSIFIERS[name].defaults, given)
     if name == "numpy-mlp":
         MLPConfig(**options)  # checks the ranges
     return options

@@ -91,19 +91,6 @@ class ImageClassifier(nn.Module):
         return self.body(self.normalize(x))
 
 
-def _check_option(entry: ModelEntry, key: str, value: Any, default: Any) -> Any:
-    if default is None or isinstance(value, type(default)):
-        return value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    raise UsageError(
-        f"model option {key}={value!r} for {entry.name!r} must be of type "
-        f"{type(default).__name__} (default {default!r})"
-    )
-
-
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``: a registered model, or ``timm:<model>``.
 
@@ -125,15 +112,9 @@ def resolve_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]
     Raises:
         UsageError: Unknown model name or option, or an option of the wrong type.
     """
-    entry = get_entry(name)
-    defaults = entry.defaults()
-    resolved = dict(defaults)
-    for key, value in (options or {}).items():
-        if key not in defaults:
-            valid = ", ".join(defaults) or "none"
-            raise UsageError(f"unknown option {key!r} for model {name!r}; valid options: {valid}")
-        resolved[key] = _check_option(entry, key, value, defaults[key])
-    return resolved
+    from imgclf.config import resolve_options as resolve
+
+    return resolve("model", name, get_entry(name).defaults(), options)
 
 
 def create_model(
