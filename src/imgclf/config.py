@@ -312,7 +312,7 @@ def resolve_options(kind: str, name: str, defaults: dict[str, Any], given: dict[
     resolved = dict(defaults)
     for key, value in (given or {}).items():
         if key not in defaults:
-            valid = ", ".join(f"{k}" for k in defaults) or "none"
+            valid = ", ".join(defaults) or "none"
             raise UsageError(f"unknown option {key!r} for {kind} {name!r}; valid options: {valid}")
         default = defaults[key]
         if default is None or (isinstance(value, type(default)) and not isinstance(default, tuple)):

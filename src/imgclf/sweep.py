@@ -127,7 +127,7 @@ class SweepSpec:
     startup_trials: int
     warmup_epochs: int
     attack: bool
-    base: dict[str, Any]
+    base: dict[str, Any]  # the base configuration as dotted keys (``{"train.lr": 0.01, ...}``)
     search: list[Dimension]
     text: str
 
@@ -179,7 +179,8 @@ def load_sweep(path: str | Path, *, trials: int | None = None, storage: str | No
     if not isinstance(values["search"], dict) or not values["search"]:
         raise UsageError("sweep key 'search' must map at least one setting (e.g. train.lr) to its range")
     search = [Dimension.parse(str(key), spec) for key, spec in values["search"].items()]
-    load_config(None, {**_flatten(base), **{d.key: d.example() for d in search}})  # raises on a bad key
+    base = _flatten(base)
+    load_config(None, {**base, **{d.key: d.example() for d in search}})  # raises on a bad key
     trials = values["trials"] if trials is None else trials
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise UsageError(f"sweep trials must be a positive integer, got {trials!r}")
@@ -240,7 +241,6 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
     pruner = optuna.pruners.NopPruner() if spec.pruner == "none" else \
         optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs + 1)
     study = _open_study(spec, pruner)
-    base = _flatten(spec.base)
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)
     while len(study.get_trials(deepcopy=False, states=counted)) < spec.trials:
@@ -262,7 +262,7 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
                                          f"epoch {epoch} is below the median of earlier trials")
 
         try:
-            config = load_config(None, {**base, **params})
+            config = load_config(None, {**spec.base, **params})
             trained = train_stage(config, out=run_dir, quiet=True, after_epoch=report_epoch)
             log = RunLog(trained.folder, quiet=True)
             evaluation = evaluate_stage(trained.folder, trained.model, trained.data, device=trained.device,
@@ -323,12 +323,10 @@ def _params_text(params: dict[str, Any]) -> str:
 
 def write_sweep_report(study, spec: SweepSpec) -> Path:
     """``OUT/sweep.json``, ``OUT/figures/*.png`` and ``OUT/sweep.html`` from the study's trials."""
-    import base64
-
     import optuna
 
     from imgclf.report.html import jinja_environment
-    from imgclf.report.plots import importance_figure, optimization_history_figure, save_figure
+    from imgclf.report.plots import embed_figures, importance_figure, optimization_history_figure
 
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
     rows = [{"number": t.number, "state": t.state.name.lower(), "value": t.value,
@@ -352,8 +350,7 @@ def write_sweep_report(study, spec: SweepSpec) -> Path:
     figures = {"history": optimization_history_figure(rows)}
     if importances:
         figures["importances"] = importance_figure(importances)
-    encoded = {name: base64.b64encode(save_figure(fig, folder.figures / f"{name}.png")).decode("ascii")
-               for name, fig in figures.items()}
+    encoded = embed_figures(figures, folder.figures)
     summary = {"study": spec.study, "storage": spec.storage, "trials": rows, "best": best,
                "importances": importances, "importance_note": importance_note,
                "search": [asdict(d) for d in spec.search]}

@@ -202,7 +202,7 @@ def fit_classifier(name: str, data: FeatureSet, *, options: dict[str, Any] | Non
     Raises:
         UsageError: On an unknown classifier or option, or features of the wrong shape.
     """
-    options = resolve_options(name, options)
+    options = resolve_options(name, options)  # idempotent: resolved options pass unchanged
     if not len(data.train_y):
         raise UsageError("the training split is empty")
     scaler = StandardScaler().fit(data.train_x)

@@ -139,29 +139,28 @@ def features_from_run(run_dir: str | Path, *, layer: str = PENULTIMATE, batch_si
     from imgclf.pipeline import open_run
 
     loaded = open_run(run_dir, overrides=overrides)
-    arrays = {}
-    for name in SPLITS:
-        split = getattr(loaded.data, name)
-        arrays[f"{name}_x"] = extract_features(loaded.model, split, layer=layer, device=loaded.device,
-                                               batch_size=batch_size)
-        arrays[f"{name}_y"] = split.labels.numpy().astype(np.int64)
-    spec = loaded.data.spec
-    source = {"kind": "features", "run": str(Path(run_dir)), "model": loaded.config.model.name,
-              "dataset": spec.name, "layer": layer, "input_shape": list(spec.input_shape),
-              "width": int(arrays["train_x"].shape[1])}
-    return FeatureSet(**arrays, class_names=list(spec.class_names), source=source,
-                      test_images=loaded.data.test.uint8_images().numpy())
+    return _feature_set(
+        loaded.data, lambda split: extract_features(loaded.model, split, layer=layer, device=loaded.device,
+                                                    batch_size=batch_size),
+        {"kind": "features", "run": str(Path(run_dir)), "model": loaded.config.model.name, "layer": layer})
 
 
 def features_from_pixels(data) -> FeatureSet:
     """Flattened ``[0, 1]`` pixels of a :class:`imgclf.data.DataSplits` as features ``(N, C*H*W)``."""
+    return _feature_set(data, lambda split: split.float_images().numpy().reshape(len(split), -1),  # -> (N, C*H*W)
+                        {"kind": "pixels"})
+
+
+def _feature_set(data, features, source: dict[str, Any]) -> FeatureSet:
+    """``features(split)`` ``(N, D)`` of each split of ``data`` with its labels, class names and test images;
+    ``source`` gains the data set, input shape and width."""
     arrays = {}
     for name in SPLITS:
         split = getattr(data, name)
-        arrays[f"{name}_x"] = split.float_images().numpy().reshape(len(split), -1)  # (N, C, H, W) -> (N, C*H*W)
+        arrays[f"{name}_x"] = features(split)
         arrays[f"{name}_y"] = split.labels.numpy().astype(np.int64)
     spec = data.spec
-    source = {"kind": "pixels", "dataset": spec.name, "input_shape": list(spec.input_shape),
+    source = {**source, "dataset": spec.name, "input_shape": list(spec.input_shape),
               "width": int(arrays["train_x"].shape[1])}
     return FeatureSet(**arrays, class_names=list(spec.class_names), source=source,
                       test_images=data.test.uint8_images().numpy())

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sklearn
 import yaml
 
 from imgclf.features.classifiers import fit_classifier, resolve_options
@@ -52,9 +53,7 @@ def fit_classifier_run(data: FeatureSet, classifier: str, *, options: dict[str, 
 
     options = resolve_options(classifier, options)  # every bad value fails before the folder exists
     stem = Path(str(data.source.get("dataset", "features"))).name
-    if out is not None:
-        RunFolder.check_available(out)
-    folder = RunFolder.create(out, default_name=f"{stem}-{classifier}")
+    folder = RunFolder.create(out, default_name=f"{stem}-{classifier}")  # refuses a non-empty folder
     log = RunLog(folder, quiet=quiet)
     log(f"{classifier} on {describe_inputs(data.source)}: {len(data.train_y)} train / {len(data.val_y)} val / "
         f"{len(data.test_y)} test, {data.num_classes} classes")
@@ -72,8 +71,6 @@ def fit_classifier_run(data: FeatureSet, classifier: str, *, options: dict[str, 
         folder.write_json("classifier.json", {**settings, "class_names": data.class_names,
                                               "tensors": {k: list(v.shape) for k, v in tensors.items()}})
     metrics = classification_metrics(data.test_y, result.test_predictions, data.class_names)
-    import sklearn
-
     folder.update_metrics({
         "dataset": data.source.get("dataset", "features"), "model": classifier, "num_classes": data.num_classes,
         "class_names": data.class_names, "seed": seed, "inputs": describe_inputs(data.source),

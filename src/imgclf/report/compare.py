@@ -5,7 +5,6 @@ Like the run report it renders what the run folders saved and computes nothing.
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from imgclf.report.html import jinja_environment
-from imgclf.report.plots import eps_label, save_figure
+from imgclf.report.html import jinja_environment, percent
+from imgclf.report.plots import embed_figures, eps_label
 from imgclf.run_folder import RunFolder, atomic_write_text
 
 
@@ -120,11 +119,7 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
             run.name = f"{run.name} [{index + 1}]"
     eps_values = sorted({eps for run in runs for eps in run.worst_case()})
     figures = {"robustness": robustness_comparison(runs), "validation": validation_comparison(runs)}
-    encoded = {name: base64.b64encode(save_figure(figure, folder.figures / f"{name}.png")).decode("ascii")
-               for name, figure in figures.items()}
-
-    def percent(value: float | None) -> str:
-        return "–" if value is None else f"{100 * value:.2f}%"
+    encoded = embed_figures(figures, folder.figures)
 
     rows, summary = [], []
     for run in runs:

@@ -6,7 +6,6 @@ It renders what the earlier stages saved (``metrics.json``, ``history.csv``,
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -15,16 +14,17 @@ from matplotlib.figure import Figure
 from imgclf.report.plots import (
     adversarial_figure,
     confusion_matrix_figure,
+    embed_figures,
     eps_label,
     prediction_grid,
     robustness_curve,
-    save_figure,
     training_curves,
 )
 from imgclf.run_folder import CLASSIFIER_CONFIG, RunFolder, atomic_write_text
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A fraction as ``"12.34%"``, or ``"–"`` for None."""
     return "–" if value is None else f"{100 * value:.2f}%"
 
 
@@ -78,34 +78,31 @@ def write_report(folder: RunFolder) -> Path:
     class_names = metrics.get("class_names") or info.get("class_names") or []
     input_shape = _input_shape(metrics, info)
     colour = input_shape[0] == 3
-    figures = {
-        name: base64.b64encode(save_figure(figure, folder.figures / f"{name}.png")).decode("ascii")
-        for name, figure in build_figures(folder).items()
-    }
+    figures = embed_figures(build_figures(folder), folder.figures)
     clean = metrics.get("clean")
     robustness = metrics.get("robustness") or []
     attack_info = metrics.get("attack", {})
 
     training = metrics.get("training", {})
-    cards = [{"label": "test accuracy", "value": _percent(clean["accuracy"]) if clean else "–"}]
+    cards = [{"label": "test accuracy", "value": percent(clean["accuracy"]) if clean else "–"}]
     if training.get("adversarial"):
         trained = training["adversarial"]
         cards.append({"label": f"trained with {trained['recipe']} at eps {eps_label(trained['eps'], colour)}",
-                      "value": _percent(trained["best_robust_val_accuracy"]) + " robust val"})
+                      "value": percent(trained["best_robust_val_accuracy"]) + " robust val"})
     if clean:
         cards.append({"label": "macro F1", "value": f"{clean['macro_f1']:.4f}"})
-        cards.append({"label": "balanced accuracy", "value": _percent(clean["balanced_accuracy"])})
+        cards.append({"label": "balanced accuracy", "value": percent(clean["balanced_accuracy"])})
     worst_rows = [row for row in robustness if row["attack"] == "worst-case"]
     for attack in dict.fromkeys(row["attack"] for row in robustness if row["attack"] != "worst-case"):
         largest = max((row for row in robustness if row["attack"] == attack), key=lambda row: row["eps"])
         cards.append({
             "label": f"{attack.upper()} accuracy at eps {eps_label(largest['eps'], colour)}",
-            "value": _percent(largest["accuracy"]),
+            "value": percent(largest["accuracy"]),
         })
     if worst_rows and len({row["attack"] for row in robustness}) > 2:
         largest = max(worst_rows, key=lambda row: row["eps"])
         cards.append({"label": f"worst-case robust accuracy at eps {eps_label(largest['eps'], colour)}",
-                      "value": _percent(largest["accuracy"])})
+                      "value": percent(largest["accuracy"])})
     checks = attack_info.get("checks", [])
     if checks:
         failed = sum(check["status"] == "failed" for check in checks)
@@ -125,7 +122,7 @@ def write_report(folder: RunFolder) -> Path:
         cards=cards,
         notes=metrics.get("data_notes", []),
         figures=figures,
-        best_val=_percent(training.get("best_val_accuracy")),
+        best_val=percent(training.get("best_val_accuracy")),
         adversarial=training.get("adversarial"),
         best_epoch=training.get("best_epoch", "?"),
         clean=clean,

@@ -4,6 +4,7 @@ global state is never used."""
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,13 @@ def save_figure(figure: Figure, path: Path, *, dpi: int = 110) -> bytes:
     data = buffer.getvalue()
     atomic_write_bytes(path, data)
     return data
+
+
+def embed_figures(figures: dict[str, Figure], folder: Path) -> dict[str, str]:
+    """Save each figure as ``folder/NAME.png`` and return its PNG as base64 text, by name,
+    for embedding in a self-contained HTML page."""
+    return {name: base64.b64encode(save_figure(figure, folder / f"{name}.png")).decode("ascii")
+            for name, figure in figures.items()}
 
 
 def _as_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
