@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.attacks import (
-    ATTACK_NAMES,
+    ATTACKS,
     AttackSpec,
     apgd,
     choose_targets,
@@ -68,7 +68,7 @@ def accuracy(model, images, labels):
         return (model(images).argmax(1) == labels).float().mean().item()
 
 
-SETTINGS = [(name, norm) for name in ATTACK_NAMES for norm in ("linf", "l2") if (name, norm) != ("square", "l2")]
+SETTINGS = [(name, norm) for name, info in ATTACKS.items() for norm in info.norms]
 
 
 @pytest.mark.parametrize("name, norm", SETTINGS)
@@ -89,7 +89,7 @@ def test_every_attack_stays_in_pixel_range_and_eps_ball_and_eps_zero_is_identity
             assert accuracy(model, adv, y) < 1
 
 
-@pytest.mark.parametrize("name", ATTACK_NAMES)
+@pytest.mark.parametrize("name", list(ATTACKS))
 def test_attacks_leave_the_model_untouched_and_work_under_inference_mode(model, batch, name):
     x, y = batch
     before = {k: v.clone() for k, v in model.state_dict().items()}

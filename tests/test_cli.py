@@ -147,7 +147,7 @@ def test_the_installed_command_exits_2_without_traceback():
     assert version.stdout.startswith("imgclf ")
 
 
-@pytest.mark.parametrize("command", ["run", "train", "evaluate", "attack", "report", "datasets", "models"])
+@pytest.mark.parametrize("command", ["run", "train", "evaluate", "attack", "report", "datasets", "models", "attacks"])
 def test_every_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])

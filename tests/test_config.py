@@ -71,7 +71,7 @@ def test_config_file_errors_are_usage_errors(tmp_path):
 
 
 def test_attack_presets_expand_and_l2_eps_may_exceed_one():
-    from imgclf.config import attack_names
+    from imgclf.attacks import expand_attacks as attack_names
 
     assert attack_names(["quick"]) == ["fgsm", "pgd"]
     assert attack_names(["full", "pgd", "square"]) == ["apgd-ce", "apgd-t", "fab-t", "square", "pgd"]

@@ -134,9 +134,9 @@ class _Scripted:
     def __init__(self, rows):
         self.rows = iter(rows)
 
-    def __call__(self, model, *, with_fgsm=False):
+    def __call__(self, model, *, extra=()):
         row = next(self.rows)
-        return row if with_fgsm else {"robust_val_accuracy": row["robust_val_accuracy"]}
+        return row if "fgsm" in extra else {"robust_val_accuracy": row["robust_val_accuracy"]}
 
 
 def test_the_checkpoint_is_the_best_robust_epoch_not_the_best_clean_one(digits, monkeypatch):

@@ -140,13 +140,16 @@ def _add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
+    from imgclf.attacks import ATTACK_PRESETS, ATTACKS, targetable_attacks
+
     group = parser.add_argument_group("attacks")
+    presets = ", ".join(f"{name} = {','.join(members)}" for name, members in ATTACK_PRESETS.items())
     group.add_argument("--attack", dest="attack.attacks", default=S, metavar="NAMES",
-                       help="comma-separated attacks or presets: fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, apgd-ce-t, "
-                            "fab-t, square; "
-                            "quick = fgsm,pgd (the default), full = AutoAttack (apgd-ce,apgd-t,fab-t,square)")
+                       help=f"comma-separated attacks or presets: {', '.join(ATTACKS)}; presets: {presets} "
+                            "(default quick; full is the standard AutoAttack ensemble)")
     group.add_argument("--preset", dest="attack.attacks", type=_preset, default=S, metavar="NAME",
-                       help="quick (FGSM + PGD-20) or full (the standard AutoAttack ensemble)")
+                       help=f"{' | '.join(ATTACK_PRESETS)}: quick is FGSM + PGD-20, full the standard AutoAttack "
+                            "ensemble")
     group.add_argument("--norm", dest="attack.norm", default=S, metavar="NORM", help="linf (default) | l2")
     group.add_argument("--eps", dest="attack.eps", default=S, metavar="LIST",
                        help="radii in pixel units, e.g. 0,1/255,2/255 or 0:8/255:2/255 (default under linf "
@@ -162,7 +165,8 @@ def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--random-start", dest="attack.random_start", action=argparse.BooleanOptionalAction,
                        default=S, help="PGD random start (default on)")
     group.add_argument("--target", dest="attack.target", default=S, metavar="MODE",
-                       help="targeted fgsm/pgd/apgd: random | least-likely | a class name or index")
+                       help=f"targeted {'/'.join(targetable_attacks())}: random | least-likely | a class name "
+                            "or index")
     group.add_argument("--queries", dest="attack.queries", type=int, default=S, metavar="N",
                        help="Square's queries per example (default 5000)")
     group.add_argument("--attack-batch-size", dest="attack.batch_size", type=int, default=S, metavar="N")
@@ -360,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", metavar="PATH", help="an image folder")
     command("datasets", "list the built-in data sets and whether their files are present", "imgclf datasets")
     command("models", "list the architectures and their options", "imgclf models")
+    command("attacks", "list the attacks, their norms and what they need", "imgclf attacks")
     return parser
 
 
@@ -392,6 +397,18 @@ def _list_models() -> None:
         print(f"  {entry.name:<16} {entry.summary}\n  {'':<16} options: {options}")
     print(f"  {'timm:<name>':<16} any timm model, e.g. timm:resnet50 (pip install \"imgclf[timm]\")\n"
           f"  {'':<16} options: pretrained=False (True fetches the published weights)")
+
+
+def _list_attacks() -> None:
+    from imgclf.attacks import ATTACK_PRESETS, ATTACKS
+
+    for info in ATTACKS.values():
+        kind = "white box" if info.white_box else "black box"
+        target = ", --target" if info.targetable else ""
+        print(f"  {info.name:<10} {info.summary}\n  {'':<10} norms {', '.join(info.norms)}; {kind}{target}; "
+              f"at least {info.min_classes(False)} classes")
+    for name, members in ATTACK_PRESETS.items():
+        print(f"  preset {name}: {', '.join(members)}")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -552,6 +569,9 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "models":
         _list_models()
+        return 0
+    if args.command == "attacks":
+        _list_attacks()
         return 0
     handlers = {"activations": _activations, "mlp-numpy": _mlp_numpy, "features": _features,
                 "fit-features": _fit_features, "sweep": _sweep}

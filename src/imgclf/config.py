@@ -26,12 +26,9 @@ from typing import Any
 
 import yaml
 
-from imgclf.attacks.projection import NORMS
-from imgclf.attacks.robustness import ATTACK_NAMES as ATTACKS
-from imgclf.attacks.robustness import PRESETS as ATTACK_PRESETS
-from imgclf.attacks.robustness import TARGET_MODES, TARGETABLE
+from imgclf.attacks import ATTACK_PRESETS, ATTACKS, NORMS, TARGET_MODES, expand_attacks, targetable_attacks
 from imgclf.data.augment import PRESETS
-from imgclf.defenses.adversary import RECIPES as ADVERSARIAL_RECIPES
+from imgclf.defenses import recipe_choices
 from imgclf.errors import UsageError, unknown_choice
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -146,14 +143,6 @@ class AdversarialConfig:
     def enabled(self) -> bool:
         """True for every recipe but ``none``."""
         return self.recipe != "none"
-
-
-def attack_names(names: list[str]) -> list[str]:
-    """Attack names with presets expanded, in order, without repeats."""
-    expanded: list[str] = []
-    for name in names:
-        expanded.extend(ATTACK_PRESETS.get(name, (name,)))
-    return list(dict.fromkeys(expanded))
 
 
 @dataclass
@@ -504,12 +493,14 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"attack.attacks is empty; valid choices: {', '.join(choices)}")
     if attack.norm not in NORMS:
         raise unknown_choice("norm (attack.norm)", attack.norm, NORMS)
-    if attack.norm != "linf" and "square" in attack_names(attack.attacks):
-        raise UsageError("the square attack is implemented for --norm linf only; drop it or use linf")
+    for name in expand_attacks(attack.attacks):
+        if attack.norm not in ATTACKS[name].norms:
+            raise UsageError(f"the {name} attack is implemented for --norm {', '.join(ATTACKS[name].norms)} only; "
+                             f"drop it or use {ATTACKS[name].norms[0]}")
     if attack.target is not None:
-        untargetable = [n for n in attack_names(attack.attacks) if n not in TARGETABLE]
+        untargetable = [n for n in expand_attacks(attack.attacks) if not ATTACKS[n].targetable]
         if untargetable:
-            raise UsageError(f"--target applies to {', '.join(TARGETABLE)}; {', '.join(untargetable)} "
+            raise UsageError(f"--target applies to {', '.join(targetable_attacks())}; {', '.join(untargetable)} "
                              "pick their own targets (drop --target or those attacks)")
         if not str(attack.target).strip():
             raise UsageError(f"attack.target is empty; valid choices: {', '.join(TARGET_MODES)}, or a class")
@@ -530,9 +521,9 @@ def validate(config: RunConfig) -> None:
 
 def _validate_adversarial(config: RunConfig) -> None:
     adversarial, train = config.adversarial, config.train
-    if adversarial.recipe not in ADVERSARIAL_RECIPES:
+    if adversarial.recipe not in recipe_choices():
         raise unknown_choice("adversarial training recipe (adversarial.recipe)", adversarial.recipe,
-                             ADVERSARIAL_RECIPES)
+                             recipe_choices())
     if adversarial.eps is not None:
         values = parse_eps(adversarial.eps, config.attack.norm)
         if len(values) != 1:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imgclf.attacks import TARGET_MODES, AttackSpec, RobustnessResult, robustness
+from imgclf.attacks import TARGET_MODES, AttackSpec, RobustnessResult, expand_attacks, robustness
 from imgclf.checkpoint import load_model, model_info, save_model
 from imgclf.config import (
     DEFAULT_EPS_COLOUR,
@@ -26,7 +26,6 @@ from imgclf.config import (
     DEFAULT_EPS_L2_COLOUR,
     DEFAULT_EPS_L2_GREY,
     RunConfig,
-    attack_names,
     config_to_dict,
     dump_config,
     load_config,
@@ -353,7 +352,7 @@ def attack_specs(config: RunConfig, class_names: list[str]) -> list[AttackSpec]:
                              f"or a class: {', '.join(class_names)}")
     return [AttackSpec(name, norm=attack.norm, steps=attack.steps, alpha=attack.alpha, restarts=attack.restarts,
                        random_start=attack.random_start, target=target, queries=attack.queries)
-            for name in attack_names(attack.attacks)]
+            for name in expand_attacks(attack.attacks)]
 
 
 def attack_stage(folder: RunFolder, model: torch.nn.Module, data: DataSplits, config: RunConfig, *,

@@ -13,6 +13,7 @@ Under ``torchrun`` it trains with distributed data parallel (see
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from imgclf.config import AdversarialConfig, TrainConfig, parse_eps
 from imgclf.data.batches import iterate_batches, num_batches
 from imgclf.data.containers import DataSplits
-from imgclf.defenses import Adversary, RobustValidation, catastrophic_overfitting, warmup_steps
+from imgclf.defenses import Adversary, RobustValidation, warmup_steps
 from imgclf.distributed import Distributed
 from imgclf.evaluation import loss_and_accuracy
 from imgclf.runtime import generator
@@ -207,7 +208,8 @@ class TrainResult:
         best_val_accuracy: Its validation accuracy.
         best_robust_val_accuracy: Its robust validation accuracy (None without
             adversarial training).
-        catastrophic_overfitting: Why ``fgsm-rs`` training was stopped, or None.
+        catastrophic_overfitting: Why the recipe's guard stopped training (FGSM-RS: catastrophic
+            overfitting), or None.
         seconds: Total training wall time, validation included (over all
             sessions of a resumed run).
         stopped_early: True when early stopping ended the run.
@@ -316,7 +318,7 @@ def fit(
             raise ValueError("adversarial training needs adversarial.eps (the pipeline fills in the default)")
         (eps,) = parse_eps(adversarial.eps, norm)
         adversary = Adversary(model, recipe=adversarial.recipe, eps=eps, norm=norm, steps=adversarial.steps,
-                              alpha=adversarial.alpha, beta=adversarial.beta,
+                              alpha=adversarial.alpha, options=dataclasses.asdict(adversarial),
                               warmup_steps=warmup_steps(adversarial.warmup_epochs, config.epochs, steps),
                               seed=seed + 1 + dist.rank, device=device)
         robust_val = RobustValidation(data.val, examples=adversarial.val_examples, eps=eps, norm=norm,
@@ -372,7 +374,7 @@ def fit(
                "val_loss": val_loss, "val_accuracy": val_acc}
         robust = ""
         if robust_val is not None:
-            row.update(robust_val(evaluated, with_fgsm=adversary.recipe == "fgsm-rs"), train_eps=adversary.last_eps)
+            row.update(robust_val(evaluated, extra=adversary.recipe.validation_attacks), train_eps=adversary.last_eps)
             robust = f" robust {row['robust_val_accuracy']:.4f}"
         seconds = time.perf_counter() - epoch_start
         result.history.append({**row, "lr": lr, "seconds": seconds, "train_seconds": train_seconds})
@@ -389,8 +391,8 @@ def fit(
         )
         result.seconds = time.perf_counter() - started
         stop = bool(config.early_stopping) and stale >= config.early_stopping and epoch < config.epochs
-        if adversary is not None and adversary.recipe == "fgsm-rs":
-            result.catastrophic_overfitting = catastrophic_overfitting(result.history, drop=adversarial.overfit_drop)
+        if adversary is not None:
+            result.catastrophic_overfitting = adversary.recipe.guard(result.history)
             if result.catastrophic_overfitting:
                 log(f"warning: {result.catastrophic_overfitting}; training stops and keeps epoch "
                     f"{result.best_epoch} (robust val accuracy {result.best_robust_val_accuracy:.4f})")

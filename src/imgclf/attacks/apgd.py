@@ -10,18 +10,18 @@ from __future__ import annotations
 import torch
 
 from imgclf.attacks.losses import LOSSES, get_loss
-from imgclf.attacks.projection import (
+from imgclf.attacks.core import (
     attack_entry,
-    check_inputs,
     fooled,
     logits_and_gradient,
     num_classes,
     per_example_norm,
     project,
+    set_aside,
     steepest_step,
     top_classes,
-    warn_if_training,
 )
+from imgclf.attacks.registry import register_attack
 
 
 def min_classes(loss: str, targeted: bool) -> int:
@@ -93,16 +93,12 @@ def apgd(
     Raises:
         ValueError: On invalid arguments, an unknown loss, or too few classes for DLR.
     """
-    check_inputs(images, labels, eps, norm, target)
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
-    warn_if_training(model)
     x = images.detach()
     result = x.clone()
-    if eps == 0 or not len(x):
-        return result
     classes = num_classes(model, x)
     if classes < min_classes(loss, target is not None):
         raise ValueError(f"the {'targeted ' if target is not None else ''}DLR loss needs at least "
@@ -164,9 +160,9 @@ def _set_aside(state: dict[str, torch.Tensor], hit: torch.Tensor, result: torch.
     """Write the fooled examples' current iterates to ``result`` and drop them from the state."""
     if not hit.any():
         return state
-    result[state["todo"][hit]] = state["adv"][hit]
-    keep = ~hit
-    return {key: value[keep] for key, value in state.items()}
+    keys = [key for key in state if key not in ("todo", "adv")]
+    todo, adv, *rest = set_aside(result, state["todo"], hit, state["adv"], *(state[key] for key in keys))
+    return {"todo": todo, "adv": adv, **dict(zip(keys, rest))}
 
 
 @attack_entry
@@ -199,11 +195,8 @@ def apgd_targeted(
     Raises:
         ValueError: On invalid arguments or too few classes for the loss.
     """
-    check_inputs(images, labels, eps, norm)
     x = images.detach()
     result = x.clone()
-    if eps == 0 or not len(x):
-        return result
     targets = top_classes(model, x, labels, target_classes)
     todo = torch.arange(len(x), device=x.device)
     for k in range(targets.shape[1]):
@@ -215,3 +208,31 @@ def apgd_targeted(
         with torch.no_grad():
             todo = todo[model(adv).argmax(1) == labels[todo]]
     return result
+
+
+def _run_apgd(loss: str):
+    def run(spec, model, images, labels, eps, gen, target):
+        return apgd(model, images, labels, eps=eps, norm=spec.norm, loss=loss, steps=spec.n_steps,
+                    restarts=spec.restarts, target=target, generator=gen)
+    return run
+
+
+def _run_apgd_targeted(loss: str):
+    def run(spec, model, images, labels, eps, gen, target):
+        return apgd_targeted(model, images, labels, eps=eps, norm=spec.norm, loss=loss,
+                             target_classes=spec.target_classes, steps=spec.n_steps, restarts=spec.restarts,
+                             generator=gen)
+    return run
+
+
+register_attack("apgd-ce", summary="APGD on the cross-entropy (Croce & Hein 2020): momentum and a "
+                "self-tuning step size",
+                targetable=True)(_run_apgd("ce"))
+register_attack("apgd-dlr", summary="APGD on the DLR loss, invariant to shifting and scaling the logits",
+                targetable=True, min_classes=lambda targeted: min_classes("dlr", targeted))(_run_apgd("dlr"))
+register_attack("apgd-t", summary="APGD towards each of the 9 highest-scoring wrong classes, "
+                "targeted DLR loss (AutoAttack's)",
+                min_classes=lambda targeted: min_classes("dlr", True))(_run_apgd_targeted("dlr"))
+register_attack("apgd-ce-t", summary="APGD towards each of the 9 highest-scoring wrong classes, "
+                "targeted cross-entropy",
+                )(_run_apgd_targeted("ce"))

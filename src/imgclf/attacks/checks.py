@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from imgclf.attacks.projection import logits_and_gradient
+from imgclf.attacks.core import logits_and_gradient
+from imgclf.attacks.registry import attack_info
+from imgclf.attacks.results import WORST_CASE, RobustnessResult, batched_logits
 from imgclf.runtime import generator
 
 if TYPE_CHECKING:
-    from imgclf.attacks.robustness import AttackSpec, RobustnessResult
+    from imgclf.attacks.spec import AttackSpec
 
 #: Examples used by the checks that run extra attacks or gradients.
 CHECK_EXAMPLES = 200
@@ -41,7 +43,7 @@ MEANINGS = {
     "attack converged": "A stronger attack (three times the steps and one more restart) should not fool more "
                         "than a point of examples that every attack of the evaluation failed on; if it does, the "
                         "reported (worst-case) robust accuracy overstates robustness.",
-    "white-box beats black-box": "The black-box Square attack does not use gradients; when it fools an example "
+    "white-box beats black-box": "A black-box attack (Square) does not use gradients; when it fools an example "
                                  "every white-box attack failed on, the gradients are misleading.",
 }
 
@@ -67,8 +69,6 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     Returns:
         One dict per check, in the order of :data:`MEANINGS`.
     """
-    from imgclf.attacks.robustness import WHITE_BOX
-
     correct = torch.nonzero(logits.argmax(1) == labels).squeeze(1)[:CHECK_EXAMPLES]
     x, y = images[correct], labels[correct]
     checks = [_logits_check(logits[:batch_size]), _gradient_check(model, x, y, batch_size)]
@@ -94,7 +94,7 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     checks.append(_check("accuracy falls with eps", "failed" if rises else "passed",
                          "; ".join(rises) or "no attack's accuracy rises with eps"))
 
-    iterative = [s for s in attacks if s.name in WHITE_BOX and s.name != "fgsm"]
+    iterative = [s for s in attacks if attack_info(s.name).iterative]
     strongest = iterative[0] if iterative else (fgsm_specs[0] if fgsm_specs else None)
     if strongest is None or not len(x):
         checks.append(_check("large eps breaks the model", "not run", "needs a white-box attack and correct examples"))
@@ -104,21 +104,22 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
         checks.append(_convergence_check(model, x, y, correct.cpu().numpy(), strongest, result, batch_size, seed)
                       if iterative else _check("attack converged", "not run", "needs an iterative white-box attack"))
 
-    squares = [s for s in attacks if s.name == "square"]
-    white = [s for s in attacks if s.name in WHITE_BOX]
-    if squares and white:
+    black = [s for s in attacks if not attack_info(s.name).white_box]
+    white = [s for s in attacks if attack_info(s.name).white_box]
+    if black and white:
         beaten = []
         for eps in sorted({eps for (_, eps) in result.fooled}):
-            by_square = result.fooled[(squares[0].label, eps)]
+            by_black = result.fooled[(black[0].label, eps)]
             by_white = sum(result.fooled[(s.label, eps)].astype(int) for s in white) > 0
-            count = int((by_square & ~by_white).sum())
+            count = int((by_black & ~by_white).sum())
             if count:
                 beaten.append(f"eps={eps:.4g}: {count} example(s)")
         checks.append(_check("white-box beats black-box", "failed" if beaten else "passed",
-                             "Square fooled examples every white-box attack failed on: " + "; ".join(beaten)
-                             if beaten else "Square fooled no example the white-box attacks missed"))
+                             f"{black[0].label} fooled examples every white-box attack failed on: " + "; ".join(beaten)
+                             if beaten else f"{black[0].label} fooled no example the white-box attacks missed"))
     else:
-        checks.append(_check("white-box beats black-box", "not run", "needs square and a white-box attack"))
+        checks.append(_check("white-box beats black-box", "not run",
+                             "needs a black-box attack (square) and a white-box attack"))
     return checks
 
 
@@ -164,8 +165,6 @@ def _convergence_check(model, x, y, rows, spec, result, batch_size, seed) -> dic
     the evaluated examples. Testing the worst case, not ``spec`` against a rerun of itself, asks what
     matters to the reader: an ensemble (AutoAttack) has converged when a longer attack finds no examples
     that the whole ensemble missed, even if one member alone would still improve (Croce and Hein 2020)."""
-    from imgclf.attacks.robustness import WORST_CASE
-
     clean = result.clean_accuracy
     curve = [(e.eps, e.accuracy) for e in result.entries if e.attack == WORST_CASE and e.eps > 0 and e.accuracy > 0]
     if not curve:
@@ -188,6 +187,4 @@ def _convergence_check(model, x, y, rows, spec, result, batch_size, seed) -> dic
 
 
 def _classes(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    from imgclf.attacks.robustness import predict
-
-    return predict(model, images, batch_size).argmax(1)
+    return batched_logits(model, images, batch_size).argmax(1)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from imgclf.attacks.projection import (
+from imgclf.attacks.core import (
     attack_entry,
-    check_inputs,
     logits_and_gradient,
     per_example_norm,
     project,
     random_point,
     top_classes,
-    warn_if_training,
 )
+from imgclf.attacks.registry import register_attack
 
 
 def project_onto_hyperplane(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str) -> torch.Tensor:
@@ -110,14 +109,10 @@ def fab_targeted(
     Raises:
         ValueError: On invalid arguments.
     """
-    check_inputs(images, labels, eps, norm)
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
-    warn_if_training(model)
     x = images.detach()
     result = x.clone()
-    if eps == 0 or not len(x):
-        return result
     targets = top_classes(model, x, labels, target_classes)
     best_norm = torch.full((len(x),), float("inf"), device=x.device)
     for k in range(targets.shape[1]):
@@ -168,3 +163,10 @@ def _fab_run(model, x, labels, targets, todo, result, best_norm, *, eps, norm, s
         keep = best_norm[todo] > eps  # done once an adversarial example within eps is found
         todo, x0, flat0, y, t, current = todo[keep], x0[keep], flat0[keep], y[keep], t[keep], current[keep]
         shape = x0.shape
+
+
+@register_attack("fab-t", summary="targeted FAB (Croce & Hein 2020): minimal perturbation via exact "
+                 "box-constrained projections", settings=lambda spec, eps: {"random_start": False})
+def _run_fab(spec, model, images, labels, eps, gen, target):
+    return fab_targeted(model, images, labels, eps=eps, norm=spec.norm, target_classes=spec.target_classes,
+                        steps=spec.n_steps, restarts=spec.restarts, generator=gen)

@@ -9,14 +9,8 @@ from __future__ import annotations
 import torch
 
 from imgclf.attacks.losses import cross_entropy
-from imgclf.attacks.projection import (
-    attack_entry,
-    check_inputs,
-    logits_and_gradient,
-    project,
-    steepest_step,
-    warn_if_training,
-)
+from imgclf.attacks.core import attack_entry, logits_and_gradient, project, steepest_step
+from imgclf.attacks.registry import register_attack
 
 
 @attack_entry
@@ -47,10 +41,13 @@ def fgsm(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         ValueError: On images outside ``[0, 1]``, wrong shapes, an unknown norm,
             ``eps`` out of range, or a target equal to the true label.
     """
-    check_inputs(images, labels, eps, norm, target)
-    warn_if_training(model)
     x = images.detach()
-    if eps == 0:
-        return x.clone()
     _, grad = logits_and_gradient(model, x, cross_entropy(labels, target))
     return project(x + eps * steepest_step(grad, norm), x, eps, norm)
+
+
+@register_attack("fgsm", summary="FGSM (Goodfellow et al. 2015): one step of eps; under L2 the fast gradient method",
+                 targetable=True, default_steps=1, fixed_steps=True,
+                 settings=lambda spec, eps: {"alpha": eps, "restarts": 1, "random_start": False})
+def _run_fgsm(spec, model, images, labels, eps, gen, target):
+    return fgsm(model, images, labels, eps=eps, norm=spec.norm, target=target)

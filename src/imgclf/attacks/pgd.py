@@ -9,16 +9,16 @@ from __future__ import annotations
 import torch
 
 from imgclf.attacks.losses import cross_entropy
-from imgclf.attacks.projection import (
+from imgclf.attacks.core import (
     attack_entry,
-    check_inputs,
     fooled,
     logits_and_gradient,
     project,
     random_point,
+    set_aside,
     steepest_step,
-    warn_if_training,
 )
+from imgclf.attacks.registry import register_attack
 
 
 def default_alpha(eps: float, steps: int) -> float:
@@ -84,17 +84,13 @@ def pgd(
         ValueError: On invalid images, labels, target, norm, ``eps``, ``alpha``,
             ``steps`` or ``restarts``.
     """
-    check_inputs(images, labels, eps, norm, target)
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
     alpha = default_alpha(eps, steps) if alpha is None else alpha
     if not alpha > 0 and eps > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    warn_if_training(model)
     x = images.detach()
     result = x.clone()
-    if eps == 0:
-        return result
     todo = torch.arange(len(x), device=x.device)  # examples no iterate has fooled yet
     for restart in range(restarts):
         if not len(todo):
@@ -114,14 +110,21 @@ def pgd(
                 logits, grad = logits_and_gradient(model, adv, cross_entropy(y, t))
             if early_stop or last:
                 hit = fooled(logits, y, t)
-                result[todo[hit]] = adv[hit]
                 if last:  # the unfooled keep the last restart's final iterate
                     result[todo[~hit]] = adv[~hit]
-                keep = ~hit  # the fooled are set aside for the rest of this and later restarts
-                todo, clean, y, adv = todo[keep], clean[keep], y[keep], adv[keep]
-                t = None if t is None else t[keep]
+                # the fooled are set aside for the rest of this and later restarts
+                todo, adv, clean, y, grad, t = set_aside(result, todo, hit, adv, clean, y, grad, t)
                 if last or not len(todo):
                     break
-                grad = grad[keep]
             adv = project(adv + alpha * steepest_step(grad, norm), clean, eps, norm)
     return result
+
+
+@register_attack("pgd", summary="PGD (Madry et al. 2018): random start, `--steps`, `--step-size` (default "
+                 "2.5·eps/steps), `--restarts`",
+                 targetable=True, default_steps=20,
+                 settings=lambda spec, eps: {"alpha": default_alpha(eps, spec.n_steps) if spec.alpha is None
+                                             else spec.alpha, "random_start": spec.random_start})
+def _run_pgd(spec, model, images, labels, eps, gen, target):
+    return pgd(model, images, labels, eps=eps, norm=spec.norm, alpha=spec.alpha, steps=spec.n_steps,
+               restarts=spec.restarts, random_start=spec.random_start, target=target, generator=gen)

@@ -12,7 +12,8 @@ import math
 import torch
 
 from imgclf.attacks.losses import margin
-from imgclf.attacks.projection import attack_entry, check_inputs, project, warn_if_training
+from imgclf.attacks.core import attack_entry, project, set_aside
+from imgclf.attacks.registry import register_attack
 
 
 def square_fraction(p_init: float, query: int, queries: int) -> float:
@@ -61,16 +62,12 @@ def square(
     Raises:
         ValueError: On invalid arguments, or ``norm="l2"``.
     """
-    check_inputs(images, labels, eps, norm)
     if norm != "linf":
         raise ValueError("the Square attack is implemented for norm 'linf' only")
     if queries < 1:
         raise ValueError(f"queries must be >= 1, got {queries}")
-    warn_if_training(model)
     x = images.detach()
     result = x.clone()
-    if eps == 0 or not len(x):
-        return result
     n, channels, height, width = x.shape
     draw_on = generator.device if generator is not None else x.device
 
@@ -84,9 +81,7 @@ def square(
     rows = torch.arange(height, device=x.device).view(1, 1, height, 1)
     cols = torch.arange(width, device=x.device).view(1, 1, 1, width)
     for query in range(1, queries):
-        hit = loss < 0
-        result[todo[hit]] = adv[hit]
-        todo, clean, y, adv, loss = todo[~hit], clean[~hit], y[~hit], adv[~hit], loss[~hit]
+        todo, adv, clean, y, loss = set_aside(result, todo, loss < 0, adv, clean, y, loss)
         if not len(todo):
             return result
         side = min(max(int(round(math.sqrt(square_fraction(p_init, query, queries) * height * width))), 1),
@@ -102,3 +97,10 @@ def square(
         adv[better], loss[better] = candidate[better], new_loss[better]
     result[todo] = adv
     return project(result, x, eps, "linf")
+
+
+@register_attack("square", summary="Square Attack (Andriushchenko et al. 2020): random search on the logits "
+                 "alone, `--queries` (default 5,000)", norms=("linf",), white_box=False, default_steps=0, fixed_steps=True,
+                 settings=lambda spec, eps: {"steps": spec.queries, "restarts": 1})
+def _run_square(spec, model, images, labels, eps, gen, target):
+    return square(model, images, labels, eps=eps, norm=spec.norm, queries=spec.queries, generator=gen)

@@ -1,24 +1,42 @@
-"""Adversarial training: PGD (Madry et al. 2018), fast FGSM with a random start
-(Wong et al. 2020) and TRADES (Zhang et al. 2019), with eps warm-up, robust
-checkpoint selection and a catastrophic-overfitting alarm.
+"""Adversarial training: a registry of recipes (PGD, Madry et al. 2018; fast FGSM with a random
+start, Wong et al. 2020; TRADES, Zhang et al. 2019), each in its own module, with eps warm-up,
+robust checkpoint selection and each recipe's guard (FGSM-RS: catastrophic overfitting).
 
-:class:`Adversary` makes each training batch's adversarial examples and loss;
-:func:`imgclf.training.fit` uses it when ``adversarial.recipe`` is not ``none``.
+:class:`Adversary` makes each training batch's adversarial examples and loss with the
+recipe; :func:`imgclf.training.fit` uses it when ``adversarial.recipe`` is not ``none``.
 """
 
-from imgclf.defenses.adversary import DEFAULT_STEPS, RECIPES, Adversary, step_size, warmup_steps
-from imgclf.defenses.trades import kl_divergence, trades_adversarial, trades_loss
-from imgclf.defenses.validation import OVERFIT_DROP, RobustValidation, catastrophic_overfitting
+import importlib
+
+#: The modules that register the built-in recipes, in the order of tables and help.
+RECIPE_MODULES = ("pgd_training", "fgsm_rs", "trades")
+for _module in RECIPE_MODULES:
+    importlib.import_module(f"imgclf.defenses.{_module}")
+
+from imgclf.defenses.adversary import Adversary, warmup_steps  # noqa: E402  (after the registrations above)
+from imgclf.defenses.fgsm_rs import OVERFIT_DROP, catastrophic_overfitting  # noqa: E402
+from imgclf.defenses.recipes import (  # noqa: E402
+    RECIPES,
+    TrainingRecipe,
+    make_recipe,
+    recipe_choices,
+    register_recipe,
+)
+from imgclf.defenses.trades import kl_divergence, trades_adversarial, trades_loss  # noqa: E402
+from imgclf.defenses.validation import RobustValidation  # noqa: E402
 
 __all__ = [
-    "DEFAULT_STEPS",
     "OVERFIT_DROP",
     "RECIPES",
+    "RECIPE_MODULES",
     "Adversary",
     "RobustValidation",
+    "TrainingRecipe",
     "catastrophic_overfitting",
     "kl_divergence",
-    "step_size",
+    "make_recipe",
+    "recipe_choices",
+    "register_recipe",
     "trades_adversarial",
     "trades_loss",
     "warmup_steps",

@@ -12,11 +12,13 @@ where ``x'`` maximises the KL term within the eps ball, found by PGD from
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from imgclf.attacks.projection import logits_and_gradient, project, steepest_step
+from imgclf.attacks.core import logits_and_gradient, project, steepest_step
+from imgclf.defenses.recipes import LossFunction, TrainingRecipe, register_recipe
 
 
 def kl_divergence(clean_logits: torch.Tensor, adversarial_logits: torch.Tensor) -> torch.Tensor:
@@ -95,3 +97,27 @@ def trades_loss(
     adversarial_logits = model(adversarial)
     loss = loss_fn(clean_logits.float(), targets) + beta * kl_divergence(clean_logits, adversarial_logits).mean()
     return adversarial_logits, loss
+
+
+@register_recipe
+@dataclass
+class TRADES(TrainingRecipe):
+    """TRADES: examples from :func:`trades_adversarial`, loss :func:`trades_loss`.
+
+    Attributes:
+        beta: Weight of the KL term (the paper: 6 on CIFAR-10, 1/lambda), ``>= 0``.
+    """
+
+    name = "trades"
+    summary = "TRADES (Zhang et al. 2019): clean cross-entropy plus beta times the KL to the adversarial prediction"
+    default_steps = 10
+
+    beta: float = 6.0
+
+    def perturb(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
+                norm: str, steps: int, alpha: float, generator: torch.Generator) -> torch.Tensor:
+        return trades_adversarial(model, images, eps=eps, norm=norm, steps=steps, alpha=alpha, generator=generator)
+
+    def loss(self, model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, adversarial: torch.Tensor,
+             targets: torch.Tensor, loss_fn: LossFunction) -> tuple[torch.Tensor, torch.Tensor]:
+        return trades_loss(model, images, adversarial, targets, loss_fn, beta=self.beta)

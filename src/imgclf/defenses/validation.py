@@ -1,28 +1,20 @@
-"""Robust validation during adversarial training, and the catastrophic-overfitting alarm.
+"""Robust validation during adversarial training.
 
 Checkpoints are chosen on PGD accuracy over a fixed validation subset (Rice,
 Wong and Kolter, "Overfitting in adversarially robust deep learning", ICML
-2020: the best robust checkpoint is often not the last). FGSM-RS training can
-overfit catastrophically (Wong, Rice and Kolter 2020): within an epoch its
-PGD accuracy collapses while its FGSM accuracy rises, because the model has
-learnt to defeat the single step only.
+2020: the best robust checkpoint is often not the last). A recipe may ask for
+more attacks on the same subset (FGSM-RS's guard compares FGSM with PGD).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from imgclf.attacks.fgsm import fgsm
 from imgclf.attacks.pgd import pgd
+from imgclf.attacks.spec import AttackSpec
 from imgclf.data.containers import ImageSplit
 from imgclf.data.loading import stratified_subset
 from imgclf.runtime import generator
-
-#: A fall in PGD validation accuracy larger than this (absolute) with FGSM accuracy rising is catastrophic overfitting.
-OVERFIT_DROP = 0.2
-
 
 class RobustValidation:
     """PGD (and FGSM) accuracy on a fixed, seeded, stratified validation subset.
@@ -45,48 +37,23 @@ class RobustValidation:
         self.labels = split.labels[torch.as_tensor(rows)].to(device)
         self.eps, self.norm, self.steps, self.seed, self.batch_size = eps, norm, steps, seed, batch_size
 
-    def __call__(self, model: torch.nn.Module, *, with_fgsm: bool = False) -> dict[str, float]:
-        """``{"robust_val_accuracy": ...}`` (PGD) and, if asked, ``"fgsm_val_accuracy"``; fractions in [0, 1].
+    def __call__(self, model: torch.nn.Module, *, extra: tuple[str, ...] = ()) -> dict[str, float]:
+        """``{"robust_val_accuracy": ...}`` (PGD) and ``"<attack>_val_accuracy"`` for each registered
+        attack in ``extra`` (at its default settings); fractions in [0, 1].
 
         ``model`` must be in eval mode; it is left as it is.
         """
         gen = generator(self.seed, self.images.device)
-        correct = {"robust_val_accuracy": 0, "fgsm_val_accuracy": 0}
+        specs = {f"{name.replace('-', '_')}_val_accuracy": AttackSpec(name, norm=self.norm) for name in extra}
+        correct = dict.fromkeys(("robust_val_accuracy", *specs), 0)
         for start in range(0, len(self.labels), self.batch_size):
             x, y = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
             adversarial = {"robust_val_accuracy": pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
                                                       generator=gen)}
-            if with_fgsm:
-                adversarial["fgsm_val_accuracy"] = fgsm(model, x, y, eps=self.eps, norm=self.norm)
+            for key, spec in specs.items():
+                adversarial[key] = spec.run(model, x, y, self.eps, gen)
             with torch.no_grad():
                 for key, images in adversarial.items():
                     correct[key] += int((model(images).argmax(1) == y).sum())
         n = max(len(self.labels), 1)
-        keys = ("robust_val_accuracy", "fgsm_val_accuracy") if with_fgsm else ("robust_val_accuracy",)
-        return {key: correct[key] / n for key in keys}
-
-
-def catastrophic_overfitting(history: Sequence[dict[str, float]], *, drop: float = OVERFIT_DROP) -> str | None:
-    """Whether the last epoch of ``history`` shows catastrophic overfitting, and why.
-
-    It does when its PGD validation accuracy lies more than ``drop`` below the
-    best of the earlier epochs while its FGSM validation accuracy rose over the
-    previous epoch's.
-
-    Args:
-        history: Rows with ``robust_val_accuracy`` and ``fgsm_val_accuracy``, one per epoch.
-        drop: Absolute fall in PGD accuracy, in [0, 1].
-
-    Returns:
-        A sentence describing the collapse, or None.
-    """
-    if len(history) < 2:
-        return None
-    last, previous = history[-1], history[-2]
-    best = max(row["robust_val_accuracy"] for row in history[:-1])
-    fell = best - last["robust_val_accuracy"]
-    if fell > drop and last["fgsm_val_accuracy"] > previous["fgsm_val_accuracy"]:
-        return (f"catastrophic overfitting in epoch {int(last['epoch'])}: PGD validation accuracy fell to "
-                f"{last['robust_val_accuracy']:.4f} (best before {best:.4f}) while FGSM validation accuracy "
-                f"rose to {last['fgsm_val_accuracy']:.4f} (from {previous['fgsm_val_accuracy']:.4f})")
-    return None
+        return {key: count / n for key, count in correct.items()}

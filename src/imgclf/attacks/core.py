@@ -1,4 +1,5 @@
-"""What every attack shares: input checks, gradients, steps, projection and clamping.
+"""The shared core of every attack: input checks, the common opening, gradients, steps, projection
+and clamping, and the set-aside of fooled examples.
 
 All attacks work in pixel space: images are ``float32`` ``(N, C, H, W)`` in
 ``[0, 1]`` and eps is in the same units (``8/255`` is 8 grey levels under
@@ -8,9 +9,11 @@ L-inf; an L2 eps is the Euclidean length of the perturbation in pixel units).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,22 +52,62 @@ def check_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float, norm: s
 
 
 def attack_entry(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Decorate a public attack ``f(model, images, labels, ..., target=None)`` so that
-    it works whatever the caller's autograd context: it runs outside
-    ``torch.inference_mode`` and under ``torch.no_grad`` (gradients are taken
-    only where :func:`logits_and_gradient` asks), on copies of any inference
-    tensors it is given."""
+    """The shared opening of every public attack ``f(model, images, labels, *, eps, norm="linf", target=None, ...)``.
 
-    def usable(tensor):
+    Before the attack's own code runs, the wrapper checks ``images``,
+    ``labels``, ``eps``, ``norm`` and ``target`` (:func:`check_inputs`), warns
+    when the model is in training mode (:func:`warn_if_training`), and returns
+    a copy of ``images`` when ``eps`` is 0 or there are no images. The attack
+    then runs outside ``torch.inference_mode``, under ``torch.no_grad``
+    (gradients are taken only where :func:`logits_and_gradient` asks), with
+    autocast off (attacks compute in float32), on copies of any inference
+    tensors it was given.
+
+    Raises:
+        ValueError: As :func:`check_inputs`, and whatever the attack raises.
+    """
+    signature = inspect.signature(function)
+
+    def usable(tensor: Any) -> Any:
         return tensor.clone() if isinstance(tensor, torch.Tensor) and tensor.is_inference() else tensor
 
     @functools.wraps(function)
-    def wrapper(model, images, labels, *args, **kwargs):
-        with torch.inference_mode(False), torch.no_grad():
+    def wrapper(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *args: Any,
+                **kwargs: Any) -> torch.Tensor:
+        bound = signature.bind(model, images, labels, *args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        check_inputs(images, labels, given["eps"], given.get("norm", "linf"), given.get("target"))
+        warn_if_training(model)
+        if given["eps"] == 0 or not len(images):
+            return images.detach().clone()
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             kwargs = {key: usable(value) for key, value in kwargs.items()}
             return function(model, usable(images), usable(labels), *args, **kwargs)
 
     return wrapper
+
+
+def set_aside(result: torch.Tensor, todo: torch.Tensor, hit: torch.Tensor, adversarial: torch.Tensor,
+              *others: torch.Tensor | None) -> tuple[Any, ...]:
+    """Set the fooled examples aside: write their current iterates to ``result`` and drop them.
+
+    Every iterative attack works on the examples it has not fooled yet; once an
+    iterate fools the model, that iterate is the example's result.
+
+    Args:
+        result: The attack's output ``(N, C, H, W)``, written in place at ``todo[hit]``.
+        todo: Positions in ``result`` of the examples still attacked, ``int64`` ``(M,)``.
+        hit: Which of them the current iterate fools, bool ``(M,)``.
+        adversarial: The current iterates ``(M, C, H, W)``.
+        others: Per-example tensors ``(M, ...)`` that travel with ``todo`` (None passes through).
+
+    Returns:
+        ``todo``, ``adversarial`` and each of ``others`` without the fooled rows.
+    """
+    result[todo[hit]] = adversarial[hit]
+    keep = ~hit
+    return tuple(None if tensor is None else tensor[keep] for tensor in (todo, adversarial, *others))
 
 
 def warn_if_training(model: torch.nn.Module) -> None:

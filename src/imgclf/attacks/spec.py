@@ -1,0 +1,83 @@
+"""One attack with its settings, as the robustness evaluation runs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from imgclf.attacks.core import NORMS
+from imgclf.attacks.registry import attack_info, targetable_attacks
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One registered attack and its settings (eps is given separately, per sweep point).
+
+    Attributes:
+        name: A registered attack (:data:`~imgclf.attacks.registry.ATTACKS`).
+        norm: ``"linf"`` or ``"l2"``, one of the attack's norms.
+        steps: Iterations; None for the attack's default (FGSM and Square ignore it).
+        alpha: PGD step size in pixel units; None for ``2.5 * eps / steps``.
+        restarts: Random restarts of PGD, APGD and FAB.
+        random_start: PGD starts at a random point of the eps ball.
+        target: None (untargeted), ``"random"``, ``"least-likely"``, or a class
+            index; only for targetable attacks.
+        queries: Square's query budget per example.
+        target_classes: Targets tried by APGD-T, APGD-CE-T and FAB-T.
+
+    Raises:
+        ValueError: On an unknown attack or norm, a norm the attack does not
+            implement, or a target for an attack that picks its own.
+    """
+
+    name: str
+    norm: str = "linf"
+    steps: int | None = None
+    alpha: float | None = None
+    restarts: int = 1
+    random_start: bool = True
+    target: str | int | None = None
+    queries: int = 5000
+    target_classes: int = 9
+
+    def __post_init__(self) -> None:
+        info = attack_info(self.name)
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; valid choices: {', '.join(NORMS)}")
+        if self.norm not in info.norms:
+            raise ValueError(f"the {self.name} attack is implemented for norm {', '.join(info.norms)} only")
+        if self.target is not None and not info.targetable:
+            raise ValueError(f"{self.name} picks its own targets; --target applies to "
+                             f"{', '.join(targetable_attacks())}")
+
+    @property
+    def n_steps(self) -> int:
+        """Iterations used: the given ``steps``, else the attack's default (always, for fixed-step attacks)."""
+        info = attack_info(self.name)
+        return info.default_steps if self.steps is None or info.fixed_steps else self.steps
+
+    @property
+    def label(self) -> str:
+        """The name shown in tables, with the target mode when targeted: ``pgd (target random)``."""
+        return self.name if self.target is None else f"{self.name} (target {self.target})"
+
+    def min_classes(self) -> int:
+        """Classes the attack needs (DLR losses need 3, targeted DLR 4)."""
+        return attack_info(self.name).min_classes(self.target is not None)
+
+    def run(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
+            gen: torch.Generator, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Adversarial versions of ``images`` (``float32`` ``(N, C, H, W)`` in ``[0, 1]``) at ``eps``;
+        see each attack's function for the contract."""
+        return attack_info(self.name).run(self, model, images, labels, eps, gen, target)
+
+    def settings(self, eps: float) -> dict[str, Any]:
+        """Steps, step size, restarts and random start as used at ``eps`` (for the results table)."""
+        reported: dict[str, Any] = {"steps": self.n_steps, "alpha": None, "restarts": self.restarts,
+                                    "random_start": True, "target": None if self.target is None else str(self.target)}
+        describe = attack_info(self.name).settings
+        if describe is not None:
+            reported.update(describe(self, eps))
+        return reported

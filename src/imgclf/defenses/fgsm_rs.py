@@ -1,0 +1,80 @@
+"""Fast adversarial training with FGSM from a random start (Wong, Rice and Kolter, "Fast is better
+than free: revisiting adversarial training", ICLR 2020), and its guard against catastrophic overfitting.
+
+FGSM-RS training can overfit catastrophically: within an epoch its PGD
+accuracy collapses while its FGSM accuracy rises, because the model has learnt
+to defeat the single step only. The recipe measures FGSM beside PGD on the
+robust validation subset and stops training when that happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from imgclf.attacks.pgd import pgd
+from imgclf.defenses.recipes import TrainingRecipe, register_recipe
+
+#: Wong et al.'s step size, as a multiple of eps.
+FGSM_RS_STEP = 1.25
+#: A fall in PGD validation accuracy larger than this (absolute) with FGSM accuracy rising is catastrophic overfitting.
+OVERFIT_DROP = 0.2
+
+
+@register_recipe
+@dataclass
+class FGSMRandomStart(TrainingRecipe):
+    """One FGSM step of ``1.25 * eps`` from a uniformly random start, projected (Wong et al.'s Algorithm 1).
+
+    Attributes:
+        overfit_drop: The guard's absolute fall in PGD validation accuracy, in (0, 1].
+    """
+
+    name = "fgsm-rs"
+    summary = "fast FGSM with a random start (Wong et al. 2020), with the catastrophic-overfitting guard"
+    default_steps = 1
+    fixed_steps = True
+    validation_attacks = ("fgsm",)
+
+    overfit_drop: float = OVERFIT_DROP
+
+    def step_size(self, eps: float, steps: int, alpha: float | None) -> float:
+        """``alpha`` if given, else ``1.25 * eps``."""
+        return FGSM_RS_STEP * eps if alpha is None else alpha
+
+    def perturb(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
+                norm: str, steps: int, alpha: float, generator: torch.Generator) -> torch.Tensor:
+        return pgd(model, images, labels, eps=eps, norm=norm, alpha=alpha, steps=1, random_start=True,
+                   early_stop=False, generator=generator)
+
+    def guard(self, history: Sequence[Mapping[str, float]]) -> str | None:
+        """:func:`catastrophic_overfitting` with this recipe's ``overfit_drop``."""
+        return catastrophic_overfitting(history, drop=self.overfit_drop)
+
+
+def catastrophic_overfitting(history: Sequence[Mapping[str, float]], *, drop: float = OVERFIT_DROP) -> str | None:
+    """Whether the last epoch of ``history`` shows catastrophic overfitting, and why.
+
+    It does when its PGD validation accuracy lies more than ``drop`` below the
+    best of the earlier epochs while its FGSM validation accuracy rose over the
+    previous epoch's.
+
+    Args:
+        history: Rows with ``robust_val_accuracy`` and ``fgsm_val_accuracy``, one per epoch.
+        drop: Absolute fall in PGD accuracy, in [0, 1].
+
+    Returns:
+        A sentence describing the collapse, or None.
+    """
+    if len(history) < 2:
+        return None
+    last, previous = history[-1], history[-2]
+    best = max(row["robust_val_accuracy"] for row in history[:-1])
+    fell = best - last["robust_val_accuracy"]
+    if fell > drop and last["fgsm_val_accuracy"] > previous["fgsm_val_accuracy"]:
+        return (f"catastrophic overfitting in epoch {int(last['epoch'])}: PGD validation accuracy fell to "
+                f"{last['robust_val_accuracy']:.4f} (best before {best:.4f}) while FGSM validation accuracy "
+                f"rose to {last['fgsm_val_accuracy']:.4f} (from {previous['fgsm_val_accuracy']:.4f})")
+    return None

@@ -1,0 +1,143 @@
+"""The registries are the one place a contributor extends: an attack registered inside a test
+reaches the CLI, the configuration, the evaluation and the report with no other file touched;
+the README's attack table is the registry's."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgclf.attacks import ATTACKS, AttackSpec, register_attack, robustness
+from imgclf.attacks.core import attack_entry, project
+from imgclf.attacks.registry import attacks_table, unregister_attack
+from imgclf.cli import build_parser, main
+from imgclf.config import load_config
+from imgclf.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("registry") / "digits"
+    assert main(["train", "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@attack_entry
+def corner_noise(model, images, labels, *, eps, norm="linf", generator=None):
+    """A toy black-box attack: each pixel moved by +-eps at random (the test's own attack)."""
+    draw_on = generator.device if generator is not None else images.device
+    signs = torch.randint(0, 2, images.shape, generator=generator, device=draw_on).to(images.device) * 2 - 1
+    return project(images + eps * signs, images, eps, norm)
+
+
+@pytest.fixture
+def toy_attack():
+    register_attack("corner-noise", summary="toy: random corners of the eps cube", norms=("linf",),
+                    white_box=False, default_steps=1, fixed_steps=True)(
+        lambda spec, model, images, labels, eps, gen, target: corner_noise(model, images, labels, eps=eps,
+                                                                           generator=gen))
+    yield "corner-noise"
+    unregister_attack("corner-noise")
+
+
+def test_a_new_attack_is_one_registration(toy_attack, digits_run, capsys):
+    # the CLI lists it
+    help_text = build_parser()._subparsers._group_actions[0].choices["attack"].format_help()
+    assert toy_attack in re.sub(r"\s+", "", help_text)
+    # the configuration accepts it, and checks its norms from the registration
+    assert load_config(None, {"attack.attacks": [toy_attack]}).attack.attacks == [toy_attack]
+    with pytest.raises(UsageError, match="implemented for --norm linf only"):
+        load_config(None, {"attack.attacks": [toy_attack], "attack.norm": "l2", "attack.eps": ["0.5"]})
+    # the evaluation runs it, with the worst case and the checks
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    images, labels = torch.rand(12, 1, 2, 2), torch.randint(0, 3, (12,))
+    result = robustness(model.eval(), images, labels, attacks=[AttackSpec(toy_attack), AttackSpec("fgsm")],
+                        eps_values=[0.0, 0.5], device=torch.device("cpu"))
+    assert [e.attack for e in result.entries if e.eps == 0.5] == [toy_attack, "fgsm", "worst-case"]
+    assert {c["name"]: c["status"] for c in result.checks}["white-box beats black-box"] != "not run"
+    # the attack command runs it and the report renders it
+    assert main(["attack", str(digits_run), "--attack", f"{toy_attack},pgd", "--eps", "0,0.2", "--quiet"]) == 0
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    assert {row["attack"] for row in metrics["robustness"]} == {toy_attack, "pgd", "worst-case"}
+    assert main(["report", str(digits_run)]) == 0
+    assert toy_attack.upper() in (digits_run / "report.html").read_text()
+    capsys.readouterr()
+    # and `imgclf attacks` lists it
+    assert main(["attacks"]) == 0
+    assert toy_attack in capsys.readouterr().out
+
+
+def test_registering_a_taken_name_or_an_unknown_norm_is_refused():
+    with pytest.raises(ValueError, match="registered already"):
+        register_attack("pgd", summary="again")(lambda *args: None)
+    with pytest.raises(ValueError, match="unknown norms"):
+        register_attack("l1-attack", summary="x", norms=("l1",))(lambda *args: None)
+    assert "l1-attack" not in ATTACKS
+
+
+def test_the_readme_attack_table_is_the_registry():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- attacks:table", 1)[1].split("-->", 1)[1].split("<!-- /attacks:table -->")[0]
+    assert table.strip() == attacks_table()
+
+
+def test_every_attack_opens_the_same_way():
+    """The shared opening: input checks, eps 0 returns a copy, a training-mode model is warned about."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 5), torch.nn.Dropout(0.1))
+    images, labels = torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0])
+    for name in ATTACKS:
+        spec = AttackSpec(name, steps=2, queries=5, target_classes=2)
+        with pytest.raises(ValueError, match="pixel space"):
+            spec.run(model.eval(), images * 3, labels, 0.1, torch.Generator())
+        same = spec.run(model.eval(), images, labels, 0.0, torch.Generator())
+        assert torch.equal(same, images) and same is not images
+        with pytest.warns(UserWarning, match="training mode"):
+            spec.run(model.train(), images, labels, 0.1, torch.Generator())
+
+
+def test_a_new_training_recipe_is_one_registration_and_owns_its_guard(tmp_path):
+    from dataclasses import dataclass
+
+    from imgclf.config import AdversarialConfig, DataConfig, TrainConfig
+    from imgclf.data import load_data
+    from imgclf.defenses import TrainingRecipe, register_recipe
+    from imgclf.defenses.recipes import unregister_recipe
+    from imgclf.models import create_model
+    from imgclf.training import fit
+
+    @register_recipe
+    @dataclass
+    class NoiseTraining(TrainingRecipe):
+        name = "noise-test"
+        summary = "train on uniform noise of radius eps (the test's own recipe)"
+        default_steps = 1
+        validation_attacks = ("fgsm",)
+
+        def perturb(self, model, images, labels, *, eps, norm, steps, alpha, generator):
+            noise = torch.rand(images.shape, generator=generator) * 2 - 1
+            return (images + eps * noise).clamp(0, 1)
+
+        def guard(self, history):
+            return "stopped by the test's guard" if len(history) == 2 else None
+
+    try:
+        config = load_config(None, {"adversarial.recipe": "noise-test", "adversarial.eps": "0.1"})
+        data = load_data(DataConfig(), seed=0)
+        s = data.spec
+        model = create_model("mlp", channels=s.channels, image_size=s.image_size, num_classes=s.num_classes,
+                             mean=s.mean, std=s.std)
+        result = fit(model, data, TrainConfig(epochs=4, batch_size=128), augment="none", device=torch.device("cpu"),
+                     seed=0, log=lambda line: None, quiet=True,
+                     adversarial=AdversarialConfig(recipe="noise-test", eps="0.1", val_examples=64, val_steps=2))
+        assert config.adversarial.recipe == "noise-test"
+        assert len(result.history) == 2 and result.stopped_early
+        assert result.catastrophic_overfitting == "stopped by the test's guard"
+        assert {"robust_val_accuracy", "fgsm_val_accuracy", "train_eps"} <= set(result.history[0])
+    finally:
+        unregister_recipe("noise-test")
+    with pytest.raises(UsageError, match="noise-test|valid choices"):
+        load_config(None, {"adversarial.recipe": "noise-test"})
