@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import Rounding, shared_data
 from imgclf.attacks import (
     ATTACKS,
     AttackSpec,
@@ -25,8 +26,6 @@ from imgclf.config import DataConfig, TrainConfig
 from imgclf.data import load_data
 from imgclf.models import create_model
 from imgclf.training import fit
-
-from conftest import Rounding, shared_data
 
 CPU = torch.device("cpu")
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 import yaml
 
+from conftest import Rounding
 from imgclf.checkpoint import load_model
 from imgclf.cli import main
-
-from conftest import Rounding
 
 FIGURES = {"training_curves", "confusion_matrix", "predictions", "robustness", "adversarial"}
 
@@ -29,7 +28,7 @@ def test_run_writes_every_promised_file(run_dir):
     for name in ("config.yaml", "model.safetensors", "model.json", "history.csv", "metrics.json",
                  "splits.npz", "samples.npz", "adversarial.npz", "report.html", "log.txt"):
         assert (run_dir / name).is_file(), name
-    assert FIGURES <= {p.stem for p in (run_dir / "figures").glob("*.png")}
+    assert {p.stem for p in (run_dir / "figures").glob("*.png")} >= FIGURES
     history = (run_dir / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy")
     assert len(history) == 11
@@ -116,8 +115,8 @@ def test_an_existing_run_folder_is_never_overwritten(run_dir, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'; valid choices:"),
     (["run", "--model", "vgg"], "unknown model 'vgg'; valid choices: cnn, fast-cnn, keras-cnn, mlp, preact-resnet18"),
-    (["run", "--attack", "cw"], "unknown attack 'cw'; valid choices: apgd-ce, apgd-ce-t, apgd-dlr, apgd-t, fab-t, fgsm, full, pgd"),
-    (["run", "--preset", "huge"], "unknown attack 'huge'; valid choices: apgd-ce"),
+    (["run", "--attack", "cw"], "unknown attack (attack.attacks) 'cw'; valid choices: apgd-ce, apgd-ce-t, apgd-dlr, apgd-t, fab-t, fgsm, full, pgd"),
+    (["run", "--preset", "huge"], "unknown attack (attack.attacks) 'huge'; valid choices: apgd-ce"),
     (["run", "--norm", "l1"], "unknown norm (attack.norm) 'l1'; valid choices: l2, linf"),
     (["run", "--preset", "full", "--norm", "l2"], "the square attack is implemented for --norm linf only"),
     (["run", "--preset", "full", "--target", "random"], "--target applies to fgsm, pgd, apgd-ce, apgd-dlr"),
@@ -178,14 +177,12 @@ def test_the_report_says_when_a_model_masks_its_gradients(run_dir, tmp_path):
 
     copy = tmp_path / "masked"
     shutil.copytree(run_dir, copy)
-    loaded = pipeline.open_run(copy, overrides={"attack.attacks": ["quick", "square"], "attack.queries": 100,
-                                                "attack.examples": 150, "attack.eps": ["0", "0.1", "0.3"]})
-    masked = Rounding(loaded.model).eval()
-    result = pipeline.attack_stage(loaded.folder, masked, loaded.data, loaded.config, device=loaded.device,
-                                   log=lambda line: None, quiet=True)
+    opened = pipeline.Run.open(copy, quiet=True)
+    opened.model = Rounding(opened.model).eval()  # the Python API attacks whatever model it is given
+    result = opened.attack(attacks=["quick", "square"], queries=100, examples=150, eps=["0", "0.1", "0.3"])
     statuses = {c["name"]: c["status"] for c in result.checks}
     assert statuses["gradients"] == "failed"
-    html = (pipeline.report_stage(loaded.folder, log=lambda line: None)).read_text()
+    html = opened.report().read_text()
     assert "check(s) failed:</strong> treat the robust accuracy above as unproven" in html
     assert '<td class="bad">failed</td>' in html and "all-zero or NaN input gradient" in html
 

@@ -1,13 +1,13 @@
 import pytest
 
-from imgclf.config import (
-    DEFAULT_EPS_GREY,
-    config_from_dict,
-    dump_config,
-    load_config,
-    parse_eps,
-)
+from imgclf.config import config_from_dict, dump_config, load_config
 from imgclf.errors import UsageError
+from imgclf.settings import DEFAULT_EPS
+from imgclf.settings import parse_eps as parse_eps_texts
+
+
+def parse_eps(values, norm="linf"):
+    return [eps.value for eps in parse_eps_texts(values, norm)]
 
 
 def test_parse_eps_accepts_fractions_decimals_lists_and_ranges():
@@ -15,7 +15,7 @@ def test_parse_eps_accepts_fractions_decimals_lists_and_ranges():
     assert parse_eps("0,0.03, 1/255") == [0.0, 0.03, 1 / 255]
     assert parse_eps(["0", 0.1]) == [0.0, 0.1]
     assert parse_eps("0:8/255:2/255") == pytest.approx([0, 2 / 255, 4 / 255, 6 / 255, 8 / 255])
-    assert parse_eps(list(DEFAULT_EPS_GREY)) == [0, 0.05, 0.1, 0.2, 0.3]
+    assert parse_eps(list(DEFAULT_EPS[('linf', 1)])) == [0, 0.05, 0.1, 0.2, 0.3]
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -44,7 +44,7 @@ def test_unknown_keys_and_bad_values_name_the_setting_and_the_choices():
         config_from_dict({"attack": {"attacks": "fgsm,cw"}})
     with pytest.raises(UsageError, match="unknown config key 'optimizer'"):
         config_from_dict({"optimizer": "sgd"})
-    with pytest.raises(UsageError, match="data.val_fraction must be between 0 and 1"):
+    with pytest.raises(UsageError, match=r"data.val_fraction must be a number in \(0, 1\), got 1.5"):
         config_from_dict({"data": {"val_fraction": 1.5}})
 
 

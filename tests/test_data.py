@@ -111,7 +111,7 @@ def test_batches_cover_the_split_once_in_pixel_space():
     seen = []
     for images, labels in iterate_batches(data.val, batch_size=64, device=torch.device("cpu"),
                                           shuffle=True, generator=gen, augment="flip-crop"):
-        assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+        assert images.dtype == torch.float32 and images.min() >= 0 and images.max() <= 1
         seen.append(labels)
     assert torch.equal(torch.cat(seen).sort().values, data.val.labels.sort().values)
 
@@ -130,7 +130,7 @@ def test_augmentations_keep_shape_and_range_and_do_what_they_say():
         windows = [padded[:, y:y + 10, x:x + 12] for y in range(5) for x in range(5)]
         assert any(torch.equal(cropped[i], w) for w in windows)
     jittered = colour_jitter(images, gen)
-    assert jittered.shape == images.shape and 0 <= jittered.min() and jittered.max() <= 1
+    assert jittered.shape == images.shape and jittered.min() >= 0 and jittered.max() <= 1
     assert not torch.allclose(jittered, images)
 
 

@@ -145,7 +145,7 @@ def test_the_checkpoint_is_the_best_robust_epoch_not_the_best_clean_one(digits, 
     states = []
     model = _model(digits)
     result = fit(model, digits, TrainConfig(epochs=3, batch_size=64), augment="none", device=CPU, seed=0,
-                 log=lambda line: None, quiet=True, adversarial=_adversarial(),
+                 log=lambda line: None, quiet=True, adversarial=_adversarial(), adversarial_eps=0.1,
                  on_epoch=lambda result, state: states.append(state["model"]))
     assert result.best_epoch == 2 and result.best_robust_val_accuracy == 0.6
     assert result.best_val_accuracy == result.history[1]["val_accuracy"]
@@ -160,7 +160,7 @@ def test_catastrophic_overfitting_stops_fgsm_rs_and_keeps_the_epoch_before(digit
     monkeypatch.setattr("imgclf.training.RobustValidation", lambda *args, **kwargs: _Scripted(scripted))
     lines = []
     result = fit(_model(digits), digits, TrainConfig(epochs=6, batch_size=64), augment="none", device=CPU, seed=0,
-                 log=lines.append, quiet=True, adversarial=_adversarial("fgsm-rs"))
+                 log=lines.append, quiet=True, adversarial=_adversarial("fgsm-rs"), adversarial_eps=0.1)
     assert len(result.history) == 3 and result.stopped_early and result.best_epoch == 2
     assert "catastrophic overfitting in epoch 3" in result.catastrophic_overfitting
     assert any("catastrophic overfitting" in line and "keeps epoch 2" in line for line in lines)
@@ -177,10 +177,10 @@ def test_resume_gives_the_uninterrupted_adversarial_weights(digits):
 
     reference = _model(digits)
     fit(reference, digits, config, augment="none", device=CPU, seed=0, log=lambda line: None, quiet=True,
-        adversarial=adversarial, on_epoch=save)
+        adversarial=adversarial, adversarial_eps=0.1, on_epoch=save)
     resumed = _model(digits)
     fit(resumed, digits, config, augment="none", device=CPU, seed=0, log=lambda line: None, quiet=True,
-        adversarial=adversarial, resume=torch.load(io.BytesIO(saved[0]), weights_only=True))
+        adversarial=adversarial, adversarial_eps=0.1, resume=torch.load(io.BytesIO(saved[0]), weights_only=True))
     assert all(torch.equal(reference.state_dict()[k], resumed.state_dict()[k]) for k in reference.state_dict())
 
 
@@ -205,7 +205,7 @@ def standard_robust_accuracy(digits):
 def test_adversarial_training_buys_robustness_on_real_digits(digits, standard_robust_accuracy, recipe):
     robust = _model(digits)
     result = fit(robust, digits, GAIN_CONFIG, augment="none", device=CPU, seed=0, log=lambda line: None,
-                 quiet=True, adversarial=_adversarial(recipe, eps="0.1", steps=3, beta=3.0))
+                 quiet=True, adversarial=_adversarial(recipe, eps="0.1", steps=3, beta=3.0), adversarial_eps=0.1)
     assert {"robust_val_accuracy", "train_eps"} <= set(result.history[0])
     gained = _robust_accuracy(robust, digits, 0.1) - standard_robust_accuracy
     assert gained > 0.15, f"{recipe} gained only {gained:.3f} PGD-20 accuracy at eps 0.1"

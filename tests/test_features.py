@@ -11,12 +11,11 @@ from safetensors.numpy import load_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from conftest import shared_data
 from imgclf.checkpoint import load_model
 from imgclf.cli import main
 from imgclf.features.extract import load_features
 from imgclf.teaching.numpy_mlp import MLP
-
-from conftest import shared_data
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import shared_data
 from imgclf.config import DataConfig, TrainConfig
 from imgclf.data import load_data
 from imgclf.evaluation import evaluate
 from imgclf.models import create_model
 from imgclf.training import fit
-
-from conftest import shared_data
 
 
 @pytest.mark.parametrize("name, classes, first_class, min_accuracy", [

@@ -132,7 +132,8 @@ def test_a_new_training_recipe_is_one_registration_and_owns_its_guard(tmp_path):
                              mean=s.mean, std=s.std)
         result = fit(model, data, TrainConfig(epochs=4, batch_size=128), augment="none", device=torch.device("cpu"),
                      seed=0, log=lambda line: None, quiet=True,
-                     adversarial=AdversarialConfig(recipe="noise-test", eps="0.1", val_examples=64, val_steps=2))
+                     adversarial=AdversarialConfig(recipe="noise-test", val_examples=64, val_steps=2),
+                     adversarial_eps=0.1)
         assert config.adversarial.recipe == "noise-test"
         assert len(result.history) == 2 and result.stopped_early
         assert result.catastrophic_overfitting == "stopped by the test's guard"
@@ -141,3 +142,46 @@ def test_a_new_training_recipe_is_one_registration_and_owns_its_guard(tmp_path):
         unregister_recipe("noise-test")
     with pytest.raises(UsageError, match="noise-test|valid choices"):
         load_config(None, {"adversarial.recipe": "noise-test"})
+
+
+def test_every_imgclf_name_the_readme_mentions_exists():
+    import importlib
+
+    import imgclf
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"\bimgclf((?:\.[A-Za-z_]\w*)+)", readme))
+    assert {".Run.train", ".predict", ".attacks.robustness"} <= names
+    for dotted in sorted(names):
+        parts = dotted.strip(".").split(".")
+        obj = imgclf
+        for i, part in enumerate(parts):
+            if not hasattr(obj, part) and isinstance(obj, type(imgclf)):  # a submodule not imported yet
+                try:
+                    importlib.import_module(".".join(["imgclf", *parts[:i + 1]]))
+                except ModuleNotFoundError:
+                    pass
+            if isinstance(obj, type(imgclf)) and part in ("py", "md", "txt", "json", "yaml", "html"):
+                break  # a file name such as imgclf.attacks.registry.py is not an attribute
+            assert hasattr(obj, part), f"the README names imgclf{dotted}, which does not exist"
+            obj = getattr(obj, part)
+
+
+def test_a_run_folder_of_the_previous_release_still_opens(tmp_path, capsys):
+    """tests/data/run-0.1.0 was written by imgclf 0.1.0 before schema versions (an fgsm-rs run on digits)."""
+    import shutil
+
+    from imgclf.pipeline import Run
+    from imgclf.record import read_metrics
+
+    old = tmp_path / "old"
+    shutil.copytree(ROOT / "tests" / "data" / "run-0.1.0", old)
+    metrics = read_metrics(old)
+    assert metrics.schema_version == 1 and metrics.training.adversarial.recipe == "fgsm-rs"
+    assert metrics.worst_case() and metrics.attack.checks
+    opened = Run.open(old, quiet=True)
+    assert opened.settings.train_eps.value == pytest.approx(0.1) and opened.settings.eps_values == [0.0, 0.1]
+    assert main(["report", str(old)]) == 0
+    assert "fgsm-rs" in (old / "report.html").read_text()
+    assert main(["evaluate", str(old), "--quiet"]) == 0
+    assert read_metrics(old).clean["accuracy"] == pytest.approx(metrics.clean["accuracy"])

@@ -2,15 +2,19 @@
 
 Public API (imported lazily, so ``imgclf --version`` stays fast)::
 
+    imgclf.Run.train(config, out=...)  train into a new run folder; .evaluate(), .attack(), .report()
+    imgclf.Run.open(path)              a finished run: .model, .metrics, .settings, .data and the stages
+    imgclf.run(config, out=...)        the whole pipeline (train, evaluate, attack, report) at once
+    imgclf.load_config(path, overrides)     a validated RunConfig; imgclf.resolve(config) its typed Settings
     imgclf.load_model(path)            trained nn.Module in eval mode, [0, 1] input, logits out
     imgclf.read_model_info(path)       its class names, input shape, normalization
+    imgclf.predict(classifier, files)  top-k classes of image files (imgclf.Classifier.load(path))
     imgclf.create_model(name, ...)     a registered architecture with normalization inside
     imgclf.load_data(data_config, seed=...)   train/val/test splits in memory
     imgclf.fit(model, data, train_config, ...) training with the best epoch kept
     imgclf.evaluate(model, split, class_names, device=...)  clean metrics
-    imgclf.attacks.fgsm / imgclf.attacks.pgd / imgclf.attacks.robustness
-    imgclf.run(config, out=...)        the whole pipeline into a run folder
-    imgclf.load_config(path, overrides)     a validated RunConfig
+    imgclf.attacks.fgsm / imgclf.attacks.pgd / imgclf.attacks.robustness / imgclf.attacks.register_attack
+    imgclf.defenses.register_recipe    a new adversarial training recipe
 """
 
 from __future__ import annotations
@@ -29,17 +33,24 @@ _EXPORTS = {
     "fit": "imgclf.training",
     "evaluate": "imgclf.evaluation",
     "run": "imgclf.pipeline",
+    "Run": "imgclf.pipeline",
+    "predict": "imgclf.prediction",
+    "Classifier": "imgclf.prediction",
+    "resolve": "imgclf.settings",
+    "Settings": "imgclf.settings",
     "load_config": "imgclf.config",
     "RunConfig": "imgclf.config",
     "UsageError": "imgclf.errors",
 }
 
-__all__ = ["__version__", "attacks", *_EXPORTS]
+_SUBPACKAGES = ("attacks", "defenses", "models", "data", "report")
+
+__all__ = ["__version__", *_SUBPACKAGES, *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "attacks":
-        return importlib.import_module("imgclf.attacks")
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"imgclf.{name}")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'imgclf' has no attribute {name!r}")

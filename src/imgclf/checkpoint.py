@@ -9,7 +9,7 @@ normalization, data set and versions. Loading never unpickles anything.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ def model_info(
         "normalization": {"mean": model.normalize.mean.flatten().tolist(),
                           "std": model.normalize.std.flatten().tolist()},
         "versions": environment,
-        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "saved": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
@@ -26,7 +26,7 @@ def _examples(text: str) -> str:
 
 def _count_or_all(text: str) -> int | str:
     if text.strip().lower() == "all":
-        return "none"
+        return "all"
     try:
         value = int(text)
     except ValueError:
@@ -47,96 +47,103 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def _flag(group: Any, *names: str, dest: str, help: str = "", metavar: str | None = None,
+          type: Callable[[str], Any] | None = None) -> None:
+    """A flag that sets the setting ``dest`` (``section.field`` or a top-level field); its help ends with
+    the field's declared range and default, and booleans get ``--x/--no-x``. Values are checked by
+    the configuration, with the same message as in a YAML file."""
+    from imgclf.config import RunConfig, section_class
+    from imgclf.constraints import describe_field
+
+    section, _, name = dest.rpartition(".")
+    cls = section_class(section) if section else RunConfig
+    described = describe_field(cls, name)
+    text = f"{help} ({described})" if help and described else help or described
+    if cls.__dataclass_fields__[name].type in ("bool", bool):
+        group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=S,
+                           help=text.replace("%", "%%"))
+        return
+    group.add_argument(*names, dest=dest, default=S, metavar=metavar, type=type, help=text.replace("%", "%%"))
+
+
 def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
     group = parser.add_argument_group("data")
     if full:
-        group.add_argument("--dataset", dest="data.dataset", default=S, metavar="NAME|PATH",
-                           help="built-in data set (see `imgclf datasets`) or an image folder (default: digits)")
-    group.add_argument("--data-dir", dest="data.data_dir", default=S, metavar="DIR",
-                       help="folder holding the data sets (default: $IMGCLF_DATA_DIR, else ~/.cache/imgclf/data)")
+        _flag(group, "--dataset", dest="data.dataset", metavar="NAME|PATH",
+              help="built-in data set (see `imgclf datasets`) or an image folder")
+    _flag(group, "--data-dir", dest="data.data_dir", metavar="DIR",
+          help="folder holding the data sets (default: $IMGCLF_DATA_DIR, else ~/.cache/imgclf/data)")
     if not full:
         return
-    group.add_argument("--image-size", dest="data.image_size", type=int, default=S, metavar="N",
-                       help="resize images to N x N pixels")
-    group.add_argument("--channels", dest="data.channels", type=int, choices=(1, 3), default=S,
-                       help="convert images to 1 (grey) or 3 (RGB) channels (default: from the data)")
-    group.add_argument("--val-fraction", dest="data.val_fraction", type=float, default=S, metavar="F",
-                       help="share of train held out for validation when there is no val split (default 0.2)")
-    group.add_argument("--test-fraction", dest="data.test_fraction", type=float, default=S, metavar="F",
-                       help="share held out for testing when there is no test split (default 0.2)")
-    group.add_argument("--train-examples", dest="data.train_examples", type=int, default=S, metavar="N",
-                       help="train on a seeded stratified subset of N images")
-    group.add_argument("--augment", dest="data.augment", default=S, metavar="PRESET",
-                       help="none | flip-crop | seed000 (default none)")
-    group.add_argument("--balance", dest="data.balance", default=S, metavar="HOW",
-                       help="counter class imbalance: none | weighted-loss | sampler (default none)")
-    group.add_argument("--bad-files", dest="data.bad_files", default=S, metavar="POLICY",
-                       help="image files that fail to decode: skip (listed in bad_files.txt) | error "
-                            "(default skip)")
-    group.add_argument("--cache", dest="data.cache", action=argparse.BooleanOptionalAction, default=S,
-                       help="keep decoded image folders in the decoded-image cache (default on)")
-    group.add_argument("--memory-limit", dest="data.memory_limit_mb", type=int, default=S, metavar="MB",
-                       help="decoded image folders larger than this are read from disk per batch (default 8192)")
+    _flag(group, "--image-size", dest="data.image_size", metavar="N", help="resize images to N x N pixels")
+    _flag(group, "--channels", dest="data.channels", metavar="C",
+          help="convert images to 1 (grey) or 3 (RGB) channels (default: from the data)")
+    _flag(group, "--val-fraction", dest="data.val_fraction", metavar="F",
+          help="share of train held out for validation when there is no val split")
+    _flag(group, "--test-fraction", dest="data.test_fraction", metavar="F",
+          help="share held out for testing when there is no test split")
+    _flag(group, "--train-examples", dest="data.train_examples", metavar="N",
+          help="train on a seeded stratified subset of N images")
+    _flag(group, "--augment", dest="data.augment", metavar="PRESET", help="augmentation preset")
+    _flag(group, "--balance", dest="data.balance", metavar="HOW", help="counter class imbalance")
+    _flag(group, "--bad-files", dest="data.bad_files", metavar="POLICY",
+          help="image files that fail to decode: skip (listed in bad_files.txt) or stop with an error")
+    _flag(group, "--cache", dest="data.cache", help="keep decoded image folders in the decoded-image cache")
+    _flag(group, "--memory-limit", dest="data.memory_limit_mb", metavar="MB",
+          help="decoded image folders larger than this are read from disk per batch")
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and training")
-    group.add_argument("--model", dest="model.name", default=S, metavar="NAME",
-                       help="architecture (see `imgclf models`; default simple-cnn)")
+    _flag(group, "--model", dest="model.name", metavar="NAME", help="architecture (see `imgclf models`)")
     group.add_argument("--model-option", dest="model_options", type=_key_value, action="append", default=[],
                        metavar="KEY=VALUE", help="architecture hyperparameter, e.g. hidden=256 (repeatable)")
-    group.add_argument("--epochs", dest="train.epochs", type=int, default=S, metavar="N", help="default 10")
-    group.add_argument("--batch-size", dest="train.batch_size", type=int, default=S, metavar="N", help="default 64")
-    group.add_argument("--optimizer", dest="train.optimizer", default=S, help="sgd | adam | adamw (default adamw)")
-    group.add_argument("--lr", dest="train.lr", type=float, default=S, help="(peak) learning rate, default 2e-3")
-    group.add_argument("--momentum", dest="train.momentum", type=float, default=S, help="SGD momentum, default 0.9")
-    group.add_argument("--nesterov", dest="train.nesterov", action=argparse.BooleanOptionalAction, default=S,
-                       help="Nesterov momentum for SGD (default on)")
-    group.add_argument("--weight-decay", dest="train.weight_decay", type=float, default=S, help="default 5e-4")
-    group.add_argument("--schedule", dest="train.schedule", default=S,
-                       help="onecycle | cosine | step | constant (default onecycle)")
-    group.add_argument("--label-smoothing", dest="train.label_smoothing", type=float, default=S, help="default 0")
-    group.add_argument("--ema", dest="train.ema", type=float, default=S, metavar="DECAY",
-                       help="validate and keep an exponential moving average of the weights, e.g. 0.999")
-    group.add_argument("--mixup", dest="train.mixup", type=float, default=S, metavar="ALPHA", help="MixUp alpha")
-    group.add_argument("--cutmix", dest="train.cutmix", type=float, default=S, metavar="ALPHA", help="CutMix alpha")
-    group.add_argument("--grad-clip", dest="train.grad_clip", type=float, default=S, metavar="NORM",
-                       help="clip the global gradient norm")
-    group.add_argument("--early-stopping", dest="train.early_stopping", type=int, default=S, metavar="EPOCHS",
-                       help="stop after this many epochs without a better validation accuracy")
-    group.add_argument("--amp", dest="train.amp", default=S, metavar="MODE",
-                       help="mixed precision: auto (bf16 on CUDA) | off | bf16 | fp16")
-    group.add_argument("--compile", dest="train.compile", action=argparse.BooleanOptionalAction, default=S,
-                       help="torch.compile the model")
-    group.add_argument("--channels-last", dest="train.channels_last", action=argparse.BooleanOptionalAction,
-                       default=S, help="channels-last memory format (default on)")
-    group.add_argument("--tensorboard", dest="train.tensorboard", action=argparse.BooleanOptionalAction,
-                       default=S, help="also log to RUN/tensorboard: scalars, figures, hyperparameters")
-    group.add_argument("--tta", dest="eval.tta", action=argparse.BooleanOptionalAction, default=S,
-                       help="test-time augmentation: average each test image's logits with its mirror's")
+    _flag(group, "--epochs", dest="train.epochs", metavar="N", help="training epochs")
+    _flag(group, "--batch-size", dest="train.batch_size", metavar="N", help="training batch size")
+    _flag(group, "--optimizer", dest="train.optimizer", metavar="NAME")
+    _flag(group, "--lr", dest="train.lr", metavar="LR", help="(peak) learning rate")
+    _flag(group, "--momentum", dest="train.momentum", metavar="M", help="SGD momentum")
+    _flag(group, "--nesterov", dest="train.nesterov", help="Nesterov momentum for SGD")
+    _flag(group, "--weight-decay", dest="train.weight_decay", metavar="WD")
+    _flag(group, "--schedule", dest="train.schedule", metavar="NAME", help="learning-rate schedule, per batch")
+    _flag(group, "--label-smoothing", dest="train.label_smoothing", metavar="S")
+    _flag(group, "--ema", dest="train.ema", metavar="DECAY",
+          help="validate and keep an exponential moving average of the weights, e.g. 0.999; 0 is off")
+    _flag(group, "--mixup", dest="train.mixup", metavar="ALPHA", help="MixUp alpha; 0 is off")
+    _flag(group, "--cutmix", dest="train.cutmix", metavar="ALPHA", help="CutMix alpha; 0 is off")
+    _flag(group, "--grad-clip", dest="train.grad_clip", metavar="NORM", help="clip the global gradient norm; 0 is off")
+    _flag(group, "--early-stopping", dest="train.early_stopping", metavar="EPOCHS",
+          help="stop after this many epochs without a better validation accuracy; 0 is off")
+    _flag(group, "--amp", dest="train.amp", metavar="MODE", help="mixed precision: auto is bf16 on CUDA")
+    _flag(group, "--compile", dest="train.compile", help="torch.compile the model")
+    _flag(group, "--channels-last", dest="train.channels_last", help="channels-last memory format")
+    _flag(group, "--tensorboard", dest="train.tensorboard",
+          help="also log to RUN/tensorboard: scalars, figures, hyperparameters")
+    _flag(group, "--tta", dest="eval.tta", help="test-time augmentation: average each test image's logits with "
+                                                "its mirror's")
     group.add_argument("--recipe", dest="recipe", default=S, metavar="NAME",
-                       help="a preset under the config file and flags: fast (airbench-style, CIFAR-sized data)")
-    group.add_argument("--seed", dest="seed", type=int, default=S, help="seeds everything (default 0)")
+                       help="a preset of settings under the config file and flags: fast (airbench-style, "
+                            "CIFAR-sized data)")
+    _flag(group, "--seed", dest="seed", metavar="N", help="seeds everything")
 
 
 def _add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("adversarial training")
-    group.add_argument("--adversarial", dest="adversarial.recipe", default=S, metavar="RECIPE",
-                       help="none (default) | pgd (Madry et al.) | fgsm-rs (fast, Wong et al.) | trades")
-    group.add_argument("--adv-eps", dest="adversarial.eps", default=S, metavar="EPS",
-                       help="training radius in pixel units, e.g. 0.3 or 8/255 (default: the largest --eps)")
-    group.add_argument("--adv-steps", dest="adversarial.steps", type=int, default=S, metavar="N",
-                       help="attack steps of pgd and trades (default 10)")
-    group.add_argument("--adv-step-size", dest="adversarial.alpha", type=float, default=S, metavar="STEP",
-                       help="step size in pixel units (default: fgsm-rs 1.25 * eps, else 2.5 * eps / steps)")
-    group.add_argument("--trades-beta", dest="adversarial.beta", type=float, default=S, metavar="BETA",
-                       help="TRADES weight of the KL term (default 6)")
-    group.add_argument("--eps-warmup", dest="adversarial.warmup_epochs", type=float, default=S, metavar="EPOCHS",
-                       help="eps rises linearly from 0 over these epochs (default: 20%% of the epochs)")
-    group.add_argument("--robust-val-examples", dest="adversarial.val_examples", type=int, default=S, metavar="N",
-                       help="validation images whose PGD accuracy picks the checkpoint (default 1000)")
-    group.add_argument("--robust-val-steps", dest="adversarial.val_steps", type=int, default=S, metavar="N",
-                       help="PGD steps of that robust validation (default 10)")
+    _flag(group, "--adversarial", dest="adversarial.recipe", metavar="RECIPE",
+          help="adversarial training recipe (`imgclf attacks` lists the attacks, the README the recipes)")
+    _flag(group, "--adv-eps", dest="adversarial.eps", metavar="EPS",
+          help="training radius in pixel units, e.g. 0.3 or 8/255 (default: the largest --eps)")
+    _flag(group, "--adv-steps", dest="adversarial.steps", metavar="N",
+          help="attack steps of pgd and trades (default: the recipe's, 10)")
+    _flag(group, "--adv-step-size", dest="adversarial.alpha", metavar="STEP",
+          help="step size in pixel units (default: fgsm-rs 1.25 * eps, else 2.5 * eps / steps)")
+    _flag(group, "--trades-beta", dest="adversarial.beta", metavar="BETA", help="TRADES weight of the KL term")
+    _flag(group, "--eps-warmup", dest="adversarial.warmup_epochs", metavar="EPOCHS",
+          help="eps rises linearly from 0 over these epochs (default: 20% of the epochs)")
+    _flag(group, "--robust-val-examples", dest="adversarial.val_examples", metavar="N",
+          help="validation images whose PGD accuracy picks the checkpoint")
+    _flag(group, "--robust-val-steps", dest="adversarial.val_steps", metavar="N",
+          help="PGD steps of that robust validation")
 
 
 def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
@@ -150,26 +157,22 @@ def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", dest="attack.attacks", type=_preset, default=S, metavar="NAME",
                        help=f"{' | '.join(ATTACK_PRESETS)}: quick is FGSM + PGD-20, full the standard AutoAttack "
                             "ensemble")
-    group.add_argument("--norm", dest="attack.norm", default=S, metavar="NORM", help="linf (default) | l2")
-    group.add_argument("--eps", dest="attack.eps", default=S, metavar="LIST",
-                       help="radii in pixel units, e.g. 0,1/255,2/255 or 0:8/255:2/255 (default under linf "
-                            "0,1/255,2/255,4/255,8/255 for colour, 0,0.05,0.1,0.2,0.3 for grey)")
-    group.add_argument("--n-examples", "--attack-examples", dest="attack.examples", type=_count_or_all, default=S,
-                       metavar="N|all", help="attack a seeded stratified subset of N test images (default 1000)")
-    group.add_argument("--steps", "--pgd-steps", dest="attack.steps", type=int, default=S, metavar="N",
-                       help="iterations (default: PGD 20, APGD and FAB 100)")
-    group.add_argument("--step-size", "--pgd-alpha", dest="attack.alpha", type=float, default=S, metavar="STEP",
-                       help="PGD step size in pixel units (default 2.5 * eps / steps)")
-    group.add_argument("--restarts", dest="attack.restarts", type=int, default=S, metavar="N",
-                       help="random restarts of PGD, APGD and FAB (default 1)")
-    group.add_argument("--random-start", dest="attack.random_start", action=argparse.BooleanOptionalAction,
-                       default=S, help="PGD random start (default on)")
-    group.add_argument("--target", dest="attack.target", default=S, metavar="MODE",
-                       help=f"targeted {'/'.join(targetable_attacks())}: random | least-likely | a class name "
-                            "or index")
-    group.add_argument("--queries", dest="attack.queries", type=int, default=S, metavar="N",
-                       help="Square's queries per example (default 5000)")
-    group.add_argument("--attack-batch-size", dest="attack.batch_size", type=int, default=S, metavar="N")
+    _flag(group, "--norm", dest="attack.norm", metavar="NORM", help="the norm that bounds the perturbation")
+    _flag(group, "--eps", dest="attack.eps", metavar="LIST",
+          help="radii in pixel units, e.g. 0,1/255,2/255 or 0:8/255:2/255 (default under linf "
+               "0,1/255,2/255,4/255,8/255 for colour, 0,0.05,0.1,0.2,0.3 for grey)")
+    _flag(group, "--n-examples", "--attack-examples", dest="attack.examples", metavar="N|all", type=_count_or_all,
+          help="attack a seeded stratified subset of N test images")
+    _flag(group, "--steps", "--pgd-steps", dest="attack.steps", metavar="N",
+          help="iterations (default: each attack's, PGD 20, APGD and FAB 100)")
+    _flag(group, "--step-size", "--pgd-alpha", dest="attack.alpha", metavar="STEP",
+          help="PGD step size in pixel units (default 2.5 * eps / steps)")
+    _flag(group, "--restarts", dest="attack.restarts", metavar="N", help="random restarts of PGD, APGD and FAB")
+    _flag(group, "--random-start", dest="attack.random_start", help="PGD random start")
+    _flag(group, "--target", dest="attack.target", metavar="MODE",
+          help=f"targeted {'/'.join(targetable_attacks())}: random | least-likely | a class name or index")
+    _flag(group, "--queries", dest="attack.queries", metavar="N", help="Square's queries per example")
+    _flag(group, "--attack-batch-size", dest="attack.batch_size", metavar="N")
 
 
 def _preset(text: str) -> list[str]:
@@ -177,7 +180,7 @@ def _preset(text: str) -> list[str]:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", dest="device", default=S, help="auto | cpu | cuda (default auto)")
+    _flag(parser, "--device", dest="device")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and the run folder")
 
 
@@ -446,9 +449,9 @@ def _export(args: argparse.Namespace) -> int:
     from imgclf.checkpoint import read_model_info
     from imgclf.data import stratified_subset
     from imgclf.export import FORMATS, export_model
-    from imgclf.pipeline import open_run
+    from imgclf.pipeline import Run
 
-    loaded = open_run(args.run_dir, overrides=_overrides(args))
+    loaded = Run.open(args.run_dir, overrides=_overrides(args))
     out = Path(args.out) if args.out else loaded.folder.path / f"model{FORMATS[args.export_format]}"
     test = loaded.data.test
     rows = stratified_subset(test.labels.numpy(), max(2, args.examples), loaded.config.seed)
@@ -519,10 +522,10 @@ def _mlp_numpy(args: argparse.Namespace) -> int:
 
 def _features(args: argparse.Namespace) -> int:
     from imgclf.features.extract import feature_path, features_from_run, layer_names, save_features
-    from imgclf.pipeline import open_run
+    from imgclf.pipeline import Run
 
     if args.list_layers:
-        for name in layer_names(open_run(args.run_dir, overrides=_overrides(args)).model):
+        for name in layer_names(Run.open(args.run_dir, overrides=_overrides(args)).model):
             print(name)
         return 0
     if not args.out:
@@ -592,7 +595,7 @@ def dispatch(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume continues a run with its own config.yaml; drop {', '.join(extra)} "
                              "(only --device and --quiet apply)")
         device = {"device": args.device} if hasattr(args, "device") else {}
-        folder = pipeline.resume_stage(args.resume, quiet=args.quiet, overrides=device).folder
+        folder = pipeline.Run.resume(args.resume, quiet=args.quiet, overrides=device).folder
         if args.quiet:
             print(folder.path)
         return 0
@@ -601,7 +604,7 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.command == "run":
             folder = pipeline.run(config, out=args.out, quiet=args.quiet)
         else:
-            folder = pipeline.train_stage(config, out=args.out, quiet=args.quiet).folder
+            folder = pipeline.Run.train(config, out=args.out, quiet=args.quiet).folder
         if args.quiet and folder is not None:
             print(folder.path)
         return 0
@@ -615,16 +618,13 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"report: {compare_runs(args.run_dirs, args.out)}")
         return 0
     if args.command == "report":
-        pipeline.report_stage(pipeline.RunFolder.open(args.run_dir))
+        pipeline.report_folder(args.run_dir)
         return 0
-    loaded = pipeline.open_run(args.run_dir, overrides=_overrides(args))
-    log = pipeline.RunLog(loaded.folder, quiet=args.quiet)
+    opened = pipeline.Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet)
     if args.command == "evaluate":
-        pipeline.evaluate_stage(loaded.folder, loaded.model, loaded.data, device=loaded.device,
-                                seed=loaded.config.seed, tta=loaded.config.eval.tta, log=log)
+        opened.evaluate()
     else:
-        pipeline.attack_stage(loaded.folder, loaded.model, loaded.data, loaded.config, device=loaded.device,
-                              log=log, quiet=args.quiet)
+        opened.attack()
     return 0
 
 

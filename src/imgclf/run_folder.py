@@ -1,23 +1,9 @@
-"""The run folder: where each stage writes its results, atomically.
+"""The run folder on disk: creating, opening, and atomic readers and writers.
 
-Layout (every file optional until its stage has run)::
-
-    RUN/
-      config.yaml          resolved configuration (feed back with --config)
-      model.safetensors    weights (normalization buffers included)
-      model.json           architecture, class names, input shape, normalization, versions
-      splits.npz           indices of the train/val/test examples used
-      history.csv          one row per epoch
-      metrics.json         dataset, model, clean metrics, robustness, timing, environment
-      samples.npz          test images with true and predicted labels (for the report)
-      adversarial.npz      clean and adversarial images with predictions (for the report)
-      log.txt              everything printed during the run
-      figures/*.png        written by the report stage
-      report.html          one self-contained page
-
-Every write goes to a temporary file in the same folder that is then renamed
-over the target, so a reader never sees a half-written file and an
-interrupted run leaves the previous version intact.
+What each file holds, its name and the sections of ``metrics.json`` are
+defined in :mod:`imgclf.record`. Every write goes to a temporary file in the
+same folder that is then renamed over the target, so a reader never sees a
+half-written file and an interrupted run leaves the previous version intact.
 """
 
 from __future__ import annotations
@@ -33,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from imgclf import record
 from imgclf.errors import UsageError
 
 
@@ -68,10 +55,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-#: The settings of a run that trained a classifier on features (``imgclf fit-features``, ``imgclf mlp-numpy``).
-CLASSIFIER_CONFIG = "classifier.yaml"
 
 
 class RunFolder:
@@ -130,7 +113,7 @@ class RunFolder:
         folder = cls(path)
         if not folder.path.is_dir():
             raise UsageError(f"run folder {str(path)!r} does not exist")
-        if not folder.config_path.is_file() and folder.file(CLASSIFIER_CONFIG).is_file():
+        if not folder.config_path.is_file() and folder.file(record.CLASSIFIER_CONFIG).is_file():
             raise UsageError(f"{str(path)!r} holds a classifier trained on features (imgclf fit-features or "
                              "mlp-numpy), not an image model; this command needs a run of imgclf run or train")
         if not folder.config_path.is_file():
@@ -141,17 +124,17 @@ class RunFolder:
     @property
     def config_path(self) -> Path:
         """``RUN/config.yaml``."""
-        return self.path / "config.yaml"
+        return self.path / record.CONFIG
 
     @property
     def weights_path(self) -> Path:
         """``RUN/model.safetensors`` (its metadata is ``RUN/model.json``)."""
-        return self.path / "model.safetensors"
+        return self.path / record.WEIGHTS
 
     @property
     def figures(self) -> Path:
         """``RUN/figures``."""
-        return self.path / "figures"
+        return self.path / record.FIGURES
 
     def file(self, name: str) -> Path:
         """``RUN/name``."""
@@ -173,13 +156,13 @@ class RunFolder:
 
     def update_metrics(self, updates: dict[str, Any]) -> dict[str, Any]:
         """Merge ``updates`` into ``metrics.json`` (dict values merge one level deep)."""
-        metrics = self.read_json("metrics.json", default={})
+        metrics = self.read_json(record.METRICS, default={})
         for key, value in updates.items():
             if isinstance(value, dict) and isinstance(metrics.get(key), dict):
                 metrics[key] = {**metrics[key], **value}
             else:
                 metrics[key] = value
-        self.write_json("metrics.json", metrics)
+        self.write_json(record.METRICS, metrics)
         return metrics
 
     def write_csv(self, name: str, rows: list[dict[str, Any]]) -> Path:
@@ -219,5 +202,5 @@ class RunFolder:
 
     def append_log(self, line: str) -> None:
         """Append one line to ``log.txt`` (a log, so appending is the right write)."""
-        with self.file("log.txt").open("a", encoding="utf-8") as handle:
+        with self.file(record.LOG).open("a", encoding="utf-8") as handle:
             handle.write(line.rstrip("\n") + "\n")

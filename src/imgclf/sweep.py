@@ -32,7 +32,6 @@ finished trial is recorded beside it, for reading, not for choosing.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -41,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from imgclf.config import load_config, set_dotted
+from imgclf.config import load_config
 from imgclf.errors import UsageError
 from imgclf.run_folder import RunFolder, atomic_write_text
 
@@ -232,7 +231,7 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
     """
     import optuna
 
-    from imgclf.pipeline import RunLog, attack_stage, evaluate_stage, report_stage, train_stage
+    from imgclf.pipeline import Run
 
     spec = load_sweep(path, trials=trials, storage=storage, out=out, seed=seed)
     _prepare_out(spec)
@@ -263,14 +262,11 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
 
         try:
             config = load_config(None, {**spec.base, **params})
-            trained = train_stage(config, out=run_dir, quiet=True, after_epoch=report_epoch)
-            log = RunLog(trained.folder, quiet=True)
-            evaluation = evaluate_stage(trained.folder, trained.model, trained.data, device=trained.device,
-                                        seed=config.seed, tta=config.eval.tta, log=log)
+            trained = Run.train(config, out=run_dir, quiet=True, after_epoch=report_epoch)
+            evaluation = trained.evaluate()
             if spec.attack:
-                attack_stage(trained.folder, trained.model, trained.data, trained.config, device=trained.device,
-                             log=log, quiet=True)
-            report_stage(trained.folder, log=log)
+                trained.attack()
+            trained.report()
         except optuna.TrialPruned as pruned:
             trial.set_user_attr("seconds", time.perf_counter() - began)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -285,7 +281,7 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
         except BaseException:  # a crash or Ctrl-C: record the trial as failed, not running forever
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        value = trained.result.best_val_accuracy
+        value = trained.trained.best_val_accuracy
         trial.set_user_attr("test_accuracy", evaluation.metrics.accuracy)
         trial.set_user_attr("seconds", time.perf_counter() - began)
         study.tell(trial, value)

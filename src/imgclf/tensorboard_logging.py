@@ -13,11 +13,14 @@ Needs the ``tensorboard`` package (``pip install "imgclf[tensorboard]"``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from imgclf.errors import UsageError
+
+if TYPE_CHECKING:
+    from imgclf.record import Metrics
 
 
 def _writer(log_dir: Path):
@@ -75,24 +78,24 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def log_results(log_dir: Path, config: dict[str, Any], metrics: dict[str, Any], figures: dict[str, Any]) -> None:
+def log_results(log_dir: Path, config: dict[str, Any], metrics: Metrics, figures: dict[str, Any]) -> None:
     """Figures as images and the hyperparameters with the final metrics.
 
     Args:
         log_dir: The run's ``tensorboard`` folder.
         config: The resolved configuration as nested dicts.
-        metrics: The run's ``metrics.json``.
+        metrics: The run's ``metrics.json`` (:func:`imgclf.record.read_metrics`).
         figures: ``{name: matplotlib Figure}`` to log as images.
     """
     writer = _writer(log_dir)
     for name, figure in figures.items():
         writer.add_figure(f"figures/{name}", figure, close=False)
     final: dict[str, float] = {}
-    if metrics.get("clean"):
-        final.update({f"test/{k}": metrics["clean"][k] for k in ("accuracy", "macro_f1", "balanced_accuracy")})
-    if metrics.get("training"):
-        final["val/best_accuracy"] = metrics["training"]["best_val_accuracy"]
-    for row in metrics.get("robustness", []):
-        final[f"robust/{row['attack']}_eps{row['eps']:.4g}"] = row["accuracy"]
+    if metrics.clean:
+        final.update({f"test/{k}": metrics.clean[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")})
+    if metrics.training:
+        final["val/best_accuracy"] = metrics.training.best_val_accuracy
+    for row in metrics.robustness:
+        final[f"robust/{row.attack}_eps{row.eps:.4g}"] = row.accuracy
     writer.add_hparams(_flat(config), final, run_name=".")
     writer.close()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from imgclf.config import AdversarialConfig, TrainConfig, parse_eps
+from imgclf.config import AdversarialConfig, TrainConfig
 from imgclf.data.batches import iterate_batches, num_batches
 from imgclf.data.containers import DataSplits
 from imgclf.defenses import Adversary, RobustValidation, warmup_steps
@@ -244,6 +244,7 @@ def fit(
     distributed: Distributed | None = None,
     on_step: Callable[[torch.Tensor, float], None] | None = None,
     adversarial: AdversarialConfig | None = None,
+    adversarial_eps: float | None = None,
     norm: str = "linf",
 ) -> TrainResult:
     """Train ``model`` on ``data.train``, validate on ``data.val`` after every epoch.
@@ -271,15 +272,18 @@ def fit(
         distributed: Rank and world size under ``torchrun``; each process
             trains on its share of every epoch and gradients are averaged.
         on_step: Called after every optimizer step (see :func:`train_one_epoch`).
-        adversarial: Adversarial training settings with ``eps`` filled in (see
-            :mod:`imgclf.defenses`); None or recipe ``none`` trains on clean images.
+        adversarial: Adversarial training settings (see :mod:`imgclf.defenses`);
+            None or recipe ``none`` trains on clean images. Its ``eps`` text is not
+            read: the radius is ``adversarial_eps``.
+        adversarial_eps: The training radius in pixel units under ``norm``
+            (:attr:`imgclf.settings.Settings.train_eps`), required with a recipe.
         norm: The norm of the adversarial training eps: ``"linf"`` or ``"l2"``.
 
     Returns:
         History and best epoch; ``model`` holds the best weights, in eval mode.
 
     Raises:
-        ValueError: If adversarial training is asked for without an eps.
+        ValueError: If adversarial training is asked for without ``adversarial_eps``.
     """
     dist = distributed or Distributed()
     if resume is None:
@@ -314,9 +318,10 @@ def fit(
         torch.backends.cudnn.benchmark = True
     adversary = robust_val = None
     if adversarial is not None and adversarial.enabled:
-        if adversarial.eps is None:
-            raise ValueError("adversarial training needs adversarial.eps (the pipeline fills in the default)")
-        (eps,) = parse_eps(adversarial.eps, norm)
+        if adversarial_eps is None:
+            raise ValueError("adversarial training needs adversarial_eps, the radius in pixel units "
+                             "(imgclf.settings.resolve gives it as Settings.train_eps)")
+        eps = adversarial_eps
         adversary = Adversary(model, recipe=adversarial.recipe, eps=eps, norm=norm, steps=adversarial.steps,
                               alpha=adversarial.alpha, options=dataclasses.asdict(adversarial),
                               warmup_steps=warmup_steps(adversarial.warmup_epochs, config.epochs, steps),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from imgclf.attacks.losses import LOSSES, get_loss
 from imgclf.attacks.core import (
     attack_entry,
     fooled,
@@ -21,6 +20,7 @@ from imgclf.attacks.core import (
     steepest_step,
     top_classes,
 )
+from imgclf.attacks.losses import LOSSES, get_loss
 from imgclf.attacks.registry import register_attack
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from imgclf.attacks.losses import cross_entropy
 from imgclf.attacks.core import attack_entry, logits_and_gradient, project, steepest_step
+from imgclf.attacks.losses import cross_entropy
 from imgclf.attacks.registry import register_attack
 
 

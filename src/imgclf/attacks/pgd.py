@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from imgclf.attacks.losses import cross_entropy
 from imgclf.attacks.core import (
     attack_entry,
     fooled,
@@ -18,6 +17,7 @@ from imgclf.attacks.core import (
     set_aside,
     steepest_step,
 )
+from imgclf.attacks.losses import cross_entropy
 from imgclf.attacks.registry import register_attack
 
 

@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from imgclf.attacks.losses import margin
 from imgclf.attacks.core import attack_entry, project, set_aside
+from imgclf.attacks.losses import margin
 from imgclf.attacks.registry import register_attack
 
 

@@ -16,6 +16,7 @@ from imgclf.data.containers import ImageSplit
 from imgclf.data.loading import stratified_subset
 from imgclf.runtime import generator
 
+
 class RobustValidation:
     """PGD (and FGSM) accuracy on a fixed, seeded, stratified validation subset.
 

@@ -136,9 +136,9 @@ def features_from_run(run_dir: str | Path, *, layer: str = PENULTIMATE, batch_si
     Raises:
         UsageError: If the folder is not a run, its data cannot be loaded, or the layer is unknown.
     """
-    from imgclf.pipeline import open_run
+    from imgclf.pipeline import Run
 
-    loaded = open_run(run_dir, overrides=overrides)
+    loaded = Run.open(run_dir, overrides=overrides)
     return _feature_set(
         loaded.data, lambda split: extract_features(loaded.model, split, layer=layer, device=loaded.device,
                                                     batch_size=batch_size),

@@ -17,10 +17,12 @@ import numpy as np
 import sklearn
 import yaml
 
+from imgclf import record
 from imgclf.features.classifiers import fit_classifier, resolve_options
 from imgclf.features.extract import FeatureSet
 from imgclf.metrics import classification_metrics
-from imgclf.run_folder import CLASSIFIER_CONFIG, RunFolder, atomic_write_bytes, atomic_write_text
+from imgclf.record import SCHEMA_VERSION, DataCounts, Training, section
+from imgclf.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 
 
 def describe_inputs(source: dict[str, Any]) -> str:
@@ -59,9 +61,9 @@ def fit_classifier_run(data: FeatureSet, classifier: str, *, options: dict[str, 
         f"{len(data.test_y)} test, {data.num_classes} classes")
     result, scaler = fit_classifier(classifier, data, options=options, seed=seed, log=log)
     settings = {"classifier": classifier, "options": result.options, "seed": seed, "inputs": data.source}
-    atomic_write_text(folder.file(CLASSIFIER_CONFIG), yaml.safe_dump(json.loads(json.dumps(settings)), sort_keys=False))
+    atomic_write_text(folder.file(record.CLASSIFIER_CONFIG), yaml.safe_dump(json.loads(json.dumps(settings)), sort_keys=False))
     if result.history:
-        folder.write_csv("history.csv", result.history)
+        folder.write_csv(record.HISTORY, result.history)
     if result.weights is not None:
         from safetensors.numpy import save
 
@@ -72,13 +74,13 @@ def fit_classifier_run(data: FeatureSet, classifier: str, *, options: dict[str, 
                                               "tensors": {k: list(v.shape) for k, v in tensors.items()}})
     metrics = classification_metrics(data.test_y, result.test_predictions, data.class_names)
     folder.update_metrics({
+        "schema_version": SCHEMA_VERSION,
         "dataset": data.source.get("dataset", "features"), "model": classifier, "num_classes": data.num_classes,
         "class_names": data.class_names, "seed": seed, "inputs": describe_inputs(data.source),
-        "data": {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y),
-                 "input_shape": data.source.get("input_shape"), "features": data.width},
+        "data": section(DataCounts(len(data.train_y), len(data.val_y), len(data.test_y),
+                                   data.source.get("input_shape"), features=data.width)),
         "clean": metrics.to_dict(),
-        "training": {"best_epoch": result.best_epoch, "best_val_accuracy": result.val_accuracy,
-                     "epochs_run": len(result.history)},
+        "training": section(Training(result.best_epoch, result.val_accuracy, epochs_run=len(result.history))),
         "timing": {"train_seconds": result.seconds},
         "environment": {"python": platform.python_version(), "numpy": np.__version__,
                         "scikit-learn": sklearn.__version__},

@@ -12,6 +12,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from imgclf import record
+from imgclf.record import Metrics, read_metrics
 from imgclf.report.html import jinja_environment, percent
 from imgclf.report.plots import embed_figures, eps_label
 from imgclf.run_folder import RunFolder, atomic_write_text
@@ -23,30 +25,29 @@ class ComparedRun:
 
     name: str
     path: Path
-    metrics: dict
+    metrics: Metrics
     history: list[dict[str, float]]
     colour: bool
 
     @property
     def training(self) -> str:
         """``standard``, or the adversarial recipe and its eps."""
-        adversarial = self.metrics.get("training", {}).get("adversarial")
-        if not adversarial:
+        adversarial = self.metrics.training.adversarial if self.metrics.training else None
+        if adversarial is None:
             return "standard"
-        return f"{adversarial['recipe']} at eps {eps_label(adversarial['eps'], self.colour)}"
+        return f"{adversarial.recipe} at eps {eps_label(adversarial.eps, self.colour)}"
 
     def worst_case(self) -> dict[float, float]:
         """Worst-case robust accuracy by eps (the only attack's rows when there is one)."""
-        rows = self.metrics.get("robustness") or []
-        return {row["eps"]: row["accuracy"] for row in rows if row["attack"] == "worst-case"}
+        return {row.eps: row.accuracy for row in self.metrics.worst_case()}
 
 
 def _load(path: str | Path) -> ComparedRun:
     folder = RunFolder.open(path)
-    info = folder.read_json("model.json", default={})
+    info = folder.read_json(record.MODEL_INFO, default={})
     colour = (info.get("input_shape") or [0])[0] == 3
-    return ComparedRun(folder.path.name, folder.path, folder.read_json("metrics.json", default={}),
-                       folder.read_csv("history.csv"), colour)
+    return ComparedRun(folder.path.name, folder.path, read_metrics(folder.path), folder.read_csv(record.HISTORY),
+                       colour)
 
 
 def robustness_comparison(runs: list[ComparedRun]) -> Figure:
@@ -123,25 +124,25 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
 
     rows, summary = [], []
     for run in runs:
-        clean = run.metrics.get("clean") or {}
+        clean = run.metrics.clean or {}
         worst = run.worst_case()
-        seconds = run.metrics.get("timing", {}).get("train_seconds")
+        seconds = run.metrics.timing.get("train_seconds")
         rows.append({
-            "name": run.name, "path": str(run.path), "model": run.metrics.get("model", "?"), "training": run.training,
+            "name": run.name, "path": str(run.path), "model": run.metrics.model, "training": run.training,
             "accuracy": percent(clean.get("accuracy")),
             "macro_f1": "–" if clean.get("macro_f1") is None else f"{clean['macro_f1']:.4f}",
             "robust": [percent(worst.get(eps)) for eps in eps_values],
             "train_time": "–" if seconds is None else f"{seconds:.0f} s",
-            "warnings": run.metrics.get("attack", {}).get("warnings", []),
+            "warnings": run.metrics.attack.warnings if run.metrics.attack else [],
         })
-        summary.append({"run": str(run.path), "model": run.metrics.get("model"), "dataset": run.metrics.get("dataset"),
+        summary.append({"run": str(run.path), "model": run.metrics.model, "dataset": run.metrics.dataset,
                         "training": run.training, "test_accuracy": clean.get("accuracy"),
                         "macro_f1": clean.get("macro_f1"), "worst_case_robust_accuracy": worst,
                         "train_seconds": seconds})
     colour = any(run.colour for run in runs)
     html = jinja_environment().get_template("compare.html.j2").render(
         rows=rows, figures=encoded, version=__version__,
-        datasets=sorted({str(run.metrics.get("dataset", "?")) for run in runs}),
+        datasets=sorted({run.metrics.dataset for run in runs}),
         eps_columns=[{"label": eps_label(eps, colour)} for eps in eps_values],
     )
     atomic_write_text(folder.file("comparison.json"),

@@ -1,16 +1,21 @@
 """The report stage: figures and one self-contained ``report.html`` from a run folder.
 
-It renders what the earlier stages saved (``metrics.json``, ``history.csv``,
-``samples.npz``, ``adversarial.npz``, ``config.yaml``) and computes nothing.
+It renders what the earlier stages saved (``metrics.json`` read through
+:func:`imgclf.record.read_metrics`, ``history.csv``, ``samples.npz``,
+``adversarial.npz``, ``config.yaml``) and computes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
+from imgclf import record
+from imgclf.record import WORST_CASE, Metrics, read_metrics
 from imgclf.report.plots import (
     adversarial_figure,
     confusion_matrix_figure,
@@ -20,7 +25,7 @@ from imgclf.report.plots import (
     robustness_curve,
     training_curves,
 )
-from imgclf.run_folder import CLASSIFIER_CONFIG, RunFolder, atomic_write_text
+from imgclf.run_folder import RunFolder, atomic_write_text
 
 
 def percent(value: float | None) -> str:
@@ -28,40 +33,71 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
 
 
-def _input_shape(metrics: dict, info: dict) -> list[int]:
+def _input_shape(metrics: Metrics, info: dict[str, Any]) -> list[int]:
     """``(C, H, W)`` from ``model.json``, else from ``metrics.json`` (runs on features), else zeros."""
-    return info.get("input_shape") or (metrics.get("data") or {}).get("input_shape") or [0, 0, 0]
+    return info.get("input_shape") or (metrics.data.input_shape if metrics.data else None) or [0, 0, 0]
+
+
+def _model_info(folder: RunFolder) -> dict[str, Any]:
+    """``model.json`` (empty for a classifier on features, which has none)."""
+    return folder.read_json(record.MODEL_INFO, default={})
 
 
 def build_figures(folder: RunFolder) -> dict[str, Figure]:
     """Every figure the run folder has the data for, by name (in report order)."""
-    metrics = folder.read_json("metrics.json", default={})
-    info = folder.read_json("model.json", default={})
-    history = folder.read_csv("history.csv")
-    class_names = metrics.get("class_names") or info.get("class_names") or []
+    metrics = read_metrics(folder.path)
+    info = _model_info(folder)
+    class_names = metrics.class_names or info.get("class_names") or []
     colour = _input_shape(metrics, info)[0] == 3
     figures: dict[str, Figure] = {}
+    history = folder.read_csv(record.HISTORY)
     if history:
-        figures["training_curves"] = (training_curves(history))
-    clean = metrics.get("clean")
-    if clean:
-        figures["confusion_matrix"] = (confusion_matrix_figure(clean["confusion_matrix"], class_names))
-    samples = folder.read_arrays("samples.npz")
+        figures["training_curves"] = training_curves(history)
+    if metrics.clean:
+        figures["confusion_matrix"] = confusion_matrix_figure(metrics.clean["confusion_matrix"], class_names)
+    samples = folder.read_arrays(record.SAMPLES)
     if samples is not None and len(samples["labels"]):
-        figures["predictions"] = (prediction_grid(samples["images"], samples["labels"], samples["predictions"],
-                                           class_names, title="Random test images (wrong predictions in red)"))
+        figures["predictions"] = prediction_grid(samples["images"], samples["labels"], samples["predictions"],
+                                                 class_names, title="Random test images (wrong predictions in red)")
     if samples is not None and len(samples["error_labels"]):
-        figures["mistakes"] = (prediction_grid(samples["error_images"], samples["error_labels"],
-                                        samples["error_predictions"], class_names,
-                                        title="Misclassified test images"))
-    robustness = metrics.get("robustness") or []
-    attack_info = metrics.get("attack", {})
-    if robustness:
-        figures["robustness"] = (robustness_curve(robustness, attack_info.get("clean_accuracy", float("nan")), colour=colour))
-    adversarial = folder.read_arrays("adversarial.npz")
+        figures["mistakes"] = prediction_grid(samples["error_images"], samples["error_labels"],
+                                              samples["error_predictions"], class_names,
+                                              title="Misclassified test images")
+    if metrics.robustness:
+        clean = metrics.attack.clean_accuracy if metrics.attack else float("nan")
+        figures["robustness"] = robustness_curve(metrics.robustness, clean, colour=colour)
+    adversarial = folder.read_arrays(record.ADVERSARIAL_EXAMPLES)
     if adversarial is not None and any(key.startswith("adv_") for key in adversarial):
-        figures["adversarial"] = (adversarial_figure(adversarial, class_names, colour=colour))
+        figures["adversarial"] = adversarial_figure(adversarial, class_names, colour=colour)
     return figures
+
+
+def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
+    """The headline numbers at the top of the report: test accuracy, the training recipe, macro F1,
+    balanced accuracy, each attack at its largest eps, the worst case, and the failed checks."""
+    clean, training = metrics.clean, metrics.training
+    cards = [{"label": "test accuracy", "value": percent(clean["accuracy"]) if clean else "–"}]
+    if training is not None and training.adversarial is not None:
+        trained = training.adversarial
+        cards.append({"label": f"trained with {trained.recipe} at eps {eps_label(trained.eps, colour)}",
+                      "value": percent(trained.best_robust_val_accuracy) + " robust val"})
+    if clean:
+        cards.append({"label": "macro F1", "value": f"{clean['macro_f1']:.4f}"})
+        cards.append({"label": "balanced accuracy", "value": percent(clean["balanced_accuracy"])})
+    attacks = metrics.attacks()
+    for attack in attacks:
+        largest = max((row for row in metrics.robustness if row.attack == attack), key=lambda row: row.eps)
+        cards.append({"label": f"{attack.upper()} accuracy at eps {eps_label(largest.eps, colour)}",
+                      "value": percent(largest.accuracy)})
+    worst = metrics.worst_case()
+    if worst and len(attacks) > 1:
+        cards.append({"label": f"worst-case robust accuracy at eps {eps_label(worst[-1].eps, colour)}",
+                      "value": percent(worst[-1].accuracy)})
+    checks = metrics.attack.checks if metrics.attack else []
+    if checks:
+        failed = sum(check["status"] == "failed" for check in checks)
+        cards.append({"label": "sanity checks failed", "value": f"{failed} of {len(checks)}"})
+    return cards
 
 
 def write_report(folder: RunFolder) -> Path:
@@ -72,76 +108,51 @@ def write_report(folder: RunFolder) -> Path:
 
     Returns:
         The path of ``report.html``.
+
+    Raises:
+        UsageError: If ``metrics.json`` cannot be read (see :func:`imgclf.record.read_metrics`).
     """
-    metrics = folder.read_json("metrics.json", default={})
-    info = folder.read_json("model.json", default={})
-    class_names = metrics.get("class_names") or info.get("class_names") or []
+    from imgclf import __version__
+
+    metrics = read_metrics(folder.path)
+    info = _model_info(folder)
+    class_names = metrics.class_names or info.get("class_names") or []
     input_shape = _input_shape(metrics, info)
     colour = input_shape[0] == 3
     figures = embed_figures(build_figures(folder), folder.figures)
-    clean = metrics.get("clean")
-    robustness = metrics.get("robustness") or []
-    attack_info = metrics.get("attack", {})
-
-    training = metrics.get("training", {})
-    cards = [{"label": "test accuracy", "value": percent(clean["accuracy"]) if clean else "–"}]
-    if training.get("adversarial"):
-        trained = training["adversarial"]
-        cards.append({"label": f"trained with {trained['recipe']} at eps {eps_label(trained['eps'], colour)}",
-                      "value": percent(trained["best_robust_val_accuracy"]) + " robust val"})
-    if clean:
-        cards.append({"label": "macro F1", "value": f"{clean['macro_f1']:.4f}"})
-        cards.append({"label": "balanced accuracy", "value": percent(clean["balanced_accuracy"])})
-    worst_rows = [row for row in robustness if row["attack"] == "worst-case"]
-    for attack in dict.fromkeys(row["attack"] for row in robustness if row["attack"] != "worst-case"):
-        largest = max((row for row in robustness if row["attack"] == attack), key=lambda row: row["eps"])
-        cards.append({
-            "label": f"{attack.upper()} accuracy at eps {eps_label(largest['eps'], colour)}",
-            "value": percent(largest["accuracy"]),
-        })
-    if worst_rows and len({row["attack"] for row in robustness}) > 2:
-        largest = max(worst_rows, key=lambda row: row["eps"])
-        cards.append({"label": f"worst-case robust accuracy at eps {eps_label(largest['eps'], colour)}",
-                      "value": percent(largest["accuracy"])})
-    checks = attack_info.get("checks", [])
-    if checks:
-        failed = sum(check["status"] == "failed" for check in checks)
-        cards.append({"label": "sanity checks failed", "value": f"{failed} of {len(checks)}"})
-    timing = {key: f"{value:.1f} s" for key, value in metrics.get("timing", {}).items()}
-    environment = jinja_environment().get_template("report.html.j2")
-    from imgclf import __version__
-
-    html = environment.render(
-        model=metrics.get("model", info.get("model", "?")),
-        dataset=metrics.get("dataset", info.get("dataset", "?")),
+    training, attack = metrics.training, metrics.attack
+    html = jinja_environment().get_template("report.html.j2").render(
+        model=metrics.model if metrics.model != "?" else info.get("model", "?"),
+        dataset=metrics.dataset if metrics.dataset != "?" else info.get("dataset", "?"),
         num_classes=len(class_names),
         input_shape="×".join(str(v) for v in input_shape),
-        seed=metrics.get("seed", "?"),
+        seed=metrics.seed if metrics.seed is not None else "?",
         run_name=folder.path.name,
-        inputs=metrics.get("inputs"),
-        cards=cards,
-        notes=metrics.get("data_notes", []),
+        inputs=metrics.inputs,
+        cards=summary_cards(metrics, colour),
+        notes=metrics.data_notes,
         figures=figures,
-        best_val=percent(training.get("best_val_accuracy")),
-        adversarial=training.get("adversarial"),
-        best_epoch=training.get("best_epoch", "?"),
-        clean=clean,
-        clean_n=clean["n"] if clean else None,
-        robustness=[{**row, "eps_label": eps_label(row["eps"], colour)} for row in robustness],
-        robustness_warnings=attack_info.get("warnings", []),
-        checks=checks,
-        attack_skipped=attack_info.get("skipped", []),
-        attack_norm={"linf": "L-inf", "l2": "L2"}.get(attack_info.get("norm", "linf"), "L-inf"),
-        attack_n=attack_info.get("n"),
-        attack_clean=attack_info.get("clean_accuracy", float("nan")),
-        timing=timing,
-        environment=metrics.get("environment", {}),
+        best_val=percent(training.best_val_accuracy if training else None),
+        adversarial=training.adversarial if training else None,
+        best_epoch=training.best_epoch if training else "?",
+        clean=metrics.clean,
+        clean_n=metrics.clean["n"] if metrics.clean else None,
+        robustness=[{**dataclasses.asdict(row), "eps_label": eps_label(row.eps, colour)} for row in metrics.robustness],
+        worst_case=WORST_CASE,
+        robustness_warnings=attack.warnings if attack else [],
+        checks=attack.checks if attack else [],
+        attack_skipped=attack.skipped if attack else [],
+        attack_norm={"linf": "L-inf", "l2": "L2"}.get(attack.norm if attack else "linf", "L-inf"),
+        attack_n=attack.n if attack else None,
+        attack_clean=attack.clean_accuracy if attack else float("nan"),
+        timing={key: f"{value:.1f} s" for key, value in metrics.timing.items()},
+        environment=metrics.environment,
         config_text=next((path.read_text(encoding="utf-8") for path in (folder.config_path,
-                                                                         folder.file(CLASSIFIER_CONFIG))
+                                                                         folder.file(record.CLASSIFIER_CONFIG))
                           if path.is_file()), ""),
         version=__version__,
     )
-    path = folder.file("report.html")
+    path = folder.file(record.REPORT)
     atomic_write_text(path, html)
     return path
 

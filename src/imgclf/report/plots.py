@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from imgclf.attacks.results import WORST_CASE, RobustnessEntry
 from imgclf.run_folder import atomic_write_bytes
 
 WRONG = "#c0392b"
@@ -100,27 +101,27 @@ def eps_label(eps: float, colour: bool) -> str:
     return f"{eps:g}"
 
 
-def robustness_curve(entries: Sequence[dict], clean_accuracy: float, *, colour: bool) -> Figure:
+def robustness_curve(entries: Sequence[RobustnessEntry], clean_accuracy: float, *, colour: bool) -> Figure:
     """Accuracy against eps, one line per attack, with the clean accuracy as reference."""
     figure = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = figure.subplots()
-    attacks = list(dict.fromkeys(entry["attack"] for entry in entries))
+    attacks = list(dict.fromkeys(entry.attack for entry in entries))
     for name in attacks:
-        if name == "worst-case" and len(attacks) <= 2:
+        if name == WORST_CASE and len(attacks) <= 2:
             continue  # one attack: its worst case is itself
-        points = sorted((e["eps"], e["accuracy"]) for e in entries if e["attack"] == name)
-        steps = next(e["steps"] for e in entries if e["attack"] == name)
+        points = sorted((e.eps, e.accuracy) for e in entries if e.attack == name)
+        steps = next(e.steps for e in entries if e.attack == name)
         label = name.upper() + (f"-{steps}" if name.startswith("pgd") else "")
-        style = {"color": "black", "linestyle": ":", "linewidth": 2.2} if name == "worst-case" else {"linestyle": "-"}
+        style = {"color": "black", "linestyle": ":", "linewidth": 2.2} if name == WORST_CASE else {"linestyle": "-"}
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, **style)
     ax.axhline(clean_accuracy, color="grey", linestyle="--", linewidth=1, label="clean")
-    eps_values = sorted({e["eps"] for e in entries})
+    eps_values = sorted({e.eps for e in entries})
     ax.set_xticks(eps_values, labels=[eps_label(e, colour) for e in eps_values])
     ax.set_ylim(-0.02, 1.02)
-    norm = "L2" if entries and entries[0].get("norm") == "l2" else "L-inf"
+    norm = "L2" if entries and entries[0].norm == "l2" else "L-inf"
     ax.set_xlabel(f"eps ({norm}, pixel units)")
     ax.set_ylabel("accuracy under attack")
-    ax.set_title(f"Robustness (n = {entries[0]['n'] if entries else 0})")
+    ax.set_title(f"Robustness (n = {entries[0].n if entries else 0})")
     ax.grid(alpha=0.3)
     ax.legend()
     return figure

@@ -1,0 +1,230 @@
+"""The run folder as a versioned record: the name of every file, and the sections of ``metrics.json``.
+
+Writers (the pipeline, feature runs) build the sections below and readers (the
+report, ``compare``, TensorBoard logging) read them back through
+:func:`read_metrics`, which validates what it reads and fails with one line
+naming the file. ``metrics.json`` carries a ``schema_version``; a folder written
+before versions existed (version 1, no key) still reads.
+
+Layout (every file optional until its stage has run)::
+
+    RUN/
+      config.yaml          the configuration as written (feed back with --config)
+      model.safetensors    weights (normalization buffers included)
+      model.json           architecture, class names, input shape, normalization, versions
+      splits.npz           indices of the train/val/test examples used
+      history.csv          one row per epoch
+      metrics.json         the sections of :class:`Metrics`
+      train_state.pt       the training state after the last finished epoch (resume)
+      samples.npz          test images with true and predicted labels (for the report)
+      adversarial.npz      clean and adversarial images with predictions (for the report)
+      adversarial.pt       the worst-case adversarial images with their test positions
+      bad_files.txt        image files skipped, with the reason
+      log.txt              everything printed during the run
+      figures/*.png        written by the report stage
+      report.html          one self-contained page
+      tensorboard/         with --tensorboard
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgclf.attacks.results import WORST_CASE, RobustnessEntry
+from imgclf.errors import UsageError
+
+#: The version of ``metrics.json`` this release writes (1: written before versions existed).
+SCHEMA_VERSION = 2
+
+CONFIG = "config.yaml"
+CLASSIFIER_CONFIG = "classifier.yaml"  # a classifier trained on features (fit-features, mlp-numpy)
+WEIGHTS = "model.safetensors"
+MODEL_INFO = "model.json"
+SPLITS = "splits.npz"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+TRAIN_STATE = "train_state.pt"
+SAMPLES = "samples.npz"
+ADVERSARIAL_EXAMPLES = "adversarial.npz"
+ADVERSARIAL_IMAGES = "adversarial.pt"
+BAD_FILES = "bad_files.txt"
+LOG = "log.txt"
+FIGURES = "figures"
+REPORT = "report.html"
+TENSORBOARD = "tensorboard"
+
+__all__ = ["WORST_CASE", "SCHEMA_VERSION", "Metrics", "DataCounts", "Training", "AdversarialTraining",
+           "AttackRecord", "read_metrics"]
+
+
+@dataclass
+class DataCounts:
+    """``metrics.json`` ``data``: split sizes and the input shape ``[C, H, W]`` (features: its width)."""
+
+    train: int
+    val: int
+    test: int
+    input_shape: list[int] | None = None
+    bad_files: int = 0
+    features: int | None = None
+
+
+@dataclass
+class AdversarialTraining:
+    """``training.adversarial``: the recipe, its radius in pixel units, and what the robust validation found."""
+
+    recipe: str
+    eps: float
+    norm: str
+    best_robust_val_accuracy: float | None
+    catastrophic_overfitting: str | None = None
+
+
+@dataclass
+class Training:
+    """``metrics.json`` ``training``: how training went (accuracies are fractions in [0, 1]; a classifier
+    fitted in one go, such as an SVM, has no ``best_epoch``)."""
+
+    best_epoch: int | None
+    best_val_accuracy: float
+    epochs: int | None = None
+    epochs_run: int | None = None
+    stopped_early: bool = False
+    processes: int = 1
+    adversarial: AdversarialTraining | None = None
+
+
+@dataclass
+class AttackRecord:
+    """``metrics.json`` ``attack``: the attacked subset and the sanity checks (see :mod:`imgclf.attacks.checks`)."""
+
+    n: int
+    clean_accuracy: float
+    seed: int
+    norm: str
+    attacks: list[str]
+    test_positions: str = ""
+    skipped: list[str] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Metrics:
+    """The sections of ``metrics.json``; each stage adds its own, so all but the facts are optional.
+
+    Attributes:
+        schema_version: :data:`SCHEMA_VERSION` when written by this release.
+        dataset, model, num_classes, class_names, seed: The run's facts.
+        data: Split sizes and input shape. data_notes: Warnings about the data.
+        inputs: What a classifier on features was trained on (feature runs).
+        environment: Versions and device.
+        training: From the train stage. clean: :class:`imgclf.metrics.ClassificationMetrics` as a dict.
+        robustness: One entry per attack and eps, then the worst case (:data:`WORST_CASE`).
+        attack: The attacked subset and the checks. timing: Seconds per stage.
+    """
+
+    schema_version: int = 1
+    dataset: str = "?"
+    model: str = "?"
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+    seed: int | None = None
+    data: DataCounts | None = None
+    data_notes: list[str] = field(default_factory=list)
+    inputs: str | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    training: Training | None = None
+    clean: dict[str, Any] | None = None
+    robustness: list[RobustnessEntry] = field(default_factory=list)
+    attack: AttackRecord | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def worst_case(self) -> list[RobustnessEntry]:
+        """The worst-case rows, by eps ascending."""
+        return sorted((row for row in self.robustness if row.attack == WORST_CASE), key=lambda row: row.eps)
+
+    def attacks(self) -> list[str]:
+        """The attack labels of :attr:`robustness`, in order, without the worst case."""
+        return list(dict.fromkeys(row.attack for row in self.robustness if row.attack != WORST_CASE))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dicts and lists."""
+        return dataclasses.asdict(self)
+
+
+def section(value: Any) -> dict[str, Any]:
+    """A section dataclass as the dict ``metrics.json`` stores (for writers)."""
+    return dataclasses.asdict(value)
+
+
+def read_metrics(path: str | Path) -> Metrics:
+    """``RUN/metrics.json`` as :class:`Metrics` (an empty record where the file is absent).
+
+    Unknown keys are kept out; a section of the wrong shape is refused.
+
+    Raises:
+        UsageError: If the file is not JSON, is not a mapping, or a section has the
+            wrong type, naming the file and the section.
+    """
+    path = Path(path)
+    file = path / METRICS if path.is_dir() else path
+    if not file.is_file():
+        return Metrics(schema_version=SCHEMA_VERSION)
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{str(file)!r} is not valid JSON ({error}); restore it or run the stage that wrote it "
+                         "again") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{str(file)!r} must hold a JSON object of sections, got {type(raw).__name__}")
+    return _build(Metrics, raw, str(file), "")
+
+
+def _build(cls: type, raw: dict[str, Any], file: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _value(raw[f.name], hints[f.name], file, f"{where}{f.name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise UsageError(f"{file!r}: section {where.rstrip('.') or 'top level'!r} is incomplete ({error})") from None
+
+
+def _value(value: Any, annotation: Any, file: str, where: str) -> Any:
+    """``value`` checked against ``annotation`` (dataclasses built, lists and optionals followed)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if value is None:
+        if annotation is type(None) or type(None) in args or annotation is Any:
+            return None
+        raise UsageError(f"{file!r}: {where} is null, expected {getattr(annotation, '__name__', annotation)}")
+    if args and type(None) in args:  # X | None
+        (inner,) = [a for a in args if a is not type(None)] or [Any]
+        return _value(value, inner, file, where)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise UsageError(f"{file!r}: {where} must be an object, got {value!r:.60}")
+        return _build(annotation, value, file, f"{where}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise UsageError(f"{file!r}: {where} must be a list, got {value!r:.60}")
+        return [_value(item, args[0], file, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{file!r}: {where} must be an object, got {value!r:.60}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{file!r}: {where} must be a number, got {value!r:.60}")
+        return float(value)
+    if annotation in (int, str, bool) and not isinstance(value, annotation) or \
+            (annotation is int and isinstance(value, bool)):
+        raise UsageError(f"{file!r}: {where} must be {annotation.__name__}, got {value!r:.60}")
+    return value
