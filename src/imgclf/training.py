@@ -228,6 +228,161 @@ def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def initialize_from_data(model: nn.Module, data: DataSplits, *, device: torch.device, seed: int) -> None:
+    """Let data-dependent layers (fast-cnn's whitening) see up to 5,000 seeded, normalized training images."""
+    initialize = getattr(getattr(model, "body", None), "initialize_from_data", None)
+    if initialize is not None:
+        rows = torch.randperm(len(data.train), generator=generator(seed))[:5000].numpy()
+        with torch.no_grad():
+            initialize(model.normalize(data.train.float_images(rows).to(device)))
+
+
+def class_balance(data: DataSplits, balance: str, device: torch.device) -> tuple[torch.Tensor | None,
+                                                                                   torch.Tensor | None]:
+    """``(class weights (K,) float32 on device, sample weights (N_train,) float64)`` for ``balance``
+    (``weighted-loss``: ``N / (K * N_k)``; ``sampler``: ``1 / N_k`` per example); None where unused."""
+    counts = torch.bincount(data.train.labels, minlength=data.spec.num_classes).double()
+    if balance == "weighted-loss":
+        weights = torch.where(counts > 0, len(data.train) / (len(counts) * counts.clamp_min(1)), 0.0)
+        return weights.float().to(device), None
+    if balance == "sampler":
+        return None, (1.0 / counts.clamp_min(1))[data.train.labels]
+    return None, None
+
+
+@dataclass
+class _Loop:
+    """What one call of :func:`fit` steps through, built once by :func:`_build_loop`."""
+
+    model: nn.Module
+    train_model: nn.Module  # the model compiled and wrapped for DDP, as the training step calls it
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler | None
+    loss_fn: nn.Module
+    steps: int  # batches per epoch (of this process's share)
+    memory_format: torch.memory_format
+    sample_weights: torch.Tensor | None
+    ema: torch.optim.swa_utils.AveragedModel | None
+    mixing: Callable | None
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    adversary: Adversary | None
+    robust_val: RobustValidation | None
+    order: torch.Generator  # the batch order
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights validated and kept: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state(self, result: TrainResult, *, epoch: int, stale: int, stop: bool,
+              best_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        """The whole training state after ``epoch`` (tensors and plain values; :meth:`restore` reads it)."""
+        return {
+            "epoch": epoch, "stale": stale, "stopped_early": stop,
+            "model": _clone_state(self.model), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "order_rng": self.order.get_state(), "torch_rng": torch.get_rng_state(),
+            "best_state": best_state, "history": result.history, "best_epoch": result.best_epoch,
+            "best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
+            "best_robust_val_accuracy": result.best_robust_val_accuracy,
+            "adversary": self.adversary.state_dict() if self.adversary is not None else None,
+        }
+
+    def restore(self, state: dict[str, Any]) -> tuple[TrainResult, dict[str, torch.Tensor], int, int]:
+        """Load a :meth:`state`; returns the result so far, the best weights, the next epoch and the stale count."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.order.set_state(state["order_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.adversary is not None:
+            self.adversary.load_state_dict(state["adversary"])
+        result = TrainResult(list(state["history"]), state["best_epoch"], state["best_val_accuracy"],
+                             state["seconds"], best_robust_val_accuracy=state.get("best_robust_val_accuracy"))
+        return result, state["best_state"], state["epoch"] + 1, state["stale"]
+
+    def epoch(self, epoch: int, data: DataSplits, config: TrainConfig, *, augment: str, device: torch.device,
+              dist: Distributed, quiet: bool, on_step: Callable[[torch.Tensor, float], None] | None
+              ) -> tuple[dict[str, float], float]:
+        """Train one epoch and validate: the history row without ``lr`` and ``seconds``, and the seconds of
+        the training pass alone."""
+        began = time.perf_counter()
+        self.model.train()
+        batches = (
+            (images.contiguous(memory_format=self.memory_format), labels)
+            for images, labels in iterate_batches(
+                data.train, batch_size=config.batch_size, device=device, shuffle=True, generator=self.order,
+                augment=augment, sample_weights=self.sample_weights, shard=dist.shard,
+            )
+        )
+        with tqdm(total=self.steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                  disable=True if quiet or not dist.is_main else None, dynamic_ncols=True) as bar:
+            loss_sum, correct, seen = train_one_epoch(
+                self.train_model, batches, optimizer=self.optimizer, schedule=self.schedule, loss_fn=self.loss_fn,
+                progress=bar, mixing=self.mixing, amp_dtype=self.amp_dtype, scaler=self.scaler,
+                grad_clip=config.grad_clip, ema=self.ema, on_step=on_step, adversary=self.adversary,
+            )
+        loss_sum, correct, seen = dist.sum(loss_sum, correct, seen)  # over all processes
+        train_loss, train_acc = (loss_sum / seen, correct / seen) if seen else (math.nan, math.nan)
+        train_seconds = time.perf_counter() - began
+        self.evaluated.eval()
+        val_loss, val_acc = loss_and_accuracy(self.evaluated, data.val, batch_size=512, device=device)
+        row: dict[str, float] = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                                 "val_loss": val_loss, "val_accuracy": val_acc}
+        if self.robust_val is not None and self.adversary is not None:
+            row.update(self.robust_val(self.evaluated, extra=self.adversary.recipe.validation_attacks),
+                       train_eps=self.adversary.last_eps)
+        return row, train_seconds
+
+
+def _build_loop(model: nn.Module, data: DataSplits, config: TrainConfig, *, balance: str, device: torch.device,
+                seed: int, dist: Distributed, adversarial: AdversarialConfig | None, adversarial_eps: float | None,
+                norm: str) -> _Loop:
+    """Optimizer, schedule, loss, moving average, mixing, precision and the adversary, in the order that
+    keeps the random streams of earlier releases (same seed, same weights)."""
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)  # only 4-D weights change layout
+    class_weights, sample_weights = class_balance(data, balance, device)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
+    train_model = dist.wrap(torch.compile(model) if config.compile else model)
+    optimizer = build_optimizer(model, config)
+    steps = num_batches(dist.share(len(data.train)), config.batch_size)
+    schedule = build_schedule(optimizer, config, steps)
+    ema = None
+    if config.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    mixing = build_mixing(config, data.spec.num_classes)
+    amp_dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    adversary = robust_val = None
+    if adversarial is not None and adversarial.enabled:
+        if adversarial_eps is None:
+            raise ValueError("adversarial training needs adversarial_eps, the radius in pixel units "
+                             "(imgclf.settings.resolve gives it as Settings.train_eps)")
+        adversary = Adversary(model, recipe=adversarial.recipe, eps=adversarial_eps, norm=norm,
+                              steps=adversarial.steps, alpha=adversarial.alpha, options=dataclasses.asdict(adversarial),
+                              warmup_steps=warmup_steps(adversarial.warmup_epochs, config.epochs, steps),
+                              seed=seed + 1 + dist.rank, device=device)
+        robust_val = RobustValidation(data.val, examples=adversarial.val_examples, eps=adversarial_eps, norm=norm,
+                                      steps=adversarial.val_steps, seed=seed, device=device)
+    order = generator(seed)
+    torch.manual_seed(seed)  # dropout and MixUp/CutMix draw from the global generator
+    return _Loop(model, train_model, optimizer, schedule, loss_fn, steps, memory_format, sample_weights, ema, mixing,
+                 amp_dtype, scaler, adversary, robust_val, order)
+
+
 def fit(
     model: nn.Module,
     data: DataSplits,
@@ -287,134 +442,34 @@ def fit(
     """
     dist = distributed or Distributed()
     if resume is None:
-        initialize = getattr(getattr(model, "body", None), "initialize_from_data", None)
-        if initialize is not None:  # data-dependent layers (fast-cnn's whitening) see normalized training images
-            rows = torch.randperm(len(data.train), generator=generator(seed))[:5000].numpy()
-            with torch.no_grad():
-                initialize(model.normalize(data.train.float_images(rows).to(device)))
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)  # only 4-D weights change layout
-    counts = torch.bincount(data.train.labels, minlength=data.spec.num_classes).double()
-    class_weights = sample_weights = None
-    if balance == "weighted-loss":
-        class_weights = torch.where(counts > 0, len(data.train) / (len(counts) * counts.clamp_min(1)), 0.0)
-        class_weights = class_weights.float().to(device)
-    elif balance == "sampler":
-        sample_weights = (1.0 / counts.clamp_min(1))[data.train.labels]
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
-    train_model = dist.wrap(torch.compile(model) if config.compile else model)
-    optimizer = build_optimizer(model, config)
-    steps = num_batches(dist.share(len(data.train)), config.batch_size)
-    schedule = build_schedule(optimizer, config, steps)
-    ema = None
-    if config.ema:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
-    mixing = build_mixing(config, data.spec.num_classes)
-    amp_dtype = autocast_dtype(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    adversary = robust_val = None
-    if adversarial is not None and adversarial.enabled:
-        if adversarial_eps is None:
-            raise ValueError("adversarial training needs adversarial_eps, the radius in pixel units "
-                             "(imgclf.settings.resolve gives it as Settings.train_eps)")
-        eps = adversarial_eps
-        adversary = Adversary(model, recipe=adversarial.recipe, eps=eps, norm=norm, steps=adversarial.steps,
-                              alpha=adversarial.alpha, options=dataclasses.asdict(adversarial),
-                              warmup_steps=warmup_steps(adversarial.warmup_epochs, config.epochs, steps),
-                              seed=seed + 1 + dist.rank, device=device)
-        robust_val = RobustValidation(data.val, examples=adversarial.val_examples, eps=eps, norm=norm,
-                                      steps=adversarial.val_steps, seed=seed, device=device)
-    order = generator(seed)
-    torch.manual_seed(seed)  # dropout and MixUp/CutMix draw from the global generator
-    result = TrainResult()
-    best_state: dict[str, torch.Tensor] | None = None
-    start_epoch, stale = 1, 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if schedule is not None:
-            schedule.load_state_dict(resume["schedule"])
-        if ema is not None:
-            ema.load_state_dict(resume["ema"])
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        order.set_state(resume["order_rng"])
-        torch.set_rng_state(resume["torch_rng"])
-        if adversary is not None:
-            adversary.load_state_dict(resume["adversary"])
-        best_state = resume["best_state"]
-        result = TrainResult(list(resume["history"]), resume["best_epoch"], resume["best_val_accuracy"],
-                             resume["seconds"], best_robust_val_accuracy=resume.get("best_robust_val_accuracy"))
-        start_epoch, stale = resume["epoch"] + 1, resume["stale"]
+        initialize_from_data(model, data, device=device, seed=seed)
+    loop = _build_loop(model, data, config, balance=balance, device=device, seed=seed, dist=dist,
+                       adversarial=adversarial, adversarial_eps=adversarial_eps, norm=norm)
+    result, best_state, start_epoch, stale = (TrainResult(), None, 1, 0) if resume is None else loop.restore(resume)
     started = time.perf_counter() - result.seconds
     for epoch in range(start_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
-        batches = (
-            (images.contiguous(memory_format=memory_format), labels)
-            for images, labels in iterate_batches(
-                data.train, batch_size=config.batch_size, device=device, shuffle=True,
-                generator=order, augment=augment, sample_weights=sample_weights, shard=dist.shard,
-            )
-        )
-        with tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
-                  disable=True if quiet or not dist.is_main else None, dynamic_ncols=True) as bar:
-            loss_sum, correct, seen = train_one_epoch(
-                train_model, batches, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, progress=bar,
-                mixing=mixing, amp_dtype=amp_dtype, scaler=scaler, grad_clip=config.grad_clip, ema=ema,
-                on_step=on_step, adversary=adversary,
-            )
-        loss_sum, correct, seen = dist.sum(loss_sum, correct, seen)  # over all processes
-        train_loss, train_acc = (loss_sum / seen, correct / seen) if seen else (math.nan, math.nan)
-        lr = optimizer.param_groups[0]["lr"]  # after the epoch's last step
-        train_seconds = time.perf_counter() - epoch_start
-        evaluated = ema.module if ema is not None else model
-        evaluated.eval()
-        val_loss, val_acc = loss_and_accuracy(evaluated, data.val, batch_size=512, device=device)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-               "val_loss": val_loss, "val_accuracy": val_acc}
-        robust = ""
-        if robust_val is not None:
-            row.update(robust_val(evaluated, extra=adversary.recipe.validation_attacks), train_eps=adversary.last_eps)
-            robust = f" robust {row['robust_val_accuracy']:.4f}"
+        row, train_seconds = loop.epoch(epoch, data, config, augment=augment, device=device, dist=dist, quiet=quiet,
+                                        on_step=on_step)
+        lr = loop.optimizer.param_groups[0]["lr"]  # after the epoch's last step
         seconds = time.perf_counter() - epoch_start
         result.history.append({**row, "lr": lr, "seconds": seconds, "train_seconds": train_seconds})
-        best_score = result.best_val_accuracy if robust_val is None else result.best_robust_val_accuracy
-        score = row.get("robust_val_accuracy", val_acc)  # what picks the checkpoint
-        stale = 0 if best_score is None or score > best_score else stale + 1  # a tie is no progress
-        if best_score is None or score >= best_score:  # but the later of two equal epochs is kept
-            result.best_epoch, result.best_val_accuracy = epoch, val_acc
-            result.best_robust_val_accuracy = row.get("robust_val_accuracy")
-            best_state = _clone_state(evaluated)
+        best_state, stale = _keep_if_best(result, row, epoch, loop.evaluated, best_state, stale)
+        robust = f" robust {row['robust_val_accuracy']:.4f}" if "robust_val_accuracy" in row else ""
         log(
-            f"epoch {epoch:>3}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}{robust}  lr {lr:.2e}  {seconds:.1f} s"
+            f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{robust}  lr {lr:.2e}  {seconds:.1f} s"
         )
         result.seconds = time.perf_counter() - started
         stop = bool(config.early_stopping) and stale >= config.early_stopping and epoch < config.epochs
-        if adversary is not None:
-            result.catastrophic_overfitting = adversary.recipe.guard(result.history)
+        if loop.adversary is not None:
+            result.catastrophic_overfitting = loop.adversary.recipe.guard(result.history)
             if result.catastrophic_overfitting:
                 log(f"warning: {result.catastrophic_overfitting}; training stops and keeps epoch "
                     f"{result.best_epoch} (robust val accuracy {result.best_robust_val_accuracy:.4f})")
                 stop = True
         if on_epoch is not None:
-            on_epoch(result, {
-                "epoch": epoch, "stale": stale, "stopped_early": stop,
-                "model": _clone_state(model), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict() if schedule is not None else None,
-                "ema": ema.state_dict() if ema is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "order_rng": order.get_state(), "torch_rng": torch.get_rng_state(),
-                "best_state": best_state, "history": result.history, "best_epoch": result.best_epoch,
-                "best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
-                "best_robust_val_accuracy": result.best_robust_val_accuracy,
-                "adversary": adversary.state_dict() if adversary is not None else None,
-            })
+            on_epoch(result, loop.state(result, epoch=epoch, stale=stale, stop=stop, best_state=best_state))
         if stop:
             result.stopped_early = True
             if not result.catastrophic_overfitting:
@@ -425,3 +480,20 @@ def fit(
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _keep_if_best(result: TrainResult, row: dict[str, float], epoch: int, evaluated: nn.Module,
+                  best_state: dict[str, torch.Tensor] | None, stale: int
+                  ) -> tuple[dict[str, torch.Tensor] | None, int]:
+    """Keep ``evaluated``'s weights when ``row`` is the best epoch so far: the best validation accuracy, or under
+    adversarial training the best robust validation accuracy; a tie is no progress, but the later epoch is kept.
+    Returns the kept weights and the epochs without progress."""
+    robust = "robust_val_accuracy" in row
+    best_score = result.best_robust_val_accuracy if robust else result.best_val_accuracy
+    score = row["robust_val_accuracy"] if robust else row["val_accuracy"]
+    stale = 0 if best_score is None or score > best_score else stale + 1
+    if best_score is None or score >= best_score:
+        result.best_epoch, result.best_val_accuracy = epoch, row["val_accuracy"]
+        result.best_robust_val_accuracy = row.get("robust_val_accuracy")
+        best_state = _clone_state(evaluated)
+    return best_state, stale
