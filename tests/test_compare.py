@@ -38,7 +38,7 @@ def test_compare_puts_both_runs_in_one_report(runs, capsys):
     assert str(out / "compare.html") in capsys.readouterr().out
     summary = json.loads((out / "comparison.json").read_text())["runs"]
     assert [row["training"] for row in summary] == ["standard", "pgd at eps 0.1"]
-    for row, name in zip(summary, ("standard", "robust")):
+    for row, name in zip(summary, ("standard", "robust"), strict=True):
         saved = json.loads((runs / name / "metrics.json").read_text())
         worst = {str(r["eps"]): r["accuracy"] for r in saved["robustness"] if r["attack"] == "worst-case"}
         assert row["worst_case_robust_accuracy"] == worst and row["test_accuracy"] == saved["clean"]["accuracy"]

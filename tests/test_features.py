@@ -72,7 +72,8 @@ def test_every_classifier_trains_on_features_into_a_run_report(trained, tmp_path
     html = (out / "report.html").read_text()
     assert "trained on 128 features: layer penultimate of simple-cnn" in html
     if classifier.endswith("mlp"):
-        assert (out / "history.csv").read_text().count("\n") == epochs + 1 and (out / "classifier.safetensors").is_file()
+        assert (out / "history.csv").read_text().count("\n") == epochs + 1
+        assert (out / "classifier.safetensors").is_file()
     if classifier == "logistic":  # the same result as scikit-learn used directly
         data = load_features(path)
         scaler = StandardScaler().fit(data.train_x)

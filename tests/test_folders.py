@@ -106,7 +106,7 @@ def test_disk_path_yields_exactly_the_in_memory_batches(messy):
             for data in (in_memory, on_disk)
         ]
         assert len(batches[0]) == len(batches[1]) > 1
-        for (x1, y1), (x2, y2) in zip(*batches):
+        for (x1, y1), (x2, y2) in zip(*batches, strict=True):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 

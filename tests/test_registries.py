@@ -145,6 +145,7 @@ def test_a_new_training_recipe_is_one_registration_and_owns_its_guard(tmp_path):
 
 
 def test_every_imgclf_name_the_readme_mentions_exists():
+    import contextlib
     import importlib
 
     import imgclf
@@ -157,10 +158,8 @@ def test_every_imgclf_name_the_readme_mentions_exists():
         obj = imgclf
         for i, part in enumerate(parts):
             if not hasattr(obj, part) and isinstance(obj, type(imgclf)):  # a submodule not imported yet
-                try:
+                with contextlib.suppress(ModuleNotFoundError):
                     importlib.import_module(".".join(["imgclf", *parts[:i + 1]]))
-                except ModuleNotFoundError:
-                    pass
             if isinstance(obj, type(imgclf)) and part in ("py", "md", "txt", "json", "yaml", "html"):
                 break  # a file name such as imgclf.attacks.registry.py is not an attribute
             assert hasattr(obj, part), f"the README names imgclf{dotted}, which does not exist"

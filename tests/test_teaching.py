@@ -112,7 +112,7 @@ def layer_gradients_match_torch(layer, torch_forward, x, params_torch=()):
     grads = torch.autograd.grad((yt * torch.tensor(upstream)).sum(), [xt, *params_torch])
     assert relative_error(out, yt.detach().numpy()) < 1e-12
     assert relative_error(dx, grads[0].numpy()) < 1e-5
-    for ours, theirs in zip(layer.grads, grads[1:]):
+    for ours, theirs in zip(layer.grads, grads[1:], strict=True):
         assert relative_error(ours, theirs.numpy()) < 1e-5
 
 
@@ -174,7 +174,7 @@ def test_whole_mlp_gradients_match_autograd(activation):
     expected = F.cross_entropy(logits, torch.tensor(y))
     grads = torch.autograd.grad(expected, params)
     assert loss == pytest.approx(expected.item(), rel=1e-12)
-    for ours, theirs in zip(mlp.grads, grads):
+    for ours, theirs in zip(mlp.grads, grads, strict=True):
         assert relative_error(ours, theirs.numpy()) < 1e-5
 
 
@@ -185,7 +185,7 @@ def test_whole_mlp_gradients_match_central_differences():
     _, grad = cross_entropy(mlp.forward(x), y)
     mlp.backward(grad)
     h = 1e-6
-    for param, analytic in zip(mlp.params, mlp.grads):
+    for param, analytic in zip(mlp.params, mlp.grads, strict=True):
         for index in [tuple(rng.integers(0, s) for s in param.shape) for _ in range(5)]:
             original = param[index]
             param[index] = original + h
@@ -207,11 +207,11 @@ def test_sgd_matches_torch_sgd_with_momentum_and_weight_decay():
         x, y = rng.normal(size=(8, 12)), rng.integers(0, 4, 8)
         _, grad = cross_entropy(mlp.forward(x), y)
         mlp.backward(grad)
-        for p, g in zip(params, mlp.grads):
+        for p, g in zip(params, mlp.grads, strict=True):
             p.grad = torch.tensor(g.copy())
         ours.step()
         torch_sgd.step()
-    for mine, theirs in zip(mlp.params, params):
+    for mine, theirs in zip(mlp.params, params, strict=True):
         assert relative_error(mine, theirs.detach().numpy()) < 1e-10
 
 

@@ -63,7 +63,8 @@ def _fit(data, config, name="simple-cnn", **kwargs):
 def test_ema_keeps_the_averaged_weights(digits):
     plain, _ = _fit(digits, TrainConfig(epochs=2, batch_size=64))
     averaged, result = _fit(digits, TrainConfig(epochs=2, batch_size=64, ema=0.95))
-    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), averaged.state_dict().values()))
+    pairs = zip(plain.state_dict().values(), averaged.state_dict().values(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)
     _, val_acc = loss_and_accuracy(averaged, digits.val, batch_size=256, device=torch.device("cpu"))
     assert val_acc == pytest.approx(result.best_val_accuracy) and val_acc > 0.8
 

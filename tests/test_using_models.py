@@ -56,7 +56,7 @@ def test_predict_api_matches_the_model_on_tensors(shapes_run):
     images = torch.rand(5, 3, 16, 16)
     results = predict(classifier, images, top_k=3)
     probabilities = classifier.logits(images).softmax(1)
-    for result, row in zip(results, probabilities):
+    for result, row in zip(results, probabilities, strict=True):
         assert result.classes[0] == classifier.class_names[int(row.argmax())]
         assert result.probabilities[0] == pytest.approx(float(row.max()), abs=1e-6)
     with pytest.raises(UsageError, match="expects images of shape"):

@@ -19,16 +19,27 @@ from safetensors.torch import load_file, save
 
 from imgclf.data.containers import DatasetSpec
 from imgclf.errors import UsageError
-from imgclf.models import ImageClassifier, create_model, resolve_options
+from imgclf.models import ImageClassifier, Normalize, create_model, resolve_options
 from imgclf.run_folder import atomic_write_bytes, atomic_write_text
 
 FORMAT = "imgclf-model/1"
 
 
 def model_info(
-    model: ImageClassifier, name: str, options: dict[str, Any], spec: DatasetSpec, environment: dict[str, Any]
+    model: torch.nn.Module, name: str, options: dict[str, Any], spec: DatasetSpec, environment: dict[str, Any]
 ) -> dict[str, Any]:
-    """The JSON metadata saved beside the weights (normalization as the model applies it)."""
+    """The JSON metadata saved beside the weights (normalization as the model applies it).
+
+    Args:
+        model: An :class:`~imgclf.models.ImageClassifier` (its ``normalize`` layer is read).
+
+    Raises:
+        TypeError: If ``model`` has no ``normalize`` layer.
+    """
+    normalize = getattr(model, "normalize", None)
+    if not isinstance(normalize, Normalize):
+        raise TypeError(f"{type(model).__name__} has no Normalize layer named 'normalize'; create it with "
+                        "imgclf.create_model")
     return {
         "format": FORMAT,
         "model": name,
@@ -39,8 +50,7 @@ def model_info(
         "input_shape": list(spec.input_shape),
         "input_range": [0.0, 1.0],
         "output": "logits",
-        "normalization": {"mean": model.normalize.mean.flatten().tolist(),
-                          "std": model.normalize.std.flatten().tolist()},
+        "normalization": {"mean": normalize.mean.flatten().tolist(), "std": normalize.std.flatten().tolist()},
         "versions": environment,
         "saved": datetime.now(UTC).isoformat(timespec="seconds"),
     }

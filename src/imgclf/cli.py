@@ -7,6 +7,7 @@ other failures exit with status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -59,7 +60,7 @@ def _flag(group: Any, *names: str, dest: str, help: str = "", metavar: str | Non
     cls = section_class(section) if section else RunConfig
     described = describe_field(cls, name)
     text = f"{help} ({described})" if help and described else help or described
-    if cls.__dataclass_fields__[name].type in ("bool", bool):
+    if {f.name: f.type for f in dataclasses.fields(cls)}[name] in ("bool", bool):
         group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=S,
                            help=text.replace("%", "%%"))
         return
@@ -430,12 +431,12 @@ def _predict(args: argparse.Namespace) -> int:
         writer = csv.writer(sys.stdout)
         writer.writerow(["file", "rank", "class", "probability", "error"])
         for r in results:
-            rows = [(k + 1, c, f"{p:.6f}", "") for k, (c, p) in enumerate(zip(r.classes, r.probabilities))]
+            rows = [(k + 1, c, f"{p:.6f}", "") for k, (c, p) in enumerate(zip(r.classes, r.probabilities, strict=True))]
             writer.writerows([(r.file, *row) for row in rows] or [(r.file, "", "", "", r.error)])
     else:
-        width = max(len(r.file) for r in results)
+        width = max(len(str(r.file)) for r in results)
         for r in results:
-            shown = "  ".join(f"{c} ({p:.3f})" for c, p in zip(r.classes, r.probabilities))
+            shown = "  ".join(f"{c} ({p:.3f})" for c, p in zip(r.classes, r.probabilities, strict=True))
             print(f"{r.file:<{width}}  {shown or 'error: ' + str(r.error)}")
     failed = [r for r in results if r.error]
     if failed:
@@ -452,13 +453,14 @@ def _export(args: argparse.Namespace) -> int:
     from imgclf.pipeline import Run
 
     loaded = Run.open(args.run_dir, overrides=_overrides(args))
-    out = Path(args.out) if args.out else loaded.folder.path / f"model{FORMATS[args.export_format]}"
+    out = Path(args.out) if args.out else loaded.path / f"model{FORMATS[args.export_format]}"
     test = loaded.data.test
     rows = stratified_subset(test.labels.numpy(), max(2, args.examples), loaded.config.seed)
-    result = export_model(loaded.model, read_model_info(loaded.folder.path), test.float_images(rows), out,
+    result = export_model(loaded.model, read_model_info(loaded.path), test.float_images(rows), out,
                           format=args.export_format)
     print(f"wrote {result.path} ({result.format}) and {result.path.name}.json; on {result.n_images} test images "
-          f"the largest logit difference from PyTorch is {result.max_abs_diff:.2e} (tolerance {result.tolerance:.0e}) and "
+          f"the largest logit difference from PyTorch is {result.max_abs_diff:.2e} "
+          f"(tolerance {result.tolerance:.0e}) and "
           f"{result.same_top1:.1%} have the same top-1 class")
     return 0
 
@@ -484,7 +486,8 @@ def _activations(args: argparse.Namespace) -> int:
     table = properties_table(rows)
     save_figure(activation_figure(functions, low=low, high=high), folder.file("activations.png"))
     atomic_write_text(folder.file("activations.md"), table + "\n")
-    folder.write_json("activations.json", [{**row.row(), "source": f.source} for row, f in zip(rows, functions)])
+    folder.write_json("activations.json",
+                      [{**row.row(), "source": f.source} for row, f in zip(rows, functions, strict=True)])
     print(table)
     print(f"\nwrote {folder.file('activations.png')}, activations.md and activations.json")
     return 0
@@ -595,9 +598,9 @@ def dispatch(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume continues a run with its own config.yaml; drop {', '.join(extra)} "
                              "(only --device and --quiet apply)")
         device = {"device": args.device} if hasattr(args, "device") else {}
-        folder = pipeline.Run.resume(args.resume, quiet=args.quiet, overrides=device).folder
+        resumed = pipeline.Run.resume(args.resume, quiet=args.quiet, overrides=device)
         if args.quiet:
-            print(folder.path)
+            print(resumed.path)
         return 0
     if args.command in ("run", "train"):
         config = load_config(args.config, _overrides(args))

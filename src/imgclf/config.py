@@ -403,7 +403,7 @@ def validate(config: RunConfig) -> None:
     Raises:
         UsageError: Naming the first invalid setting and its valid values.
     """
-    for name, section in _SECTIONS.items():
+    for name in _SECTIONS:
         check_fields(getattr(config, name), name)
     check_fields(config, "")
     attack, adversarial, train = config.attack, config.adversarial, config.train

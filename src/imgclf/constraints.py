@@ -76,7 +76,8 @@ class Interval(Constraint):
     def describe(self) -> str:
         noun = "an integer" if self.kind is int else "a number"
         low_in, high_in = self.closed in ("both", "left"), self.closed in ("both", "right")
-        low, high = (None if v is None else str(int(v)) if self.kind is int else f"{v:g}" for v in (self.low, self.high))
+        low, high = (None if v is None else str(int(v)) if self.kind is int else f"{v:g}"
+                     for v in (self.low, self.high))
         if low is not None and high is not None:
             return f"{noun} in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
         if low is not None:

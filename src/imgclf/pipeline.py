@@ -40,7 +40,8 @@ class RunLog:
     """Prints progress lines (unless quiet) and keeps every line in ``log.txt``."""
 
     def __init__(self, folder: RunFolder | None = None, *, quiet: bool = False):
-        self.folder, self.quiet, self._pending = folder, quiet, []
+        self.folder, self.quiet = folder, quiet
+        self._pending: list[str] = []
 
     def attach(self, folder: RunFolder) -> None:
         """Start writing to ``folder``'s log, including lines logged before it existed."""
@@ -73,14 +74,15 @@ class Run:
         model: The model, ``float32`` ``(N, C, H, W)`` in ``[0, 1]`` to logits ``(N, K)``; in eval mode
             after training. It may be replaced (e.g. by a wrapped model) before :meth:`attack`.
         device: Where the stages compute.
-        trained: The training result, when this object trained or resumed the run; else None.
+        train_result: The training result, when this object trained or resumed the run; else None.
         log: Prints progress lines (unless quiet) and keeps them in ``log.txt``.
     """
 
     def __init__(self, folder: RunFolder | None, settings: Settings, data: DataSplits, model: torch.nn.Module,
-                 device: torch.device, *, log: RunLog, quiet: bool = False, trained: TrainResult | None = None):
+                 device: torch.device, *, log: RunLog, quiet: bool = False,
+                 train_result: TrainResult | None = None):
         self.folder, self.settings, self.data, self.model, self.device = folder, settings, data, model, device
-        self.log, self.quiet, self.trained = log, quiet, trained
+        self.log, self.quiet, self.train_result = log, quiet, train_result
 
     @property
     def config(self) -> RunConfig:
@@ -154,7 +156,7 @@ class Run:
             + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
         )
         run = cls(folder, settings, data, model, device, log=log, quiet=quiet)
-        run.trained = run._fit(dist, env=env, after_epoch=after_epoch)
+        run.train_result = run._fit(dist, env=env, after_epoch=after_epoch)
         return run
 
     @classmethod
@@ -182,11 +184,11 @@ class Run:
             log(f"{folder.path} finished training already (epoch {state['epoch']}); nothing to resume")
             model.load_state_dict(state["best_state"])
             model.eval()
-            run.trained = TrainResult(state["history"], state["best_epoch"], state["best_val_accuracy"],
+            run.train_result = TrainResult(state["history"], state["best_epoch"], state["best_val_accuracy"],
                                       state["seconds"], state["stopped_early"], state.get("best_robust_val_accuracy"))
             return run
         log(f"resuming {folder.path} after epoch {state['epoch']} of {epochs}")
-        run.trained = run._fit(Distributed(), resume=state)
+        run.train_result = run._fit(Distributed(), resume=state)
         return run
 
     @classmethod

@@ -144,7 +144,7 @@ def _top_k(logits: torch.Tensor, names: Sequence[str], k: int) -> list[tuple[lis
     probabilities = logits.float().softmax(dim=1)
     values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
     return [([names[i] for i in row_i], [float(v) for v in row_v])
-            for row_i, row_v in zip(indices.tolist(), values.tolist())]
+            for row_i, row_v in zip(indices.tolist(), values.tolist(), strict=True)]
 
 
 def predict(
@@ -195,12 +195,12 @@ def predict(
     def flush() -> None:
         if pending:
             batch = torch.from_numpy(np.stack([array for _, array in pending])).float().div_(255.0)
-            for (result, _), (classes, probs) in zip(pending, _top_k(forward(batch), names, top_k)):
+            for (result, _), (classes, probs) in zip(pending, _top_k(forward(batch), names, top_k), strict=True):
                 result.classes, result.probabilities = classes, probs
             pending.clear()
 
     for result in results:
-        path = Path(result.file)
+        path = Path(str(result.file))
         if not path.is_file():
             result.error = "no such file"
             continue

@@ -208,7 +208,7 @@ def _value(value: Any, annotation: Any, file: str, where: str) -> Any:
     if args and type(None) in args:  # X | None
         (inner,) = [a for a in args if a is not type(None)] or [Any]
         return _value(value, inner, file, where)
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise UsageError(f"{file!r}: {where} must be an object, got {value!r:.60}")
         return _build(annotation, value, file, f"{where}.")

@@ -187,7 +187,7 @@ class RunFolder:
     def write_arrays(self, name: str, **arrays: np.ndarray) -> Path:
         """Write NumPy arrays to a compressed ``.npz``, atomically."""
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # the stub fears a key "allow_pickle"
         path = self.file(name)
         atomic_write_bytes(path, buffer.getvalue())
         return path

@@ -14,6 +14,7 @@ data's channels and class names, which fix the default eps and a named target.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -80,7 +81,7 @@ class Settings:
         return [eps.value for eps in self.eps]
 
 
-def parse_eps(values: str | float | list[str | float] | tuple[str | float, ...], norm: str = "linf") -> list[Eps]:
+def parse_eps(values: str | float | Sequence[str | float], norm: str = "linf") -> list[Eps]:
     """Parse eps values given in pixel units (L-inf: at most 1; L2: any length >= 0).
 
     Accepts numbers (``0.03``), fractions (``8/255``), comma-separated lists of

@@ -45,7 +45,7 @@ from imgclf.errors import UsageError
 from imgclf.run_folder import RunFolder, atomic_write_text
 
 #: What a sweep file may hold, with defaults.
-SWEEP_KEYS = {"study": None, "trials": 20, "out": None, "storage": None, "seed": 0, "pruner": "median",
+SWEEP_KEYS: dict[str, Any] = {"study": None, "trials": 20, "out": None, "storage": None, "seed": 0, "pruner": "median",
               "startup_trials": 5, "warmup_epochs": 1, "attack": False, "base": {}, "search": {}}
 PRUNERS = ("median", "none")
 #: The copy of the sweep file that marks a folder as a sweep's.
@@ -85,8 +85,8 @@ class Dimension:
                 raise UsageError(f"search.{key}.choices must be a non-empty list (and alone)")
             return cls(key, choices=tuple(choices))
         low, high = spec.get("low"), spec.get("high")
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
-        if not numeric or low >= high:
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) \
+                or not isinstance(low, int | float) or not isinstance(high, int | float) or low >= high:
             raise UsageError(f"search.{key} needs numbers low < high, got low={low!r} high={high!r}")
         if spec.get("log") and low <= 0:
             raise UsageError(f"search.{key} on a log scale needs low > 0, got {low}")
@@ -104,7 +104,7 @@ class Dimension:
             return trial.suggest_categorical(self.key, list(self.choices))
         if self.is_int:
             return trial.suggest_int(self.key, self.low, self.high, log=self.log, step=self.step or 1)
-        return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.log, step=self.step)
+        return trial.suggest_float(self.key, float(self.low or 0), float(self.high or 0), log=self.log, step=self.step)
 
     def example(self) -> Any:
         """A value inside the space, used to validate the key before any trial runs."""
@@ -281,7 +281,7 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
         except BaseException:  # a crash or Ctrl-C: record the trial as failed, not running forever
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        value = trained.trained.best_val_accuracy
+        value = trained.train_result.best_val_accuracy if trained.train_result else float("nan")
         trial.set_user_attr("test_accuracy", evaluation.metrics.accuracy)
         trial.set_user_attr("seconds", time.perf_counter() - began)
         study.tell(trial, value)
@@ -352,7 +352,8 @@ def write_sweep_report(study, spec: SweepSpec) -> Path:
                "search": [asdict(d) for d in spec.search]}
     folder.write_json("sweep.json", json.loads(json.dumps(summary, default=str)))
     html = jinja_environment().get_template("sweep.html.j2").render(
-        study=spec.study, storage=spec.storage, rows=sorted(rows, key=lambda r: (r["value"] is None, -(r["value"] or 0))),
+        study=spec.study, storage=spec.storage,
+        rows=sorted(rows, key=lambda r: (r["value"] is None, -(r["value"] or 0))),
         best=best, keys=[d.key for d in spec.search], counts={s: sum(r["state"] == s for r in rows)
                                                              for s in ("complete", "pruned", "fail")},
         figures=encoded, importances=importances, importance_note=importance_note, sweep_text=spec.text,

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,7 +158,7 @@ def train_one_epoch(
         adversarial = adversary.perturb(images, labels) if adversary is not None else None
         precision = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
         with precision:
-            if adversary is not None:
+            if adversary is not None and adversarial is not None:
                 logits, loss = adversary.loss(model, images, adversarial, targets, loss_fn)
             else:
                 logits = model(images)
@@ -231,10 +232,11 @@ def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def initialize_from_data(model: nn.Module, data: DataSplits, *, device: torch.device, seed: int) -> None:
     """Let data-dependent layers (fast-cnn's whitening) see up to 5,000 seeded, normalized training images."""
     initialize = getattr(getattr(model, "body", None), "initialize_from_data", None)
-    if initialize is not None:
+    normalize = getattr(model, "normalize", None)
+    if initialize is not None and callable(normalize):
         rows = torch.randperm(len(data.train), generator=generator(seed))[:5000].numpy()
         with torch.no_grad():
-            initialize(model.normalize(data.train.float_images(rows).to(device)))
+            initialize(normalize(data.train.float_images(rows).to(device)))
 
 
 def class_balance(data: DataSplits, balance: str, device: torch.device) -> tuple[torch.Tensor | None,
@@ -330,8 +332,8 @@ class _Loop:
                 progress=bar, mixing=self.mixing, amp_dtype=self.amp_dtype, scaler=self.scaler,
                 grad_clip=config.grad_clip, ema=self.ema, on_step=on_step, adversary=self.adversary,
             )
-        loss_sum, correct, seen = dist.sum(loss_sum, correct, seen)  # over all processes
-        train_loss, train_acc = (loss_sum / seen, correct / seen) if seen else (math.nan, math.nan)
+        total_loss, total_correct, seen = dist.sum(loss_sum, correct, seen)  # over all processes
+        train_loss, train_acc = (total_loss / seen, total_correct / seen) if seen else (math.nan, math.nan)
         train_seconds = time.perf_counter() - began
         self.evaluated.eval()
         val_loss, val_acc = loss_and_accuracy(self.evaluated, data.val, batch_size=512, device=device)
@@ -352,7 +354,7 @@ def _build_loop(model: nn.Module, data: DataSplits, config: TrainConfig, *, bala
     model.to(memory_format=memory_format)  # only 4-D weights change layout
     class_weights, sample_weights = class_balance(data, balance, device)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
-    train_model = dist.wrap(torch.compile(model) if config.compile else model)
+    train_model = dist.wrap(typing.cast(nn.Module, torch.compile(model)) if config.compile else model)
     optimizer = build_optimizer(model, config)
     steps = num_batches(dist.share(len(data.train)), config.batch_size)
     schedule = build_schedule(optimizer, config, steps)

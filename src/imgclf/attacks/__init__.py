@@ -19,14 +19,14 @@ ATTACK_MODULES = ("fgsm", "pgd", "apgd", "fab", "square")
 for _module in ATTACK_MODULES:
     importlib.import_module(f"imgclf.attacks.{_module}")
 
-from imgclf.attacks.apgd import apgd, apgd_targeted  # noqa: E402  (after the registrations above)
-from imgclf.attacks.checks import sanity_checks  # noqa: E402
-from imgclf.attacks.core import NORMS, loss_gradient, project, project_linf  # noqa: E402
-from imgclf.attacks.fab import fab_targeted  # noqa: E402
-from imgclf.attacks.fgsm import fgsm  # noqa: E402
-from imgclf.attacks.losses import dlr, margin  # noqa: E402
-from imgclf.attacks.pgd import default_alpha, pgd  # noqa: E402
-from imgclf.attacks.registry import (  # noqa: E402
+from imgclf.attacks.apgd import apgd, apgd_targeted
+from imgclf.attacks.checks import sanity_checks
+from imgclf.attacks.core import NORMS, loss_gradient, project, project_linf
+from imgclf.attacks.fab import fab_targeted
+from imgclf.attacks.fgsm import fgsm
+from imgclf.attacks.losses import dlr, margin
+from imgclf.attacks.pgd import default_alpha, pgd
+from imgclf.attacks.registry import (
     ATTACK_PRESETS,
     ATTACKS,
     AttackInfo,
@@ -35,10 +35,10 @@ from imgclf.attacks.registry import (  # noqa: E402
     register_attack,
     targetable_attacks,
 )
-from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult  # noqa: E402
-from imgclf.attacks.robustness import TARGET_MODES, choose_targets, robustness  # noqa: E402
-from imgclf.attacks.spec import AttackSpec  # noqa: E402
-from imgclf.attacks.square import square  # noqa: E402
+from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult
+from imgclf.attacks.robustness import TARGET_MODES, choose_targets, robustness
+from imgclf.attacks.spec import AttackSpec
+from imgclf.attacks.square import square
 
 __all__ = [
     "ATTACKS",

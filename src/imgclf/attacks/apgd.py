@@ -162,7 +162,7 @@ def _set_aside(state: dict[str, torch.Tensor], hit: torch.Tensor, result: torch.
         return state
     keys = [key for key in state if key not in ("todo", "adv")]
     todo, adv, *rest = set_aside(result, state["todo"], hit, state["adv"], *(state[key] for key in keys))
-    return {"todo": todo, "adv": adv, **dict(zip(keys, rest))}
+    return {"todo": todo, "adv": adv, **dict(zip(keys, rest, strict=True))}
 
 
 @attack_entry

@@ -9,14 +9,15 @@ measured) and ``meaning`` (why it matters).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from imgclf.attacks.core import logits_and_gradient
+from imgclf.attacks.losses import cross_entropy
 from imgclf.attacks.registry import attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessResult, batched_logits
 from imgclf.runtime import generator
@@ -90,7 +91,7 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     for spec in attacks:
         curve = sorted((eps, acc) for (name, eps), acc in accuracy.items() if name == spec.label)
         rises += [f"{spec.label} {a:.3f} at eps={e0:.4g} -> {b:.3f} at eps={e1:.4g}"
-                  for (e0, a), (e1, b) in zip(curve, curve[1:]) if b > a + TOLERANCE]
+                  for (e0, a), (e1, b) in itertools.pairwise(curve) if b > a + TOLERANCE]
     checks.append(_check("accuracy falls with eps", "failed" if rises else "passed",
                          "; ".join(rises) or "no attack's accuracy rises with eps"))
 
@@ -127,7 +128,8 @@ def _logits_check(logits: torch.Tensor) -> dict[str, Any]:
     looks_like_probabilities = bool((logits >= -1e-6).all() and torch.allclose(
         logits.sum(1), torch.ones(len(logits), device=logits.device), atol=1e-3))
     if looks_like_probabilities:
-        return _check("logits", "failed", "the outputs are non-negative and each row sums to 1: probabilities, not logits")
+        return _check("logits", "failed",
+                      "the outputs are non-negative and each row sums to 1: probabilities, not logits")
     return _check("logits", "passed", "the outputs are not probabilities")
 
 
@@ -136,9 +138,7 @@ def _gradient_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ba
         return _check("gradients", "not run", "no correctly classified examples")
     bad = 0
     for i in range(0, len(x), batch_size):
-        labels = y[i:i + batch_size]
-        _, grad = logits_and_gradient(model, x[i:i + batch_size],
-                                      lambda z, labels=labels: F.cross_entropy(z, labels, reduction="none"))
+        _, grad = logits_and_gradient(model, x[i:i + batch_size], cross_entropy(y[i:i + batch_size]))
         flat = grad.flatten(1)
         bad += int(((flat == 0).all(1) | ~torch.isfinite(flat).all(1)).sum())
     fraction = bad / len(x)

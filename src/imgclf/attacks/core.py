@@ -35,10 +35,12 @@ def check_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float, norm: s
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
     if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor of shape (N, C, H, W), got {tuple(images.shape)} {images.dtype}")
+        raise ValueError("images must be a float tensor of shape (N, C, H, W), "
+                         f"got {tuple(images.shape)} {images.dtype}")
     for name, tensor in (("labels", labels), ("target", target)):
         if tensor is not None and (tensor.shape != images.shape[:1] or tensor.is_floating_point()):
-            raise ValueError(f"{name} must be an integer tensor of shape ({images.shape[0]},), got {tuple(tensor.shape)}")
+            raise ValueError(f"{name} must be an integer tensor of shape ({images.shape[0]},), "
+                             f"got {tuple(tensor.shape)}")
     if target is not None and bool((target == labels).any()):
         raise ValueError("a target class must differ from the true label of its example")
     largest = 1.0 if norm == "linf" else math.sqrt(images[0].numel()) if images.shape[0] else math.inf

@@ -7,6 +7,8 @@ Hein, ICML 2020), which runs it towards the highest-scoring wrong classes.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from imgclf.attacks.core import (
@@ -126,6 +128,11 @@ def fab_targeted(
     return result
 
 
+def _target_minus_true(logits: torch.Tensor, *, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``z_target - z_true`` per example, ``(N, K) -> (N,)``: negative until the boundary is crossed."""
+    return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, labels[:, None]).squeeze(1)
+
+
 def _fab_run(model, x, labels, targets, todo, result, best_norm, *, eps, norm, steps, alpha_max, eta, beta,
              random_radius, generator) -> None:
     """One FAB run towards ``targets`` on the examples ``todo``; updates ``result`` and ``best_norm`` in place."""
@@ -141,9 +148,8 @@ def _fab_run(model, x, labels, targets, todo, result, best_norm, *, eps, norm, s
     for _ in range(steps):
         if not len(todo):
             return
-        logits, grad = logits_and_gradient(
-            model, current, lambda z: z.gather(1, t[:, None]).squeeze(1) - z.gather(1, y[:, None]).squeeze(1))
-        f = logits.gather(1, t[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+        logits, grad = logits_and_gradient(model, current, functools.partial(_target_minus_true, target=t, labels=y))
+        f = _target_minus_true(logits, target=t, labels=y)
         w, flat = grad.flatten(1), current.flatten(1)
         d_current = project_onto_hyperplane(flat, w, -f, norm)
         d_origin = project_onto_hyperplane(flat0, w, -(f + (w * (flat0 - flat)).sum(1)), norm)

@@ -55,13 +55,16 @@ def dlr(labels: torch.Tensor, target: torch.Tensor | None = None) -> Loss:
         true, best_other = _true_and_other_best(logits, labels)
         return -(true - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
-    def targeted(logits: torch.Tensor) -> torch.Tensor:
+    def targeted(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ordered = logits.sort(1, descending=True).values
         true = logits.gather(1, labels[:, None]).squeeze(1)
         wanted = logits.gather(1, target[:, None]).squeeze(1)
         return -(true - wanted) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
 
-    return untargeted if target is None else targeted
+    if target is None:
+        return untargeted
+    chosen = target
+    return lambda logits: targeted(logits, chosen)
 
 
 def get_loss(name: str, labels: torch.Tensor, target: torch.Tensor | None = None) -> Loss:

@@ -95,7 +95,7 @@ def robustness(
         ValueError: From an attack, e.g. an L2 eps larger than the images allow.
     """
     start = time.perf_counter()
-    eps_values = sorted(set(float(e) for e in eps_values))
+    eps_values = sorted({float(e) for e in eps_values})
     images, labels = images.to(device), labels.to(device)  # once, not once per attack and eps
     logits = batched_logits(model, images, batch_size)
     evaluation = _Evaluation(model, images, labels, logits, eps_values, batch_size, seed, show, progress)
@@ -129,7 +129,8 @@ class _Evaluation:
         self.shown = min(show, self.n)
         self.examples: dict[str, np.ndarray] = {
             "clean": images[:self.shown].cpu().numpy(), "labels": labels[:self.shown].cpu().numpy(),
-            "clean_pred": self.clean_pred[:self.shown].cpu().numpy(), "eps": np.float32(eps_values[-1]),
+            "clean_pred": self.clean_pred[:self.shown].cpu().numpy(),
+            "eps": np.asarray(eps_values[-1], dtype=np.float32),
         }
         self.fooled: dict[tuple[str, float], np.ndarray] = {}
         self.worst: dict[str, list[torch.Tensor]] = {"images": [], "fooled": [], "fooled_by": []}

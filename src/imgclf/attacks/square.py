@@ -100,7 +100,8 @@ def square(
 
 
 @register_attack("square", summary="Square Attack (Andriushchenko et al. 2020): random search on the logits "
-                 "alone, `--queries` (default 5,000)", norms=("linf",), white_box=False, default_steps=0, fixed_steps=True,
+                 "alone, `--queries` (default 5,000)", norms=("linf",), white_box=False, default_steps=0,
+                 fixed_steps=True,
                  settings=lambda spec, eps: {"steps": spec.queries, "restarts": 1})
 def _run_square(spec, model, images, labels, eps, gen, target):
     return square(model, images, labels, eps=eps, norm=spec.norm, queries=spec.queries, generator=gen)

@@ -146,18 +146,18 @@ def iterate_batches(
         aug_gen.manual_seed(seed)
 
     images, labels = split.on(device)
-    if split.in_memory:
+    if isinstance(images, torch.Tensor):
         device_order = order.to(device)
         raw = (
             (images[rows], rows)
             for rows in (device_order[s : s + batch_size] for s in range(0, len(order), batch_size))
         )
     else:
-        loader, sampler = _loader(split.images, batch_size, device)
+        loader, sampler = _loader(images, batch_size, device)
         sampler.order = order
         raw = ((block.to(device, non_blocking=True), rows.to(device)) for block, rows in loader)
     for block, rows in raw:
         batch = block.float().div_(255.0)
-        if augmentation is not None:
+        if augmentation is not None and aug_gen is not None:  # (a generator is required with augmentation)
             batch = augmentation(batch, aug_gen)
         yield batch, labels[rows]

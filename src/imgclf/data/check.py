@@ -119,9 +119,9 @@ def check_folder(root: Path) -> FolderReport:
     jobs = [(split, path, label) for split, entries in files.items() for path, label in entries]
     with decoding_pool() as pool:
         results = list(pool.map(lambda job: _inspect(job[1]), jobs))
-    for (split, path, label), (digest, size, mode, error) in zip(jobs, results):
-        if error:
-            report.bad_files.append((str(path), error))
+    for (split, path, label), (digest, size, mode, error) in zip(jobs, results, strict=True):
+        if error or size is None:
+            report.bad_files.append((str(path), error or "no size"))
             continue
         by_hash[digest].append((split, str(path)))
         report.counts[split][label] += 1

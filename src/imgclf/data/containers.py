@@ -106,7 +106,7 @@ class ImageSplit:
             return self.images, self.labels
         key = str(device)
         if key not in self._on_device:
-            images = self.images.to(device, non_blocking=True) if self.in_memory else self.images
+            images = self.images.to(device, non_blocking=True) if isinstance(self.images, torch.Tensor) else self.images
             self._on_device[key] = (images, self.labels.to(device, non_blocking=True))
         return self._on_device[key]
 
@@ -118,9 +118,9 @@ class ImageSplit:
         """Images (all, or only ``rows``) as a ``uint8`` tensor ``(N, C, H, W)``."""
         if rows is None:
             rows = np.arange(len(self))
-        if self.in_memory:
+        if isinstance(self.images, torch.Tensor):
             return self.images[torch.as_tensor(rows, dtype=torch.long)]
-        return self.images.take(rows)
+        return self.images.take(np.asarray(rows))
 
     def float_images(self, rows: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
         """Images as ``float32`` ``(N, C, H, W)`` in ``[0, 1]`` (optionally only ``rows``)."""
@@ -129,7 +129,8 @@ class ImageSplit:
     def subset(self, rows: np.ndarray) -> ImageSplit:
         """The split restricted to ``rows`` (positions in this split)."""
         rows_t = torch.as_tensor(rows, dtype=torch.long)
-        images = self.images[rows_t] if self.in_memory else LazyImages(self.images.array, self.images.rows[rows])
+        images = self.images[rows_t] if isinstance(self.images, torch.Tensor) else \
+            LazyImages(self.images.array, self.images.rows[rows])
         return ImageSplit(images, self.labels[rows_t], self.source, self.indices[rows])
 
 

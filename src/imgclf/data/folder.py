@@ -157,9 +157,9 @@ def decode_image(path: Path, *, channels: int, size: tuple[int, int]) -> np.ndar
             more than ``Image.MAX_IMAGE_PIXELS`` pixels is refused as a
             decompression bomb before it is decoded.
     """
-    with Image.open(path) as image:
-        refuse_bombs(image)
-        image = ImageOps.exif_transpose(image)
+    with Image.open(path) as opened:
+        refuse_bombs(opened)
+        image: Image.Image = ImageOps.exif_transpose(opened)
         if image.mode in ("I", "F") or image.mode.startswith("I;16"):
             image = _to_8bit_grey(image)
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
@@ -261,10 +261,10 @@ def load_folder(
     entry = CacheEntry(folder_key(files, class_names, image_size=image_size, channels=channels)) if cache else None
     if entry is not None and entry.exists():
         manifest, arrays = entry.read()
-        bad = [tuple(item) for item in manifest["bad_files"]]
-        if bad and bad_files == "error":
-            raise _bad_file_error(*bad[0])
-        return Pools(manifest["class_names"], arrays), bad, notes + manifest["notes"]
+        cached_bad = [(str(path), str(reason)) for path, reason in manifest["bad_files"]]
+        if cached_bad and bad_files == "error":
+            raise _bad_file_error(*cached_bad[0])
+        return Pools(manifest["class_names"], arrays), cached_bad, notes + manifest["notes"]
 
     scanned = len(notes)  # notes from here on depend on the decoded content and are cached with it
     size, channels = _resolve_shape(files["train"], image_size, channels, notes, root)
@@ -278,10 +278,10 @@ def load_folder(
             ok = np.zeros(len(entries), dtype=bool)
 
             def decode(i: int) -> None:
-                path = entries[i][0]
+                path = entries[i][0]  # noqa: B023  (decode runs within this iteration, by pool.map below)
                 try:
-                    images[i] = decode_image(path, channels=channels, size=size)
-                    ok[i] = True
+                    images[i] = decode_image(path, channels=channels, size=size)  # noqa: B023  (as above)
+                    ok[i] = True  # noqa: B023  (as above)
                 except DECODE_ERRORS as error:
                     reason = f"{type(error).__name__}: {error}"
                     if bad_files == "error":
@@ -303,7 +303,7 @@ def load_folder(
         bad.sort()
         if bad:
             notes.append(f"skipped {len(bad)} file(s) that could not be decoded (listed in bad_files.txt)")
-        if writer:
+        if writer is not None and entry is not None:
             del pools  # drop the writable maps before the files move
             writer.commit({"class_names": class_names, "splits": list(files), "bad_files": bad,
                            "notes": notes[scanned:], "image_size": list(size), "channels": channels,

@@ -13,17 +13,17 @@ RECIPE_MODULES = ("pgd_training", "fgsm_rs", "trades")
 for _module in RECIPE_MODULES:
     importlib.import_module(f"imgclf.defenses.{_module}")
 
-from imgclf.defenses.adversary import Adversary, warmup_steps  # noqa: E402  (after the registrations above)
-from imgclf.defenses.fgsm_rs import OVERFIT_DROP, catastrophic_overfitting  # noqa: E402
-from imgclf.defenses.recipes import (  # noqa: E402
+from imgclf.defenses.adversary import Adversary, warmup_steps
+from imgclf.defenses.fgsm_rs import OVERFIT_DROP, catastrophic_overfitting
+from imgclf.defenses.recipes import (
     RECIPES,
     TrainingRecipe,
     make_recipe,
     recipe_choices,
     register_recipe,
 )
-from imgclf.defenses.trades import kl_divergence, trades_adversarial, trades_loss  # noqa: E402
-from imgclf.defenses.validation import RobustValidation  # noqa: E402
+from imgclf.defenses.trades import kl_divergence, trades_adversarial, trades_loss
+from imgclf.defenses.validation import RobustValidation
 
 __all__ = [
     "OVERFIT_DROP",

@@ -73,7 +73,8 @@ def _torch_mlp(data: FeatureSet, scaled: dict[str, np.ndarray], options: dict[st
     layers: list[nn.Module] = []
     width = data.width
     for units in options["hidden"]:
-        layers += [nn.Linear(width, units), nn.ReLU()] + ([nn.Dropout(options["dropout"])] if options["dropout"] else [])
+        layers += [nn.Linear(width, units), nn.ReLU()]
+        layers += [nn.Dropout(options["dropout"])] if options["dropout"] else []
         width = units
     model = nn.Sequential(*layers, nn.Linear(width, data.num_classes))
     x = {name: torch.from_numpy(np.ascontiguousarray(scaled[name])) for name in ("train", "val", "test")}
@@ -82,7 +83,9 @@ def _torch_mlp(data: FeatureSet, scaled: dict[str, np.ndarray], options: dict[st
     steps = options["epochs"] * math.ceil(len(y_train) / options["batch_size"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     order_gen = torch.Generator().manual_seed(seed)
-    history, best, start = [], (-1.0, 0, None), time.perf_counter()
+    history: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
+    start = time.perf_counter()
     for epoch in range(1, options["epochs"] + 1):
         began, loss_sum, correct = time.perf_counter(), 0.0, 0
         model.train()
@@ -99,9 +102,10 @@ def _torch_mlp(data: FeatureSet, scaled: dict[str, np.ndarray], options: dict[st
         with torch.no_grad():
             val_logits = model(x["val"])
         val_accuracy = float((val_logits.argmax(1) == y_val).float().mean())
-        history.append({"epoch": epoch, "train_loss": loss_sum / len(y_train), "train_accuracy": correct / len(y_train),
+        history.append({"epoch": epoch, "train_loss": float(loss_sum) / len(y_train),
+                        "train_accuracy": float(correct) / len(y_train),
                         "val_loss": nn.functional.cross_entropy(val_logits, y_val).item(),
-                        "val_accuracy": val_accuracy, "lr": schedule.get_last_lr()[0],
+                        "val_accuracy": val_accuracy, "lr": float(schedule.get_last_lr()[0]),
                         "seconds": time.perf_counter() - began})
         log(f"epoch {epoch:>3}/{options['epochs']}  train loss {history[-1]['train_loss']:.4f}  "
             f"val acc {val_accuracy:.4f}")

@@ -28,7 +28,8 @@ from imgclf.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 def describe_inputs(source: dict[str, Any]) -> str:
     """One line saying what the classifier was trained on."""
     if source.get("kind") == "features":
-        return f"{source.get('width')} features: layer {source.get('layer')} of {source.get('model')} ({source.get('run')})"
+        return (f"{source.get('width')} features: layer {source.get('layer')} of {source.get('model')} "
+                f"({source.get('run')})")
     return f"{source.get('width')} pixels ({'x'.join(str(v) for v in source.get('input_shape', []))}), flattened"
 
 
@@ -61,7 +62,8 @@ def fit_classifier_run(data: FeatureSet, classifier: str, *, options: dict[str, 
         f"{len(data.test_y)} test, {data.num_classes} classes")
     result, scaler = fit_classifier(classifier, data, options=options, seed=seed, log=log)
     settings = {"classifier": classifier, "options": result.options, "seed": seed, "inputs": data.source}
-    atomic_write_text(folder.file(record.CLASSIFIER_CONFIG), yaml.safe_dump(json.loads(json.dumps(settings)), sort_keys=False))
+    atomic_write_text(folder.file(record.CLASSIFIER_CONFIG),
+                      yaml.safe_dump(json.loads(json.dumps(settings)), sort_keys=False))
     if result.history:
         folder.write_csv(record.HISTORY, result.history)
     if result.weights is not None:
@@ -85,8 +87,9 @@ def fit_classifier_run(data: FeatureSet, classifier: str, *, options: dict[str, 
         "environment": {"python": platform.python_version(), "numpy": np.__version__,
                         "scikit-learn": sklearn.__version__},
     })
-    if data.test_images is not None:
-        save_samples(folder, lambda rows: data.test_images[rows].astype(np.float32) / 255, data.test_y,
+    test_images = data.test_images
+    if test_images is not None:
+        save_samples(folder, lambda rows: test_images[rows].astype(np.float32) / 255, data.test_y,
                      result.test_predictions, seed)
     log(f"test: accuracy {metrics.accuracy:.4f}  macro F1 {metrics.macro_f1:.4f}  (n={metrics.n}); "
         f"training {result.seconds:.1f} s")

@@ -65,6 +65,9 @@ class Normalize(nn.Module):
         Input ``(B, C, H, W)`` float in ``[0, 1]``; output the same shape.
     """
 
+    mean: torch.Tensor  # (1, C, 1, 1) float32 buffers, saved with the weights
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))

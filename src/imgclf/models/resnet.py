@@ -65,7 +65,7 @@ class PreActResNet(nn.Module):
         self.stem = nn.Conv2d(channels, stem_width, 3, padding=1, bias=False)
         in_planes = stem_width
         stages = []
-        for i, (width, count) in enumerate(zip(widths, blocks)):
+        for i, (width, count) in enumerate(zip(widths, blocks, strict=True)):
             for j in range(count):
                 stride = 2 if i > 0 and j == 0 else 1  # each later stage halves the resolution
                 stages.append(PreActBlock(in_planes, width, stride, dropout))

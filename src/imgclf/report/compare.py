@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -122,7 +123,8 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
     figures = {"robustness": robustness_comparison(runs), "validation": validation_comparison(runs)}
     encoded = embed_figures(figures, folder.figures)
 
-    rows, summary = [], []
+    rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
     for run in runs:
         clean = run.metrics.clean or {}
         worst = run.worst_case()

@@ -250,7 +250,7 @@ def properties_table(rows: Sequence[Properties]) -> str:
     cells = [row.row() for row in rows]
     header = list(cells[0])
     widths = {key: max(len(key), *(len(c[key]) for c in cells)) for key in header}
-    line = lambda values: "| " + " | ".join(v.ljust(widths[k]) for k, v in zip(header, values)) + " |"  # noqa: E731
+    line = lambda values: "| " + " | ".join(v.ljust(widths[k]) for k, v in zip(header, values, strict=True)) + " |"  # noqa: E731
     return "\n".join([line(header), "|" + "|".join("-" * (widths[k] + 2) for k in header) + "|",
                       *(line([c[k] for k in header]) for c in cells)])
 
@@ -266,7 +266,7 @@ def activation_figure(activations: Sequence[Activation], *, low: float = -5.0, h
     figure = Figure(figsize=(3.2 * columns, 2.6 * rows), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
     x = np.linspace(low, high, 1001)
-    for ax, activation in zip(axes, activations):
+    for ax, activation in zip(axes, activations, strict=True):
         ax.axhline(0, color="0.75", linewidth=0.8)
         ax.axvline(0, color="0.75", linewidth=0.8)
         ax.plot(x, activation.function(x), label="f(x)", linewidth=2)

@@ -81,6 +81,17 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
     return loss, grad / n
 
 
+
+def _saved(array: np.ndarray | None) -> np.ndarray:
+    """What a layer's forward pass saved for its backward pass.
+
+    Raises:
+        RuntimeError: If backward is called before forward.
+    """
+    if array is None:
+        raise RuntimeError("backward() called before forward(): the layer has no saved input")
+    return array
+
 class Layer:
     """A layer: ``forward`` caches what ``backward`` needs; ``params`` and
     ``grads`` are parallel lists of arrays (empty for parameter-free layers)."""
@@ -127,7 +138,7 @@ class Dense(Layer):
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         weight = self.params[0]
-        self.grads[0][...] = self._x.T @ grad  # (D_in, N) @ (N, D_out)
+        self.grads[0][...] = _saved(self._x).T @ grad  # (D_in, N) @ (N, D_out)
         self.grads[1][...] = grad.sum(axis=0)
         return grad @ weight.T  # (N, D_out) @ (D_out, D_in)
 
@@ -145,7 +156,7 @@ class ActivationLayer(Layer):
         return self.activation.function(x)
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        return grad * self.activation.derivative(self._x)
+        return grad * self.activation.derivative(_saved(self._x))
 
 
 class Softmax(Layer):
@@ -161,7 +172,7 @@ class Softmax(Layer):
         return self._s
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        return softmax_backward(self._s, grad)
+        return softmax_backward(_saved(self._s), grad)
 
 
 class Dropout(Layer):
@@ -302,13 +313,13 @@ class MLP:
         """The weights by name (``dense0.weight``, ``dense0.bias``, ...), copies."""
         dense = [layer for layer in self.layers if isinstance(layer, Dense)]
         return {f"dense{i}.{kind}": p.copy() for i, layer in enumerate(dense)
-                for kind, p in zip(("weight", "bias"), layer.params)}
+                for kind, p in zip(("weight", "bias"), layer.params, strict=True)}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Copy weights from :meth:`state`'s format into the network."""
         dense = [layer for layer in self.layers if isinstance(layer, Dense)]
         for i, layer in enumerate(dense):
-            for p, kind in zip(layer.params, ("weight", "bias")):
+            for p, kind in zip(layer.params, ("weight", "bias"), strict=True):
                 p[...] = state[f"dense{i}.{kind}"]
 
 
@@ -323,7 +334,7 @@ class SGD:
         self.velocity = [np.zeros_like(p) for p in model.params]
 
     def step(self) -> None:
-        for p, g, v in zip(self.model.params, self.model.grads, self.velocity):
+        for p, g, v in zip(self.model.params, self.model.grads, self.velocity, strict=True):
             if self.weight_decay and p.ndim == 2:
                 g = g + self.weight_decay * p
             v *= self.momentum
