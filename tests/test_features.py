@@ -15,7 +15,7 @@ from conftest import shared_data
 from imgclf.checkpoint import load_model
 from imgclf.cli import main
 from imgclf.features.extract import load_features
-from imgclf.teaching.numpy_mlp import MLP
+from imgclf.numpy_nn.numpy_mlp import MLP
 
 
 @pytest.fixture(scope="module")

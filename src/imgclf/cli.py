@@ -205,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, epilog=_examples(examples),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    for add_commands in (_pipeline_commands, _model_file_commands, _foundation_commands, _listing_commands):
+        add_commands(command)
+    return parser
+
+
+#: ``command(name, help, examples)`` adds a subcommand with its help and examples and returns its parser.
+Command = Callable[[str, str, str], argparse.ArgumentParser]
+
+
+def _pipeline_commands(command: Command) -> None:
+    """run, train, evaluate, attack, report and compare."""
     run = command("run", "train, evaluate, attack and write the report, in one run folder", """
         imgclf run
         imgclf run --dataset mnist --model simple-cnn --epochs 1 --out runs/mnist
@@ -243,7 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_flags(p, full=False)
         _add_common(p)
     _add_attack_flags(attack)
+    report = command("report", "write figures and report.html from a run folder", "imgclf report runs/mnist")
+    report.add_argument("run_dir", metavar="RUN", help="a run folder")
+    compare = command("compare", "several runs in one report: metrics, robustness against eps, training curves", """
+        imgclf compare runs/fm-standard runs/fm-robust --out runs/fm-compare
+    """)
+    compare.add_argument("run_dirs", metavar="RUN", nargs="+", help="two or more run folders")
+    compare.add_argument("--out", metavar="DIR", help="new folder for compare.html (default runs/compare-<time>)")
 
+
+def _model_file_commands(command: Command) -> None:
+    """predict and export: using a trained model outside its run folder."""
     predict = command("predict", "top-k classes of image files with a trained model", """
         imgclf predict runs/linnaeus photos/ --top-k 3
         imgclf predict runs/mnist/model.onnx digit.png --format json
@@ -265,13 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test images for the parity check (default 256)")
     _add_data_flags(export, full=False)
 
-    report = command("report", "write figures and report.html from a run folder", "imgclf report runs/mnist")
-    report.add_argument("run_dir", metavar="RUN", help="a run folder")
-    compare = command("compare", "several runs in one report: metrics, robustness against eps, training curves", """
-        imgclf compare runs/fm-standard runs/fm-robust --out runs/fm-compare
-    """)
-    compare.add_argument("run_dirs", metavar="RUN", nargs="+", help="two or more run folders")
-    compare.add_argument("--out", metavar="DIR", help="new folder for compare.html (default runs/compare-<time>)")
+
+def _foundation_commands(command: Command) -> None:
+    """activations, mlp-numpy, features, fit-features and sweep."""
+    _activations_command(command)
+    mlp = _mlp_numpy_command(command)
+    fit_features = _feature_commands(command)
+    for p in (mlp, fit_features):
+        p.add_argument("--seed", type=int, default=0, help="seeds everything (default 0)")
+        p.add_argument("--out", metavar="DIR", help="new run folder")
+        p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and the run folder")
+    _sweep_command(command)
+
+
+def _activations_command(command: Command) -> None:
     activations = command("activations", "plot activation functions and their derivatives; print their properties", """
         imgclf activations
         imgclf activations elu selu gelu --alpha 0.5 --range -4 4 --out runs/act
@@ -286,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     activations.add_argument("--out", metavar="DIR", help="new folder for the figure and table "
                                                           "(default runs/activations-<time>)")
 
+
+def _mlp_numpy_command(command: Command) -> argparse.ArgumentParser:
     mlp = command("mlp-numpy", "train the from-scratch NumPy MLP on pixels or features, with the run report", """
         imgclf mlp-numpy --dataset fashion-mnist --out runs/fm-numpy
         imgclf mlp-numpy --features runs/fm-cnn/features.npz --epochs 20 --out runs/fm-numpy-features
@@ -312,7 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     mlp.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without a "
                                                                          "better validation accuracy")
     mlp.add_argument("--dtype", help="float32 (default) | float64")
+    return mlp
 
+
+def _feature_commands(command: Command) -> argparse.ArgumentParser:
+    """features, and fit-features (returned: it shares flags with mlp-numpy)."""
     features = command("features", "save a layer's activations of a trained run for every split (.npz)", """
         imgclf features runs/fm-cnn --out runs/fm-cnn/features.npz
         imgclf features runs/fm-cnn --layer body.12 --out body12.npz
@@ -337,11 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                               help="numpy-mlp (default) | torch-mlp | logistic | svm | knn")
     fit_features.add_argument("--option", dest="options", type=_key_value, action="append", default=[],
                               metavar="KEY=VALUE", help="classifier hyperparameter (repeatable)")
-    for p in (mlp, fit_features):
-        p.add_argument("--seed", type=int, default=0, help="seeds everything (default 0)")
-        p.add_argument("--out", metavar="DIR", help="new run folder")
-        p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and the run folder")
+    return fit_features
 
+
+def _sweep_command(command: Command) -> None:
     sweep = command("sweep", "hyperparameter search with Optuna; every trial is a run folder", """
         imgclf sweep --config sweep.yaml
         imgclf sweep --config sweep.yaml --storage sqlite:///runs/sweep.db   # run it on several machines
@@ -355,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "process its own)")
     sweep.add_argument("--quiet", "-q", action="store_true", help="print only failed trials and the report")
 
+
+def _listing_commands(command: Command) -> None:
+    """data check, datasets, models and attacks."""
     data = command("data", "inspect data", "imgclf data check path/to/photos")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = data_sub.add_parser(
@@ -369,7 +405,6 @@ def build_parser() -> argparse.ArgumentParser:
     command("datasets", "list the built-in data sets and whether their files are present", "imgclf datasets")
     command("models", "list the architectures and their options", "imgclf models")
     command("attacks", "list the attacks, their norms and what they need", "imgclf attacks")
-    return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -466,15 +501,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _activations(args: argparse.Namespace) -> int:
-    from imgclf.report.plots import save_figure
-    from imgclf.run_folder import RunFolder, atomic_write_text
-    from imgclf.teaching.activations import (
+    from imgclf.numpy_nn.activations import (
         ACTIVATIONS,
         activation_figure,
         get_activation,
         properties,
         properties_table,
     )
+    from imgclf.report.plots import save_figure
+    from imgclf.run_folder import RunFolder, atomic_write_text
 
     low, high = args.x_range
     if not low < high:
@@ -565,32 +600,27 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    """Run the chosen subcommand; returns the exit status."""
+def _listing(show: Callable[[], None]) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        show()
+        return 0
+    return handler
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from imgclf.data.check import check_folder
+
+    report = check_folder(Path(args.path).expanduser())
+    print(report.render())
+    return 1 if report.problems() else 0
+
+
+def _run_or_train(args: argparse.Namespace) -> int:
     from imgclf import pipeline
     from imgclf.config import load_config
 
-    if args.command == "datasets":
-        _list_datasets()
-        return 0
-    if args.command == "models":
-        _list_models()
-        return 0
-    if args.command == "attacks":
-        _list_attacks()
-        return 0
-    handlers = {"activations": _activations, "mlp-numpy": _mlp_numpy, "features": _features,
-                "fit-features": _fit_features, "sweep": _sweep}
-    if args.command in handlers:
-        return handlers[args.command](args)
-    if args.command == "data":
-        from pathlib import Path
-
-        from imgclf.data.check import check_folder
-
-        report = check_folder(Path(args.path).expanduser())
-        print(report.render())
-        return 1 if report.problems() else 0
     if args.command == "train" and args.resume:
         extra = sorted(set(_overrides(args)) - {"device"}) + (["--config"] if args.config else []) + \
             (["--out"] if args.out else [])
@@ -602,33 +632,55 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.quiet:
             print(resumed.path)
         return 0
-    if args.command in ("run", "train"):
-        config = load_config(args.config, _overrides(args))
-        if args.command == "run":
-            folder = pipeline.run(config, out=args.out, quiet=args.quiet)
-        else:
-            folder = pipeline.Run.train(config, out=args.out, quiet=args.quiet).folder
-        if args.quiet and folder is not None:
-            print(folder.path)
-        return 0
-    if args.command == "predict":
-        return _predict(args)
-    if args.command == "export":
-        return _export(args)
-    if args.command == "compare":
-        from imgclf.report import compare_runs
+    config = load_config(args.config, _overrides(args))
+    if args.command == "run":
+        folder = pipeline.run(config, out=args.out, quiet=args.quiet)
+    else:
+        folder = pipeline.Run.train(config, out=args.out, quiet=args.quiet).folder
+    if args.quiet and folder is not None:
+        print(folder.path)
+    return 0
 
-        print(f"report: {compare_runs(args.run_dirs, args.out)}")
-        return 0
-    if args.command == "report":
-        pipeline.report_folder(args.run_dir)
-        return 0
-    opened = pipeline.Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet)
+
+def _stage(args: argparse.Namespace) -> int:
+    """``evaluate`` and ``attack`` on a finished run."""
+    from imgclf.pipeline import Run
+
+    opened = Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet)
     if args.command == "evaluate":
         opened.evaluate()
     else:
         opened.attack()
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from imgclf.pipeline import report_folder
+
+    report_folder(args.run_dir)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from imgclf.report import compare_runs
+
+    print(f"report: {compare_runs(args.run_dirs, args.out)}")
+    return 0
+
+
+#: The handler of every subcommand.
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run_or_train, "train": _run_or_train, "evaluate": _stage, "attack": _stage, "report": _report,
+    "compare": _compare, "predict": _predict, "export": _export, "activations": _activations,
+    "mlp-numpy": _mlp_numpy, "features": _features, "fit-features": _fit_features, "sweep": _sweep,
+    "data": _data_check, "datasets": _listing(_list_datasets), "models": _listing(_list_models),
+    "attacks": _listing(_list_attacks),
+}
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen subcommand; returns the exit status."""
+    return HANDLERS[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,14 +27,13 @@ import yaml
 
 from imgclf.attacks import ATTACK_PRESETS, ATTACKS, NORMS, expand_attacks, targetable_attacks
 from imgclf.constraints import CountOrAll, Interval, Options, check_fields, setting
-from imgclf.data.augment import PRESETS
+from imgclf.data.augment import AUGMENTATIONS
 from imgclf.defenses import recipe_choices
 from imgclf.errors import UsageError, unknown_choice
 from imgclf.settings import resolve
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
-AUGMENTATIONS = tuple(PRESETS)
 BALANCING = ("none", "weighted-loss", "sampler")
 BAD_FILES = ("skip", "error")
 DEVICES = ("auto", "cpu", "cuda")
@@ -56,7 +55,7 @@ class DataConfig:
     val_fraction: float = setting(0.2, _FRACTION)  # held out of train when the data set has no val split
     test_fraction: float = setting(0.2, _FRACTION)  # held out when the data set has no test split
     train_examples: int | None = setting(None, _POSITIVE)  # seeded stratified subset of train; None: all
-    augment: str = setting("none", Options("augmentation", AUGMENTATIONS))
+    augment: str = setting("none", Options("augmentation", tuple(AUGMENTATIONS)))
     balance: str = setting("none", Options("class balancing", BALANCING))  # counter class imbalance in training
     bad_files: str = setting("skip", Options("bad-files policy", BAD_FILES))  # skip (and list) or stop at bad files
     cache: bool = True  # keep decoded image folders in the decoded-image cache

@@ -1,7 +1,7 @@
 """Data sets, splits and batches. Images leave this package as ``float32``
 ``(B, C, H, W)`` in ``[0, 1]``."""
 
-from imgclf.data.augment import PRESETS as AUGMENTATIONS
+from imgclf.data.augment import AUGMENTATIONS
 from imgclf.data.batches import iterate_batches, num_batches
 from imgclf.data.builtin import DATASETS, missing_files
 from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit

@@ -83,4 +83,4 @@ def _seed000(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return colour_jitter(random_flip(images, gen), gen)
 
 
-PRESETS: dict[str, Augmentation | None] = {"none": None, "flip-crop": _flip_crop, "seed000": _seed000}
+AUGMENTATIONS: dict[str, Augmentation | None] = {"none": None, "flip-crop": _flip_crop, "seed000": _seed000}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgclf.data.augment import PRESETS
+from imgclf.data.augment import AUGMENTATIONS
 from imgclf.data.containers import ImageSplit, LazyImages
 
 
@@ -110,7 +110,7 @@ def iterate_batches(
         generator: CPU generator for order and augmentation; required when
             ``shuffle``, ``augment`` or ``sample_weights`` is used, so runs are
             reproducible.
-        augment: A preset name from :data:`imgclf.data.augment.PRESETS`.
+        augment: A preset name from :data:`imgclf.data.augment.AUGMENTATIONS`.
         drop_last: Skip the final incomplete batch.
         sample_weights: ``(N,)`` non-negative weights: draw ``N`` examples with
             replacement in proportion to them (class-balanced sampling)
@@ -123,7 +123,7 @@ def iterate_batches(
         ``images``: ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` on ``device``;
         ``labels``: ``int64`` ``(B,)`` on ``device``.
     """
-    augmentation = PRESETS[augment]
+    augmentation = AUGMENTATIONS[augment]
     if (shuffle or augmentation is not None or sample_weights is not None) and generator is None:
         raise ValueError("iterate_batches needs a generator to shuffle, sample or augment reproducibly")
     n = len(split)

@@ -132,7 +132,7 @@ def load_data(
 
     Data sets without a test split lose a seeded stratified ``test_fraction``
     of train to test; those without a val split then lose ``val_fraction`` of
-    what is left to val (the 80/20 split of the seed projects).
+    what is left to val (80/20 by default).
 
     Args:
         config: Data settings.

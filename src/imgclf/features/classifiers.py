@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from imgclf.config import resolve_options as resolve
 from imgclf.errors import UsageError, unknown_choice
 from imgclf.features.extract import FeatureSet
-from imgclf.teaching.numpy_mlp import MLPConfig, train_mlp
+from imgclf.numpy_nn.numpy_mlp import MLPConfig, train_mlp
 
 Log = Callable[[str], None]
 
@@ -163,7 +163,7 @@ class ClassifierEntry:
 #: Every classifier by name.
 CLASSIFIERS: dict[str, ClassifierEntry] = {
     "numpy-mlp": ClassifierEntry(_numpy_mlp, {f.name: f.default for f in fields(MLPConfig)},
-                                 "imgclf's NumPy MLP (imgclf.teaching.numpy_mlp), SGD with momentum"),
+                                 "imgclf's NumPy MLP (imgclf.numpy_nn.numpy_mlp), SGD with momentum"),
     "torch-mlp": ClassifierEntry(_torch_mlp, TORCH_MLP_DEFAULTS, "a torch MLP with AdamW and a cosine schedule"),
     "logistic": ClassifierEntry(_sklearn(_logistic, "logistic"), {"C": 1.0, "max_iter": 1000},
                                 "scikit-learn's multinomial logistic regression"),

@@ -1,5 +1,5 @@
-"""Small architectures of the seed projects: MLP, simple CNN, CNN with batch
-norm, and the Keras CIFAR-10 example network. Each builder returns the body that
+"""Small architectures: MLP, simple CNN, CNN with batch norm, and the Keras CIFAR-10
+example network. Each builder returns the body that
 maps normalized images ``(B, C, H, W)`` to logits ``(B, K)``."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def mlp(
     activation: str = "relu",  # relu | gelu | elu | tanh | silu
     dropout: float = 0.0,  # after each hidden layer
 ) -> nn.Module:
-    """Multilayer perceptron, the seed projects' "DNN".
+    """Multilayer perceptron: flatten, ``depth`` hidden layers, a linear head.
 
     Input ``(B, C, H, W)``; parameters ``(C*H*W + 1)*hidden + (depth-1)*(hidden+1)*hidden
     + (hidden+1)*K`` (101,770 for MNIST with the defaults).
@@ -122,8 +122,8 @@ def keras_cnn(
     num_classes: int,
     dropout: float = 0.25,  # after each conv block; the dense layer's dropout is twice this
 ) -> nn.Module:
-    """The network of Keras's classic ``cifar10_cnn.py`` example, which the CIFAR-10
-    seed project trained (about 73% test accuracy there).
+    """The network of Keras's classic ``cifar10_cnn.py`` example (about 73% test accuracy
+    on CIFAR-10 there).
 
     Each block is a same-padded 3x3 conv, a valid 3x3 conv, 2x2 max-pooling and
     dropout; then dense 512 with ReLU and dropout, and a linear head. Input

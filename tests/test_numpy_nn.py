@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from scipy.special import log_softmax as scipy_log_softmax
 
 from imgclf.errors import UsageError
-from imgclf.teaching.activations import ACTIVATIONS, GRID, get_activation, properties
-from imgclf.teaching.numpy_mlp import (
+from imgclf.numpy_nn.activations import ACTIVATIONS, GRID, get_activation, properties
+from imgclf.numpy_nn.numpy_mlp import (
     MLP,
     SGD,
     ActivationLayer,

@@ -1,7 +1,7 @@
 """Activation functions and their derivatives, written out in NumPy.
 
 Each :class:`Activation` pairs a function with its analytic derivative; the
-NumPy MLP (:mod:`imgclf.teaching.numpy_mlp`) uses the same pairs for its
+NumPy MLP (:mod:`imgclf.numpy_nn.numpy_mlp`) uses the same pairs for its
 backward pass, and the tests check every derivative against torch autograd.
 :func:`properties` measures each function's range behaviour, monotonicity,
 smoothness, zero-centring and saturation on a grid, and

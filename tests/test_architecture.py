@@ -184,3 +184,44 @@ def test_a_run_folder_of_the_previous_release_still_opens(tmp_path, capsys):
     assert "fgsm-rs" in (old / "report.html").read_text()
     assert main(["evaluate", str(old), "--quiet"]) == 0
     assert read_metrics(old).clean["accuracy"] == pytest.approx(metrics.clean["accuracy"])
+
+
+def test_the_modules_import_each_other_without_a_cycle():
+    """Module-level imports of src/imgclf (imports inside functions and under TYPE_CHECKING aside) form no cycle."""
+    import ast
+
+    source = ROOT / "src"
+    modules = {}
+    for path in source.rglob("*.py"):
+        name = ".".join(path.relative_to(source).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+
+    def resolve(name):
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgclf"):
+                targets = {resolve(node.module)} | {resolve(f"{node.module}.{a.name}") for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets = {resolve(a.name) for a in node.names if a.name.startswith("imgclf")}
+            else:
+                continue
+            graph[name] |= {t for t in targets if t and t != name and not name.startswith(t + ".") and t != "imgclf"}
+
+    state = {}
+
+    def visit(name, trail):
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            assert state.get(target) != "open", "import cycle: " + " -> ".join([*trail, name, target])
+            if target not in state:
+                visit(target, [*trail, name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])

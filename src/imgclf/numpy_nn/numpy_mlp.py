@@ -2,8 +2,7 @@
 passes by hand, softmax cross-entropy, He and Xavier initialisation, mini-batch
 SGD with momentum, L2 weight decay, dropout and early stopping.
 
-No torch inside: this is the seed project's exercise made correct and fast
-(vectorised over the batch, float32 by default). The tests check every
+No torch inside, and fast: vectorised over the batch, float32 by default. The tests check every
 backward pass against torch autograd in float64 and against central finite
 differences.
 
@@ -26,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from imgclf.errors import UsageError
-from imgclf.teaching.activations import Activation, get_activation
+from imgclf.numpy_nn.activations import Activation, get_activation
 
 INITS = ("he", "xavier")
 SCHEDULES = ("constant", "cosine")
@@ -144,7 +143,7 @@ class Dense(Layer):
 
 
 class ActivationLayer(Layer):
-    """An elementwise activation from :mod:`imgclf.teaching.activations`;
+    """An elementwise activation from :mod:`imgclf.numpy_nn.activations`;
     backward is ``grad * f'(x)``."""
 
     def __init__(self, activation: Activation):
@@ -207,7 +206,7 @@ class MLPConfig:
 
     Attributes:
         hidden: Units of each hidden layer, e.g. ``(128,)``; ``()`` is softmax regression.
-        activation: A name of :data:`imgclf.teaching.activations.ACTIVATIONS`.
+        activation: A name of :data:`imgclf.numpy_nn.activations.ACTIVATIONS`.
         init: ``"he"`` or ``"xavier"``.
         dropout: Drop probability after each hidden activation.
         epochs: Passes over the training set.
@@ -222,7 +221,7 @@ class MLPConfig:
         dtype: ``"float32"`` or ``"float64"``.
     """
 
-    hidden: tuple[int, ...] = (128,)  # one hidden layer of 128, the seed project's
+    hidden: tuple[int, ...] = (128,)  # one hidden layer of 128 units
     activation: str = "relu"
     init: str = "he"  # he for ReLU-like activations, xavier for tanh/sigmoid
     dropout: float = 0.0
