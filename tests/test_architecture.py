@@ -225,3 +225,27 @@ def test_the_modules_import_each_other_without_a_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [])
+
+
+def test_the_model_record_and_the_training_state_are_checked_when_read(tmp_path, digits_run, capsys):
+    import shutil
+
+    from imgclf.record import read_model_record
+
+    info = read_model_record(digits_run / "model.json")
+    assert info.schema_version == 2 and info.input_shape == [1, 8, 8] and len(info.class_names) == 10
+    broken = tmp_path / "broken"
+    shutil.copytree(digits_run, broken)
+    (broken / "model.json").write_text('{"format": "imgclf-model/1", "model": "mlp"}')
+    assert main(["evaluate", str(broken)]) == 2
+    assert "model.json" in capsys.readouterr().err
+    shutil.copy(digits_run / "model.json", broken / "model.json")
+    (broken / "train_state.pt").write_bytes(b"not a pickle at all")
+    assert main(["train", "--resume", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read as a training state" in err and len(err.strip().splitlines()) == 1
+    import torch
+
+    torch.save({"epoch": 1}, broken / "train_state.pt")
+    assert main(["train", "--resume", str(broken)]) == 2
+    assert "not a complete imgclf training state: it lacks stale" in capsys.readouterr().err

@@ -8,6 +8,7 @@ normalization, data set and versions. Loading never unpickles anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save
 from imgclf.data.containers import DatasetSpec
 from imgclf.errors import UsageError
 from imgclf.models import ImageClassifier, Normalize, create_model, resolve_options
+from imgclf.record import SCHEMA_VERSION, read_model_record
 from imgclf.run_folder import atomic_write_bytes, atomic_write_text
 
 FORMAT = "imgclf-model/1"
@@ -41,6 +43,7 @@ def model_info(
         raise TypeError(f"{type(model).__name__} has no Normalize layer named 'normalize'; create it with "
                         "imgclf.create_model")
     return {
+        "schema_version": SCHEMA_VERSION,
         "format": FORMAT,
         "model": name,
         "options": resolve_options(name, options),
@@ -84,12 +87,22 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def read_model_info(path: str | Path) -> dict[str, Any]:
-    """The metadata of a saved model (run folder or ``.safetensors`` path)."""
+    """The metadata of a saved model (run folder or ``.safetensors`` path), checked field by field
+    (:class:`imgclf.record.ModelInfo`), as a dict.
+
+    Raises:
+        UsageError: If the files are missing, ``model.json`` is not JSON, not imgclf's, or a field
+            is missing or of the wrong type.
+    """
     _, info_path = _paths(path)
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT:
-        raise UsageError(f"{str(info_path)!r} is not an imgclf model file (format {info.get('format')!r})")
-    return info
+    try:
+        raw = json.loads(info_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{str(info_path)!r} is not valid JSON ({error})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        shown = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise UsageError(f"{str(info_path)!r} is not an imgclf model file (format {shown!r})")
+    return dataclasses.asdict(read_model_record(info_path))
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> ImageClassifier:

@@ -49,7 +49,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _flag(group: Any, *names: str, dest: str, help: str = "", metavar: str | None = None,
-          type: Callable[[str], Any] | None = None) -> None:
+          parse: Callable[[str], Any] | None = None) -> None:
     """A flag that sets the setting ``dest`` (``section.field`` or a top-level field); its help ends with
     the field's declared range and default, and booleans get ``--x/--no-x``. Values are checked by
     the configuration, with the same message as in a YAML file."""
@@ -64,7 +64,7 @@ def _flag(group: Any, *names: str, dest: str, help: str = "", metavar: str | Non
         group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=S,
                            help=text.replace("%", "%%"))
         return
-    group.add_argument(*names, dest=dest, default=S, metavar=metavar, type=type, help=text.replace("%", "%%"))
+    group.add_argument(*names, dest=dest, default=S, metavar=metavar, type=parse, help=text.replace("%", "%%"))
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
@@ -162,7 +162,7 @@ def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
     _flag(group, "--eps", dest="attack.eps", metavar="LIST",
           help="radii in pixel units, e.g. 0,1/255,2/255 or 0:8/255:2/255 (default under linf "
                "0,1/255,2/255,4/255,8/255 for colour, 0,0.05,0.1,0.2,0.3 for grey)")
-    _flag(group, "--n-examples", "--attack-examples", dest="attack.examples", metavar="N|all", type=_count_or_all,
+    _flag(group, "--n-examples", "--attack-examples", dest="attack.examples", metavar="N|all", parse=_count_or_all,
           help="attack a seeded stratified subset of N test images")
     _flag(group, "--steps", "--pgd-steps", dest="attack.steps", metavar="N",
           help="iterations (default: each attack's, PGD 20, APGD and FAB 100)")

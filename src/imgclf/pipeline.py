@@ -4,13 +4,15 @@
 ``Run.train(config)`` makes a run folder and trains; ``Run.open(path)``
 rebuilds a finished one from its folder (configuration, saved split indices,
 model); ``.evaluate()``, ``.attack()`` and ``.report()`` each write their part
-of the folder (see :mod:`imgclf.run_folder`). ``imgclf run``, the stage
-commands, sweeps and feature extraction all go through it.
+of the folder (see :mod:`imgclf.record`), and ``.finish()`` runs the three in
+order. ``imgclf run``, the stage commands, sweeps and feature extraction all go
+through it.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -177,7 +179,7 @@ class Run:
         settings, device, data = _reload(folder, overrides)
         log = RunLog(folder, quiet=quiet)
         model = _model_for(settings.config, data, device)
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        state = _load_train_state(state_path, device)
         run = cls(folder, settings, data, model, device, log=log, quiet=quiet)
         epochs = settings.config.train.epochs
         if state["epoch"] >= epochs or state["stopped_early"]:
@@ -333,6 +335,15 @@ class Run:
         for check in failed:
             self.log(f"warning: check '{check['name']}' failed: {check['detail']}")
 
+    def finish(self, *, attack: bool = True) -> EvalResult:
+        """The stages after training, in order: :meth:`evaluate`, :meth:`attack` (unless ``attack`` is
+        False) and :meth:`report`; returns the clean evaluation."""
+        evaluation = self.evaluate()
+        if attack:
+            self.attack()
+        self.report()
+        return evaluation
+
     def report(self) -> Path:
         """Figures and ``report.html`` from what the folder holds (and, with ``train.tensorboard``,
         the figures and final metrics in ``RUN/tensorboard``); returns the report's path."""
@@ -349,9 +360,7 @@ def run(config: RunConfig, *, out: str | Path | None = None, quiet: bool = False
     trained = Run.train(config, out=out, quiet=quiet)
     if trained.folder is None:  # not rank 0 of a distributed run
         return None
-    trained.evaluate()
-    trained.attack()
-    trained.report()
+    trained.finish()
     return trained.folder
 
 
@@ -375,6 +384,22 @@ def _reload(folder: RunFolder, overrides: dict[str, Any] | None) -> tuple[Settin
     data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))
     spec = data.spec
     return resolve(config, channels=spec.channels, class_names=list(spec.class_names)), device, data
+
+
+def _load_train_state(path: Path, device: torch.device) -> dict[str, Any]:
+    """``train_state.pt``, loaded without unpickling code and checked (:class:`imgclf.record.TrainState`).
+
+    Raises:
+        UsageError: If the file is truncated, not a PyTorch file, holds objects other than tensors and
+            plain values, or is not a complete training state.
+    """
+    try:
+        raw = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"{str(path)!r} cannot be read as a training state ({first[:160]}); "
+                         "start the run again instead of resuming it") from None
+    return record.TrainState.from_dict(raw, str(path)).to_dict()
 
 
 def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:

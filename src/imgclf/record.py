@@ -1,10 +1,12 @@
-"""The run folder as a versioned record: the name of every file, and the sections of ``metrics.json``.
+"""The run folder as a versioned record: the name of every file, and the sections of ``metrics.json``,
+``model.json`` and ``train_state.pt`` as dataclasses.
 
-Writers (the pipeline, feature runs) build the sections below and readers (the
-report, ``compare``, TensorBoard logging) read them back through
-:func:`read_metrics`, which validates what it reads and fails with one line
-naming the file. ``metrics.json`` carries a ``schema_version``; a folder written
-before versions existed (version 1, no key) still reads.
+Writers (the pipeline, feature runs, checkpoints, training) build the dataclasses
+below and readers (the report, ``compare``, TensorBoard logging, model loading,
+resume) read them back through :func:`read_metrics`, :func:`read_model_record`
+and :meth:`TrainState.from_dict`, which check what they read and fail with one
+line naming the file. Each carries a ``schema_version``; a folder written before
+versions existed (version 1, no key) still reads.
 
 Layout (every file optional until its stage has run)::
 
@@ -59,7 +61,7 @@ REPORT = "report.html"
 TENSORBOARD = "tensorboard"
 
 __all__ = ["WORST_CASE", "SCHEMA_VERSION", "Metrics", "DataCounts", "Training", "AdversarialTraining",
-           "AttackRecord", "read_metrics"]
+           "AttackRecord", "ModelInfo", "Normalization", "TrainState", "read_metrics", "read_model_record"]
 
 
 @dataclass
@@ -156,6 +158,114 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dicts and lists."""
         return dataclasses.asdict(self)
+
+
+@dataclass
+class Normalization:
+    """``model.json`` ``normalization``: per-channel mean and std, ``[0, 1]`` pixel units, applied in the model."""
+
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass
+class ModelInfo:
+    """``model.json``: what rebuilds the model and what its inputs and outputs are.
+
+    Attributes:
+        format: ``imgclf-model/1``. model, options: The registered architecture and its hyperparameters.
+        dataset, num_classes, class_names: What it was trained on.
+        input_shape: ``[C, H, W]``; input ``float32`` in ``input_range``. output: ``logits``.
+        normalization: Applied inside the model. versions: The environment it was saved in.
+        saved: ISO time of the save. schema_version: :data:`SCHEMA_VERSION` (1: before versions).
+    """
+
+    format: str
+    model: str
+    options: dict[str, Any]
+    dataset: str
+    num_classes: int
+    class_names: list[str]
+    input_shape: list[int]
+    normalization: Normalization
+    input_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    output: str = "logits"
+    versions: dict[str, Any] = field(default_factory=dict)
+    saved: str = ""
+    schema_version: int = 1
+
+
+@dataclass
+class TrainState:
+    """``train_state.pt``: everything :func:`imgclf.training.fit` needs to continue after an epoch, weight for
+    weight (saved with ``torch.save``, loaded with ``weights_only=True``).
+
+    Attributes:
+        epoch: The last finished epoch (1-based). stale: Epochs without progress. stopped_early: Training ended.
+        model, optimizer, schedule, ema, scaler: State dicts (None where unused).
+        order_rng, torch_rng: The batch-order and global random states (``uint8`` tensors).
+        best_state: The kept weights. history, best_epoch, best_val_accuracy, best_robust_val_accuracy,
+            seconds: The result so far. adversary: The adversary's step and random state.
+        optimizer_steps: Steps logged to TensorBoard so far. schema_version: :data:`SCHEMA_VERSION`.
+    """
+
+    epoch: int
+    stale: int
+    stopped_early: bool
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any] | None
+    ema: dict[str, Any] | None
+    scaler: dict[str, Any] | None
+    order_rng: Any
+    torch_rng: Any
+    best_state: dict[str, Any] | None
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_accuracy: float
+    seconds: float
+    best_robust_val_accuracy: float | None = None
+    adversary: dict[str, Any] | None = None
+    optimizer_steps: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as the plain dict ``torch.save`` writes (tensors are not copied)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, raw: Any, file: str) -> TrainState:
+        """Check a loaded ``train_state.pt``.
+
+        Raises:
+            UsageError: If it is not a mapping or lacks a field, naming ``file``.
+        """
+        if not isinstance(raw, dict):
+            raise UsageError(f"{file!r} is not an imgclf training state (it holds a {type(raw).__name__})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in raw]
+        if missing:
+            raise UsageError(f"{file!r} is not a complete imgclf training state: it lacks {', '.join(missing)}; "
+                             "start the run again instead of resuming it")
+        return cls(**{key: value for key, value in raw.items() if key in names})
+
+
+def read_model_record(file: str | Path) -> ModelInfo:
+    """``model.json`` as :class:`ModelInfo`.
+
+    Raises:
+        UsageError: If the file is not JSON, not a mapping, or a field is missing or of the wrong type.
+    """
+    file = Path(file)
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{str(file)!r} is not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{str(file)!r} must hold a JSON object, got {type(raw).__name__}")
+    return _build(ModelInfo, raw, str(file), "")
 
 
 def section(value: Any) -> dict[str, Any]:

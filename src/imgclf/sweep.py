@@ -263,10 +263,7 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
         try:
             config = load_config(None, {**spec.base, **params})
             trained = Run.train(config, out=run_dir, quiet=True, after_epoch=report_epoch)
-            evaluation = trained.evaluate()
-            if spec.attack:
-                trained.attack()
-            trained.report()
+            evaluation = trained.finish(attack=spec.attack)
         except optuna.TrialPruned as pruned:
             trial.set_user_attr("seconds", time.perf_counter() - began)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)

@@ -31,6 +31,7 @@ from imgclf.data.containers import DataSplits
 from imgclf.defenses import Adversary, RobustValidation, warmup_steps
 from imgclf.distributed import Distributed
 from imgclf.evaluation import loss_and_accuracy
+from imgclf.record import TrainState
 from imgclf.runtime import generator
 
 Log = Callable[[str], None]
@@ -279,19 +280,20 @@ class _Loop:
 
     def state(self, result: TrainResult, *, epoch: int, stale: int, stop: bool,
               best_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
-        """The whole training state after ``epoch`` (tensors and plain values; :meth:`restore` reads it)."""
-        return {
-            "epoch": epoch, "stale": stale, "stopped_early": stop,
-            "model": _clone_state(self.model), "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "order_rng": self.order.get_state(), "torch_rng": torch.get_rng_state(),
-            "best_state": best_state, "history": result.history, "best_epoch": result.best_epoch,
-            "best_val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
-            "best_robust_val_accuracy": result.best_robust_val_accuracy,
-            "adversary": self.adversary.state_dict() if self.adversary is not None else None,
-        }
+        """The whole training state after ``epoch`` (:class:`imgclf.record.TrainState` as a dict of tensors and
+        plain values; :meth:`restore` reads it)."""
+        return TrainState(
+            epoch=epoch, stale=stale, stopped_early=stop,
+            model=_clone_state(self.model), optimizer=self.optimizer.state_dict(),
+            schedule=self.schedule.state_dict() if self.schedule is not None else None,
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            order_rng=self.order.get_state(), torch_rng=torch.get_rng_state(),
+            best_state=best_state, history=result.history, best_epoch=result.best_epoch,
+            best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
+            best_robust_val_accuracy=result.best_robust_val_accuracy,
+            adversary=self.adversary.state_dict() if self.adversary is not None else None,
+        ).to_dict()
 
     def restore(self, state: dict[str, Any]) -> tuple[TrainResult, dict[str, torch.Tensor], int, int]:
         """Load a :meth:`state`; returns the result so far, the best weights, the next epoch and the stale count."""
