@@ -183,7 +183,7 @@ def test_a_run_folder_of_the_previous_release_still_opens(tmp_path, capsys):
     assert main(["report", str(old)]) == 0
     assert "fgsm-rs" in (old / "report.html").read_text()
     assert main(["evaluate", str(old), "--quiet"]) == 0
-    assert read_metrics(old).clean["accuracy"] == pytest.approx(metrics.clean["accuracy"])
+    assert read_metrics(old).clean.accuracy == pytest.approx(metrics.clean.accuracy)
 
 
 def test_the_modules_import_each_other_without_a_cycle():

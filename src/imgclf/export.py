@@ -42,8 +42,8 @@ class ExportResult:
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
+        import onnx  # noqa: F401  (imported only to check that the export extra is installed)
+        import onnxscript  # noqa: F401  (as above)
     except ImportError:
         raise UsageError('ONNX export needs onnx and onnxscript: pip install "imgclf[export]"') from None
     batch = torch.export.Dim("batch", min=1, max=65536)

@@ -39,6 +39,7 @@ from typing import Any
 
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry
 from imgclf.errors import UsageError
+from imgclf.metrics import ClassificationMetrics
 
 #: The version of ``metrics.json`` this release writes (1: written before versions existed).
 SCHEMA_VERSION = 2
@@ -126,7 +127,7 @@ class Metrics:
         data: Split sizes and input shape. data_notes: Warnings about the data.
         inputs: What a classifier on features was trained on (feature runs).
         environment: Versions and device.
-        training: From the train stage. clean: :class:`imgclf.metrics.ClassificationMetrics` as a dict.
+        training: From the train stage. clean: The clean test metrics.
         robustness: One entry per attack and eps, then the worst case (:data:`WORST_CASE`).
         attack: The attacked subset and the checks. timing: Seconds per stage.
     """
@@ -142,7 +143,7 @@ class Metrics:
     inputs: str | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     training: Training | None = None
-    clean: dict[str, Any] | None = None
+    clean: ClassificationMetrics | None = None
     robustness: list[RobustnessEntry] = field(default_factory=list)
     attack: AttackRecord | None = None
     timing: dict[str, float] = field(default_factory=dict)

@@ -92,7 +92,8 @@ def log_results(log_dir: Path, config: dict[str, Any], metrics: Metrics, figures
         writer.add_figure(f"figures/{name}", figure, close=False)
     final: dict[str, float] = {}
     if metrics.clean:
-        final.update({f"test/{k}": metrics.clean[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")})
+        final.update({"test/accuracy": metrics.clean.accuracy, "test/macro_f1": metrics.clean.macro_f1,
+                      "test/balanced_accuracy": metrics.clean.balanced_accuracy})
     if metrics.training:
         final["val/best_accuracy"] = metrics.training.best_val_accuracy
     for row in metrics.robustness:

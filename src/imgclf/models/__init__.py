@@ -2,8 +2,8 @@
 and returns logits ``(B, K)``; normalization is its first layer."""
 
 # Importing the architecture modules registers their models, in the order `imgclf models` lists them.
-from imgclf.models import small  # noqa: F401, I001
-from imgclf.models import resnet, vit, fast  # noqa: F401, I001
+from imgclf.models import small  # noqa: F401, I001  (registers its models; order as listed above)
+from imgclf.models import resnet, vit, fast  # noqa: F401, I001  (as above)
 from imgclf.models.registry import (
     MODELS,
     ImageClassifier,

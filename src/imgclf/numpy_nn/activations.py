@@ -250,7 +250,10 @@ def properties_table(rows: Sequence[Properties]) -> str:
     cells = [row.row() for row in rows]
     header = list(cells[0])
     widths = {key: max(len(key), *(len(c[key]) for c in cells)) for key in header}
-    line = lambda values: "| " + " | ".join(v.ljust(widths[k]) for k, v in zip(header, values, strict=True)) + " |"  # noqa: E731
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(widths[k]) for k, v in zip(header, values, strict=True)) + " |"
+
     return "\n".join([line(header), "|" + "|".join("-" * (widths[k] + 2) for k in header) + "|",
                       *(line([c[k] for k in header]) for c in cells)])
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from imgclf import record
-from imgclf.record import Metrics, read_metrics
+from imgclf.record import Metrics, read_metrics, read_model_record
 from imgclf.report.html import jinja_environment, percent
 from imgclf.report.plots import embed_figures, eps_label
 from imgclf.run_folder import RunFolder, atomic_write_text
@@ -45,8 +45,8 @@ class ComparedRun:
 
 def _load(path: str | Path) -> ComparedRun:
     folder = RunFolder.open(path)
-    info = folder.read_json(record.MODEL_INFO, default={})
-    colour = (info.get("input_shape") or [0])[0] == 3
+    info = folder.file(record.MODEL_INFO)
+    colour = info.is_file() and read_model_record(info).input_shape[0] == 3
     return ComparedRun(folder.path.name, folder.path, read_metrics(folder.path), folder.read_csv(record.HISTORY),
                        colour)
 
@@ -126,20 +126,20 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
     rows: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
     for run in runs:
-        clean = run.metrics.clean or {}
+        clean = run.metrics.clean
         worst = run.worst_case()
         seconds = run.metrics.timing.get("train_seconds")
         rows.append({
             "name": run.name, "path": str(run.path), "model": run.metrics.model, "training": run.training,
-            "accuracy": percent(clean.get("accuracy")),
-            "macro_f1": "–" if clean.get("macro_f1") is None else f"{clean['macro_f1']:.4f}",
+            "accuracy": percent(clean.accuracy if clean else None),
+            "macro_f1": f"{clean.macro_f1:.4f}" if clean else "–",
             "robust": [percent(worst.get(eps)) for eps in eps_values],
             "train_time": "–" if seconds is None else f"{seconds:.0f} s",
             "warnings": run.metrics.attack.warnings if run.metrics.attack else [],
         })
         summary.append({"run": str(run.path), "model": run.metrics.model, "dataset": run.metrics.dataset,
-                        "training": run.training, "test_accuracy": clean.get("accuracy"),
-                        "macro_f1": clean.get("macro_f1"), "worst_case_robust_accuracy": worst,
+                        "training": run.training, "test_accuracy": clean.accuracy if clean else None,
+                        "macro_f1": clean.macro_f1 if clean else None, "worst_case_robust_accuracy": worst,
                         "train_seconds": seconds})
     colour = any(run.colour for run in runs)
     html = jinja_environment().get_template("compare.html.j2").render(

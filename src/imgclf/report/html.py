@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
 from imgclf import record
-from imgclf.record import WORST_CASE, Metrics, read_metrics
+from imgclf.record import WORST_CASE, Metrics, ModelInfo, read_metrics, read_model_record
 from imgclf.report.plots import (
     adversarial_figure,
     confusion_matrix_figure,
@@ -33,28 +32,35 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
 
 
-def _input_shape(metrics: Metrics, info: dict[str, Any]) -> list[int]:
+def _input_shape(metrics: Metrics, info: ModelInfo | None) -> list[int]:
     """``(C, H, W)`` from ``model.json``, else from ``metrics.json`` (runs on features), else zeros."""
-    return info.get("input_shape") or (metrics.data.input_shape if metrics.data else None) or [0, 0, 0]
+    if info is not None:
+        return info.input_shape
+    return (metrics.data.input_shape if metrics.data else None) or [0, 0, 0]
 
 
-def _model_info(folder: RunFolder) -> dict[str, Any]:
-    """``model.json`` (empty for a classifier on features, which has none)."""
-    return folder.read_json(record.MODEL_INFO, default={})
+def _model_info(folder: RunFolder) -> ModelInfo | None:
+    """``model.json``, checked (None for a classifier on features, which has none)."""
+    path = folder.file(record.MODEL_INFO)
+    return read_model_record(path) if path.is_file() else None
+
+
+def _class_names(metrics: Metrics, info: ModelInfo | None) -> list[str]:
+    return metrics.class_names or (info.class_names if info is not None else [])
 
 
 def build_figures(folder: RunFolder) -> dict[str, Figure]:
     """Every figure the run folder has the data for, by name (in report order)."""
     metrics = read_metrics(folder.path)
     info = _model_info(folder)
-    class_names = metrics.class_names or info.get("class_names") or []
+    class_names = _class_names(metrics, info)
     colour = _input_shape(metrics, info)[0] == 3
     figures: dict[str, Figure] = {}
     history = folder.read_csv(record.HISTORY)
     if history:
         figures["training_curves"] = training_curves(history)
     if metrics.clean:
-        figures["confusion_matrix"] = confusion_matrix_figure(metrics.clean["confusion_matrix"], class_names)
+        figures["confusion_matrix"] = confusion_matrix_figure(metrics.clean.confusion_matrix, class_names)
     samples = folder.read_arrays(record.SAMPLES)
     if samples is not None and len(samples["labels"]):
         figures["predictions"] = prediction_grid(samples["images"], samples["labels"], samples["predictions"],
@@ -76,14 +82,14 @@ def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
     """The headline numbers at the top of the report: test accuracy, the training recipe, macro F1,
     balanced accuracy, each attack at its largest eps, the worst case, and the failed checks."""
     clean, training = metrics.clean, metrics.training
-    cards = [{"label": "test accuracy", "value": percent(clean["accuracy"]) if clean else "–"}]
+    cards = [{"label": "test accuracy", "value": percent(clean.accuracy) if clean else "–"}]
     if training is not None and training.adversarial is not None:
         trained = training.adversarial
         cards.append({"label": f"trained with {trained.recipe} at eps {eps_label(trained.eps, colour)}",
                       "value": percent(trained.best_robust_val_accuracy) + " robust val"})
     if clean:
-        cards.append({"label": "macro F1", "value": f"{clean['macro_f1']:.4f}"})
-        cards.append({"label": "balanced accuracy", "value": percent(clean["balanced_accuracy"])})
+        cards.append({"label": "macro F1", "value": f"{clean.macro_f1:.4f}"})
+        cards.append({"label": "balanced accuracy", "value": percent(clean.balanced_accuracy)})
     attacks = metrics.attacks()
     for attack in attacks:
         largest = max((row for row in metrics.robustness if row.attack == attack), key=lambda row: row.eps)
@@ -116,14 +122,14 @@ def write_report(folder: RunFolder) -> Path:
 
     metrics = read_metrics(folder.path)
     info = _model_info(folder)
-    class_names = metrics.class_names or info.get("class_names") or []
+    class_names = _class_names(metrics, info)
     input_shape = _input_shape(metrics, info)
     colour = input_shape[0] == 3
     figures = embed_figures(build_figures(folder), folder.figures)
     training, attack = metrics.training, metrics.attack
     html = jinja_environment().get_template("report.html.j2").render(
-        model=metrics.model if metrics.model != "?" else info.get("model", "?"),
-        dataset=metrics.dataset if metrics.dataset != "?" else info.get("dataset", "?"),
+        model=metrics.model if metrics.model != "?" or info is None else info.model,
+        dataset=metrics.dataset if metrics.dataset != "?" or info is None else info.dataset,
         num_classes=len(class_names),
         input_shape="×".join(str(v) for v in input_shape),
         seed=metrics.seed if metrics.seed is not None else "?",
@@ -136,7 +142,7 @@ def write_report(folder: RunFolder) -> Path:
         adversarial=training.adversarial if training else None,
         best_epoch=training.best_epoch if training else "?",
         clean=metrics.clean,
-        clean_n=metrics.clean["n"] if metrics.clean else None,
+        clean_n=metrics.clean.n if metrics.clean else None,
         robustness=[{**dataclasses.asdict(row), "eps_label": eps_label(row.eps, colour)} for row in metrics.robustness],
         worst_case=WORST_CASE,
         robustness_warnings=attack.warnings if attack else [],
