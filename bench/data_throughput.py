@@ -5,7 +5,7 @@ Part 1 trains the same network (imgclf's ``simple-cnn``: two 3x3 convolutions of
 training images for the same epochs and batch size, and reports training images
 per second, seconds per epoch and test accuracy for:
 
-1. the plain torchvision pipeline of the seed notebooks (``datasets.MNIST`` +
+1. the plain torchvision pipeline a notebook would use (``datasets.MNIST`` +
    ``ToTensor`` + ``Normalize`` + ``DataLoader``, Adam);
 2. Keras 3 on TensorFlow's CPU build with ``model.fit`` (run by ``--keras-python``,
    an interpreter that has TensorFlow; TensorFlow is a benchmark-only dependency);
@@ -59,11 +59,11 @@ def hardware() -> str:
 
 
 def plain_torchvision(root: Path, train_rows: np.ndarray, epochs: int, batch_size: int) -> dict:
-    """The seed notebooks' pipeline: per-image PIL -> ToTensor -> Normalize in a DataLoader."""
+    """The plain pipeline: per-image PIL -> ToTensor -> Normalize in a DataLoader."""
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
-    from imgclf.models.architectures import simple_cnn
+    from imgclf.models.small import simple_cnn
 
     torch.manual_seed(0)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])

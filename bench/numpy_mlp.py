@@ -1,6 +1,6 @@
 """Benchmark: the from-scratch NumPy MLP on Fashion-MNIST, on pixels and on CNN features.
 
-Targets (issue "foundations the seeds teach"), on this 2-core CPU, one hidden
+Targets (issue "the foundations"), on this 2-core CPU, one hidden
 layer of 128:
 
 * on Fashion-MNIST pixels: test accuracy >= 0.88, training in under 5 minutes;

@@ -3,7 +3,7 @@
 An attack registers itself in its own module with :func:`register_attack`,
 decorating a *runner* ``run(spec, model, images, labels, eps, generator, target)``
 that calls the attack's function with the settings of an
-:class:`~imgclf.attacks.spec.AttackSpec`. Everything that lists or checks
+:class:`~imgclf.attacks.spec.AttackSpec` (any object with :class:`AttackSettings`). Everything that lists or checks
 attacks (the CLI's choices and help, the configuration's validation, the
 robustness evaluation, the sanity checks, the README's table, the tests that
 loop over attacks) reads :data:`ATTACKS`, so a new attack is one new file and
@@ -14,18 +14,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from imgclf.attacks.core import NORMS
 
-if TYPE_CHECKING:
-    from imgclf.attacks.spec import AttackSpec
+
+class AttackSettings(Protocol):
+    """What a runner reads of an attack's settings (:class:`imgclf.attacks.spec.AttackSpec` has it all)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def norm(self) -> str: ...
+    @property
+    def n_steps(self) -> int: ...
+    @property
+    def alpha(self) -> float | None: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def random_start(self) -> bool: ...
+    @property
+    def target(self) -> str | int | None: ...
+    @property
+    def queries(self) -> int: ...
+    @property
+    def target_classes(self) -> int: ...
+
 
 #: ``run(spec, model, images, labels, eps, generator, target) -> adversarial images``.
-Runner = Callable[["AttackSpec", torch.nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator,
-                   "torch.Tensor | None"], torch.Tensor]
+Runner = Callable[[AttackSettings, torch.nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator,
+                   torch.Tensor | None], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -56,7 +77,7 @@ class AttackInfo:
     default_steps: int = 100
     fixed_steps: bool = False
     min_classes: Callable[[bool], int] = lambda targeted: 2
-    settings: Callable[[AttackSpec, float], dict[str, Any]] | None = None
+    settings: Callable[[AttackSettings, float], dict[str, Any]] | None = None
 
     @property
     def iterative(self) -> bool:
@@ -75,7 +96,7 @@ ATTACK_PRESETS: dict[str, tuple[str, ...]] = {"quick": ("fgsm", "pgd"),
 def register_attack(name: str, *, summary: str, norms: tuple[str, ...] = NORMS, targetable: bool = False,
                     white_box: bool = True, default_steps: int = 100, fixed_steps: bool = False,
                     min_classes: Callable[[bool], int] | None = None,
-                    settings: Callable[[AttackSpec, float], dict[str, Any]] | None = None,
+                    settings: Callable[[AttackSettings, float], dict[str, Any]] | None = None,
                     ) -> Callable[[Runner], Runner]:
     """Register the decorated runner as attack ``name`` (see :class:`AttackInfo` for the fields).
 

@@ -51,7 +51,7 @@ def mlp(
 def simple_cnn(
     *, channels: int, image_size: tuple[int, int], num_classes: int, filters: int = 32
 ) -> nn.Module:
-    """The MNIST/CIFAR-10 seed architecture.
+    """Two same-padded 3x3 convolutions of ``filters`` channels, each with ReLU and 2x2 max-pooling, and a linear head.
 
     Input ``(B, C, H, W)`` with ``H, W >= 4``; 28x28x1 input with 32 filters has
     25,354 parameters.
