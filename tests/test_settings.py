@@ -132,3 +132,11 @@ def test_config_yaml_keeps_the_fractions_the_user_wrote(tmp_path):
                  "1", "--robust-val-examples", "32", "--out", str(out), "--quiet"]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["adversarial"]["eps"] == "8/255" and saved["attack"]["eps"] == ["0", "4/255", "8/255"]
+
+
+def test_one_number_in_a_yaml_file_is_a_list_of_one(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("attack:\n  eps: 0.5\n  norm: l2\nadversarial:\n  recipe: pgd\n  eps: 8/255\n")
+    settings = resolve(load_config(path), channels=3)
+    assert settings.config.attack.eps == ["0.5"] and settings.eps_values == [0.5]
+    assert settings.train_eps.text == "8/255"

@@ -214,6 +214,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is list:
         if isinstance(value, str):
             value = [item.strip() for item in value.split(",") if item.strip()]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # one number in a YAML file (eps: 0.5) is a list of one
         if not isinstance(value, (list, tuple)):
             raise UsageError(f"{where} must be a list, got {value!r}")
         return [_coerce(item, args[0], where) for item in value]
