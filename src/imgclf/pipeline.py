@@ -275,13 +275,23 @@ class Run:
                  f"{m.balanced_accuracy:.4f}  (n={m.n})")
         return result
 
-    def attack(self, **changes: Any) -> RobustnessResult:
+    def attack(self, *, attacks: list[str] | None = None, eps: str | list[str] | None = None,
+               examples: int | str | None = None, norm: str | None = None, steps: int | None = None,
+               alpha: float | None = None, restarts: int | None = None, target: str | None = None,
+               queries: int | None = None) -> RobustnessResult:
         """Robust accuracy under each configured attack and eps, and the worst case, on a seeded
         stratified test subset, with the sanity checks.
 
+        Each argument given replaces the configured ``attack`` setting of that name for this call
+        only (``config.yaml`` is left as it is); None keeps the configured one.
+
         Args:
-            changes: Attack settings that replace the configured ones for this call, by
-                their names in ``attack`` (``attacks=["pgd"], eps="0,0.1", examples="all"``).
+            attacks: Attack names or presets, e.g. ``["pgd"]`` or ``["full"]``.
+            eps: Radii in pixel units as the CLI takes them (``"0,8/255"``, ``"0:0.3:0.1"``);
+                with a new ``norm`` and no ``eps``, that norm's default list.
+            examples: Test images to attack, or ``"all"``.
+            norm: ``"linf"`` or ``"l2"``. steps, alpha, restarts, target, queries: As the CLI's
+                ``--steps``, ``--step-size``, ``--restarts``, ``--target``, ``--queries``.
 
         Saves ``metrics.json`` (``robustness``, ``attack``), ``adversarial.pt``
         (worst-case adversarial images as float tensors with their test positions)
@@ -290,6 +300,9 @@ class Run:
         Raises:
             UsageError: On an invalid change, or an eps the images do not allow (an L2 eps too large).
         """
+        given = {"attacks": attacks, "eps": eps, "examples": examples, "norm": norm, "steps": steps,
+                 "alpha": alpha, "restarts": restarts, "target": target, "queries": queries}
+        changes = {key: value for key, value in given.items() if value is not None}
         settings = self._with_attack_changes(changes) if changes else self.settings
         folder, data, config = self._folder(), self.data, settings.config
         labels = data.test.labels
