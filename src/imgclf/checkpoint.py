@@ -21,10 +21,8 @@ from safetensors.torch import load_file, save
 from imgclf.data.containers import DatasetSpec
 from imgclf.errors import UsageError
 from imgclf.models import ImageClassifier, Normalize, create_model, resolve_options
-from imgclf.record import SCHEMA_VERSION, read_model_record
+from imgclf.record import MODEL_FORMAT, SCHEMA_VERSION, read_model_record
 from imgclf.run_folder import atomic_write_bytes, atomic_write_text
-
-FORMAT = "imgclf-model/1"
 
 
 def model_info(
@@ -44,7 +42,7 @@ def model_info(
                         "imgclf.create_model")
     return {
         "schema_version": SCHEMA_VERSION,
-        "format": FORMAT,
+        "format": MODEL_FORMAT,
         "model": name,
         "options": resolve_options(name, options),
         "dataset": spec.name,
@@ -69,7 +67,7 @@ def save_model(model: torch.nn.Module | dict[str, torch.Tensor], weights_path: P
     """
     tensors = model if isinstance(model, dict) else model.state_dict()
     state = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
-    atomic_write_bytes(weights_path, save(state, metadata={"format": FORMAT}))
+    atomic_write_bytes(weights_path, save(state, metadata={"format": MODEL_FORMAT}))
     atomic_write_text(weights_path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
 
 
@@ -95,13 +93,6 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
             is missing or of the wrong type.
     """
     _, info_path = _paths(path)
-    try:
-        raw = json.loads(info_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{str(info_path)!r} is not valid JSON ({error})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        shown = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise UsageError(f"{str(info_path)!r} is not an imgclf model file (format {shown!r})")
     return dataclasses.asdict(read_model_record(info_path))
 
 

@@ -28,7 +28,7 @@ import yaml
 from imgclf.attacks import ATTACK_PRESETS, ATTACKS, NORMS, expand_attacks, targetable_attacks
 from imgclf.constraints import CountOrAll, Interval, Options, check_fields, setting
 from imgclf.data.augment import AUGMENTATIONS
-from imgclf.defenses import recipe_choices
+from imgclf.defenses import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
 from imgclf.errors import UsageError, unknown_choice
 from imgclf.settings import resolve
 
@@ -135,11 +135,11 @@ class AdversarialConfig:
     eps: str | None = None  # training radius in pixel units (0.3, 8/255); None: the largest attack eps
     steps: int | None = setting(None, _POSITIVE)  # attack steps; None: the recipe's default (fgsm-rs always 1)
     alpha: float | None = setting(None, Interval(float, 0, None, "neither"))  # step size; None: the recipe's
-    beta: float = setting(6.0, _NON_NEGATIVE)  # TRADES: weight of the KL term
+    beta: float = setting(DEFAULT_BETA, _NON_NEGATIVE)  # TRADES: weight of the KL term
     warmup_epochs: float | None = setting(None, _NON_NEGATIVE)  # eps rises from 0 over these; None: 20% of them
     val_examples: int = setting(1000, _POSITIVE)  # fixed validation subset whose robust accuracy picks the checkpoint
     val_steps: int = setting(10, _POSITIVE)  # PGD steps of that robust validation
-    overfit_drop: float = setting(0.2, Interval(float, 0, 1, "right"))  # fgsm-rs guard: fall in PGD val accuracy
+    overfit_drop: float = setting(OVERFIT_DROP, Interval(float, 0, 1, "right"))  # fgsm-rs guard: PGD val fall
 
     @property
     def enabled(self) -> bool:

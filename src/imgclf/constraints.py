@@ -163,14 +163,6 @@ def setting(default: Any = MISSING, constraint: Constraint | None = None, *,
     return field(default=default, metadata=metadata)
 
 
-def constraint_of(cls: type, name: str) -> Constraint | None:
-    """The constraint declared on field ``name`` of dataclass ``cls``, or None."""
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f.metadata.get("constraint")
-    return None
-
-
 def check_fields(instance: Any, section: str) -> None:
     """Check every declared field of the dataclass ``instance``; ``section`` prefixes the names.
 

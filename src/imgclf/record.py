@@ -41,8 +41,11 @@ from imgclf.attacks.results import WORST_CASE, RobustnessEntry
 from imgclf.errors import UsageError
 from imgclf.metrics import ClassificationMetrics
 
-#: The version of ``metrics.json`` this release writes (1: written before versions existed).
+#: The version of ``metrics.json``, ``model.json`` and ``train_state.pt`` this release writes (1: written
+#: before versions existed).
 SCHEMA_VERSION = 2
+#: ``model.json``'s ``format`` and the weights file's metadata: what marks a file as an imgclf model.
+MODEL_FORMAT = "imgclf-model/1"
 
 CONFIG = "config.yaml"
 CLASSIFIER_CONFIG = "classifier.yaml"  # a classifier trained on features (fit-features, mlp-numpy)
@@ -156,10 +159,6 @@ class Metrics:
         """The attack labels of :attr:`robustness`, in order, without the worst case."""
         return list(dict.fromkeys(row.attack for row in self.robustness if row.attack != WORST_CASE))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dicts and lists."""
-        return dataclasses.asdict(self)
-
 
 @dataclass
 class Normalization:
@@ -174,7 +173,7 @@ class ModelInfo:
     """``model.json``: what rebuilds the model and what its inputs and outputs are.
 
     Attributes:
-        format: ``imgclf-model/1``. model, options: The registered architecture and its hyperparameters.
+        format: :data:`MODEL_FORMAT`. model, options: The registered architecture and its hyperparameters.
         dataset, num_classes, class_names: What it was trained on.
         input_shape: ``[C, H, W]``; input ``float32`` in ``input_range``. output: ``logits``.
         normalization: Applied inside the model. versions: The environment it was saved in.
@@ -257,15 +256,17 @@ def read_model_record(file: str | Path) -> ModelInfo:
     """``model.json`` as :class:`ModelInfo`.
 
     Raises:
-        UsageError: If the file is not JSON, not a mapping, or a field is missing or of the wrong type.
+        UsageError: If the file is not JSON, not an imgclf model file (its ``format``), or a field is
+            missing or of the wrong type.
     """
     file = Path(file)
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{str(file)!r} is not valid JSON ({error})") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"{str(file)!r} must hold a JSON object, got {type(raw).__name__}")
+    if not isinstance(raw, dict) or raw.get("format") != MODEL_FORMAT:
+        shown = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise UsageError(f"{str(file)!r} is not an imgclf model file (format {shown!r})")
     return _build(ModelInfo, raw, str(file), "")
 
 

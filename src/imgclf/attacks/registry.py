@@ -49,6 +49,11 @@ Runner = Callable[[AttackSettings, torch.nn.Module, torch.Tensor, torch.Tensor, 
                    torch.Tensor | None], torch.Tensor]
 
 
+def _two_classes(targeted: bool) -> int:
+    """What most attacks need: a true class and one other."""
+    return 2
+
+
 @dataclass(frozen=True)
 class AttackInfo:
     """One registered attack and what it can do.
@@ -76,7 +81,7 @@ class AttackInfo:
     white_box: bool = True
     default_steps: int = 100
     fixed_steps: bool = False
-    min_classes: Callable[[bool], int] = lambda targeted: 2
+    min_classes: Callable[[bool], int] = _two_classes
     settings: Callable[[AttackSettings, float], dict[str, Any]] | None = None
 
     @property
@@ -111,7 +116,7 @@ def register_attack(name: str, *, summary: str, norms: tuple[str, ...] = NORMS, 
 
     def decorate(run: Runner) -> Runner:
         ATTACKS[name] = AttackInfo(name, run, summary, tuple(norms), targetable, white_box, default_steps,
-                                   fixed_steps, min_classes or (lambda targeted: 2), settings)
+                                   fixed_steps, min_classes or _two_classes, settings)
         return run
 
     return decorate

@@ -89,10 +89,6 @@ class RobustnessResult:
         """The entries as plain dicts (``metrics.json``'s ``robustness``)."""
         return [asdict(entry) for entry in self.entries]
 
-    def accuracy(self, attack: str) -> dict[float, float]:
-        """Robust accuracy of ``attack`` (a label or :data:`WORST_CASE`) by eps."""
-        return {entry.eps: entry.accuracy for entry in self.entries if entry.attack == attack}
-
     @property
     def warnings(self) -> list[str]:
         """The failed checks, one sentence each."""

@@ -22,10 +22,11 @@ from imgclf.defenses.recipes import (
     recipe_choices,
     register_recipe,
 )
-from imgclf.defenses.trades import kl_divergence, trades_adversarial, trades_loss
+from imgclf.defenses.trades import DEFAULT_BETA, kl_divergence, trades_adversarial, trades_loss
 from imgclf.defenses.validation import RobustValidation
 
 __all__ = [
+    "DEFAULT_BETA",
     "OVERFIT_DROP",
     "RECIPES",
     "RECIPE_MODULES",

@@ -99,6 +99,10 @@ def trades_loss(
     return adversarial_logits, loss
 
 
+#: The paper's weight of the KL term on CIFAR-10 (1/lambda).
+DEFAULT_BETA = 6.0
+
+
 @register_recipe
 @dataclass
 class TRADES(TrainingRecipe):
@@ -112,7 +116,7 @@ class TRADES(TrainingRecipe):
     summary = "TRADES (Zhang et al. 2019): clean cross-entropy plus beta times the KL to the adversarial prediction"
     default_steps = 10
 
-    beta: float = 6.0
+    beta: float = DEFAULT_BETA
 
     def perturb(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
                 norm: str, steps: int, alpha: float, generator: torch.Generator) -> torch.Tensor:

@@ -51,8 +51,10 @@ def _class_names(metrics: Metrics, info: ModelInfo | None) -> list[str]:
 
 def build_figures(folder: RunFolder) -> dict[str, Figure]:
     """Every figure the run folder has the data for, by name (in report order)."""
-    metrics = read_metrics(folder.path)
-    info = _model_info(folder)
+    return _figures(folder, read_metrics(folder.path), _model_info(folder))
+
+
+def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dict[str, Figure]:
     class_names = _class_names(metrics, info)
     colour = _input_shape(metrics, info)[0] == 3
     figures: dict[str, Figure] = {}
@@ -125,7 +127,7 @@ def write_report(folder: RunFolder) -> Path:
     class_names = _class_names(metrics, info)
     input_shape = _input_shape(metrics, info)
     colour = input_shape[0] == 3
-    figures = embed_figures(build_figures(folder), folder.figures)
+    figures = embed_figures(_figures(folder, metrics, info), folder.figures)
     training, attack = metrics.training, metrics.attack
     html = jinja_environment().get_template("report.html.j2").render(
         model=metrics.model if metrics.model != "?" or info is None else info.model,
