@@ -116,10 +116,10 @@ def test_an_existing_run_folder_is_never_overwritten(run_dir, capsys):
     (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'; valid choices:"),
     (["run", "--model", "vgg"], "unknown model 'vgg'; valid choices: cnn, fast-cnn, keras-cnn, mlp, preact-resnet18"),
     (["run", "--attack", "cw"],
-     "unknown attack (attack.attacks) 'cw'; valid choices: apgd-ce, apgd-ce-t, apgd-dlr, apgd-t, fab-t, fgsm, "
+     "unknown attack (--attack) 'cw'; valid choices: apgd-ce, apgd-ce-t, apgd-dlr, apgd-t, fab-t, fgsm, "
      "full, pgd"),
-    (["run", "--preset", "huge"], "unknown attack (attack.attacks) 'huge'; valid choices: apgd-ce"),
-    (["run", "--norm", "l1"], "unknown norm (attack.norm) 'l1'; valid choices: l2, linf"),
+    (["run", "--preset", "huge"], "unknown attack (--attack) 'huge'; valid choices: apgd-ce"),
+    (["run", "--norm", "l1"], "unknown norm (--norm) 'l1'; valid choices: l2, linf"),
     (["run", "--preset", "full", "--norm", "l2"], "the square attack is implemented for --norm linf only"),
     (["run", "--preset", "full", "--target", "random"], "--target applies to fgsm, pgd, apgd-ce, apgd-dlr"),
     (["run", "--eps", "abc"], "invalid eps 'abc'"),

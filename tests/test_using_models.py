@@ -26,7 +26,8 @@ def shapes_run(tmp_path_factory):
 
 def test_predict_walks_folders_reports_bad_files_and_keeps_going(shapes_run, capsys):
     root, run = shapes_run
-    assert main(["predict", str(run), str(root), "--top-k", "2", "--format", "json"]) == 0
+    # every good file is predicted; the exit status says that one was not
+    assert main(["predict", str(run), str(root), "--top-k", "2", "--format", "json"]) == 1
     captured = capsys.readouterr()
     results = json.loads(captured.out)
     assert len(results) == 37  # 36 images and one broken file, hidden files and notes.txt skipped
@@ -44,7 +45,7 @@ def test_predict_table_and_csv_formats(shapes_run, capsys):
     assert main(["predict", str(run), str(root / "circle" / "1.png")]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(root / "circle" / "1.png")) and "(" in line
-    assert main(["predict", str(run), str(root / "square"), "--format", "csv", "--top-k", "3"]) == 0
+    assert main(["predict", str(run), str(root / "square"), "--format", "csv", "--top-k", "3"]) == 1  # broken.png
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert rows[0].keys() == {"file", "rank", "class", "probability", "error"}
     assert len([r for r in rows if r["rank"] == "1"]) == 12

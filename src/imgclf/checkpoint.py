@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from imgclf.data.containers import DatasetSpec
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, first_line
 from imgclf.models import ImageClassifier, Normalize, create_model, resolve_options
 from imgclf.record import MODEL_FORMAT, SCHEMA_VERSION, read_model_record
 from imgclf.run_folder import atomic_write_bytes, atomic_write_text
@@ -115,21 +115,42 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Image
     info = read_model_info(path)
     channels, height, width = info["input_shape"]
     norm = info["normalization"]
-    model = create_model(
-        info["model"],
-        channels=channels,
-        image_size=(height, width),
-        num_classes=info["num_classes"],
-        mean=norm["mean"],
-        std=norm["std"],
-        options=info["options"],
-    )
+    try:
+        model = create_model(info["model"], channels=channels, image_size=(height, width),
+                             num_classes=info["num_classes"], mean=norm["mean"], std=norm["std"],
+                             options=info["options"])
+    except (ValueError, TypeError, RuntimeError) as error:  # options that build no network, e.g. hidden=-3
+        raise UsageError(f"{str(weights.with_suffix('.json'))!r} describes a model that cannot be built "
+                         f"({first_line(error)}); restore it from the run that saved it") from None
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as error:
         raise UsageError(f"cannot read weights {str(weights)!r}: {error}") from None
+    check_weights(state, model.state_dict(), str(weights))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise UsageError(f"weights in {str(weights)!r} do not fit model {info['model']!r}: {error}") from None
     return model.to(device).eval()
+
+
+def check_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], file: str) -> None:
+    """Check loaded weights against the model they are for, before they are copied in.
+
+    Args:
+        state: The tensors read from ``file``.
+        expected: The model's own state dict (names, shapes and dtypes to match).
+
+    Raises:
+        UsageError: If a tensor has another dtype than the model's (integers where floats belong,
+            which ``load_state_dict`` would silently convert), or a floating tensor holds NaN or
+            infinity (a model broken by a diverged training run or a damaged file).
+    """
+    for key, tensor in state.items():
+        wanted = expected.get(key)
+        if wanted is not None and tensor.dtype != wanted.dtype:
+            raise UsageError(f"weights in {file!r}: {key} is {str(tensor.dtype).removeprefix('torch.')}, the model "
+                             f"needs {str(wanted.dtype).removeprefix('torch.')}; the file is not this model's")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UsageError(f"weights in {file!r}: {key} holds NaN or infinite values; the model is broken "
+                             "(a training run that diverged, or a damaged file): train it again")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -34,6 +36,39 @@ def _count_or_all(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """A finite number (``nan`` and ``inf`` are refused: they would draw or train nonsense)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    from imgclf.config import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed must be an integer in [0, {MAX_SEED}], got {text!r}")
     return value
 
 
@@ -64,7 +99,8 @@ def _flag(group: Any, *names: str, dest: str, help: str = "", metavar: str | Non
         group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=S,
                            help=text.replace("%", "%%"))
         return
-    group.add_argument(*names, dest=dest, default=S, metavar=metavar, type=parse, help=text.replace("%", "%%"))
+    group.add_argument(*names, dest=dest, default=S, metavar=metavar or name.upper(), type=parse,
+                       help=text.replace("%", "%%"))
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
@@ -271,9 +307,9 @@ def _model_file_commands(command: Command) -> None:
     """)
     predict.add_argument("model_path", metavar="RUN", help="a run folder, model.safetensors, .onnx or TorchScript file")
     predict.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and folders")
-    predict.add_argument("--top-k", type=int, default=1, metavar="K", help="classes per image (default 1)")
+    predict.add_argument("--top-k", type=_positive, default=1, metavar="K", help="classes per image (default 1)")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
-    predict.add_argument("--batch-size", type=int, default=256, help=argparse.SUPPRESS)
+    predict.add_argument("--batch-size", type=_positive, default=256, help=argparse.SUPPRESS)
 
     export = command("export", "export a trained model to ONNX or TorchScript, checked on real test images", """
         imgclf export runs/cifar --format onnx
@@ -282,7 +318,7 @@ def _model_file_commands(command: Command) -> None:
     export.add_argument("run_dir", metavar="RUN", help="a run folder")
     export.add_argument("--format", dest="export_format", choices=("onnx", "torchscript"), default="onnx")
     export.add_argument("--out", metavar="FILE", help="default RUN/model.onnx or RUN/model.torchscript.pt")
-    export.add_argument("--examples", type=int, default=256, metavar="N",
+    export.add_argument("--examples", type=_positive, default=256, metavar="N",
                         help="test images for the parity check (default 256)")
     _add_data_flags(export, full=False)
 
@@ -293,7 +329,7 @@ def _foundation_commands(command: Command) -> None:
     mlp = _mlp_numpy_command(command)
     fit_features = _feature_commands(command)
     for p in (mlp, fit_features):
-        p.add_argument("--seed", type=int, default=0, help="seeds everything (default 0)")
+        p.add_argument("--seed", type=_seed, default=0, help="seeds everything (default 0)")
         p.add_argument("--out", metavar="DIR", help="new run folder")
         p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and the run folder")
     _sweep_command(command)
@@ -307,9 +343,9 @@ def _activations_command(command: Command) -> None:
     activations.add_argument("names", metavar="NAME", nargs="*",
                              help="activations (default all): relu, leaky-relu, elu, selu, gelu, silu (swish), mish, "
                                   "softplus, sigmoid, tanh")
-    activations.add_argument("--alpha", type=float, default=1.0, help="ELU's alpha (default 1)")
-    activations.add_argument("--negative-slope", type=float, default=0.01, help="leaky ReLU's slope (default 0.01)")
-    activations.add_argument("--range", dest="x_range", type=float, nargs=2, default=(-5.0, 5.0),
+    activations.add_argument("--alpha", type=_finite, default=1.0, help="ELU's alpha (default 1)")
+    activations.add_argument("--negative-slope", type=_finite, default=0.01, help="leaky ReLU's slope (default 0.01)")
+    activations.add_argument("--range", dest="x_range", type=_finite, nargs=2, default=(-5.0, 5.0),
                              metavar=("LOW", "HIGH"), help="x range of the figure (default -5 5)")
     activations.add_argument("--out", metavar="DIR", help="new folder for the figure and table "
                                                           "(default runs/activations-<time>)")
@@ -326,20 +362,20 @@ def _mlp_numpy_command(command: Command) -> argparse.ArgumentParser:
                         help="train on this data set's flattened pixels (default digits)")
     inputs.add_argument("--features", metavar="FILE", help="train on a feature file from `imgclf features`")
     mlp.add_argument("--data-dir", metavar="DIR", help="folder holding the data sets (default $IMGCLF_DATA_DIR)")
-    mlp.add_argument("--image-size", type=int, metavar="N", help="resize images to N x N")
-    mlp.add_argument("--train-examples", type=int, metavar="N", help="train on a seeded stratified subset")
-    mlp.add_argument("--hidden", type=int, nargs="*", metavar="UNITS", help="hidden layer sizes (default 128)")
+    mlp.add_argument("--image-size", type=_positive, metavar="N", help="resize images to N x N")
+    mlp.add_argument("--train-examples", type=_positive, metavar="N", help="train on a seeded stratified subset")
+    mlp.add_argument("--hidden", type=_positive, nargs="*", metavar="UNITS", help="hidden layer sizes (default 128)")
     mlp.add_argument("--activation", help="relu (default), leaky-relu, elu, selu, gelu, silu, mish, softplus, "
                                           "sigmoid, tanh")
     mlp.add_argument("--init", help="he (default) | xavier")
-    mlp.add_argument("--dropout", type=float, help="after each hidden layer (default 0)")
-    mlp.add_argument("--epochs", type=int, help="default 30")
-    mlp.add_argument("--batch-size", type=int, help="default 128")
-    mlp.add_argument("--lr", type=float, help="SGD learning rate (peak; default 0.05)")
+    mlp.add_argument("--dropout", type=_finite, help="after each hidden layer (default 0)")
+    mlp.add_argument("--epochs", type=_positive, help="default 30")
+    mlp.add_argument("--batch-size", type=_positive, help="default 128")
+    mlp.add_argument("--lr", type=_finite, help="SGD learning rate (peak; default 0.05)")
     mlp.add_argument("--schedule", help="cosine (default) | constant")
-    mlp.add_argument("--momentum", type=float, help="default 0.9")
-    mlp.add_argument("--weight-decay", type=float, help="L2 coefficient on the weights (default 1e-4)")
-    mlp.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without a "
+    mlp.add_argument("--momentum", type=_finite, help="default 0.9")
+    mlp.add_argument("--weight-decay", type=_finite, help="L2 coefficient on the weights (default 1e-4)")
+    mlp.add_argument("--early-stopping", type=_positive, metavar="EPOCHS", help="stop after this many epochs without a "
                                                                          "better validation accuracy")
     mlp.add_argument("--dtype", help="float32 (default) | float64")
     return mlp
@@ -357,7 +393,7 @@ def _feature_commands(command: Command) -> argparse.ArgumentParser:
                           help="module name, or penultimate (default: the input of the last linear layer)")
     features.add_argument("--list-layers", action="store_true", help="print the layer names and stop")
     features.add_argument("--out", metavar="FILE", help="the .npz to write (required unless --list-layers)")
-    features.add_argument("--batch-size", type=int, default=512, help=argparse.SUPPRESS)
+    features.add_argument("--batch-size", type=_positive, default=512, help=argparse.SUPPRESS)
     _add_data_flags(features, full=False)
     _add_common(features)
 
@@ -380,11 +416,11 @@ def _sweep_command(command: Command) -> None:
         imgclf sweep --config sweep.yaml --storage sqlite:///runs/sweep.db   # run it on several machines
     """)
     sweep.add_argument("--config", required=True, metavar="YAML", help="the sweep: base settings and search space")
-    sweep.add_argument("--trials", type=int, metavar="N", help="override the file's trials")
+    sweep.add_argument("--trials", type=_positive, metavar="N", help="override the file's trials")
     sweep.add_argument("--storage", metavar="URL", help="Optuna storage shared by several sweep processes "
                                                         "(sqlite:///FILE, postgresql://..., mysql://...)")
     sweep.add_argument("--out", metavar="DIR", help="override the file's out folder")
-    sweep.add_argument("--seed", type=int, metavar="N", help="override the file's sampler seed (give each parallel "
+    sweep.add_argument("--seed", type=_seed, metavar="N", help="override the file's sampler seed (give each parallel "
                                                              "process its own)")
     sweep.add_argument("--quiet", "-q", action="store_true", help="print only failed trials and the report")
 
@@ -476,6 +512,7 @@ def _predict(args: argparse.Namespace) -> int:
     failed = [r for r in results if r.error]
     if failed:
         print(f"imgclf: {len(failed)} of {len(results)} file(s) could not be predicted", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -577,9 +614,11 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _fit_features(args: argparse.Namespace) -> int:
+    from imgclf.features.classifiers import resolve_options
     from imgclf.features.extract import load_features
     from imgclf.features.runs import fit_classifier_run
 
+    resolve_options(args.classifier, dict(args.options))  # before reading anything
     if args.out is not None:
         from imgclf.run_folder import RunFolder
 
@@ -622,8 +661,9 @@ def _run_or_train(args: argparse.Namespace) -> int:
     from imgclf.config import load_config
 
     if args.command == "train" and args.resume:
-        extra = sorted(set(_overrides(args)) - {"device"}) + (["--config"] if args.config else []) + \
-            (["--out"] if args.out else [])
+        flags = _flag_names(build_parser(), "train")
+        extra = sorted(flags.get(key, key) for key in set(_overrides(args)) - {"device"}) + \
+            (["--config"] if args.config else []) + (["--out"] if args.out else [])
         if extra:
             raise UsageError(f"--resume continues a run with its own config.yaml; drop {', '.join(extra)} "
                              "(only --device and --quiet apply)")
@@ -640,6 +680,16 @@ def _run_or_train(args: argparse.Namespace) -> int:
     if args.quiet and folder is not None:
         print(folder.path)
     return 0
+
+
+def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """``{"train.epochs": "--epochs", ...}``: the flag that sets each setting of ``command``."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    names: dict[str, str] = {}
+    for action in subparsers.choices[command]._actions:
+        if action.option_strings:
+            names.setdefault(action.dest, action.option_strings[0])
+    return names
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -678,6 +728,18 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _in_flag_terms(message: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """``message`` with each setting the user gave by a flag named by that flag (``train.epochs`` ->
+    ``--epochs``); settings from a YAML file keep their key, which is what the file holds."""
+    if args.command not in ("run", "train", "evaluate", "attack", "export", "features"):
+        return message
+    flags = _flag_names(parser, args.command)
+    for key in sorted((k for k in vars(args) if "." in k or k in ("seed", "device")), key=len, reverse=True):
+        if key in flags:
+            message = re.sub(rf"(?<![\w.-]){re.escape(key)}(?![\w])", flags[key], message)
+    return message
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen subcommand; returns the exit status."""
     return HANDLERS[args.command](args)
@@ -693,10 +755,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return dispatch(args)
     except UsageError as error:
-        print(f"imgclf: error: {error}", file=sys.stderr)
+        print(f"imgclf: error: {_in_flag_terms(str(error), args, parser)}", file=sys.stderr)
         return 2
     except ExportMismatchError as error:
         print(f"imgclf: export check failed: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the machine's refusal: a full disk, a read-only folder, a path through a file
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"imgclf: error: {error.strerror or error}{where}; nothing was overwritten (files are written "
+              "atomically)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)

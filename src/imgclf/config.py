@@ -39,6 +39,9 @@ BAD_FILES = ("skip", "error")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
+#: The largest seed: NumPy, scikit-learn and torch all take seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+
 _POSITIVE = Interval(int, 1, None)
 _NON_NEGATIVE = Interval(float, 0, None)
 _FRACTION = Interval(float, 0, 1, "neither")
@@ -157,7 +160,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
-    seed: int = setting(0, Interval(int, 0, 2**32 - 1))  # NumPy, scikit-learn and torch all take it
+    seed: int = setting(0, Interval(int, 0, MAX_SEED))  # NumPy, scikit-learn and torch all take it
     device: str = setting("auto", Options("device", DEVICES))
 
 
@@ -202,9 +205,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         optional = type(None) in args
         if value is None and optional:
             return None
-        if optional and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
-            return None
         members = [a for a in args if a is not type(None)]
+        if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+            return None  # ("" is not None: an empty --eps or --target is refused, not read as the default)
         for member in members[:-1]:  # the first type that takes the value (int before str)
             try:
                 return _coerce(value, member, where)
@@ -338,11 +341,22 @@ def resolve_options(kind: str, name: str, defaults: dict[str, Any], given: dict[
 
 
 def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``values["train"]["epochs"] = value`` for ``key="train.epochs"``."""
+    """Set ``values["train"]["epochs"] = value`` for ``key="train.epochs"``.
+
+    A section that is None (``data:`` left empty in a YAML file) becomes a mapping.
+
+    Raises:
+        UsageError: If a section on the way is a value other than a mapping (``data: 3``).
+    """
     *parents, leaf = key.split(".")
     node = values
-    for part in parents:
-        node = node.setdefault(part, {})
+    for depth, part in enumerate(parents):
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            where = ".".join(parents[:depth + 1])
+            raise UsageError(f"config section {where!r} must be a mapping of settings, got {node[part]!r}")
+        node = node[part]
     node[leaf] = value
 
 
@@ -368,16 +382,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise UsageError(f"config file {str(path)!r} is not valid YAML: {error}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UsageError(f"config file {str(path)!r} must hold a mapping of sections")
-        values = loaded or {}
+        values = read_yaml_mapping(path, "config file")
     recipe = recipe or values.pop("recipe", None)
     if recipe is not None:
-        if recipe not in SETTING_PRESETS:
+        if not isinstance(recipe, str) or recipe not in SETTING_PRESETS:
             raise unknown_choice("recipe", recipe, SETTING_PRESETS)
         layered: dict[str, Any] = {}
         for key, value in SETTING_PRESETS[recipe].items():
@@ -391,6 +399,30 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     for key, value in overrides.items():
         set_dotted(values, key, value)
     return config_from_dict(values)
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """The mapping at the top of a UTF-8 YAML file (an empty file is an empty mapping).
+
+    Only plain YAML is read (``yaml.safe_load``): tags that would build Python objects are refused.
+
+    Raises:
+        UsageError: If the file cannot be read, is not UTF-8, is not valid YAML, or holds
+            something other than a mapping; the message names the file.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise UsageError(f"{what} {str(path)!r} cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {str(path)!r} is not UTF-8 text; save it as UTF-8 YAML") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UsageError(f"{what} {str(path)!r} is not valid YAML: {error}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise UsageError(f"{what} {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}")
+    return loaded or {}
 
 
 def dump_config(config: RunConfig) -> str:

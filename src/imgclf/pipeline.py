@@ -27,7 +27,7 @@ from imgclf.checkpoint import load_model, model_info, save_model
 from imgclf.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config
 from imgclf.data import DataSplits, load_data, stratified_subset
 from imgclf.distributed import Distributed
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, first_line
 from imgclf.evaluation import EvalResult, evaluate
 from imgclf.models import create_model
 from imgclf.record import SCHEMA_VERSION, AdversarialTraining, AttackRecord, DataCounts, Training, read_metrics, section
@@ -182,12 +182,18 @@ class Run:
         state = _load_train_state(state_path, device)
         run = cls(folder, settings, data, model, device, log=log, quiet=quiet)
         epochs = settings.config.train.epochs
+        folder.remove_temporary_files()  # left by a write that a kill interrupted
         if state["epoch"] >= epochs or state["stopped_early"]:
-            log(f"{folder.path} finished training already (epoch {state['epoch']}); nothing to resume")
-            model.load_state_dict(state["best_state"])
-            model.eval()
             run.train_result = TrainResult(state["history"], state["best_epoch"], state["best_val_accuracy"],
-                                      state["seconds"], state["stopped_early"], state.get("best_robust_val_accuracy"))
+                                           state["seconds"], state["stopped_early"],
+                                           state.get("best_robust_val_accuracy"))
+            _restore_weights(model, state["best_state"], state_path)
+            model.eval()
+            if folder.weights_path.is_file() and read_metrics(folder.path).training is not None:
+                log(f"{folder.path} finished training already (epoch {state['epoch']}); nothing to resume")
+            else:  # stopped between the last training state and the final model and metrics
+                log(f"{folder.path} finished its last epoch; saving the model and the training metrics")
+                run._save_trained(run.train_result, Distributed().world_size, environment(device))
             return run
         log(f"resuming {folder.path} after epoch {state['epoch']} of {epochs}")
         run.train_result = run._fit(Distributed(), resume=state)
@@ -251,13 +257,20 @@ class Run:
             if board is not None:
                 board.close()
         if folder is not None:
-            save_model(model, folder.weights_path, info())
-            folder.update_metrics(_training_metrics(config, self.settings, result, dist.world_size))
-            robust = "" if result.best_robust_val_accuracy is None else \
-                f", robust val accuracy {result.best_robust_val_accuracy:.4f}"
-            self.log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy:.4f}{robust}); "
-                     f"model saved to {folder.weights_path}")
+            self._save_trained(result, dist.world_size, env)
         return result
+
+    def _save_trained(self, result: TrainResult, world_size: int, env: dict[str, Any]) -> None:
+        """Save the kept model and the ``training`` and ``timing`` sections of ``metrics.json``."""
+        folder = self._folder()
+        config = self.config
+        save_model(self.model, folder.weights_path,
+                   model_info(self.model, config.model.name, config.model.options, self.data.spec, env))
+        folder.update_metrics(_training_metrics(config, self.settings, result, world_size))
+        robust = "" if result.best_robust_val_accuracy is None else \
+            f", robust val accuracy {result.best_robust_val_accuracy:.4f}"
+        self.log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy:.4f}{robust}); "
+                 f"model saved to {folder.weights_path}")
 
     def evaluate(self) -> EvalResult:
         """Clean metrics on the test split; saves ``metrics.json`` (``clean``) and ``samples.npz``.
@@ -408,11 +421,27 @@ def _load_train_state(path: Path, device: torch.device) -> dict[str, Any]:
     """
     try:
         raw = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"{str(path)!r} cannot be read as a training state ({first[:160]}); "
+    except pickle.UnpicklingError:  # torch's message suggests loading it unsafely; imgclf never does
+        raise UsageError(f"{str(path)!r} holds Python objects other than tensors and plain values, which imgclf "
+                         "refuses to load (loading them could run code); start the run again instead of "
+                         "resuming it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise UsageError(f"{str(path)!r} cannot be read as a training state ({first_line(error)}); "
                          "start the run again instead of resuming it") from None
     return record.TrainState.from_dict(raw, str(path)).to_dict()
+
+
+def _restore_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor] | None, path: Path) -> None:
+    """Load weights kept in a training state into ``model``.
+
+    Raises:
+        UsageError: If they do not fit the model (the state is another run's).
+    """
+    try:
+        model.load_state_dict(weights or {})
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise UsageError(f"{str(path)!r} holds the training state of another model ({first_line(error)}); "
+                         "start the run again instead of resuming it") from None
 
 
 def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
@@ -493,10 +522,38 @@ def _save_splits(folder: RunFolder, data: DataSplits) -> None:
 
 
 def _load_splits(folder: RunFolder) -> dict[str, tuple[str, np.ndarray]] | None:
+    """``splits.npz``: per split, the pool it draws from and its positions in that pool (checked
+    against the data set by :func:`imgclf.data.load_data`).
+
+    Raises:
+        UsageError: If the file is unreadable, lacks a split, or a split's positions are not a
+            1-D array of distinct non-negative integers (the train and test splits non-empty).
+    """
     arrays = folder.read_arrays(record.SPLITS)
     if arrays is None:
         return None
-    return {name: (str(arrays[f"{name}_pool"]), arrays[f"{name}_indices"]) for name in ("train", "val", "test")}
+    path = str(folder.file(record.SPLITS))
+    splits = {}
+    for name in ("train", "val", "test"):
+        pool, positions = arrays.get(f"{name}_pool"), arrays.get(f"{name}_indices")
+        if pool is None or positions is None:
+            raise UsageError(f"{path!r} lacks the {name} split ({name}_pool, {name}_indices); it is not imgclf's "
+                             "or is damaged: restore it, or train the run again")
+        problem = None
+        if pool.ndim != 0 or pool.dtype.kind != "U":
+            problem = f"{name}_pool must be one string"
+        elif positions.ndim != 1 or positions.dtype.kind not in "iu":
+            problem = f"{name}_indices must be a 1-D array of integers"
+        elif len(positions) and positions.min() < 0:
+            problem = f"{name}_indices holds negative positions"
+        elif len(np.unique(positions)) != len(positions):
+            problem = f"{name}_indices repeats positions"
+        elif name != "val" and not len(positions):
+            problem = f"the {name} split is empty"
+        if problem:
+            raise UsageError(f"{path!r}: {problem}; restore it, or train the run again")
+        splits[name] = (str(pool), positions.astype(np.int64))
+    return splits
 
 
 def save_samples(folder: RunFolder, images: Callable[[np.ndarray], np.ndarray], labels: np.ndarray,

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from imgclf.data.folder import DECODE_ERRORS, decode_image, list_image_files
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, first_line
+from imgclf.record import read_model_record
 
 
 @dataclass
@@ -85,15 +86,21 @@ class Classifier:
             info_path = export_info_path(path)
             if not info_path.is_file():
                 raise UsageError(f"{str(path)!r} has no metadata file {info_path.name} beside it")
-            info = json.loads(info_path.read_text(encoding="utf-8"))
+            read_model_record(info_path)  # the model fields, checked
+            info = json.loads(info_path.read_bytes().decode("utf-8"))
             if info.get("export_format") == "onnx":
                 return cls(_onnx_forward(path), info, "onnx")
             if info.get("export_format") == "torchscript":
-                with warnings.catch_warnings():  # torch.jit is deprecated in recent torch
-                    warnings.simplefilter("ignore", FutureWarning)
-                    module = torch.jit.load(str(path), map_location="cpu").eval()
+                try:
+                    with warnings.catch_warnings():  # torch.jit is deprecated in recent torch
+                        warnings.simplefilter("ignore", FutureWarning)
+                        module = torch.jit.load(str(path), map_location="cpu").eval()
+                except (RuntimeError, ValueError, OSError) as error:
+                    raise UsageError(f"{str(path)!r} cannot be read as TorchScript "
+                                     f"({first_line(error)}); "
+                                     "export the model again with imgclf export") from None
                 return cls(_torch_forward(module, torch.device("cpu")), info, "torchscript")
-            raise UsageError(f"{str(info_path)!r} names no export format imgclf knows")
+            raise UsageError(f"{str(info_path)!r} names no export format imgclf knows (onnx, torchscript)")
         from imgclf.checkpoint import load_model, read_model_info
         from imgclf.runtime import select_device
 
@@ -121,7 +128,11 @@ def _onnx_forward(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
         import onnxruntime
     except ImportError:
         raise UsageError('running .onnx files needs ONNX Runtime: pip install "imgclf[export]"') from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no base class but Exception
+        raise UsageError(f"{str(path)!r} cannot be read as an ONNX model ({first_line(error)}); export the model "
+                         "again with imgclf export") from None
     name = session.get_inputs()[0].name
 
     def forward(images: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,7 +268,36 @@ def read_model_record(file: str | Path) -> ModelInfo:
     if not isinstance(raw, dict) or raw.get("format") != MODEL_FORMAT:
         shown = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise UsageError(f"{str(file)!r} is not an imgclf model file (format {shown!r})")
-    return _build(ModelInfo, raw, str(file), "")
+    info = _build(ModelInfo, raw, str(file), "")
+    problem = _model_problem(info)
+    if problem:
+        raise UsageError(f"{str(file)!r}: {problem}; restore it from the run that saved the model")
+    return info
+
+
+#: The largest image side and channel count a model file may declare (a larger one is a damaged file,
+#: and would ask for more memory than a machine has).
+MAX_IMAGE_SIDE = 8192
+MAX_CHANNELS = 64
+
+
+def _model_problem(info: ModelInfo) -> str | None:
+    """What is inconsistent in a ``model.json`` whose fields have the right types, or None."""
+    shape = info.input_shape
+    if len(shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in shape):
+        return f"input_shape must be [C, H, W] of positive integers, got {shape}"
+    channels, height, width = shape
+    if channels > MAX_CHANNELS or max(height, width) > MAX_IMAGE_SIDE:
+        return f"input_shape {shape} is beyond {MAX_CHANNELS} channels or {MAX_IMAGE_SIDE} pixels a side"
+    if info.num_classes < 1 or len(info.class_names) != info.num_classes:
+        return f"num_classes is {info.num_classes} but class_names has {len(info.class_names)} names"
+    norm = info.normalization
+    if len(norm.mean) != channels or len(norm.std) != channels:
+        return f"normalization needs {channels} means and stds, got {len(norm.mean)} and {len(norm.std)}"
+    values = [*norm.mean, *norm.std]
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in values) or min(norm.std) <= 0:
+        return f"normalization must be finite numbers with std > 0, got mean {norm.mean} std {norm.std}"
+    return None
 
 
 def section(value: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,14 @@ class RunFolder:
             raise UsageError(f"{str(path)!r} is not a run folder: it has no config.yaml")
         return folder
 
+    def remove_temporary_files(self) -> list[Path]:
+        """Delete the temporary files of atomic writes (``.NAME.*.tmp``) that a killed process left
+        behind; returns them. The files they were to replace are complete, old or new."""
+        left = sorted(self.path.glob(".*.tmp")) + sorted(self.path.glob(f"{record.FIGURES}/.*.tmp"))
+        for path in left:
+            path.unlink(missing_ok=True)
+        return left
+
     # -- paths ------------------------------------------------------------
     @property
     def config_path(self) -> Path:
@@ -148,11 +157,19 @@ class RunFolder:
         return path
 
     def read_json(self, name: str, default: Any = None) -> Any:
-        """The JSON in ``RUN/name``, or ``default`` if there is no such file."""
+        """The JSON in ``RUN/name``, or ``default`` if there is no such file.
+
+        Raises:
+            UsageError: If the file is not UTF-8 JSON, naming it.
+        """
         path = self.file(name)
         if not path.is_file():
             return default
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(path.read_bytes().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UsageError(f"{str(path)!r} is not valid JSON ({error}); restore it, or delete it and run the "
+                             "stage that wrote it again") from None
 
     def update_metrics(self, updates: dict[str, Any]) -> dict[str, Any]:
         """Merge ``updates`` into ``metrics.json`` (dict values merge one level deep)."""
@@ -177,12 +194,27 @@ class RunFolder:
         return path
 
     def read_csv(self, name: str) -> list[dict[str, float]]:
-        """The rows of a numeric CSV written by :meth:`write_csv` ([] if absent)."""
+        """The rows of a numeric CSV written by :meth:`write_csv` ([] if absent).
+
+        Raises:
+            UsageError: If the file is not UTF-8, a row is short or long, or a value is not a number.
+        """
         path = self.file(name)
         if not path.is_file():
             return []
-        with path.open(newline="", encoding="utf-8") as handle:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                rows = []
+                for line, row in enumerate(reader, start=2):
+                    if None in row or None in row.values():
+                        raise ValueError(f"line {line} has {len(row) - (None in row)} values for "
+                                         f"{len(reader.fieldnames or ())} columns")
+                    rows.append({key: float(value) for key, value in row.items()})
+                return rows
+        except (UnicodeDecodeError, ValueError, csv.Error) as error:
+            raise UsageError(f"{str(path)!r} is not a table of numbers ({error}); restore it, or delete it and "
+                             "run the stage that wrote it again") from None
 
     def write_arrays(self, name: str, **arrays: np.ndarray) -> Path:
         """Write NumPy arrays to a compressed ``.npz``, atomically."""
@@ -193,12 +225,22 @@ class RunFolder:
         return path
 
     def read_arrays(self, name: str) -> dict[str, np.ndarray] | None:
-        """The arrays of ``RUN/name`` (``.npz``, never unpickled), or None if absent."""
+        """The arrays of ``RUN/name`` (``.npz``, never unpickled), or None if absent.
+
+        Raises:
+            UsageError: If the file is not an ``.npz`` archive, is truncated, or holds Python objects.
+        """
         path = self.file(name)
         if not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if not isinstance(archive, np.lib.npyio.NpzFile):
+                    raise ValueError("it is a single array, not an archive of named arrays")
+                return {key: archive[key] for key in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
+            raise UsageError(f"{str(path)!r} cannot be read as NumPy arrays ({str(error)[:160]}); restore it, or "
+                             "delete it and run the stage that wrote it again") from None
 
     def append_log(self, line: str) -> None:
         """Append one line to ``log.txt`` (a log, so appending is the right write)."""

@@ -166,6 +166,9 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
             or is 0, or a target that is neither a mode nor a class.
     """
     attack, adversarial = config.attack, config.adversarial
+    if attack.eps is not None and not attack.eps:
+        raise UsageError("attack.eps is empty; give radii in pixel units such as 0,8/255 or 0:0.3:0.1, or leave it "
+                         "out for the default list")
     if attack.eps is not None:
         eps: tuple[Eps, ...] | None = tuple(parse_eps(attack.eps, attack.norm))
     elif channels is not None:
@@ -194,6 +197,9 @@ def _train_eps(given: str | None, attack_eps: tuple[Eps, ...] | None, norm: str)
     """The training radius: ``adversarial.eps`` if given, else the largest attack eps (the first of
     equal ones); None while the default attack eps are not known."""
     if given is not None:
+        if not given.strip():
+            raise UsageError("adversarial.eps is empty; give one radius in pixel units such as 0.3 or 8/255, or "
+                             "leave it out for the largest attack eps")
         values = parse_eps(given, norm)
         if len(values) != 1:
             raise UsageError(f"adversarial.eps is one radius, got {given!r}")

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from imgclf.config import load_config
+from imgclf.config import MAX_SEED, load_config, read_yaml_mapping
 from imgclf.errors import UsageError
 from imgclf.run_folder import RunFolder, atomic_write_text
 
@@ -92,7 +92,14 @@ class Dimension:
             raise UsageError(f"search.{key} on a log scale needs low > 0, got {low}")
         if spec.get("log") and spec.get("step") is not None:
             raise UsageError(f"search.{key}: log and step do not combine")
-        return cls(key, low, high, bool(spec.get("log", False)), spec.get("step"))
+        step = spec.get("step")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int | float) or not step > 0
+                                 or (isinstance(low, int) and isinstance(high, int) and not isinstance(step, int))):
+            raise UsageError(f"search.{key}.step must be a number > 0 (an integer for an integer range), "
+                             f"got {step!r}")
+        if not isinstance(spec.get("log", False), bool):
+            raise UsageError(f"search.{key}.log must be true or false, got {spec['log']!r}")
+        return cls(key, low, high, bool(spec.get("log", False)), step)
 
     @property
     def is_int(self) -> bool:
@@ -156,24 +163,27 @@ def load_sweep(path: str | Path, *, trials: int | None = None, storage: str | No
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"sweep file {str(path)!r} does not exist")
+    values = read_yaml_mapping(path, "sweep file")
     text = path.read_text(encoding="utf-8")
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise UsageError(f"sweep file {str(path)!r} is not valid YAML: {error}") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"sweep file {str(path)!r} must hold a mapping")
     unknown = set(values) - set(SWEEP_KEYS)
     if unknown:
         raise UsageError(f"unknown sweep key(s) {', '.join(sorted(unknown))}; valid keys: {', '.join(SWEEP_KEYS)}")
     values = {**SWEEP_KEYS, **values}
+    for key in ("study", "out", "storage"):
+        if values[key] is not None and not isinstance(values[key], str):
+            raise UsageError(f"sweep {key} must be a string, got {values[key]!r}")
+    if not isinstance(values["attack"], bool):
+        raise UsageError(f"sweep attack must be true or false, got {values['attack']!r}")
+    seed = values["seed"] if seed is None else seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"sweep seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     base = values["base"]
     if isinstance(base, str):
         base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
         if not base_path.is_file():
             raise UsageError(f"sweep base config {str(base_path)!r} does not exist")
-        base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
-    if not isinstance(base, dict):
+        base = read_yaml_mapping(base_path, "sweep base config")
+    if not isinstance(base, dict) or not all(isinstance(key, str) for key in base):
         raise UsageError("sweep key 'base' must be a config mapping or the path of a config file")
     if not isinstance(values["search"], dict) or not values["search"]:
         raise UsageError("sweep key 'search' must map at least one setting (e.g. train.lr) to its range")
@@ -191,7 +201,7 @@ def load_sweep(path: str | Path, *, trials: int | None = None, storage: str | No
     out_dir = Path(out or values["out"] or Path("runs") / f"sweep-{path.stem}")
     storage_url = storage or values["storage"] or f"sqlite:///{(out_dir / 'study.db').as_posix()}"
     return SweepSpec(study=str(values["study"] or path.stem), trials=trials, out=out_dir, storage=storage_url,
-                     seed=int(values["seed"] if seed is None else seed), pruner=values["pruner"],
+                     seed=seed, pruner=values["pruner"],
                      startup_trials=values["startup_trials"], warmup_epochs=values["warmup_epochs"],
                      attack=bool(values["attack"]), base=base, search=search, text=text)
 

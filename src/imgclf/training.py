@@ -30,6 +30,7 @@ from imgclf.data.batches import iterate_batches, num_batches
 from imgclf.data.containers import DataSplits
 from imgclf.defenses import Adversary, RobustValidation, warmup_steps
 from imgclf.distributed import Distributed
+from imgclf.errors import TrainingDivergedError, UsageError, first_line
 from imgclf.evaluation import loss_and_accuracy
 from imgclf.record import TrainState
 from imgclf.runtime import generator
@@ -296,19 +297,28 @@ class _Loop:
         ).to_dict()
 
     def restore(self, state: dict[str, Any]) -> tuple[TrainResult, dict[str, torch.Tensor], int, int]:
-        """Load a :meth:`state`; returns the result so far, the best weights, the next epoch and the stale count."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.schedule is not None:
-            self.schedule.load_state_dict(state["schedule"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.order.set_state(state["order_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.adversary is not None:
-            self.adversary.load_state_dict(state["adversary"])
+        """Load a :meth:`state`; returns the result so far, the best weights, the next epoch and the stale count.
+
+        Raises:
+            UsageError: If the state is not this model's and these settings' (other shapes, another
+                optimizer or schedule, random states that are not generator states).
+        """
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.schedule is not None:
+                self.schedule.load_state_dict(state["schedule"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.order.set_state(state["order_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            if self.adversary is not None:
+                self.adversary.load_state_dict(state["adversary"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UsageError(f"the training state does not belong to this run's model and settings "
+                             f"({first_line(error)}); start the run again instead of resuming it") from None
         result = TrainResult(list(state["history"]), state["best_epoch"], state["best_val_accuracy"],
                              state["seconds"], best_robust_val_accuracy=state.get("best_robust_val_accuracy"))
         return result, state["best_state"], state["epoch"] + 1, state["stale"]
@@ -456,6 +466,7 @@ def fit(
         row, train_seconds = loop.epoch(epoch, data, config, augment=augment, device=device, dist=dist, quiet=quiet,
                                         on_step=on_step)
         lr = loop.optimizer.param_groups[0]["lr"]  # after the epoch's last step
+        _check_finite(row, loop.evaluated, epoch, config, result)
         seconds = time.perf_counter() - epoch_start
         result.history.append({**row, "lr": lr, "seconds": seconds, "train_seconds": train_seconds})
         best_state, stale = _keep_if_best(result, row, epoch, loop.evaluated, best_state, stale)
@@ -484,6 +495,24 @@ def fit(
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_finite(row: dict[str, float], model: nn.Module, epoch: int, config: TrainConfig,
+                  result: TrainResult) -> None:
+    """The divergence guard: stop when an epoch's training loss or the weights are NaN or infinite.
+
+    Raises:
+        TrainingDivergedError: Saying which epoch diverged, what to change, and what the run keeps
+            (the training state and model of the last clean epoch are left as they were).
+    """
+    finite_loss = math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
+    if finite_loss and all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+        return
+    kept = (f"the run keeps epoch {result.best_epoch}'s model and the training state of epoch {epoch - 1}"
+            if result.best_epoch else "no epoch trained cleanly, so no model was saved")
+    raise TrainingDivergedError(
+        f"training diverged in epoch {epoch}: the training loss is {row['train_loss']} and the validation loss "
+        f"{row['val_loss']}; lower --lr (now {config.lr:g}) or clip gradients (--grad-clip 1); {kept}")
 
 
 def _keep_if_best(result: TrainResult, row: dict[str, float], epoch: int, evaluated: nn.Module,

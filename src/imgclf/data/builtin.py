@@ -20,7 +20,7 @@ from urllib.error import URLError
 
 import numpy as np
 
-from imgclf.errors import DataNotFoundError
+from imgclf.errors import DataNotFoundError, first_line
 
 
 @dataclass
@@ -100,7 +100,7 @@ def fetch(entry: BuiltinDataset, root: Path, download: bool) -> Pools:
             with contextlib.redirect_stdout(io.StringIO()):
                 return entry.load(root, True)
         except (URLError, OSError, RuntimeError) as error:
-            reason = f"downloading them failed ({str(error).strip().splitlines()[0][:200]})"
+            reason = f"downloading them failed ({first_line(error)})"
     elif missing:
         reason = "downloading is turned off (data.download: false)"
     else:

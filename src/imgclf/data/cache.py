@@ -48,8 +48,12 @@ def folder_key(
     digest.update(f"{FORMAT}\n{image_size}\n{channels}\n{json.dumps(class_names)}\n".encode())
     for split in sorted(files):
         for path, label in files[split]:
-            stat = path.stat()
-            digest.update(f"{split}\0{path.resolve()}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            try:
+                stat = path.stat()
+                state = f"{stat.st_size}\0{stat.st_mtime_ns}"
+            except OSError as error:  # a dangling or looping link: decoding skips it and lists why
+                state = f"unreadable {error.errno}"
+            digest.update(f"{split}\0{path.absolute()}\0{label}\0{state}\n".encode())
     return digest.hexdigest()[:32]
 
 

@@ -91,7 +91,10 @@ class FolderReport:
 
 def _inspect(path: Path) -> tuple[str, tuple[int, int] | None, str | None, str | None]:
     """``(sha256, (W, H), mode, error)`` of one file."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:  # unreadable, a dangling link, a link loop
+        return "", None, None, f"cannot be read: {error.strerror or error}"
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return digest, None, None, "empty file (0 bytes)"
@@ -123,7 +126,8 @@ def check_folder(root: Path) -> FolderReport:
         if error or size is None:
             report.bad_files.append((str(path), error or "no size"))
             continue
-        by_hash[digest].append((split, str(path)))
+        if digest:
+            by_hash[digest].append((split, str(path)))
         report.counts[split][label] += 1
         report.sizes[f"{size[0]}x{size[1]}"] += 1
         report.modes[mode] += 1

@@ -44,14 +44,32 @@ def _visible(path: Path) -> bool:
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+    except OSError as error:
+        raise UsageError(f"image folder {str(folder)!r} cannot be read: {error.strerror or error}") from None
 
 
-def list_image_files(folder: Path) -> list[Path]:
+def list_image_files(folder: Path, unreadable: list[str] | None = None) -> list[Path]:
     """Image files under ``folder``, recursively and sorted; hidden files and folders,
-    ``__MACOSX`` and files without an image extension are skipped."""
+    ``__MACOSX`` and files without an image extension are skipped. Links to folders are not
+    followed (no loops); links to files are listed, and a broken one fails to decode like any
+    bad file.
+
+    Args:
+        unreadable: Receives ``"FOLDER: reason"`` for each folder that cannot be listed (where
+            None, such a folder raises).
+
+    Raises:
+        UsageError: If a folder cannot be listed and ``unreadable`` is None.
+    """
+    def refused(error: OSError) -> None:
+        if unreadable is None:
+            raise UsageError(f"folder {str(error.filename)!r} cannot be read: {error.strerror or error}")
+        unreadable.append(f"{error.filename}: {error.strerror or error}")
+
     files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=refused):
         dirnames[:] = sorted(d for d in dirnames if _visible(Path(d)))
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -94,9 +112,14 @@ def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]
             raise UsageError(
                 f"the {split} split of {str(root)!r} has classes that train does not: {', '.join(extra)}"
             )
+        unreadable: list[str] = []
         files[split] = [
-            (path, class_names.index(name)) for name in present for path in list_image_files(folder / name)
+            (path, class_names.index(name)) for name in present
+            for path in list_image_files(folder / name, unreadable)
         ]
+        if unreadable:
+            notes.append(f"{len(unreadable)} folder(s) of the {split} split cannot be read and their images are "
+                         f"left out: {'; '.join(unreadable)}")
         if split != "train":
             found = {label for _, label in files[split]}
             absent = [name for k, name in enumerate(class_names) if k not in found]

@@ -81,11 +81,10 @@ def _load_pools(config: DataConfig) -> tuple[str, Pools, list[tuple[str, str]], 
     if name in DATASETS:
         pools = fetch(DATASETS[name], resolve_data_dir(config.data_dir), config.download)
         return name, pools, [], []
-    if looks_like_folder(name):
-        pools, bad, notes = load_folder(
-            Path(name).expanduser(), image_size=config.image_size, channels=config.channels,
-            bad_files=config.bad_files, cache=config.cache,
-        )
+    folder = Path(name).expanduser() if looks_like_folder(name) else resolve_data_dir(config.data_dir) / name
+    if looks_like_folder(name) or (name and folder.is_dir()):  # a path, or an image folder in the data folder
+        pools, bad, notes = load_folder(folder, image_size=config.image_size, channels=config.channels,
+                                        bad_files=config.bad_files, cache=config.cache)
         return str(Path(name)), pools, bad, notes
     raise unknown_choice("dataset", name, [*DATASETS, "PATH (an image folder)"])
 
@@ -171,8 +170,9 @@ def load_data(
         if pool not in raw:
             raise UsageError(f"saved split {split!r} refers to pool {pool!r}, which this data set lacks")
         images, labels = raw[pool]
-        if len(positions) and positions.max() >= len(labels):
-            raise UsageError(f"saved split {split!r} does not match the data set: it has fewer examples")
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(labels)):
+            raise UsageError(f"saved split {split!r} does not match the data set: it names positions outside "
+                             f"0..{len(labels) - 1} of pool {pool!r}")
         held = LazyImages(images, positions) if lazy else torch.from_numpy(np.ascontiguousarray(images[positions]))
         splits[split] = ImageSplit(held, torch.from_numpy(labels[positions]), pool, positions)
     train = splits["train"]

@@ -125,11 +125,16 @@ def _sklearn(build: Callable[[dict[str, Any], int], Any], name: str):
             log: Log) -> ClassifierResult:
         start = time.perf_counter()
         model = build(options, seed)
-        model.fit(scaled["train"], data.train_y)
-        val_accuracy = float((model.predict(scaled["val"]) == data.val_y).mean()) if len(data.val_y) else float("nan")
+        try:  # scikit-learn checks its options against each estimator's parameter constraints
+            model.fit(scaled["train"], data.train_y)
+            val_predictions = model.predict(scaled["val"]) if len(data.val_y) else None
+            test_predictions = model.predict(scaled["test"]).astype(np.int64)
+        except ValueError as error:  # InvalidParameterError, or e.g. more neighbours than training examples
+            given = ", ".join(f"{key}={value!r}" for key, value in options.items())
+            raise UsageError(f"classifier {name} cannot be fitted with {given}: {error}") from None
+        val_accuracy = float((val_predictions == data.val_y).mean()) if val_predictions is not None else float("nan")
         log(f"{name}: validation accuracy {val_accuracy:.4f}")
-        return ClassifierResult(model.predict(scaled["test"]).astype(np.int64), val_accuracy, options=options,
-                                seconds=time.perf_counter() - start)
+        return ClassifierResult(test_predictions, val_accuracy, options=options, seconds=time.perf_counter() - start)
     return fit
 
 
@@ -158,6 +163,7 @@ class ClassifierEntry:
     fit: Callable[..., ClassifierResult]
     defaults: dict[str, Any]
     summary: str
+    build: Callable[[dict[str, Any], int], Any] | None = None  # scikit-learn: the estimator from the options
 
 
 #: Every classifier by name.
@@ -166,11 +172,11 @@ CLASSIFIERS: dict[str, ClassifierEntry] = {
                                  "imgclf's NumPy MLP (imgclf.numpy_nn.numpy_mlp), SGD with momentum"),
     "torch-mlp": ClassifierEntry(_torch_mlp, TORCH_MLP_DEFAULTS, "a torch MLP with AdamW and a cosine schedule"),
     "logistic": ClassifierEntry(_sklearn(_logistic, "logistic"), {"C": 1.0, "max_iter": 1000},
-                                "scikit-learn's multinomial logistic regression"),
+                                "scikit-learn's multinomial logistic regression", _logistic),
     "svm": ClassifierEntry(_sklearn(_svm, "svm"), {"C": 1.0, "kernel": "rbf", "gamma": "scale"},
-                           "scikit-learn's SVC (RBF kernel by default; minutes on 50,000 examples)"),
+                           "scikit-learn's SVC (RBF kernel by default; minutes on 50,000 examples)", _svm),
     "knn": ClassifierEntry(_sklearn(_knn, "knn"), {"n_neighbors": 5, "weights": "uniform"},
-                           "scikit-learn's k-nearest neighbours"),
+                           "scikit-learn's k-nearest neighbours", _knn),
 }
 
 
@@ -186,7 +192,50 @@ def resolve_options(name: str, given: dict[str, Any] | None) -> dict[str, Any]:
     options = resolve("classifier", name, CLASSIFIERS[name].defaults, given)
     if name == "numpy-mlp":
         MLPConfig(**options)  # checks the ranges
+    elif name == "torch-mlp":
+        _check_torch_mlp(options)
+    else:  # scikit-learn's own parameter constraints, before any data is read
+        try:
+            _sklearn_check(CLASSIFIERS[name].build, options)
+        except ValueError as error:
+            raise UsageError(f"classifier {name}: {error}") from None
     return options
+
+
+def _sklearn_check(build: Callable[[dict[str, Any], int], Any] | None, options: dict[str, Any]) -> None:
+    """Check a scikit-learn estimator's hyperparameters against the constraints it declares, so
+    that a bad option is refused before the features are read. (Where this scikit-learn has no
+    declared constraints, ``fit`` checks the same and its error is turned into a UsageError.)
+
+    Raises:
+        ValueError: scikit-learn's ``InvalidParameterError`` naming the parameter and its valid values.
+    """
+    try:
+        from sklearn.utils._param_validation import validate_parameter_constraints
+    except ImportError:
+        return
+    assert build is not None
+    estimator = build(options, 0)
+    validate_parameter_constraints(getattr(estimator, "_parameter_constraints", {}), estimator.get_params(deep=False),
+                                   caller_name=type(estimator).__name__)
+
+
+def _check_torch_mlp(options: dict[str, Any]) -> None:
+    """Ranges of the torch MLP's options.
+
+    Raises:
+        UsageError: Naming the first option out of range.
+    """
+    hidden = options["hidden"]
+    if not all(isinstance(units, int) and not isinstance(units, bool) and units >= 1 for units in hidden):
+        raise UsageError(f"classifier option hidden must be positive integers, got {list(hidden)}")
+    checks = {"dropout": 0 <= options["dropout"] < 1, "epochs": options["epochs"] >= 1,
+              "batch_size": options["batch_size"] >= 1, "lr": math.isfinite(options["lr"]) and options["lr"] > 0,
+              "weight_decay": math.isfinite(options["weight_decay"]) and options["weight_decay"] >= 0}
+    ranges = {"dropout": "[0, 1)", "epochs": ">= 1", "batch_size": ">= 1", "lr": "> 0", "weight_decay": ">= 0"}
+    for key, ok in checks.items():
+        if not ok:
+            raise UsageError(f"classifier option {key} must be {ranges[key]}, got {options[key]!r}")
 
 
 def fit_classifier(name: str, data: FeatureSet, *, options: dict[str, Any] | None = None, seed: int = 0,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, first_line
 
 PREFIX = "timm:"
 
@@ -38,7 +38,7 @@ def timm_builder(model_name: str) -> Callable[..., nn.Module]:
         except OSError as error:  # huggingface_hub's "not found / no connection" errors are OSErrors
             raise UsageError(
                 f"the pretrained weights of timm model {model_name!r} could not be fetched ({type(error).__name__}: "
-                f"{str(error).splitlines()[0][:160]}); connect to the Hugging Face Hub, set HF_HUB_CACHE to a "
+                f"{first_line(error)}); connect to the Hugging Face Hub, set HF_HUB_CACHE to a "
                 "folder that holds them, or train without --model-option pretrained=true"
             ) from None
 
