@@ -99,7 +99,7 @@ def test_disk_path_yields_exactly_the_in_memory_batches(messy):
     assert in_memory.train.in_memory and not on_disk.train.in_memory
     assert any("memory_limit_mb" in note for note in on_disk.notes)
     assert on_disk.spec == in_memory.spec
-    for augment in ("flip-crop", "seed000"):
+    for augment in ("flip-crop", "flip-jitter", "seed000"):
         batches = [
             list(iterate_batches(data.train, batch_size=16, device=torch.device("cpu"), shuffle=True,
                                  generator=torch.Generator().manual_seed(3), augment=augment))

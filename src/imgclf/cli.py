@@ -693,14 +693,21 @@ def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]
 
 
 def _stage(args: argparse.Namespace) -> int:
-    """``evaluate`` and ``attack`` on a finished run."""
+    """``evaluate`` and ``attack`` on a finished run; a report already written is brought up to date."""
+    from imgclf import record
     from imgclf.pipeline import Run
 
     opened = Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet)
     if args.command == "evaluate":
         opened.evaluate()
     else:
+        earlier = opened.metrics.attacks()
         opened.attack()
+        if earlier:
+            opened.log(f"note: these results replace the earlier robustness results of {', '.join(earlier)} in "
+                       f"metrics.json")
+    if (opened.path / record.REPORT).is_file():  # the report shows the new results, not stale ones
+        opened.report()
     return 0
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, unknown_choice
 
 
 class Constraint:
@@ -133,7 +133,7 @@ class Options(Constraint):
         if self.each and not value:
             return UsageError(f"{where} is empty; valid choices: {listed}")
         bad = [item for item in value if item not in self.valid()][0] if self.each else value
-        return UsageError(f"unknown {self.noun} ({where}) {bad!r}; valid choices: {listed}")
+        return unknown_choice(f"{self.noun} ({where})", bad, [str(c) for c in self.valid()])
 
     def invalid_values(self) -> list[Any]:
         wrong = "not-a-choice" if isinstance(self.valid()[0], str) else -7

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,14 @@ class RunLog:
     def __call__(self, line: str) -> None:
         if not self.quiet:
             print(line, flush=True)
+        self._keep(line)
+
+    def warn(self, line: str) -> None:
+        """A line that must reach the user whatever the verbosity (a failed sanity check): on stderr."""
+        print(line, file=sys.stderr, flush=True)
+        self._keep(line)
+
+    def _keep(self, line: str) -> None:
         if self.folder is None:
             self._pending.append(line)
         else:
@@ -358,8 +367,8 @@ class Run:
         failed = [check for check in result.checks if check["status"] == "failed"]
         self.log(f"sanity checks: {sum(c['status'] == 'passed' for c in result.checks)} passed, {len(failed)} "
                  f"failed, {sum(c['status'] == 'not run' for c in result.checks)} not run")
-        for check in failed:
-            self.log(f"warning: check '{check['name']}' failed: {check['detail']}")
+        for check in failed:  # on stderr even with --quiet: the numbers above may not be what they seem
+            self.log.warn(f"warning: check '{check['name']}' failed: {check['detail']}")
 
     def finish(self, *, attack: bool = True) -> EvalResult:
         """The stages after training, in order: :meth:`evaluate`, :meth:`attack` (unless ``attack`` is

@@ -183,6 +183,10 @@ def _convergence_check(model, x, y, rows, spec, result, batch_size, seed) -> dic
     detail = (f"at eps={eps:.4g}, {stronger.label} with {stronger.n_steps} steps and {stronger.restarts} restarts "
               f"fools {new} of {len(x)} correct examples that every attack of the evaluation failed on: "
               f"worst-case accuracy on them {before:.3f} -> {before - drop:.3f}")
+    if drop > TOLERANCE:
+        detail += (f"; the reported robust accuracy is an upper bound not yet reached: attack again with "
+                   f"--attack {spec.name} --steps {stronger.n_steps} --restarts {stronger.restarts}, or with "
+                   "the AutoAttack ensemble (--preset full)")
     return _check("attack converged", "failed" if drop > TOLERANCE else "passed", detail)
 
 

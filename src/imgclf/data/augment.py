@@ -12,9 +12,9 @@ Presets (``data.augment``):
 * ``flip-crop``: random crop after 4 px zero padding, then horizontal flip with
   probability 1/2 (the standard CIFAR recipe; torchvision's
   ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()``).
-* ``seed000``: horizontal flip, then colour jitter (brightness, contrast and
-  saturation factors uniform in ``[0.8, 1.2]``), as the animal-photo seed
-  project did after resizing (resizing happens when the data is loaded).
+* ``flip-jitter``: horizontal flip, then colour jitter (brightness, contrast and
+  saturation factors uniform in ``[0.8, 1.2]``), for photos resized when the data
+  is loaded. ``seed000`` is its earlier name, still accepted.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def _flip_crop(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return random_flip(random_crop(images, gen), gen)
 
 
-def _seed000(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _flip_jitter(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return colour_jitter(random_flip(images, gen), gen)
 
 
-AUGMENTATIONS: dict[str, Augmentation | None] = {"none": None, "flip-crop": _flip_crop, "seed000": _seed000}
+AUGMENTATIONS: dict[str, Augmentation | None] = {"none": None, "flip-crop": _flip_crop, "flip-jitter": _flip_jitter,
+                                                 "seed000": _flip_jitter}  # seed000: flip-jitter's earlier name

@@ -155,9 +155,10 @@ def write_report(folder: RunFolder) -> Path:
         attack_clean=attack.clean_accuracy if attack else float("nan"),
         timing={key: f"{value:.1f} s" for key, value in metrics.timing.items()},
         environment=metrics.environment,
-        config_text=next((path.read_text(encoding="utf-8") for path in (folder.config_path,
-                                                                         folder.file(record.CLASSIFIER_CONFIG))
-                          if path.is_file()), ""),
+        # shown as it is on disk (a byte that is not UTF-8 shows as U+FFFD)
+        config_text=next((path.read_bytes().decode("utf-8", errors="replace")
+                          for path in (folder.config_path, folder.file(record.CLASSIFIER_CONFIG)) if path.is_file()),
+                         ""),
         version=__version__,
     )
     path = folder.file(record.REPORT)
