@@ -118,3 +118,24 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
     done_by = [stdout.count("trial ") for stdout, _ in outputs]
     assert all(count >= 1 for count in done_by), done_by  # both processes worked on the study
     assert sum(done_by) == 8
+
+
+def test_a_resumed_sweep_draws_new_settings_and_runs_again_the_trial_of_a_killed_process(tmp_path, capsys):
+    from imgclf.sweep import run_sweep
+
+    path = write_sweep(tmp_path, trials=2)
+    out = tmp_path / "resumed"
+    run_sweep(path, out=out, quiet=True)
+    storage = f"sqlite:///{(out / 'study.db').as_posix()}"
+    study = optuna.load_study(study_name="digits-mlp", storage=storage)
+    killed = study.ask()  # a trial whose process died: RUNNING, and no heartbeat for longer than the grace period
+    study._storage.record_heartbeat(killed._trial_id)
+    with optuna.storages.RDBStorage(storage).engine.begin() as connection:  # age the heartbeat
+        connection.exec_driver_sql("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')")
+    run_sweep(path, trials=4, out=out, quiet=True)
+    trials = optuna.load_study(study_name="digits-mlp", storage=storage).get_trials()
+    assert trials[killed.number].state == optuna.trial.TrialState.FAIL  # failed as stale, not counted
+    done = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(done) == 4 and len(trials) == 5
+    first, later = [t.params for t in done[:2]], [t.params for t in done[2:]]
+    assert all(params not in first for params in later)  # the second process did not repeat the first's draws

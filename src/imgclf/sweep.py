@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ from imgclf.run_folder import RunFolder, atomic_write_text
 SWEEP_KEYS: dict[str, Any] = {"study": None, "trials": 20, "out": None, "storage": None, "seed": 0, "pruner": "median",
               "startup_trials": 5, "warmup_epochs": 1, "attack": False, "base": {}, "search": {}}
 PRUNERS = ("median", "none")
+#: A running trial records a heartbeat this often; one silent for GRACE_SECONDS is failed by the next
+#: process that opens the study (its process was killed) and does not count toward ``trials``.
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 120
 #: The copy of the sweep file that marks a folder as a sweep's.
 SWEEP_FILE = "sweep.yaml"
 
@@ -246,15 +251,19 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
     spec = load_sweep(path, trials=trials, storage=storage, out=out, seed=seed)
     _prepare_out(spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the heartbeat is marked experimental, and meant for Study.optimize; the loop below uses it the same way
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="optuna")
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="imgclf.sweep")
     # steps are epochs counted from 1: a trial can be stopped from epoch warmup_epochs + 1 on
     pruner = optuna.pruners.NopPruner() if spec.pruner == "none" else \
         optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs + 1)
     study = _open_study(spec, pruner)
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-               optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)
-    while len(study.get_trials(deepcopy=False, states=counted)) < spec.trials:
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    while _counted(study) < spec.trials:
         trial = study.ask()
-        if trial.number >= spec.trials:  # another process took the last trial between the count and the ask
+        if _counted(study) > spec.trials:  # another process took the last trial between the count and the ask
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             break
@@ -271,9 +280,12 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
                                          f"epoch {epoch} is below the median of earlier trials")
 
         try:
-            config = load_config(None, {**spec.base, **params})
-            trained = Run.train(config, out=run_dir, quiet=True, after_epoch=report_epoch)
-            evaluation = trained.finish(attack=spec.attack)
+            # the storage's heartbeat marks the trial alive; one whose process is killed is failed by the
+            # next process after the grace period and run again (Study.optimize does the same)
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                config = load_config(None, {**spec.base, **params})
+                trained = Run.train(config, out=run_dir, quiet=True, after_epoch=report_epoch)
+                evaluation = trained.finish(attack=spec.attack)
         except optuna.TrialPruned as pruned:
             trial.set_user_attr("seconds", time.perf_counter() - began)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -308,16 +320,34 @@ def _open_study(spec: SweepSpec, pruner):
     engine = {"connect_args": {"timeout": 60}} if spec.storage.startswith("sqlite") else {}
     for attempt in range(5):
         try:
-            storage = optuna.storages.RDBStorage(spec.storage, engine_kwargs=engine)
-            return optuna.create_study(study_name=spec.study, storage=storage, direction="maximize",
-                                       sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner,
-                                       load_if_exists=True)
+            storage = optuna.storages.RDBStorage(spec.storage, engine_kwargs=engine,
+                                                 heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+            study = optuna.create_study(study_name=spec.study, storage=storage, direction="maximize",
+                                        sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner,
+                                        load_if_exists=True)
+            optuna.storages.fail_stale_trials(study)  # trials of killed processes, silent for the grace period
+            earlier = len(study.get_trials(deepcopy=False))
+            if earlier:  # a resumed or joining process: its own random draws, not the first process's again
+                study.sampler = optuna.samplers.TPESampler(seed=(spec.seed + earlier) % 2**32)
+            return study
         except SQLAlchemyError as error:
             if attempt == 4:
                 raise UsageError(f"cannot open Optuna storage {spec.storage!r}: {error}") from None
             time.sleep(0.5 * (attempt + 1))
         except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as error:
             raise UsageError(f"cannot open Optuna storage {spec.storage!r}: {error}") from None
+
+
+def _counted(study) -> int:
+    """Trials that count toward ``trials``: finished, pruned, running (in this or another live
+    process), or failed on settings the configuration rejects. A trial that crashed, was
+    interrupted or whose process was killed (failed by the heartbeat) is run again."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    return sum(t.state in (state.COMPLETE, state.PRUNED, state.RUNNING)
+               or (t.state == state.FAIL and "error" in t.user_attrs)
+               for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus"))
 
 
 def _params_text(params: dict[str, Any]) -> str:
