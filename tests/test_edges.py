@@ -350,3 +350,22 @@ def test_a_zip_is_not_taken_for_a_run_archive(copy, capsys):
     with zipfile.ZipFile(copy / record.SPLITS, "w") as archive:
         archive.writestr("train_pool.npy", b"garbage")
     assert "splits.npz" in one_line_error(capsys, ["evaluate", str(copy)])
+
+
+def test_a_full_disk_under_the_image_cache_is_one_clear_error(tiny_folder, tmp_path, monkeypatch):
+    import subprocess
+
+    from imgclf.data import load_data
+
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        monkeypatch.setenv("IMGCLF_CACHE_DIR", str(small))
+        with pytest.raises(UsageError, match="has no room for"):  # 36 images at 256 px: 7 MB on a 1 MB disk
+            load_data(DataConfig(dataset=str(tiny_folder), image_size=256), seed=0)
+        assert not [p for p in small.rglob("*") if p.is_file()]  # nothing half-written is left
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.errors import UsageError
+
 FORMAT = "imgclf-decoded/1"
 
 
@@ -94,8 +96,26 @@ class CacheWriter:
         self.tmp = Path(tempfile.mkdtemp(dir=entry.path.parent, prefix=f".{entry.key}."))
 
     def images(self, split: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A writable ``uint8`` memmap of ``shape`` for ``split``'s images."""
-        return np.lib.format.open_memmap(self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        """A writable ``uint8`` memmap of ``shape`` for ``split``'s images, its disk space reserved
+        first: writing into a memory map past a full disk's end kills the process (SIGBUS).
+
+        Raises:
+            UsageError: If the cache's file system has no room for it, saying what to do.
+        """
+        path = self.tmp / f"{split}_images.npy"
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as error:
+            del array
+            self.abort()
+            raise UsageError(f"the decoded-image cache in {str(self.entry.path.parent)!r} has no room for "
+                             f"{int(np.prod(shape)) / 2**20:,.0f} MB ({error.strerror or error}); free space there, set "
+                             "IMGCLF_CACHE_DIR to a larger disk, or load without the cache (--no-cache)") from None
+        finally:
+            os.close(fd)
+        return array
 
     def replace_images(self, split: str, array: np.ndarray) -> None:
         np.save(self.tmp / f"{split}_images.npy", array)
