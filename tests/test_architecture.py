@@ -249,3 +249,45 @@ def test_the_model_record_and_the_training_state_are_checked_when_read(tmp_path,
     torch.save({"epoch": 1}, broken / "train_state.pt")
     assert main(["train", "--resume", str(broken)]) == 2
     assert "not a complete imgclf training state: it lacks stale" in capsys.readouterr().err
+
+
+def test_flags_and_settings_are_checked_without_importing_torch(tmp_path):
+    """The command line parses, checks every setting and refuses a bad one before torch loads
+    (``bench/startup.py`` measures the time this saves)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from imgclf.cli import main\n"
+        "assert main(['run', '--seed', '-1']) == 2\n"
+        "assert main(['run', '--attack', 'cw', '--adversarial', 'trades', '--augment', 'flip-jitter']) == 2\n"
+        "assert main(['attacks']) == 0\n"
+        "from imgclf.config import load_config\n"
+        "load_config(None, {'attack.attacks': ['pgd', 'apgd-ce'], 'adversarial.recipe': 'fgsm-rs', 'attack.target': 'random'})\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'sklearn'))\n"
+        "assert not loaded, loaded[:5]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_lazily_exported_names_are_not_submodule_names_and_all_load():
+    import importlib
+
+    for package in ("imgclf.attacks", "imgclf.defenses", "imgclf.data"):
+        module = importlib.import_module(package)
+        folder = Path(module.__file__).parent
+        submodules = {p.stem for p in folder.glob("*.py")} | {p.name for p in folder.iterdir() if p.is_dir()}
+        assert not set(module.__all__) & submodules, package
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (package, name)
+
+
+def test_every_declared_attack_and_recipe_loads():
+    from imgclf.defenses import BUILTIN_RECIPES, recipe_class
+
+    for info in ATTACKS.values():
+        assert callable(info.run), info.name
+    for name in BUILTIN_RECIPES:
+        assert recipe_class(name).name == name

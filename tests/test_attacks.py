@@ -21,7 +21,7 @@ from imgclf.attacks import (
 )
 from imgclf.attacks.fab import project_onto_hyperplane
 from imgclf.attacks.losses import dlr, margin
-from imgclf.attacks.square import square_fraction
+from imgclf.attacks.square_search import square_fraction
 from imgclf.config import DataConfig, TrainConfig
 from imgclf.data import load_data
 from imgclf.models import create_model

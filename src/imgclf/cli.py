@@ -657,7 +657,6 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _run_or_train(args: argparse.Namespace) -> int:
-    from imgclf import pipeline
     from imgclf.config import load_config
 
     if args.command == "train" and args.resume:
@@ -668,11 +667,15 @@ def _run_or_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume continues a run with its own config.yaml; drop {', '.join(extra)} "
                              "(only --device and --quiet apply)")
         device = {"device": args.device} if hasattr(args, "device") else {}
+        from imgclf import pipeline
+
         resumed = pipeline.Run.resume(args.resume, quiet=args.quiet, overrides=device)
         if args.quiet:
             print(resumed.path)
         return 0
-    config = load_config(args.config, _overrides(args))
+    config = load_config(args.config, _overrides(args))  # every setting checked before torch is imported
+    from imgclf import pipeline
+
     if args.command == "run":
         folder = pipeline.run(config, out=args.out, quiet=args.quiet)
     else:
@@ -694,6 +697,13 @@ def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]
 
 def _stage(args: argparse.Namespace) -> int:
     """``evaluate`` and ``attack`` on a finished run; a report already written is brought up to date."""
+    from pathlib import Path
+
+    from imgclf.config import load_config
+
+    config_file = Path(args.run_dir) / "config.yaml"
+    if config_file.is_file():  # the flags checked against the run's settings before torch is imported
+        load_config(config_file, _overrides(args))
     from imgclf import record
     from imgclf.pipeline import Run
 

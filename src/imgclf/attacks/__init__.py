@@ -1,48 +1,66 @@
 """Adversarial attacks and robustness evaluation in pixel space (images in ``[0, 1]``, eps in pixel units).
 
-One file per attack, each registering itself (:mod:`imgclf.attacks.registry`):
-:func:`fgsm`, :func:`pgd` (L-inf and L2, targeted, restarts), :func:`apgd` and
-:func:`apgd_targeted` (APGD-CE, APGD-DLR, APGD-T, APGD-CE-T), :func:`fab_targeted`
-(FAB-T) and :func:`square`. :func:`robustness` runs them over eps values with
-the per-example worst case, and :mod:`imgclf.attacks.checks` flags signs of
-false robustness. :mod:`imgclf.attacks.core` holds what every attack shares.
+One file per attack, each declared in :mod:`imgclf.attacks.registry`:
+:func:`fgsm` (``fast_gradient``), :func:`pgd` (``projected_gradient``: L-inf and L2,
+targeted, restarts), :func:`apgd` and :func:`apgd_targeted` (``auto_pgd``: APGD-CE,
+APGD-DLR, APGD-T, APGD-CE-T), :func:`fab_targeted` (``fab``: FAB-T) and :func:`square`
+(``square_search``). :func:`robustness` runs them over eps values with the per-example
+worst case, and :mod:`imgclf.attacks.checks` flags signs of false robustness.
+:mod:`imgclf.attacks.core` holds what every attack shares.
 
 An attack never changes the model's train/eval mode or its parameters; the
 caller puts the model in eval mode. Outputs are clamped to ``[0, 1]`` and lie
 within ``eps`` of the input.
+
+The registry's names load at once and without torch; the attacks themselves load on first use.
 """
 
-import importlib
+from __future__ import annotations
 
-#: The modules that register the built-in attacks, in the order of tables and help.
-ATTACK_MODULES = ("fgsm", "pgd", "apgd", "fab", "square")
-for _module in ATTACK_MODULES:
-    importlib.import_module(f"imgclf.attacks.{_module}")
+from typing import TYPE_CHECKING
 
-from imgclf.attacks.apgd import apgd, apgd_targeted
-from imgclf.attacks.checks import sanity_checks
-from imgclf.attacks.core import NORMS, loss_gradient, project, project_linf
-from imgclf.attacks.fab import fab_targeted
-from imgclf.attacks.fgsm import fgsm
-from imgclf.attacks.losses import dlr, margin
-from imgclf.attacks.pgd import default_alpha, pgd
 from imgclf.attacks.registry import (
     ATTACK_PRESETS,
     ATTACKS,
+    NORMS,
+    TARGET_MODES,
     AttackInfo,
     attack_info,
+    default_alpha,
     expand_attacks,
     register_attack,
     targetable_attacks,
 )
-from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult
-from imgclf.attacks.robustness import TARGET_MODES, choose_targets, robustness
 from imgclf.attacks.spec import AttackSpec
-from imgclf.attacks.square import square
+from imgclf.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from imgclf.attacks.auto_pgd import apgd, apgd_targeted
+    from imgclf.attacks.checks import sanity_checks
+    from imgclf.attacks.core import loss_gradient, project, project_linf
+    from imgclf.attacks.fab import fab_targeted
+    from imgclf.attacks.fast_gradient import fgsm
+    from imgclf.attacks.losses import dlr, margin
+    from imgclf.attacks.projected_gradient import pgd
+    from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult
+    from imgclf.attacks.robust_accuracy import choose_targets, robustness
+    from imgclf.attacks.square_search import square
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "imgclf.attacks.auto_pgd": ("apgd", "apgd_targeted"),
+    "imgclf.attacks.checks": ("sanity_checks",),
+    "imgclf.attacks.core": ("loss_gradient", "project", "project_linf"),
+    "imgclf.attacks.fab": ("fab_targeted",),
+    "imgclf.attacks.fast_gradient": ("fgsm",),
+    "imgclf.attacks.losses": ("dlr", "margin"),
+    "imgclf.attacks.projected_gradient": ("pgd",),
+    "imgclf.attacks.results": ("WORST_CASE", "RobustnessEntry", "RobustnessResult"),
+    "imgclf.attacks.robust_accuracy": ("choose_targets", "robustness"),
+    "imgclf.attacks.square_search": ("square",),
+})
 
 __all__ = [
     "ATTACKS",
-    "ATTACK_MODULES",
     "ATTACK_PRESETS",
     "NORMS",
     "TARGET_MODES",

@@ -18,8 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-#: Threat models: the norm that bounds the perturbation.
-NORMS = ("linf", "l2")
+from imgclf.attacks.registry import NORMS
 
 
 def check_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "linf",

@@ -19,7 +19,6 @@ from imgclf.attacks.core import (
     random_point,
     top_classes,
 )
-from imgclf.attacks.registry import register_attack
 
 
 def project_onto_hyperplane(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str) -> torch.Tensor:
@@ -171,8 +170,7 @@ def _fab_run(model, x, labels, targets, todo, result, best_norm, *, eps, norm, s
         shape = x0.shape
 
 
-@register_attack("fab-t", summary="targeted FAB (Croce & Hein 2020): minimal perturbation via exact "
-                 "box-constrained projections", settings=lambda spec, eps: {"random_start": False})
-def _run_fab(spec, model, images, labels, eps, gen, target):
+def run_fab(spec, model, images, labels, eps, gen, target):
+    """The registry's runner of ``fab-t`` (see :mod:`imgclf.attacks.registry`)."""
     return fab_targeted(model, images, labels, eps=eps, norm=spec.norm, target_classes=spec.target_classes,
                         steps=spec.n_steps, restarts=spec.restarts, generator=gen)

@@ -1,24 +1,34 @@
 """The attack registry: every attack, what it can do, and how it is run and reported.
 
-An attack registers itself in its own module with :func:`register_attack`,
-decorating a *runner* ``run(spec, model, images, labels, eps, generator, target)``
-that calls the attack's function with the settings of an
-:class:`~imgclf.attacks.spec.AttackSpec` (any object with :class:`AttackSettings`). Everything that lists or checks
-attacks (the CLI's choices and help, the configuration's validation, the
-robustness evaluation, the sanity checks, the README's table, the tests that
-loop over attacks) reads :data:`ATTACKS`, so a new attack is one new file and
-its registration.
+An attack is its own module, which holds the attack's function and a *runner*
+``run(spec, model, images, labels, eps, generator, target)`` that calls it with the
+settings of an :class:`~imgclf.attacks.spec.AttackSpec` (any object with
+:class:`AttackSettings`), and one declaration in :data:`ATTACKS`: what it can do, and
+the runner's ``"module:name"``, imported on the first run. Everything that lists or
+checks attacks (the CLI's choices and help, the configuration's validation, the
+robustness evaluation, the sanity checks, the README's table, the tests that loop over
+attacks) reads :data:`ATTACKS`; none of it imports torch, so a bad flag is refused,
+and ``imgclf attacks`` prints, before torch is loaded. A new attack is one new file
+and its declaration below; an attack outside imgclf registers its runner directly with
+:func:`register_attack`.
+
+This module imports no torch (checked by a test).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from imgclf.attacks.core import NORMS
+#: The threat models: the L-inf and L2 balls around an image, in pixel units.
+NORMS = ("linf", "l2")
+#: The target modes of a targeted attack besides a class name or index.
+TARGET_MODES = ("random", "least-likely")
 
 
 class AttackSettings(Protocol):
@@ -45,13 +55,23 @@ class AttackSettings(Protocol):
 
 
 #: ``run(spec, model, images, labels, eps, generator, target) -> adversarial images``.
-Runner = Callable[[AttackSettings, torch.nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator,
-                   torch.Tensor | None], torch.Tensor]
+Runner = Callable[[AttackSettings, "torch.nn.Module", "torch.Tensor", "torch.Tensor", float, "torch.Generator",
+                   "torch.Tensor | None"], "torch.Tensor"]
 
 
 def _two_classes(targeted: bool) -> int:
     """What most attacks need: a true class and one other."""
     return 2
+
+
+def dlr_min_classes(targeted: bool) -> int:
+    """Classes the DLR loss needs: it uses the third (targeted: the fourth) largest logit."""
+    return 4 if targeted else 3
+
+
+def default_alpha(eps: float, steps: int) -> float:
+    """Madry et al.'s step size convention, ``2.5 * eps / steps`` (pixel units)."""
+    return 2.5 * eps / steps
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,8 @@ class AttackInfo:
 
     Attributes:
         name: The name users give (``--attack NAME``), lower case with dashes.
-        run: The runner (see the module docstring).
+        runner: The runner (see the module docstring), or its ``"module:name"``, imported by
+            :attr:`run` on first use.
         summary: One line for tables and help: what it is and its source.
         norms: Threat models it implements, a subset of :data:`~imgclf.attacks.core.NORMS`.
         targetable: Accepts a user-chosen target class (``--target``).
@@ -74,7 +95,7 @@ class AttackInfo:
     """
 
     name: str
-    run: Runner
+    runner: Runner | str
     summary: str
     norms: tuple[str, ...] = NORMS
     targetable: bool = False
@@ -83,6 +104,18 @@ class AttackInfo:
     fixed_steps: bool = False
     min_classes: Callable[[bool], int] = _two_classes
     settings: Callable[[AttackSettings, float], dict[str, Any]] | None = None
+
+    @property
+    def run(self) -> Runner:
+        """The runner, its module imported on first use.
+
+        Raises:
+            ImportError, AttributeError: If a declared ``"module:name"`` does not exist.
+        """
+        if isinstance(self.runner, str):
+            module, _, name = self.runner.partition(":")
+            return getattr(importlib.import_module(module), name)
+        return self.runner
 
     @property
     def iterative(self) -> bool:
@@ -108,18 +141,57 @@ def register_attack(name: str, *, summary: str, norms: tuple[str, ...] = NORMS, 
     Raises:
         ValueError: If ``name`` is taken, is a preset's name, or ``norms`` names an unknown norm.
     """
-    if name in ATTACKS or name in ATTACK_PRESETS:
-        raise ValueError(f"attack {name!r} is registered already")
-    unknown = [norm for norm in norms if norm not in NORMS]
-    if unknown or not norms:
-        raise ValueError(f"attack {name!r}: unknown norms {unknown}; valid choices: {', '.join(NORMS)}")
-
     def decorate(run: Runner) -> Runner:
-        ATTACKS[name] = AttackInfo(name, run, summary, tuple(norms), targetable, white_box, default_steps,
-                                   fixed_steps, min_classes or _two_classes, settings)
+        _declare(AttackInfo(name, run, summary, tuple(norms), targetable, white_box, default_steps, fixed_steps,
+                            min_classes or _two_classes, settings))
         return run
 
     return decorate
+
+
+def _declare(info: AttackInfo) -> None:
+    if info.name in ATTACKS or info.name in ATTACK_PRESETS:
+        raise ValueError(f"attack {info.name!r} is registered already")
+    unknown = [norm for norm in info.norms if norm not in NORMS]
+    if unknown or not info.norms:
+        raise ValueError(f"attack {info.name!r}: unknown norms {unknown}; valid choices: {', '.join(NORMS)}")
+    ATTACKS[info.name] = info
+
+
+def _pgd_settings(spec: AttackSettings, eps: float) -> dict[str, Any]:
+    return {"alpha": default_alpha(eps, spec.n_steps) if spec.alpha is None else spec.alpha,
+            "random_start": spec.random_start}
+
+
+# The built-in attacks, in the order of tables and help; each runner lives in its attack's module.
+for _info in (
+    AttackInfo("fgsm", "imgclf.attacks.fast_gradient:run_fgsm",
+               "FGSM (Goodfellow et al. 2015): one step of eps; under L2 the fast gradient method",
+               targetable=True, default_steps=1, fixed_steps=True,
+               settings=lambda spec, eps: {"alpha": eps, "restarts": 1, "random_start": False}),
+    AttackInfo("pgd", "imgclf.attacks.projected_gradient:run_pgd",
+               "PGD (Madry et al. 2018): random start, `--steps`, `--step-size` (default 2.5·eps/steps), "
+               "`--restarts`", targetable=True, default_steps=20, settings=_pgd_settings),
+    AttackInfo("apgd-ce", "imgclf.attacks.auto_pgd:run_apgd_ce",
+               "APGD on the cross-entropy (Croce & Hein 2020): momentum and a self-tuning step size",
+               targetable=True),
+    AttackInfo("apgd-dlr", "imgclf.attacks.auto_pgd:run_apgd_dlr",
+               "APGD on the DLR loss, invariant to shifting and scaling the logits", targetable=True,
+               min_classes=dlr_min_classes),
+    AttackInfo("apgd-t", "imgclf.attacks.auto_pgd:run_apgd_t",
+               "APGD towards each of the 9 highest-scoring wrong classes, targeted DLR loss (AutoAttack's)",
+               min_classes=lambda targeted: dlr_min_classes(True)),
+    AttackInfo("apgd-ce-t", "imgclf.attacks.auto_pgd:run_apgd_ce_t",
+               "APGD towards each of the 9 highest-scoring wrong classes, targeted cross-entropy"),
+    AttackInfo("fab-t", "imgclf.attacks.fab:run_fab",
+               "targeted FAB (Croce & Hein 2020): minimal perturbation via exact box-constrained projections",
+               settings=lambda spec, eps: {"random_start": False}),
+    AttackInfo("square", "imgclf.attacks.square_search:run_square",
+               "Square Attack (Andriushchenko et al. 2020): random search on the logits alone, `--queries` "
+               "(default 5,000)", norms=("linf",), white_box=False, default_steps=0, fixed_steps=True,
+               settings=lambda spec, eps: {"steps": spec.queries, "restarts": 1}),
+):
+    _declare(_info)
 
 
 def unregister_attack(name: str) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from imgclf.attacks.registry import NORMS, attack_info, targetable_attacks
 
-from imgclf.attacks.core import NORMS
-from imgclf.attacks.registry import attack_info, targetable_attacks
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)

@@ -20,25 +20,35 @@ Presets (``data.augment``):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
-Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+#: ``augment(images, generator) -> images``: a batch in, a batch of the same shape and range out.
+Augmentation = Callable[["torch.Tensor", "torch.Generator"], "torch.Tensor"]
+# torch is imported inside the functions: the configuration reads AUGMENTATIONS' names without it.
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    import torch
+
     return torch.rand(n, generator=gen, device=device).mul_(high - low).add_(low)
 
 
 def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
+    import torch
+
     flip = torch.rand(images.shape[0], generator=gen, device=images.device) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
 
 
 def random_crop(images: torch.Tensor, gen: torch.Generator, *, padding: int = 4) -> torch.Tensor:
     """Pad with zeros by ``padding`` pixels, then crop each image back at a random offset."""
+    import torch
+    import torch.nn.functional as F
+
     b, c, h, w = images.shape
     padded = F.pad(images, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=images.device)

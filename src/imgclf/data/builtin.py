@@ -23,6 +23,17 @@ import numpy as np
 from imgclf.errors import DataNotFoundError, first_line
 
 
+def resolve_data_dir(data_dir: str | None) -> Path:
+    """``data_dir``, else ``$IMGCLF_DATA_DIR``, else ``$XDG_CACHE_HOME/imgclf/data``
+    (``~/.cache/imgclf/data``)."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get("IMGCLF_DATA_DIR"):
+        return Path(os.environ["IMGCLF_DATA_DIR"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "imgclf" / "data"
+
+
 @dataclass
 class Pools:
     """Raw examples of a data set, before imgclf splits them.

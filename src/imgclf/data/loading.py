@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,24 +9,13 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from imgclf.data.builtin import DATASETS, Pools, fetch
+from imgclf.data.builtin import DATASETS, Pools, fetch, resolve_data_dir
 from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit, LazyImages
 from imgclf.data.folder import load_folder, looks_like_folder
 from imgclf.errors import UsageError, unknown_choice
 
 if TYPE_CHECKING:
     from imgclf.config import DataConfig
-
-
-def resolve_data_dir(data_dir: str | None) -> Path:
-    """``data_dir``, else ``$IMGCLF_DATA_DIR``, else ``$XDG_CACHE_HOME/imgclf/data``
-    (``~/.cache/imgclf/data``)."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    if os.environ.get("IMGCLF_DATA_DIR"):
-        return Path(os.environ["IMGCLF_DATA_DIR"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "imgclf" / "data"
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,32 +4,44 @@ robust checkpoint selection and each recipe's guard (FGSM-RS: catastrophic overf
 
 :class:`Adversary` makes each training batch's adversarial examples and loss with the
 recipe; :func:`imgclf.training.fit` uses it when ``adversarial.recipe`` is not ``none``.
+The registry's names load at once and without torch; the recipes on first use.
 """
 
-import importlib
+from __future__ import annotations
 
-#: The modules that register the built-in recipes, in the order of tables and help.
-RECIPE_MODULES = ("pgd_training", "fgsm_rs", "trades")
-for _module in RECIPE_MODULES:
-    importlib.import_module(f"imgclf.defenses.{_module}")
+from typing import TYPE_CHECKING
 
-from imgclf.defenses.adversary import Adversary, warmup_steps
-from imgclf.defenses.fgsm_rs import OVERFIT_DROP, catastrophic_overfitting
 from imgclf.defenses.recipes import (
+    BUILTIN_RECIPES,
+    DEFAULT_BETA,
+    OVERFIT_DROP,
     RECIPES,
     TrainingRecipe,
     make_recipe,
     recipe_choices,
+    recipe_class,
     register_recipe,
 )
-from imgclf.defenses.trades import DEFAULT_BETA, kl_divergence, trades_adversarial, trades_loss
-from imgclf.defenses.validation import RobustValidation
+from imgclf.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from imgclf.defenses.adversary import Adversary, warmup_steps
+    from imgclf.defenses.fgsm_rs import catastrophic_overfitting
+    from imgclf.defenses.trades import kl_divergence, trades_adversarial, trades_loss
+    from imgclf.defenses.validation import RobustValidation
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "imgclf.defenses.adversary": ("Adversary", "warmup_steps"),
+    "imgclf.defenses.fgsm_rs": ("catastrophic_overfitting",),
+    "imgclf.defenses.trades": ("kl_divergence", "trades_adversarial", "trades_loss"),
+    "imgclf.defenses.validation": ("RobustValidation",),
+})
 
 __all__ = [
+    "BUILTIN_RECIPES",
     "DEFAULT_BETA",
     "OVERFIT_DROP",
     "RECIPES",
-    "RECIPE_MODULES",
     "Adversary",
     "RobustValidation",
     "TrainingRecipe",
@@ -37,6 +49,7 @@ __all__ = [
     "kl_divergence",
     "make_recipe",
     "recipe_choices",
+    "recipe_class",
     "register_recipe",
     "trades_adversarial",
     "trades_loss",

@@ -14,13 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from imgclf.attacks.pgd import pgd
-from imgclf.defenses.recipes import TrainingRecipe, register_recipe
+from imgclf.attacks.projected_gradient import pgd
+from imgclf.defenses.recipes import OVERFIT_DROP, TrainingRecipe, register_recipe
 
 #: Wong et al.'s step size, as a multiple of eps.
 FGSM_RS_STEP = 1.25
-#: A fall in PGD validation accuracy larger than this (absolute) with FGSM accuracy rising is catastrophic overfitting.
-OVERFIT_DROP = 0.2
 
 
 @register_recipe

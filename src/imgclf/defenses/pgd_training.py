@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from imgclf.attacks.pgd import pgd
+from imgclf.attacks.projected_gradient import pgd
 from imgclf.defenses.recipes import TrainingRecipe, register_recipe
 
 

@@ -7,23 +7,41 @@ trained on (:meth:`~TrainingRecipe.loss`), the extra attacks of its robust
 validation (:attr:`~TrainingRecipe.validation_attacks`) and the guard that
 may stop training (:meth:`~TrainingRecipe.guard`). Its own hyperparameters
 are dataclass fields, filled from the ``adversarial`` settings of the same
-name. The configuration's choices and :class:`~imgclf.defenses.adversary.Adversary`
-read :data:`RECIPES`; :func:`imgclf.training.fit` knows no recipe by name.
+name. The configuration's choices read :func:`recipe_choices` and
+:class:`~imgclf.defenses.adversary.Adversary` :func:`make_recipe`; :func:`imgclf.training.fit`
+knows no recipe by name.
+
+The built-in recipes are declared in :data:`BUILTIN_RECIPES` and imported on first use, so
+that the configuration checks a recipe's name without importing torch (this module
+imports none; a test checks).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+from imgclf.attacks.registry import default_alpha
 
-from imgclf.attacks.pgd import default_alpha
+if TYPE_CHECKING:
+    import torch
 
 #: ``loss_fn(logits (B, K) float32, targets (B,) int64) -> scalar loss``.
-LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFunction = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+#: The built-in recipes, in the order of tables and help: name -> ``"module:class"``.
+BUILTIN_RECIPES = {"pgd": "imgclf.defenses.pgd_training:PGDTraining",
+                   "fgsm-rs": "imgclf.defenses.fgsm_rs:FGSMRandomStart",
+                   "trades": "imgclf.defenses.trades:TRADES"}
+#: TRADES's weight of the KL term, the paper's on CIFAR-10 (1/lambda; Zhang et al. 2019): the
+#: ``adversarial.beta`` default.
+DEFAULT_BETA = 6.0
+#: The FGSM-RS guard: a fall in PGD validation accuracy larger than this (absolute) while FGSM accuracy
+#: rises is catastrophic overfitting (``adversarial.overfit_drop``).
+OVERFIT_DROP = 0.2
 
 
 @dataclass
@@ -87,7 +105,7 @@ class TrainingRecipe:
         return None
 
 
-#: Every registered recipe class by name, in registration order.
+#: Every recipe class loaded so far by name (built-ins are loaded by :func:`recipe_class`).
 RECIPES: dict[str, type[TrainingRecipe]] = {}
 
 
@@ -109,8 +127,25 @@ def unregister_recipe(name: str) -> None:
 
 
 def recipe_choices() -> tuple[str, ...]:
-    """``none`` (standard training) and every registered recipe: the valid ``adversarial.recipe`` values."""
-    return ("none", *RECIPES)
+    """``none`` (standard training) and every recipe: the valid ``adversarial.recipe`` values."""
+    return ("none", *dict.fromkeys([*BUILTIN_RECIPES, *RECIPES]))
+
+
+def recipe_class(name: str) -> type[TrainingRecipe]:
+    """The class of recipe ``name``, a built-in's module imported on first use.
+
+    Raises:
+        ValueError: On an unknown name, listing the valid ones.
+    """
+    if name not in RECIPES and name in BUILTIN_RECIPES:
+        module, _, attribute = BUILTIN_RECIPES[name].partition(":")
+        cls = getattr(importlib.import_module(module), attribute)  # its module registers it
+        if RECIPES.get(name) is not cls:
+            raise ValueError(f"{BUILTIN_RECIPES[name]} does not register recipe {name!r}")
+    if name not in RECIPES:
+        valid = [choice for choice in recipe_choices() if choice != "none"]
+        raise ValueError(f"unknown adversarial training recipe {name!r}; valid choices: {', '.join(valid)}")
+    return RECIPES[name]
 
 
 def make_recipe(name: str, settings: Mapping[str, Any]) -> TrainingRecipe:
@@ -119,8 +154,6 @@ def make_recipe(name: str, settings: Mapping[str, Any]) -> TrainingRecipe:
     Raises:
         ValueError: On an unknown name, listing the valid ones.
     """
-    if name not in RECIPES:
-        raise ValueError(f"unknown adversarial training recipe {name!r}; valid choices: {', '.join(RECIPES)}")
-    cls = RECIPES[name]
+    cls = recipe_class(name)
     own = {f.name: settings[f.name] for f in dataclasses.fields(cls) if f.name in settings}
     return cls(**own)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.attacks.core import logits_and_gradient, project, steepest_step
-from imgclf.defenses.recipes import LossFunction, TrainingRecipe, register_recipe
+from imgclf.defenses.recipes import DEFAULT_BETA, LossFunction, TrainingRecipe, register_recipe
 
 
 def kl_divergence(clean_logits: torch.Tensor, adversarial_logits: torch.Tensor) -> torch.Tensor:
@@ -98,9 +98,6 @@ def trades_loss(
     loss = loss_fn(clean_logits.float(), targets) + beta * kl_divergence(clean_logits, adversarial_logits).mean()
     return adversarial_logits, loss
 
-
-#: The paper's weight of the KL term on CIFAR-10 (1/lambda).
-DEFAULT_BETA = 6.0
 
 
 @register_recipe

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from imgclf.attacks.pgd import pgd
+from imgclf.attacks.projected_gradient import pgd
 from imgclf.attacks.spec import AttackSpec
 from imgclf.data.containers import ImageSplit
 from imgclf.data.loading import stratified_subset

@@ -18,12 +18,7 @@ from imgclf.attacks.core import (
     steepest_step,
 )
 from imgclf.attacks.losses import cross_entropy
-from imgclf.attacks.registry import register_attack
-
-
-def default_alpha(eps: float, steps: int) -> float:
-    """Madry et al.'s step size convention, ``2.5 * eps / steps`` (pixel units)."""
-    return 2.5 * eps / steps
+from imgclf.attacks.registry import default_alpha
 
 
 @attack_entry
@@ -120,11 +115,7 @@ def pgd(
     return result
 
 
-@register_attack("pgd", summary="PGD (Madry et al. 2018): random start, `--steps`, `--step-size` (default "
-                 "2.5·eps/steps), `--restarts`",
-                 targetable=True, default_steps=20,
-                 settings=lambda spec, eps: {"alpha": default_alpha(eps, spec.n_steps) if spec.alpha is None
-                                             else spec.alpha, "random_start": spec.random_start})
-def _run_pgd(spec, model, images, labels, eps, gen, target):
+def run_pgd(spec, model, images, labels, eps, gen, target):
+    """The registry's runner of ``pgd`` (see :mod:`imgclf.attacks.registry`)."""
     return pgd(model, images, labels, eps=eps, norm=spec.norm, alpha=spec.alpha, steps=spec.n_steps,
                restarts=spec.restarts, random_start=spec.random_start, target=target, generator=gen)

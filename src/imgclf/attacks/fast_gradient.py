@@ -10,7 +10,6 @@ import torch
 
 from imgclf.attacks.core import attack_entry, logits_and_gradient, project, steepest_step
 from imgclf.attacks.losses import cross_entropy
-from imgclf.attacks.registry import register_attack
 
 
 @attack_entry
@@ -46,8 +45,6 @@ def fgsm(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     return project(x + eps * steepest_step(grad, norm), x, eps, norm)
 
 
-@register_attack("fgsm", summary="FGSM (Goodfellow et al. 2015): one step of eps; under L2 the fast gradient method",
-                 targetable=True, default_steps=1, fixed_steps=True,
-                 settings=lambda spec, eps: {"alpha": eps, "restarts": 1, "random_start": False})
-def _run_fgsm(spec, model, images, labels, eps, gen, target):
+def run_fgsm(spec, model, images, labels, eps, gen, target):
+    """The registry's runner of ``fgsm`` (see :mod:`imgclf.attacks.registry`)."""
     return fgsm(model, images, labels, eps=eps, norm=spec.norm, target=target)

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from imgclf.attacks.checks import sanity_checks
+from imgclf.attacks.registry import TARGET_MODES
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult, batched_logits
 from imgclf.attacks.spec import AttackSpec
 from imgclf.runtime import generator
 
 #: How ``--target`` picks each example's target class (or a class name or index).
-TARGET_MODES = ("random", "least-likely")
 
 
 def choose_targets(mode: str | int, logits: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

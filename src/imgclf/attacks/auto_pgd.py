@@ -21,14 +21,12 @@ from imgclf.attacks.core import (
     top_classes,
 )
 from imgclf.attacks.losses import LOSSES, get_loss
-from imgclf.attacks.registry import register_attack
+from imgclf.attacks.registry import dlr_min_classes
 
 
 def min_classes(loss: str, targeted: bool) -> int:
     """Classes a loss needs: DLR uses the third (targeted: fourth) largest logit."""
-    if loss == "dlr":
-        return 4 if targeted else 3
-    return 2
+    return dlr_min_classes(targeted) if loss == "dlr" else 2
 
 
 def _start(images: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -225,14 +223,8 @@ def _run_apgd_targeted(loss: str):
     return run
 
 
-register_attack("apgd-ce", summary="APGD on the cross-entropy (Croce & Hein 2020): momentum and a "
-                "self-tuning step size",
-                targetable=True)(_run_apgd("ce"))
-register_attack("apgd-dlr", summary="APGD on the DLR loss, invariant to shifting and scaling the logits",
-                targetable=True, min_classes=lambda targeted: min_classes("dlr", targeted))(_run_apgd("dlr"))
-register_attack("apgd-t", summary="APGD towards each of the 9 highest-scoring wrong classes, "
-                "targeted DLR loss (AutoAttack's)",
-                min_classes=lambda targeted: min_classes("dlr", True))(_run_apgd_targeted("dlr"))
-register_attack("apgd-ce-t", summary="APGD towards each of the 9 highest-scoring wrong classes, "
-                "targeted cross-entropy",
-                )(_run_apgd_targeted("ce"))
+#: The registry's runners of apgd-ce, apgd-dlr, apgd-t and apgd-ce-t (see :mod:`imgclf.attacks.registry`).
+run_apgd_ce = _run_apgd("ce")
+run_apgd_dlr = _run_apgd("dlr")
+run_apgd_t = _run_apgd_targeted("dlr")
+run_apgd_ce_t = _run_apgd_targeted("ce")

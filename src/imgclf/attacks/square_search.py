@@ -13,7 +13,6 @@ import torch
 
 from imgclf.attacks.core import attack_entry, project, set_aside
 from imgclf.attacks.losses import margin
-from imgclf.attacks.registry import register_attack
 
 
 def square_fraction(p_init: float, query: int, queries: int) -> float:
@@ -99,9 +98,6 @@ def square(
     return project(result, x, eps, "linf")
 
 
-@register_attack("square", summary="Square Attack (Andriushchenko et al. 2020): random search on the logits "
-                 "alone, `--queries` (default 5,000)", norms=("linf",), white_box=False, default_steps=0,
-                 fixed_steps=True,
-                 settings=lambda spec, eps: {"steps": spec.queries, "restarts": 1})
-def _run_square(spec, model, images, labels, eps, gen, target):
+def run_square(spec, model, images, labels, eps, gen, target):
+    """The registry's runner of ``square`` (see :mod:`imgclf.attacks.registry`)."""
     return square(model, images, labels, eps=eps, norm=spec.norm, queries=spec.queries, generator=gen)
