@@ -430,12 +430,9 @@ def _load_train_state(path: Path, device: torch.device) -> dict[str, Any]:
     """
     try:
         raw = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only load failed" in str(error).lower():  # torch's message suggests loading it unsafely
-            raise UsageError(f"{str(path)!r} holds Python objects other than tensors and plain values, which "
-                             "imgclf refuses to load (loading them could run code); start the run again instead "
-                             "of resuming it") from None
-        raise UsageError(f"{str(path)!r} cannot be read as a training state ({first_line(error)}); "
+    except pickle.UnpicklingError:  # torch's own message suggests loading the file unsafely; imgclf never does
+        raise UsageError(f"{str(path)!r} cannot be read as a training state: it is not a PyTorch file of tensors "
+                         "and plain values (imgclf never loads pickled Python objects, which could run code); "
                          "start the run again instead of resuming it") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise UsageError(f"{str(path)!r} cannot be read as a training state ({first_line(error)}); "
