@@ -110,8 +110,9 @@ class CacheWriter:
         except OSError as error:
             del array
             self.abort()
+            megabytes = int(np.prod(shape)) / 2**20
             raise UsageError(f"the decoded-image cache in {str(self.entry.path.parent)!r} has no room for "
-                             f"{int(np.prod(shape)) / 2**20:,.0f} MB ({error.strerror or error}); free space there, set "
+                             f"{megabytes:,.0f} MB ({error.strerror or error}); free space there, set "
                              "IMGCLF_CACHE_DIR to a larger disk, or load without the cache (--no-cache)") from None
         finally:
             os.close(fd)
