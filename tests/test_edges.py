@@ -369,3 +369,30 @@ def test_a_full_disk_under_the_image_cache_is_one_clear_error(tiny_folder, tmp_p
         assert not [p for p in small.rglob("*") if p.is_file()]  # nothing half-written is left
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_resume_on_the_disk_path_with_dropout_is_bit_identical(tiny_folder, tmp_path):
+    """Batches read from disk by loader workers (``--memory-limit 0``) and a model with dropout: a run
+    stopped after epoch 1 and resumed ends with the very weights of one never stopped."""
+    from imgclf.config import load_config
+    from imgclf.pipeline import Run
+
+    config = load_config(None, {"data.dataset": str(tiny_folder), "data.memory_limit_mb": 0, "model.name": "cnn",
+                                "data.augment": "flip-crop", "train.epochs": 2, "seed": 1, "data.image_size": 16,
+                                "train.batch_size": 4})
+    Run.train(config, out=tmp_path / "whole", quiet=True)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(result):
+        if len(result.history) == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        Run.train(config, out=tmp_path / "stopped", quiet=True, after_epoch=kill_after_first_epoch)
+    Run.resume(tmp_path / "stopped", quiet=True)
+    whole = load_file(str(tmp_path / "whole" / record.WEIGHTS))
+    resumed = load_file(str(tmp_path / "stopped" / record.WEIGHTS))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)

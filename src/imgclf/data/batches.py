@@ -79,9 +79,13 @@ def _loader(images: LazyImages, batch_size: int, device: torch.device) -> tuple[
     if key not in cache:
         sampler = _EpochBatches(batch_size)
         workers = default_workers()
+        # The workers only read rows (no randomness), but a DataLoader without a generator of its own
+        # seeds them from the global generator when its first iterator starts: that would shift the
+        # dropout stream of a resumed run, whose first epoch here is not the run's first.
         loader = DataLoader(
             _Rows(images), batch_sampler=sampler, num_workers=workers, collate_fn=_as_is,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(0),
         )
         cache[key] = (loader, sampler)
     return cache[key]
