@@ -264,7 +264,8 @@ def test_flags_and_settings_are_checked_without_importing_torch(tmp_path):
         "assert main(['run', '--attack', 'cw', '--adversarial', 'trades', '--augment', 'flip-jitter']) == 2\n"
         "assert main(['attacks']) == 0\n"
         "from imgclf.config import load_config\n"
-        "load_config(None, {'attack.attacks': ['pgd', 'apgd-ce'], 'adversarial.recipe': 'fgsm-rs', 'attack.target': 'random'})\n"
+        "load_config(None, {'attack.attacks': ['pgd', 'apgd-ce'], 'adversarial.recipe': 'fgsm-rs',\n"
+        "                   'attack.target': 'random'})\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'sklearn'))\n"
         "assert not loaded, loaded[:5]\n"
     )
