@@ -69,7 +69,7 @@ def plain_torchvision(root: Path, train_rows: np.ndarray, epochs: int, batch_siz
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     train = Subset(datasets.MNIST(str(root), train=True, transform=tf), train_rows.tolist())
     test = datasets.MNIST(str(root), train=False, transform=tf)
-    model = simple_cnn(channels=1, image_size=(28, 28), num_classes=10)
+    model = simple_cnn(channels=1, image_size=(28, 28), num_classes=10, filters=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(train, batch_size=batch_size, shuffle=True)

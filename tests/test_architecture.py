@@ -262,7 +262,9 @@ def test_flags_and_settings_are_checked_without_importing_torch(tmp_path):
         "from imgclf.cli import main\n"
         "assert main(['run', '--seed', '-1']) == 2\n"
         "assert main(['run', '--attack', 'cw', '--adversarial', 'trades', '--augment', 'flip-jitter']) == 2\n"
-        "assert main(['attacks']) == 0\n"
+        "assert main(['attacks']) == 0 and main(['models']) == 0 and main(['datasets']) == 0\n"
+        "assert main(['run', '--model', 'nosuch']) == 2\n"
+        "assert main(['run', '--model', 'mlp', '--model-option', 'hidden=many']) == 2\n"
         "from imgclf.config import load_config\n"
         "load_config(None, {'attack.attacks': ['pgd', 'apgd-ce'], 'adversarial.recipe': 'fgsm-rs',\n"
         "                   'attack.target': 'random'})\n"
@@ -276,7 +278,7 @@ def test_flags_and_settings_are_checked_without_importing_torch(tmp_path):
 def test_lazily_exported_names_are_not_submodule_names_and_all_load():
     import importlib
 
-    for package in ("imgclf.attacks", "imgclf.defenses", "imgclf.data"):
+    for package in ("imgclf.attacks", "imgclf.defenses", "imgclf.data", "imgclf.models"):
         module = importlib.import_module(package)
         folder = Path(module.__file__).parent
         submodules = {p.stem for p in folder.glob("*.py")} | {p.name for p in folder.iterdir() if p.is_dir()}
@@ -285,8 +287,15 @@ def test_lazily_exported_names_are_not_submodule_names_and_all_load():
             assert getattr(module, name) is not None, (package, name)
 
 
-def test_every_declared_attack_and_recipe_loads():
+def test_every_declared_attack_recipe_and_model_loads():
+    import inspect
+
     from imgclf.defenses import BUILTIN_RECIPES, recipe_class
+    from imgclf.models import MODELS
+
+    for entry in MODELS.values():  # the declared options are the builder's keyword arguments
+        params = inspect.signature(entry.build).parameters
+        assert set(params) - {"channels", "image_size", "num_classes"} == set(entry.defaults()), entry.name
 
     for info in ATTACKS.values():
         assert callable(info.run), info.name

@@ -143,3 +143,22 @@ def test_subsets_have_exactly_the_size_asked_for(n):
     assert len(chosen) == n == len(set(chosen.tolist()))
     if n == 50:  # stratified where possible: the class shares are kept
         assert np.bincount(labels[chosen]).tolist() == [25, 15, 10]
+
+
+def test_the_declared_files_of_the_builtin_sets_are_torchvisions():
+    """``imgclf datasets`` checks file presence without importing torchvision; the names it
+    looks for must be those torchvision's readers open."""
+    import os
+
+    import torchvision.datasets as tvd
+
+    from imgclf.data.builtin import CIFAR_FILES, IDX_FILES, SVHN_FILES
+
+    for name in ("MNIST", "FashionMNIST", "KMNIST"):
+        urls = [url for url, _md5 in getattr(tvd, name).resources]
+        assert tuple(os.path.splitext(os.path.basename(url))[0] for url in urls) == IDX_FILES, name
+    for name, (folder, files) in CIFAR_FILES.items():
+        cls = getattr(tvd, name)
+        assert cls.base_folder == folder
+        assert tuple(n for n, _md5 in cls.train_list + cls.test_list) + (cls.meta["filename"],) == files
+    assert tuple(tvd.SVHN.split_list[split][1] for split in ("train", "test")) == SVHN_FILES

@@ -396,3 +396,18 @@ def test_resume_on_the_disk_path_with_dropout_is_bit_identical(tiny_folder, tmp_
     resumed = load_file(str(tmp_path / "stopped" / record.WEIGHTS))
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+
+
+def test_a_truncated_builtin_data_file_is_one_clear_error(tmp_path, capsys):
+    from conftest import shared_data
+
+    raw = shared_data("MNIST", "raw")
+    copy_dir = tmp_path / "MNIST" / "raw"
+    copy_dir.mkdir(parents=True)
+    for path in raw.iterdir():
+        shutil.copy(path, copy_dir / path.name)
+    images = copy_dir / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:100_000])
+    err = one_line_error(capsys, ["run", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out",
+                                  str(tmp_path / "run")])
+    assert "present but cannot be read" in err and "delete them to download them again" in err

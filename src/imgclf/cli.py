@@ -462,6 +462,12 @@ def _list_datasets() -> None:
         print(f"  {entry.name:<14} {entry.num_classes:>3} classes  {shape:<8}  {entry.splits:<28} "
               f"{present:<15} {entry.summary}")
     print("  PATH           an image folder: PATH/train/<class>/*, PATH/test/<class>/* or PATH/<class>/*")
+    builtin_folders = {path.relative_to(root).parts[0] for entry in DATASETS.values() for path in entry.files(root)
+                       if path.is_relative_to(root) and len(path.relative_to(root).parts) > 1}
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and p.name not in builtin_folders) if root.is_dir() else []
+    for name in folders:  # `--dataset NAME` finds these in the data folder
+        print(f"  {name:<14} an image folder in the data folder (--dataset {name})")
 
 
 def _list_models() -> None:

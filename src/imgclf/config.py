@@ -453,4 +453,7 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"attack.alpha is a step in pixel units and must be at most 1 under linf, got {attack.alpha}")
     if adversarial.enabled and (train.mixup or train.cutmix):
         raise UsageError("adversarial training needs hard labels: drop --mixup/--cutmix or --adversarial")
+    from imgclf.models.registry import resolve_options as model_options  # (the registry reads this module)
+
+    model_options(config.model.name, config.model.options)  # the architecture and its options
     resolve(config)  # the eps values, the training eps and the target, as every stage will see them

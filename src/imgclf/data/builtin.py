@@ -115,7 +115,13 @@ def fetch(entry: BuiltinDataset, root: Path, download: bool) -> Pools:
     elif missing:
         reason = "downloading is turned off (data.download: false)"
     else:
-        return entry.load(root, False)
+        try:
+            return entry.load(root, False)
+        except (RuntimeError, ValueError, OSError, EOFError, KeyError, IndexError) as error:  # torchvision's
+            raise DataNotFoundError(  # readers fail in many ways on a truncated or damaged file
+                f"the {entry.name} files under {str(root)!r} are present but cannot be read ({first_line(error)}); "
+                f"they are damaged or truncated: delete them to download them again, or place good copies "
+                f"({entry.source})") from None
     folder = missing[0].parent
     names = ", ".join(path.name for path in missing)
     raise DataNotFoundError(
@@ -132,17 +138,16 @@ def _to_nchw(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
 
 
+#: The four uncompressed IDX files torchvision's MNIST-style classes read from ``ROOT/<class>/raw``
+#: (declared here so that ``imgclf datasets`` needs no torchvision; a test compares them with its own).
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
 def _idx_files(class_name: str) -> Callable[[Path], list[Path]]:
-    """The four uncompressed IDX files torchvision's MNIST-style classes read."""
+    """The IDX files of torchvision's ``class_name`` (``MNIST``, ``FashionMNIST``, ``KMNIST``)."""
 
     def files(root: Path) -> list[Path]:
-        import torchvision.datasets as tvd
-
-        cls = getattr(tvd, class_name)
-        return [
-            root / class_name / "raw" / os.path.splitext(os.path.basename(url))[0]
-            for url, _md5 in cls.resources
-        ]
+        return [root / class_name / "raw" / name for name in IDX_FILES]
 
     return files
 
@@ -201,13 +206,18 @@ register_dataset(
 )(_load_idx("KMNIST", short_names=False))
 
 
+#: The files of torchvision's CIFAR classes: their folder, then the batches and the metadata (as IDX_FILES).
+CIFAR_FILES = {
+    "CIFAR10": ("cifar-10-batches-py", ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                                        "data_batch_5", "test_batch", "batches.meta")),
+    "CIFAR100": ("cifar-100-python", ("train", "test", "meta")),
+}
+
+
 def _cifar_files(class_name: str) -> Callable[[Path], list[Path]]:
     def files(root: Path) -> list[Path]:
-        import torchvision.datasets as tvd
-
-        cls = getattr(tvd, class_name)
-        names = [name for name, _md5 in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-        return [root / cls.base_folder / name for name in names]
+        folder, names = CIFAR_FILES[class_name]
+        return [root / folder / name for name in names]
 
     return files
 
@@ -253,10 +263,12 @@ register_dataset(
 )(_load_cifar("CIFAR100"))
 
 
-def _svhn_files(root: Path) -> list[Path]:
-    import torchvision.datasets as tvd
+#: The files torchvision's SVHN reads from the data folder (as IDX_FILES).
+SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 
-    return [root / tvd.SVHN.split_list[split][1] for split in ("train", "test")]
+
+def _svhn_files(root: Path) -> list[Path]:
+    return [root / name for name in SVHN_FILES]
 
 
 @register_dataset(

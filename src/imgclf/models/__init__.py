@@ -1,18 +1,22 @@
 """Model registry. Every model takes ``float32`` ``(B, C, H, W)`` in ``[0, 1]``
-and returns logits ``(B, K)``; normalization is its first layer."""
+and returns logits ``(B, K)``; normalization is its first layer.
 
-# Importing the architecture modules registers their models, in the order `imgclf models` lists them.
-from imgclf.models import small  # noqa: F401, I001  (registers its models; order as listed above)
-from imgclf.models import resnet, vit, fast  # noqa: F401, I001  (as above)
-from imgclf.models.registry import (
-    MODELS,
-    ImageClassifier,
-    Normalize,
-    create_model,
-    get_entry,
-    register_model,
-    resolve_options,
-)
+The registry (names, options, defaults) loads without torch; the architectures on first use.
+"""
 
-__all__ = ["MODELS", "ImageClassifier", "Normalize", "create_model", "get_entry", "register_model",
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from imgclf.lazy import lazy_exports
+from imgclf.models.registry import MODELS, ModelEntry, get_entry, register_model, resolve_options
+
+if TYPE_CHECKING:
+    from imgclf.models.classifier import ImageClassifier, Normalize, create_model
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "imgclf.models.classifier": ("ImageClassifier", "Normalize", "create_model"),
+})
+
+__all__ = ["MODELS", "ImageClassifier", "ModelEntry", "Normalize", "create_model", "get_entry", "register_model",
            "resolve_options"]

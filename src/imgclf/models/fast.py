@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgclf.models.registry import register_model
-
 
 class Whitening(nn.Module):
     """2x2 convolution whose filters whiten the image patches (eigenvectors of their covariance).
@@ -79,18 +77,13 @@ class FastCNN(nn.Module):
         return self.head(x) * self.head_scale
 
 
-@register_model(
-    "fast-cnn",
-    summary="airbench-style residual-free net with a whitening first layer (Jordan 2024), for 32 px images",
-    min_size=16,
-)
 def fast_cnn(
     *,
     channels: int,
     image_size: tuple[int, int],
     num_classes: int,
-    widths: tuple = (64, 256, 256),  # filters of the three conv groups
-    head_scale: float = 1 / 9,  # airbench's output temperature
+    widths: tuple,  # filters of the three conv groups
+    head_scale: float,  # airbench's output temperature
 ) -> nn.Module:
     """airbench94's network: about 1.97 M parameters at 32x32x3 with 10 classes.
 

@@ -1,97 +1,131 @@
-"""Model registry: ``@register_model`` builders and :func:`create_model`.
+"""Model registry: every architecture, its options with their defaults, and how it is built.
 
 A builder has the signature ``builder(*, channels, image_size, num_classes,
-<hyperparameters with defaults>) -> nn.Module``; it returns the network body
-that maps normalized images to logits. :func:`create_model` validates the
-user's hyperparameters against the builder's keyword-only arguments and puts a
-:class:`Normalize` layer in front, so every model takes pixel-space input.
+<hyperparameters>) -> nn.Module``; it returns the network body that maps normalized
+images to logits. The built-in architectures are declared in :data:`MODELS` with
+their options, defaults and help, and their builder's ``"module:function"``,
+imported only when a model is built: ``imgclf models`` and the checks of
+``--model`` and ``--model-option`` need no torch (this module imports none; a test
+checks). An architecture outside imgclf registers its builder with
+:func:`register_model`, and its options are the builder's keyword arguments with
+defaults. :func:`imgclf.models.create_model` puts a ``Normalize`` layer in front, so
+every model takes pixel-space input.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from imgclf.errors import unknown_choice
 
-from imgclf.errors import UsageError, unknown_choice
+if TYPE_CHECKING:
+    from torch import nn
 
 _FIXED = ("channels", "image_size", "num_classes")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered architecture."""
+    """A registered architecture.
+
+    Attributes:
+        name: What ``--model`` takes.
+        summary: One line: what it is and its source.
+        builder: The builder, or its ``"module:function"`` (imported by :attr:`build`).
+        min_size: The smallest image side it accepts, in pixels.
+        options: ``{option: (default, help)}``; None: the builder's keyword arguments with defaults.
+    """
 
     name: str
     summary: str
-    builder: Callable[..., nn.Module]
-    min_size: int  # smallest image side the architecture accepts, in pixels
+    builder: Callable[..., nn.Module] | str
+    min_size: int = 1
+    options: Mapping[str, tuple[Any, str]] | None = None
+
+    @property
+    def build(self) -> Callable[..., nn.Module]:
+        """The builder, its module imported on first use."""
+        if isinstance(self.builder, str):
+            module, _, name = self.builder.partition(":")
+            return getattr(importlib.import_module(module), name)
+        return self.builder
 
     def defaults(self) -> dict[str, Any]:
-        """The builder's hyperparameters and their default values."""
-        params = inspect.signature(self.builder).parameters.values()
+        """The hyperparameters and their default values."""
+        if self.options is not None:
+            return {name: default for name, (default, _) in self.options.items()}
+        params = inspect.signature(self.build).parameters.values()
         return {p.name: p.default for p in params if p.name not in _FIXED}
+
+    def help(self) -> dict[str, str]:
+        """What each option does (empty for a builder registered with :func:`register_model`)."""
+        return {name: text for name, (_, text) in (self.options or {}).items()}
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, *, summary: str, min_size: int = 1):
-    """Decorator registering a builder under ``name`` (see the module docstring)."""
+    """Decorator registering a builder under ``name`` (see the module docstring).
+
+    Raises:
+        ValueError: If ``name`` is taken.
+    """
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = ModelEntry(name, summary, builder, min_size)
+        _declare(ModelEntry(name, summary, builder, min_size))
         return builder
 
     return decorate
 
 
-class Normalize(nn.Module):
-    """Per-channel ``(x - mean) / std``; the first layer of every imgclf model.
-
-    The statistics are buffers, saved with the weights.
-
-    Args:
-        mean: Per-channel means, in ``[0, 1]`` pixel units, length ``C``.
-        std: Per-channel standard deviations, all ``> 0``, length ``C``.
-
-    Shape:
-        Input ``(B, C, H, W)`` float in ``[0, 1]``; output the same shape.
-    """
-
-    mean: torch.Tensor  # (1, C, 1, 1) float32 buffers, saved with the weights
-    std: torch.Tensor
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+def _declare(entry: ModelEntry) -> None:
+    if entry.name in MODELS:
+        raise ValueError(f"model {entry.name!r} is registered twice")
+    MODELS[entry.name] = entry
 
 
-class ImageClassifier(nn.Module):
-    """``Normalize`` followed by an architecture's body.
-
-    Shape:
-        Input ``(B, C, H, W)`` ``float32`` in ``[0, 1]``; output logits
-        ``(B, K)`` (never probabilities).
-    """
-
-    def __init__(self, normalize: Normalize, body: nn.Module):
-        super().__init__()
-        self.normalize = normalize
-        self.body = body
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.normalize(x))
+# The built-in architectures, in the order `imgclf models` lists them.
+for _entry in (
+    ModelEntry("mlp", "flatten, hidden fully connected layers (default one of 128, ReLU), linear head",
+               "imgclf.models.small:mlp", 1,
+               {"hidden": (128, "units per hidden layer"), "depth": (1, "number of hidden layers"),
+                "activation": ("relu", "relu | gelu | elu | tanh | silu"),
+                "dropout": (0.0, "after each hidden layer")}),
+    ModelEntry("simple-cnn", "two 3x3 convolutions (32 filters, same padding) each with ReLU and 2x2 max-pooling, "
+               "linear head", "imgclf.models.small:simple_cnn", 4, {"filters": (32, "filters of both convolutions")}),
+    ModelEntry("cnn", "three conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool, dropout), for 32-64 px colour "
+               "images", "imgclf.models.small:cnn", 8,
+               {"widths": ((32, 64, 128), "filters of the three blocks"),
+                "dropout": (0.25, "after each block, and 2x before the head")}),
+    ModelEntry("keras-cnn", "the Keras CIFAR-10 example: (conv 32, conv 32, pool, dropout), (conv 64, conv 64, pool, "
+               "dropout), dense 512, dropout", "imgclf.models.small:keras_cnn", 10,
+               {"dropout": (0.25, "after each conv block; the dense layer's dropout is twice this")}),
+    ModelEntry("resnet18", "ResNet-18 (He et al. 2016), CIFAR variant: 3x3 stem, no stem max-pool; torchvision's "
+               "blocks", "imgclf.models.resnet:resnet18", 8, {}),
+    ModelEntry("preact-resnet18", "pre-activation ResNet-18 (He et al. 2016), CIFAR variant; the "
+               "adversarial-training standard", "imgclf.models.resnet:preact_resnet18", 8, {}),
+    ModelEntry("wide-resnet", "Wide ResNet WRN-depth-width (Zagoruyko & Komodakis 2016); default WRN-16-4",
+               "imgclf.models.resnet:wide_resnet", 8,
+               {"depth": (16, "6n + 4: 16, 22, 28, 34, 40"), "width": (4, "widening factor k"),
+                "dropout": (0.0, "between the convolutions of each block")}),
+    ModelEntry("vit", "vision transformer for small images (Dosovitskiy et al. 2021): patch 4, 6 layers, width 192",
+               "imgclf.models.vit:vit", 4,
+               {"patch": (4, "patch side in pixels; 4 at 32 px gives 64 tokens"),
+                "depth": (6, "transformer encoder layers"), "width": (192, "token dimension"),
+                "heads": (3, "attention heads (width / heads = 64 per head)"),
+                "mlp_ratio": (2, "MLP hidden size = mlp_ratio * width"),
+                "dropout": (0.0, "in the attention and MLP blocks")}),
+    ModelEntry("fast-cnn", "airbench-style residual-free net with a whitening first layer (Jordan 2024), for 32 px "
+               "images", "imgclf.models.fast:fast_cnn", 16,
+               {"widths": ((64, 256, 256), "filters of the three conv groups"),
+                "head_scale": (1 / 9, "airbench's output temperature")}),
+):
+    _declare(_entry)
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -118,49 +152,3 @@ def resolve_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]
     from imgclf.config import resolve_options as resolve
 
     return resolve("model", name, get_entry(name).defaults(), options)
-
-
-def create_model(
-    name: str,
-    *,
-    channels: int,
-    image_size: tuple[int, int],
-    num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    options: dict[str, Any] | None = None,
-) -> ImageClassifier:
-    """Build a registered model with normalization inside.
-
-    Args:
-        name: A name from ``imgclf models``.
-        channels: Input channels, 1 or 3.
-        image_size: ``(H, W)`` of the input, pixels.
-        num_classes: Number of classes ``K`` (>= 2).
-        mean, std: Per-channel normalization statistics, ``[0, 1]`` units.
-        options: The architecture's hyperparameters (see ``imgclf models``).
-            With ``pretrained=true`` (timm models), ``mean`` and ``std`` are
-            replaced by those the pretrained weights were trained with.
-
-    Returns:
-        A module mapping ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` to logits
-        ``(B, K)``, in training mode, on the CPU.
-
-    Raises:
-        UsageError: Unknown name or option, or an input too small for the
-            architecture.
-    """
-    resolved = resolve_options(name, options)
-    entry = get_entry(name)
-    if min(image_size) < entry.min_size:
-        raise UsageError(
-            f"model {name!r} needs images of at least {entry.min_size}x{entry.min_size} pixels, "
-            f"got {image_size[1]}x{image_size[0]}; use --image-size"
-        )
-    body = entry.builder(channels=channels, image_size=tuple(image_size), num_classes=num_classes, **resolved)
-    if resolved.get("pretrained"):
-        # Pretrained weights expect the statistics they were trained with.
-        cfg = getattr(body, "pretrained_cfg", {}) or {}
-        if len(cfg.get("mean", ())) == channels:
-            mean, std = cfg["mean"], cfg["std"]
-    return ImageClassifier(Normalize(mean, std), body)

@@ -7,14 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.errors import UsageError
-from imgclf.models.registry import register_model
 
 
-@register_model(
-    "resnet18",
-    summary="ResNet-18 (He et al. 2016), CIFAR variant: 3x3 stem, no stem max-pool; torchvision's blocks",
-    min_size=8,
-)
 def resnet18(*, channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
     """ResNet-18 for small images (11.2 M parameters with 10 classes).
 
@@ -79,11 +73,6 @@ class PreActResNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))  # (B, C, h, w) -> (B, C)
 
 
-@register_model(
-    "preact-resnet18",
-    summary="pre-activation ResNet-18 (He et al. 2016), CIFAR variant; the adversarial-training standard",
-    min_size=8,
-)
 def preact_resnet18(*, channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
     """Pre-activation ResNet-18 for 32x32 images (11.2 M parameters with 10 classes).
 
@@ -94,19 +83,14 @@ def preact_resnet18(*, channels: int, image_size: tuple[int, int], num_classes: 
     return PreActResNet(channels, num_classes, stem_width=64, widths=[64, 128, 256, 512], blocks=[2, 2, 2, 2])
 
 
-@register_model(
-    "wide-resnet",
-    summary="Wide ResNet WRN-depth-width (Zagoruyko & Komodakis 2016); default WRN-16-4",
-    min_size=8,
-)
 def wide_resnet(
     *,
     channels: int,
     image_size: tuple[int, int],
     num_classes: int,
-    depth: int = 16,  # 6n + 4: 16, 22, 28, 34, 40
-    width: int = 4,  # widening factor k
-    dropout: float = 0.0,  # between the convolutions of each block
+    depth: int,  # 6n + 4: 16, 22, 28, 34, 40
+    width: int,  # widening factor k
+    dropout: float,  # between the convolutions of each block
 ) -> nn.Module:
     """Wide ResNet, Zagoruyko and Komodakis, "Wide Residual Networks" (BMVC 2016).
 

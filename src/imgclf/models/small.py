@@ -7,21 +7,19 @@ from __future__ import annotations
 from torch import nn
 
 from imgclf.errors import UsageError
-from imgclf.models.registry import register_model
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
-@register_model("mlp", summary="flatten, hidden fully connected layers (default one of 128, ReLU), linear head")
 def mlp(
     *,
     channels: int,
     image_size: tuple[int, int],
     num_classes: int,
-    hidden: int = 128,  # units per hidden layer
-    depth: int = 1,  # number of hidden layers
-    activation: str = "relu",  # relu | gelu | elu | tanh | silu
-    dropout: float = 0.0,  # after each hidden layer
+    hidden: int,  # units per hidden layer
+    depth: int,  # number of hidden layers
+    activation: str,  # relu | gelu | elu | tanh | silu
+    dropout: float,  # after each hidden layer
 ) -> nn.Module:
     """Multilayer perceptron: flatten, ``depth`` hidden layers, a linear head.
 
@@ -43,13 +41,8 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-@register_model(
-    "simple-cnn",
-    summary="two 3x3 convolutions (32 filters, same padding) each with ReLU and 2x2 max-pooling, linear head",
-    min_size=4,
-)
 def simple_cnn(
-    *, channels: int, image_size: tuple[int, int], num_classes: int, filters: int = 32
+    *, channels: int, image_size: tuple[int, int], num_classes: int, filters: int
 ) -> nn.Module:
     """Two same-padded 3x3 convolutions of ``filters`` channels, each with ReLU and 2x2 max-pooling, and a linear head.
 
@@ -69,18 +62,13 @@ def simple_cnn(
     )
 
 
-@register_model(
-    "cnn",
-    summary="three conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool, dropout), for 32-64 px colour images",
-    min_size=8,
-)
 def cnn(
     *,
     channels: int,
     image_size: tuple[int, int],
     num_classes: int,
-    widths: tuple = (32, 64, 128),  # filters of the three blocks
-    dropout: float = 0.25,  # after each block, and 2x before the head
+    widths: tuple,  # filters of the three blocks
+    dropout: float,  # after each block, and 2x before the head
 ) -> nn.Module:
     """A small VGG-style CNN with batch norm.
 
@@ -109,18 +97,12 @@ def cnn(
     return nn.Sequential(*layers)
 
 
-@register_model(
-    "keras-cnn",
-    summary="the Keras CIFAR-10 example: (conv 32, conv 32, pool, dropout), (conv 64, conv 64, pool, dropout), "
-            "dense 512, dropout",
-    min_size=10,
-)
 def keras_cnn(
     *,
     channels: int,
     image_size: tuple[int, int],
     num_classes: int,
-    dropout: float = 0.25,  # after each conv block; the dense layer's dropout is twice this
+    dropout: float,  # after each conv block; the dense layer's dropout is twice this
 ) -> nn.Module:
     """The network of Keras's classic ``cifar10_cnn.py`` example (about 73% test accuracy
     on CIFAR-10 there).

@@ -5,25 +5,19 @@ from __future__ import annotations
 from torch import nn
 
 from imgclf.errors import UsageError
-from imgclf.models.registry import register_model
 
 
-@register_model(
-    "vit",
-    summary="vision transformer for small images (Dosovitskiy et al. 2021): patch 4, 6 layers, width 192",
-    min_size=4,
-)
 def vit(
     *,
     channels: int,
     image_size: tuple[int, int],
     num_classes: int,
-    patch: int = 4,  # patch side in pixels; 4 at 32 px gives 64 tokens
-    depth: int = 6,  # transformer encoder layers
-    width: int = 192,  # token dimension
-    heads: int = 3,  # attention heads (width / heads = 64 per head)
-    mlp_ratio: int = 2,  # MLP hidden size = mlp_ratio * width
-    dropout: float = 0.0,
+    patch: int,  # patch side in pixels; 4 at 32 px gives 64 tokens
+    depth: int,  # transformer encoder layers
+    width: int,  # token dimension
+    heads: int,  # attention heads (width / heads = 64 per head)
+    mlp_ratio: int,  # MLP hidden size = mlp_ratio * width
+    dropout: float,
 ) -> nn.Module:
     """ViT of Dosovitskiy et al., "An Image is Worth 16x16 Words" (ICLR 2021), sized for
     32 px images trained from scratch: 4x4 patches, 6 pre-norm encoder layers of width
