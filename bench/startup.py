@@ -25,6 +25,7 @@ COMMANDS = {
     "bad flag (--seed -1)": ["run", "--seed", "-1"],
     "bad value (--epochs 0)": ["run", "--epochs", "0"],
     "unknown flag": ["run", "--no-such-flag"],
+    "unknown model (--model nosuch)": ["run", "--model", "nosuch"],
     "imgclf datasets": ["datasets"],
     "imgclf models": ["models"],
     "imgclf attacks": ["attacks"],

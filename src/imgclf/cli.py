@@ -702,7 +702,8 @@ def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]
 
 
 def _stage(args: argparse.Namespace) -> int:
-    """``evaluate`` and ``attack`` on a finished run; a report already written is brought up to date."""
+    """``evaluate`` and ``attack`` on a finished run (a report already written is left as it is, and said to be
+    out of date)."""
     from pathlib import Path
 
     from imgclf.config import load_config
@@ -722,8 +723,9 @@ def _stage(args: argparse.Namespace) -> int:
         if earlier:
             opened.log(f"note: these results replace the earlier robustness results of {', '.join(earlier)} in "
                        f"metrics.json")
-    if (opened.path / record.REPORT).is_file():  # the report shows the new results, not stale ones
-        opened.report()
+    if (opened.path / record.REPORT).is_file():  # never rewritten silently; say that it is out of date
+        opened.log(f"note: {record.REPORT} does not show these results yet; imgclf report {opened.path} "
+                   "brings it up to date")
     return 0
 
 
