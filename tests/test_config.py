@@ -51,7 +51,7 @@ def test_unknown_keys_and_bad_values_name_the_setting_and_the_choices():
 def test_flags_override_the_yaml_file_and_the_dump_reads_back(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("data:\n  dataset: mnist\ntrain:\n  epochs: 3\n  lr: 0.01\nattack:\n  eps: [0, 8/255]\n")
-    config = load_config(path, {"train.epochs": 5, "model.options.hidden": 64})
+    config = load_config(path, {"train.epochs": 5, "model.name": "mlp", "model.options.hidden": 64})
     assert config.data.dataset == "mnist"
     assert (config.train.epochs, config.train.lr) == (5, 0.01)
     assert config.model.options == {"hidden": 64}

@@ -411,3 +411,23 @@ def test_a_truncated_builtin_data_file_is_one_clear_error(tmp_path, capsys):
     err = one_line_error(capsys, ["run", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out",
                                   str(tmp_path / "run")])
     assert "present but cannot be read" in err and "delete them to download them again" in err
+
+
+def test_a_run_folder_on_a_disk_that_fills_up_is_one_clear_error(tmp_path, capsys):
+    import subprocess
+
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        err = one_line_error(capsys, ["run", "--model", "mlp", "--epochs", "2", "--n-examples", "20",
+                                      "--out", str(small / "run"), "--quiet"], status=1)
+        assert "No space left on device" in err
+        assert not list((small / "run").glob(".*.tmp"))  # no half-written file left behind
+        for name in (record.METRICS, record.MODEL_INFO):  # what was written is whole
+            if (small / "run" / name).is_file():
+                json.loads((small / "run" / name).read_text())
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
