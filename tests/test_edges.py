@@ -3,10 +3,12 @@ with the right exit status (2: the user's input or file; 1: imgclf or the machin
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -82,7 +84,7 @@ def test_a_config_file_that_is_not_utf8(tmp_path, capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["run", "--seed", "100000000000000000000"], "--seed must be an integer in [0, 4294967295]"),
     (["run", "--seed", "-1"], "--seed must be an integer in [0, 4294967295], got -1"),
-    (["mlp-numpy", "--seed", "-1"], "a seed must be an integer in [0, 4294967295]"),
+    (["mlp-numpy", "--seed", "-1"], "expected a seed, an integer in [0, 4294967295], got '-1'"),
     (["run", "--eps", ""], "--eps is empty"),
     (["run", "--eps", " , "], "--eps is empty"),
     (["run", "--target", ""], "--target is empty"),
@@ -352,23 +354,27 @@ def test_a_zip_is_not_taken_for_a_run_archive(copy, capsys):
     assert "splits.npz" in one_line_error(capsys, ["evaluate", str(copy)])
 
 
-def test_a_full_disk_under_the_image_cache_is_one_clear_error(tiny_folder, tmp_path, monkeypatch):
-    import subprocess
-
-    from imgclf.data import load_data
-
-    small = tmp_path / "small-disk"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True)
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``folder`` for the block (the test is skipped without root)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_under_the_image_cache_is_one_clear_error(tiny_folder, tmp_path, monkeypatch):
+    from imgclf.data import load_data
+
+    with small_disk(tmp_path / "small-disk", "1m") as small:
         monkeypatch.setenv("IMGCLF_CACHE_DIR", str(small))
         with pytest.raises(UsageError, match="has no room for"):  # 36 images at 256 px: 7 MB on a 1 MB disk
             load_data(DataConfig(dataset=str(tiny_folder), image_size=256), seed=0)
         assert not [p for p in small.rglob("*") if p.is_file()]  # nothing half-written is left
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_resume_on_the_disk_path_with_dropout_is_bit_identical(tiny_folder, tmp_path):
@@ -414,14 +420,7 @@ def test_a_truncated_builtin_data_file_is_one_clear_error(tmp_path, capsys):
 
 
 def test_a_run_folder_on_a_disk_that_fills_up_is_one_clear_error(tmp_path, capsys):
-    import subprocess
-
-    small = tmp_path / "small-disk"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_disk(tmp_path / "small-disk", "200k") as small:
         err = one_line_error(capsys, ["run", "--model", "mlp", "--epochs", "2", "--n-examples", "20",
                                       "--out", str(small / "run"), "--quiet"], status=1)
         assert "No space left on device" in err
@@ -429,5 +428,3 @@ def test_a_run_folder_on_a_disk_that_fills_up_is_one_clear_error(tmp_path, capsy
         for name in (record.METRICS, record.MODEL_INFO):  # what was written is whole
             if (small / "run" / name).is_file():
                 json.loads((small / "run" / name).read_text())
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
