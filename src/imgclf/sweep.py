@@ -246,15 +246,22 @@ def run_sweep(path: str | Path, *, trials: int | None = None, storage: str | Non
     """
     import optuna
 
-    from imgclf.pipeline import Run
-
     spec = load_sweep(path, trials=trials, storage=storage, out=out, seed=seed)
     _prepare_out(spec)
+    with warnings.catch_warnings():
+        # the heartbeat is marked experimental, and meant for Study.optimize; the loop uses it the same way
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return _run_trials(spec, quiet)
+
+
+def _run_trials(spec: SweepSpec, quiet: bool) -> Path:
+    """The trials of :func:`run_sweep`, then its report."""
+    import optuna
+
+    from imgclf.pipeline import Run
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # the heartbeat is marked experimental, and meant for Study.optimize; the loop below uses it the same way
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="optuna")
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="imgclf.sweep")
     # steps are epochs counted from 1: a trial can be stopped from epoch warmup_epochs + 1 on
     pruner = optuna.pruners.NopPruner() if spec.pruner == "none" else \
         optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs + 1)
