@@ -273,6 +273,16 @@ def test_garbage_results_files(copy, capsys, name, garbage):
     assert name in one_line_error(capsys, ["report", str(copy)])
 
 
+@pytest.mark.parametrize("change", [
+    lambda m: {**m, "clean": {**m["clean"], "per_class": {**m["clean"]["per_class"], "0": None}}},
+    lambda m: {**m, "clean": {**m["clean"], "per_class": {**m["clean"]["per_class"], "0": {"precision": 1}}}},
+    lambda m: {**m, "timing": {"train_seconds": "fast"}},
+])
+def test_metrics_json_values_of_the_wrong_shape(copy, capsys, change):
+    _rewrite_json(copy / record.METRICS, change)
+    assert "metrics.json" in one_line_error(capsys, ["report", str(copy)])
+
+
 def test_corrupt_exported_files_given_to_predict(copy, capsys):
     assert main(["export", str(copy), "--format", "torchscript", "--examples", "8"]) == 0
     exported = copy / "model.torchscript.pt"

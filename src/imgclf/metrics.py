@@ -35,6 +35,16 @@ class ClassificationMetrics:
     confusion_matrix: list[list[int]]
     n: int
 
+    def __post_init__(self) -> None:
+        """Raises ValueError if a class's row lacks a number for precision, recall, F1 or support
+        (a ``metrics.json`` edited or damaged by hand)."""
+        for name, row in self.per_class.items():
+            if not isinstance(row, dict) or not all(
+                    isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool)
+                    for key in ("precision", "recall", "f1", "support")):
+                raise ValueError(f"per_class[{name!r}] must hold numbers precision, recall, f1 and support, "
+                                 f"got {row!r:.80}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -338,6 +338,8 @@ def _build(cls: type, raw: dict[str, Any], file: str, where: str) -> Any:
         return cls(**kwargs)
     except TypeError as error:
         raise UsageError(f"{file!r}: section {where.rstrip('.') or 'top level'!r} is incomplete ({error})") from None
+    except ValueError as error:  # a dataclass's own check of what its fields hold
+        raise UsageError(f"{file!r}: section {where.rstrip('.') or 'top level'!r}: {error}") from None
 
 
 def _value(value: Any, annotation: Any, file: str, where: str) -> Any:
@@ -361,6 +363,10 @@ def _value(value: Any, annotation: Any, file: str, where: str) -> Any:
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise UsageError(f"{file!r}: {where} must be an object, got {value!r:.60}")
+        if len(args) == 2 and args[1] is not Any:  # each value checked: timing seconds, per-class rows
+            checked = {key: _value(item, args[1], file, f"{where}[{key!r}]") for key, item in value.items()}
+            return {key: item if isinstance(item, int) and not isinstance(item, bool) else checked[key]
+                    for key, item in value.items()}  # an int stays an int (support counts)
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
