@@ -47,10 +47,11 @@ _positive = _integer(1, None, "a positive integer")
 _seed = _integer(0, MAX_SEED, f"a seed, an integer in [0, {MAX_SEED}]")
 
 
+_positive_or_all = _integer(1, None, "a positive integer or 'all'")
+
+
 def _count_or_all(text: str) -> int | str:
-    if text.strip().lower() == "all":
-        return "all"
-    return _integer(1, None, "a positive integer or 'all'")(text)
+    return "all" if text.strip().lower() == "all" else _positive_or_all(text)
 
 
 def _finite(text: str) -> float:
@@ -658,9 +659,9 @@ def _run_or_train(args: argparse.Namespace) -> int:
     from imgclf.config import load_config
 
     if args.command == "train" and args.resume:
-        flags = _flag_names(build_parser(), "train")
-        extra = sorted(flags.get(key, key) for key in set(_overrides(args)) - {"device"}) + \
-            (["--config"] if args.config else []) + (["--out"] if args.out else [])
+        # (main names each setting by the flag that set it: train.epochs -> --epochs)
+        extra = sorted(set(_overrides(args)) - {"device"}) + (["--config"] if args.config else []) + \
+            (["--out"] if args.out else [])
         if extra:
             raise UsageError(f"--resume continues a run with its own config.yaml; drop {', '.join(extra)} "
                              "(only --device and --quiet apply)")
@@ -700,7 +701,7 @@ def _stage(args: argparse.Namespace) -> int:
 
     from imgclf.config import load_config
 
-    config_file = Path(args.run_dir) / "config.yaml"
+    config_file = Path(args.run_dir) / "config.yaml"  # record.CONFIG (imgclf.record imports torch)
     if config_file.is_file():  # the flags checked against the run's settings before torch is imported
         load_config(config_file, _overrides(args))
     from imgclf import record

@@ -166,17 +166,22 @@ class ClassifierEntry:
     build: Callable[[dict[str, Any], int], Any] | None = None  # scikit-learn: the estimator from the options
 
 
+def _sklearn_entry(name: str, build: Callable[[dict[str, Any], int], Any], defaults: dict[str, Any],
+                   summary: str) -> ClassifierEntry:
+    return ClassifierEntry(_sklearn(build, name), defaults, summary, build)
+
+
 #: Every classifier by name.
 CLASSIFIERS: dict[str, ClassifierEntry] = {
     "numpy-mlp": ClassifierEntry(_numpy_mlp, {f.name: f.default for f in fields(MLPConfig)},
                                  "imgclf's NumPy MLP (imgclf.numpy_nn.numpy_mlp), SGD with momentum"),
     "torch-mlp": ClassifierEntry(_torch_mlp, TORCH_MLP_DEFAULTS, "a torch MLP with AdamW and a cosine schedule"),
-    "logistic": ClassifierEntry(_sklearn(_logistic, "logistic"), {"C": 1.0, "max_iter": 1000},
-                                "scikit-learn's multinomial logistic regression", _logistic),
-    "svm": ClassifierEntry(_sklearn(_svm, "svm"), {"C": 1.0, "kernel": "rbf", "gamma": "scale"},
-                           "scikit-learn's SVC (RBF kernel by default; minutes on 50,000 examples)", _svm),
-    "knn": ClassifierEntry(_sklearn(_knn, "knn"), {"n_neighbors": 5, "weights": "uniform"},
-                           "scikit-learn's k-nearest neighbours", _knn),
+    "logistic": _sklearn_entry("logistic", _logistic, {"C": 1.0, "max_iter": 1000},
+                               "scikit-learn's multinomial logistic regression"),
+    "svm": _sklearn_entry("svm", _svm, {"C": 1.0, "kernel": "rbf", "gamma": "scale"},
+                          "scikit-learn's SVC (RBF kernel by default; minutes on 50,000 examples)"),
+    "knn": _sklearn_entry("knn", _knn, {"n_neighbors": 5, "weights": "uniform"},
+                          "scikit-learn's k-nearest neighbours"),
 }
 
 
@@ -194,15 +199,15 @@ def resolve_options(name: str, given: dict[str, Any] | None) -> dict[str, Any]:
         MLPConfig(**options)  # checks the ranges
     elif name == "torch-mlp":
         _check_torch_mlp(options)
-    else:  # scikit-learn's own parameter constraints, before any data is read
+    elif (build := CLASSIFIERS[name].build) is not None:  # scikit-learn's own constraints, before any data
         try:
-            _sklearn_check(CLASSIFIERS[name].build, options)
+            _sklearn_check(build, options)
         except ValueError as error:
             raise UsageError(f"classifier {name}: {error}") from None
     return options
 
 
-def _sklearn_check(build: Callable[[dict[str, Any], int], Any] | None, options: dict[str, Any]) -> None:
+def _sklearn_check(build: Callable[[dict[str, Any], int], Any], options: dict[str, Any]) -> None:
     """Check a scikit-learn estimator's hyperparameters against the constraints it declares, so
     that a bad option is refused before the features are read. (Where this scikit-learn has no
     declared constraints, ``fit`` checks the same and its error is turned into a UsageError.)
@@ -214,7 +219,6 @@ def _sklearn_check(build: Callable[[dict[str, Any], int], Any] | None, options: 
         from sklearn.utils._param_validation import validate_parameter_constraints
     except ImportError:
         return
-    assert build is not None
     estimator = build(options, 0)
     validate_parameter_constraints(getattr(estimator, "_parameter_constraints", {}), estimator.get_params(deep=False),
                                    caller_name=type(estimator).__name__)
