@@ -15,6 +15,7 @@ from imgclf.attacks.registry import attacks_table, unregister_attack
 from imgclf.cli import build_parser, main
 from imgclf.config import load_config
 from imgclf.errors import UsageError
+from imgclf.record import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -233,7 +234,7 @@ def test_the_model_record_and_the_training_state_are_checked_when_read(tmp_path,
     from imgclf.record import read_model_record
 
     info = read_model_record(digits_run / "model.json")
-    assert info.schema_version == 2 and info.input_shape == [1, 8, 8] and len(info.class_names) == 10
+    assert info.schema_version == SCHEMA_VERSION and info.input_shape == [1, 8, 8] and len(info.class_names) == 10
     broken = tmp_path / "broken"
     shutil.copytree(digits_run, broken)
     (broken / "model.json").write_text('{"format": "imgclf-model/1", "model": "mlp"}')

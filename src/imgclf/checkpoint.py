@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from imgclf.config import ModelConfig
 from imgclf.data.containers import DatasetSpec
 from imgclf.errors import UsageError, first_line
 from imgclf.models import ImageClassifier, Normalize, create_model, resolve_options
@@ -26,12 +27,14 @@ from imgclf.run_folder import atomic_write_bytes, atomic_write_text
 
 
 def model_info(
-    model: torch.nn.Module, name: str, options: dict[str, Any], spec: DatasetSpec, environment: dict[str, Any]
+    model: torch.nn.Module, name: str, options: dict[str, Any], spec: DatasetSpec, environment: dict[str, Any],
+    *, source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON metadata saved beside the weights (normalization as the model applies it).
 
     Args:
         model: An :class:`~imgclf.models.ImageClassifier` (its ``normalize`` layer is read).
+        source: Where a model imgclf did not train came from (:class:`imgclf.record.ModelInfo`'s ``source``).
 
     Raises:
         TypeError: If ``model`` has no ``normalize`` layer.
@@ -54,6 +57,7 @@ def model_info(
         "normalization": {"mean": normalize.mean.flatten().tolist(), "std": normalize.std.flatten().tolist()},
         "versions": environment,
         "saved": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": source or {},
     }
 
 
@@ -72,7 +76,10 @@ def save_model(model: torch.nn.Module | dict[str, torch.Tensor], weights_path: P
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
+    """The weights file (or, for an exported model evaluated in a run folder, its copy) and ``model.json``."""
     path = Path(path)
+    if path.is_dir() and not (path / "model.safetensors").is_file() and (path / "model.json").is_file():
+        return path / "model.safetensors", path / "model.json"  # an exported model's run: model.json names its file
     weights = path / "model.safetensors" if path.is_dir() else path
     if weights.suffix != ".safetensors":
         raise UsageError(f"{str(path)!r} is neither a run folder nor a .safetensors file")
@@ -96,8 +103,12 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
     return dataclasses.asdict(read_model_record(info_path))
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> ImageClassifier:
-    """Load a trained model from a run folder or a ``model.safetensors`` file.
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a model from a run folder or a ``model.safetensors`` file.
+
+    A model of a library or of the user's code (``timm:``, ``torchvision:``, ``py:``) is rebuilt from
+    ``model.json`` (its module must be importable); an exported model evaluated in a run folder is read from
+    its copy there. Nothing is unpickled.
 
     Args:
         path: A run folder, or a ``.safetensors`` file with its ``.json`` beside it.
@@ -109,19 +120,35 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Image
         ``(B, K)``. Class names are in :func:`read_model_info`.
 
     Raises:
-        UsageError: If the files are missing, not imgclf's, or do not match.
+        UsageError: If the files are missing, not imgclf's, do not match, or the model's code cannot be
+            imported.
     """
-    weights, _ = _paths(path)
+    weights, info_path = _paths(path)
     info = read_model_info(path)
     channels, height, width = info["input_shape"]
     norm = info["normalization"]
-    try:
+    source = info["source"]
+    if source.get("file"):  # an exported model: its copy in the run folder
+        from imgclf.models.sources import load_exported
+
+        exported = load_exported(source.get("kind", ""), info_path.parent / Path(source["file"]).name)
+        model = ImageClassifier(Normalize(norm["mean"], norm["std"]), exported) if source.get("normalize") \
+            else exported
+        return model.to(device)
+    options = {**info["options"], **({"pretrained": False} if "pretrained" in info["options"] else {})}
+    try:  # (the weights come from the file, never again from a hub)
         model = create_model(info["model"], channels=channels, image_size=(height, width),
-                             num_classes=info["num_classes"], mean=norm["mean"], std=norm["std"],
-                             options=info["options"])
+                             num_classes=info["num_classes"], mean=norm["mean"], std=norm["std"], options=options)
+    except UsageError as error:
+        if source:
+            raise UsageError(f"{str(info_path)!r} names {info['model']!r}, which cannot be built here: {error}") \
+                from None
+        raise
     except (ValueError, TypeError, RuntimeError) as error:  # options that build no network, e.g. hidden=-3
         raise UsageError(f"{str(weights.with_suffix('.json'))!r} describes a model that cannot be built "
                          f"({first_line(error)}); restore it from the run that saved it") from None
+    if not weights.is_file():
+        raise UsageError(f"no trained model at {str(weights)!r} (has the train stage run?)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as error:
@@ -154,3 +181,101 @@ def check_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tens
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UsageError(f"weights in {file!r}: {key} holds NaN or infinite values; the model is broken "
                              "(a training run that diverged, or a damaged file): train it again")
+
+
+def external_model(model: ModelConfig, spec: DatasetSpec, environment: dict[str, Any]
+                   ) -> tuple[torch.nn.Module, dict[str, Any], Path | None]:
+    """A model imgclf did not train, ready to evaluate on ``spec``'s images, with its ``model.json``.
+
+    An architecture (registered, ``timm:``, ``torchvision:``, ``py:``) is built and given ``model.weights``
+    (or the library's ``pretrained`` weights); an exported file (``.pt2``, TorchScript, ``.onnx``) is read
+    whole. Normalization follows :func:`imgclf.models.sources.normalization` and is applied inside the
+    model, so eps stays in pixel units; an exported imgclf model (with its ``FILE.json``) holds its own.
+
+    Args:
+        model: The ``model`` settings (``name``, ``options``, ``weights``, ``mean``, ``std``).
+        spec: The data the model is evaluated on: its channels, image size and classes.
+        environment: Versions and device, for ``model.json``.
+
+    Returns:
+        The model (eval mode, CPU; ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` to ``(B, K)``), the
+        ``model.json`` dict, and the exported file to copy into the run folder (None for an architecture).
+
+    Raises:
+        UsageError: If the model cannot be built or read, its weights do not fit, it has no weights at all,
+            or it does not map the data's images to one output per class.
+    """
+    from imgclf.models.sources import file_digest, load_exported, normalization, parse_source
+
+    source = parse_source(model.name)
+    mean, std, origin = normalization(model, channels=spec.channels, data_mean=spec.mean, data_std=spec.std)
+    record: dict[str, Any] = {"kind": source.kind, "given": model.name, "normalization": origin}
+    exported_file = None
+    if source.exported:
+        if model.weights is not None or model.options:
+            raise UsageError(f"{model.name!r} is an exported model that holds its weights and settings: drop "
+                             "--weights and --model-option")
+        exported_file = Path(source.target)
+        body = load_exported(source.kind, exported_file)
+        from imgclf.prediction import export_info_path
+
+        own = export_info_path(exported_file)
+        wrap = model.mean is not None or not own.is_file()
+        if not wrap:  # imgclf's export: the normalization is inside, as its FILE.json says
+            normalization_inside = read_model_record(own).normalization
+            mean, std, origin = normalization_inside.mean, normalization_inside.std, f"inside the file ({own.name})"
+            record["normalization"] = origin
+        record.update(file=f"model{_exported_suffix(exported_file)}", original=str(exported_file.resolve()),
+                      sha256=file_digest(exported_file), normalize=wrap)
+        network: torch.nn.Module = ImageClassifier(Normalize(mean, std), body) if wrap else body
+    else:
+        if model.weights is None and not model.options.get("pretrained"):
+            raise UsageError(f"--model {model.name} has no weights to evaluate: give --weights FILE"
+                             + (" or --model-option pretrained=true" if source.kind in ("timm", "torchvision")
+                                else "") + ", or train it with imgclf run")
+        network = create_model(model.name, channels=spec.channels, image_size=spec.image_size,
+                               num_classes=spec.num_classes, mean=mean, std=std, options=model.options,
+                               weights=model.weights)
+        if model.weights is not None:
+            record["weights"] = str(Path(model.weights).resolve())
+    network.eval()
+    _check_outputs(network, spec)
+    if exported_file is None:
+        info = model_info(network, model.name, model.options, spec, environment, source=record)
+    else:
+        info = {"schema_version": SCHEMA_VERSION, "format": MODEL_FORMAT, "model": model.name, "options": {},
+                "dataset": spec.name, "num_classes": spec.num_classes, "class_names": list(spec.class_names),
+                "input_shape": list(spec.input_shape), "input_range": [0.0, 1.0], "output": "logits",
+                "normalization": {"mean": list(mean), "std": list(std)}, "versions": environment,
+                "saved": datetime.now(UTC).isoformat(timespec="seconds"), "source": record}
+    return network, info, exported_file
+
+
+def _exported_suffix(path: Path) -> str:
+    return ".torchscript.pt" if path.name.endswith(".torchscript.pt") else path.suffix.lower()
+
+
+def _check_outputs(network: torch.nn.Module, spec: DatasetSpec) -> None:
+    """One forward pass on two blank images: the model must take the data's shape and give ``(2, K)``."""
+    probe = torch.zeros(2, *spec.input_shape)
+    try:
+        with torch.no_grad():
+            out = network(probe)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise UsageError(f"the model cannot take the data's images of shape {list(spec.input_shape)} "
+                         f"({first_line(error)}); set --image-size and --channels to what it expects") from None
+    if not isinstance(out, torch.Tensor) or out.shape != (2, spec.num_classes):
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"the model gives {shape} for 2 images; it must give logits [2, {spec.num_classes}], one "
+                         f"per class of {spec.name}")
+
+
+def save_external(folder: Path, network: torch.nn.Module, info: dict[str, Any], exported: Path | None) -> None:
+    """Write an evaluated model into run folder ``folder``: ``model.safetensors`` and ``model.json`` for an
+    architecture; for an exported model a copy of its file (as ``model.json``'s ``source.file`` names it)
+    and ``model.json``. Every write is atomic."""
+    if exported is None:
+        save_model(network, folder / "model.safetensors", info)
+        return
+    atomic_write_bytes(folder / info["source"]["file"], exported.read_bytes())
+    atomic_write_text(folder / "model.json", json.dumps(info, indent=2) + "\n")

@@ -123,11 +123,23 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
           help="decoded image folders larger than this are read from disk per batch")
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model and training")
-    _flag(group, "--model", dest="model.name", metavar="NAME", help="architecture (see `imgclf models`)")
+def _add_model_flags(group: Any) -> None:
+    _flag(group, "--model", dest="model.name", metavar="NAME",
+          help="architecture (see `imgclf models`), timm:NAME, torchvision:NAME, py:module:factory "
+               "(or py:file.py:factory), or an exported .pt2, TorchScript .pt or .onnx file")
     group.add_argument("--model-option", dest="model_options", type=_key_value, action="append", default=[],
                        metavar="KEY=VALUE", help="architecture hyperparameter, e.g. hidden=256 (repeatable)")
+    _flag(group, "--weights", dest="model.weights", metavar="FILE",
+          help="weights of the architecture: .safetensors, or a state dict saved with torch.save")
+    _flag(group, "--mean", dest="model.mean", metavar="LIST",
+          help="per-channel mean the model expects, pixel units, e.g. 0.485,0.456,0.406 (default: the library's "
+               "for weights from timm or torchvision, none for other weights, the data's when training)")
+    _flag(group, "--std", dest="model.std", metavar="LIST", help="per-channel std, with --mean")
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and training")
+    _add_model_flags(group)
     _flag(group, "--epochs", dest="train.epochs", metavar="N", help="training epochs")
     _flag(group, "--batch-size", dest="train.batch_size", metavar="N", help="training batch size")
     _flag(group, "--optimizer", dest="train.optimizer", metavar="NAME")
@@ -271,16 +283,30 @@ def _pipeline_commands(command: Command) -> None:
     _add_attack_flags(run)
     _add_attack_flags(train)  # recorded in config.yaml for later `imgclf attack`
 
-    evaluate = command("evaluate", "clean test metrics of a trained run", "imgclf evaluate runs/mnist")
-    attack = command("attack", "robust accuracy of a trained run under FGSM, PGD, APGD, FAB-T, Square, AutoAttack", """
+    evaluate = command("evaluate", "clean test metrics of a trained run, or of any model on a data set", """
+        imgclf evaluate runs/mnist
+        imgclf evaluate --model py:my_models.py:Net --weights net.safetensors --dataset mnist --out runs/net
+        imgclf evaluate --model torchvision:resnet18 --weights r18.pth --dataset cifar10 --image-size 32
+    """)
+    attack = command("attack", "robust accuracy of a trained run, or of any model, under FGSM, PGD, APGD, FAB-T, "
+                               "Square, AutoAttack", """
         imgclf attack runs/mnist --attack pgd --eps 0,0.1,0.2,0.3 --steps 40 --restarts 2
         imgclf attack runs/mnist --preset full --eps 0.1 --n-examples 1000
         imgclf attack runs/mnist --attack pgd --target least-likely --eps 0.3
         imgclf attack runs/cifar --norm l2 --eps 0,0.25,0.5 --attack pgd,apgd-ce
+        imgclf attack --model py:my_models.py:Net --weights net.safetensors --dataset mnist --preset full --eps 0.3
+        imgclf attack --model exported/model.pt2 --dataset mnist --eps 0.1 --out runs/exported
+        torchrun --nproc_per_node 2 -m imgclf attack runs/mnist --preset full --eps 0.3
     """)
     for p in (evaluate, attack):
-        p.add_argument("run_dir", metavar="RUN", help="a run folder")
-        _add_data_flags(p, full=False)
+        p.add_argument("run_dir", metavar="RUN", nargs="?",
+                       help="a run folder; or none, with --model and --dataset: a new evaluation-only run folder")
+        p.add_argument("--out", metavar="DIR", help="with --model: the new run folder (default "
+                                                    "runs/<dataset>-<model>-eval-<time>)")
+        p.add_argument("--config", metavar="YAML", help="with --model: a settings file; flags override it")
+        _add_data_flags(p, full=True)
+        _add_model_flags(p.add_argument_group("model from anywhere (without RUN)"))
+        _flag(p, "--seed", dest="seed", metavar="N", help="seeds everything")
         _add_common(p)
     _add_attack_flags(attack)
     report = command("report", "write figures and report.html from a run folder", "imgclf report runs/mnist")
@@ -298,19 +324,24 @@ def _model_file_commands(command: Command) -> None:
         imgclf predict runs/linnaeus photos/ --top-k 3
         imgclf predict runs/mnist/model.onnx digit.png --format json
     """)
-    predict.add_argument("model_path", metavar="RUN", help="a run folder, model.safetensors, .onnx or TorchScript file")
+    predict.add_argument("model_path", metavar="RUN",
+                         help="a run folder, model.safetensors, or an exported .onnx, TorchScript or .pt2 file")
     predict.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and folders")
     predict.add_argument("--top-k", type=_positive, default=1, metavar="K", help="classes per image (default 1)")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     predict.add_argument("--batch-size", type=_positive, default=256, help=argparse.SUPPRESS)
 
-    export = command("export", "export a trained model to ONNX or TorchScript, checked on real test images", """
+    export = command("export", "export a trained model to ONNX, TorchScript or torch.export (.pt2), checked on "
+                               "real test images", """
         imgclf export runs/cifar --format onnx
         imgclf export runs/cifar --format torchscript --out deploy/cifar.pt
+        imgclf export runs/mnist --format pt2          # torch.export: attackable with gradients
     """)
     export.add_argument("run_dir", metavar="RUN", help="a run folder")
-    export.add_argument("--format", dest="export_format", choices=("onnx", "torchscript"), default="onnx")
-    export.add_argument("--out", metavar="FILE", help="default RUN/model.onnx or RUN/model.torchscript.pt")
+    export.add_argument("--format", dest="export_format", choices=("onnx", "torchscript", "pt2"),
+                        default="onnx")
+    export.add_argument("--out", metavar="FILE",
+                        help="default RUN/model.onnx, RUN/model.torchscript.pt or RUN/model.pt2")
     export.add_argument("--examples", type=_positive, default=256, metavar="N",
                         help="test images for the parity check (default 256)")
     _add_data_flags(export, full=False)
@@ -694,13 +725,25 @@ def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]
     return names
 
 
+#: Settings that only a new evaluation-only run takes: a run folder has its own data and model.
+_SOURCE_ONLY = ("model.", "data.", "seed")
+
+
 def _stage(args: argparse.Namespace) -> int:
-    """``evaluate`` and ``attack`` on a finished run (a report already written is left as it is, and said to be
-    out of date)."""
+    """``evaluate`` and ``attack`` on a finished run, or on any model (``--model``) in a new evaluation-only
+    run folder."""
     from pathlib import Path
 
     from imgclf.config import load_config
 
+    overrides = _overrides(args)
+    if args.run_dir is None:
+        return _evaluate_model(args, overrides)
+    fixed = sorted(key for key in overrides if key.startswith(_SOURCE_ONLY) and key != "data.data_dir")
+    extra = fixed + [flag for flag, given in (("--out", args.out), ("--config", args.config)) if given]
+    if extra:
+        raise UsageError(f"{args.run_dir!r} is a run folder with its own model, data and seed; drop "
+                         f"{', '.join(extra)} (or drop RUN and give --model and --dataset for a new one)")
     config_file = Path(args.run_dir) / "config.yaml"  # record.CONFIG (imgclf.record imports torch)
     if config_file.is_file():  # the flags checked against the run's settings before torch is imported
         load_config(config_file, _overrides(args))
@@ -719,6 +762,27 @@ def _stage(args: argparse.Namespace) -> int:
     if (opened.path / record.REPORT).is_file():  # never rewritten silently; say that it is out of date
         opened.log(f"note: {record.REPORT} does not show these results yet; imgclf report {opened.path} "
                    "brings it up to date")
+    return 0
+
+
+def _evaluate_model(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """``imgclf evaluate|attack --model M --dataset D``: a new evaluation-only run folder with the clean
+    metrics (and, for attack, the robustness evaluation) and the report."""
+    from imgclf.config import load_config
+
+    if "model.name" not in overrides and args.config is None:
+        raise UsageError(f"give a run folder (imgclf {args.command} RUN) or a model and a data set "
+                         f"(imgclf {args.command} --model M --weights FILE --dataset D)")
+    config = load_config(args.config, overrides)
+    from imgclf.pipeline import Run
+
+    run = Run.from_model(config, out=args.out, quiet=args.quiet)
+    run.evaluate()
+    if args.command == "attack":
+        run.attack()
+    run.report()
+    if args.quiet:
+        print(run.path)
     return 0
 
 

@@ -70,8 +70,11 @@ class DataConfig:
 class ModelConfig:
     """Which architecture, and its keyword-only hyperparameters (`imgclf models`)."""
 
-    name: str = "simple-cnn"
+    name: str = "simple-cnn"  # a registered name, timm:NAME, torchvision:NAME, py:module:factory, or an exported file
     options: dict[str, Any] = field(default_factory=dict)  # e.g. {hidden: 256, depth: 2}
+    weights: str | None = None  # the architecture's weights: .safetensors, or a state dict read with weights_only
+    mean: list[float] | None = None  # per-channel normalization the model expects, pixel units; None: see README
+    std: list[float] | None = None  # with mean; every value > 0
 
 
 @dataclass
@@ -453,6 +456,11 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"attack.alpha is a step in pixel units and must be at most 1 under linf, got {attack.alpha}")
     if adversarial.enabled and (train.mixup or train.cutmix):
         raise UsageError("adversarial training needs hard labels: drop --mixup/--cutmix or --adversarial")
+    model = config.model
+    if (model.mean is None) != (model.std is None) or (model.mean is not None and model.std is not None and (
+            len(model.mean) != len(model.std) or not model.mean or min(model.std) <= 0)):
+        raise UsageError(f"model.mean and model.std go together, one value per channel, std > 0; got mean "
+                         f"{model.mean} and std {model.std}")
     from imgclf.models.registry import resolve_options as model_options  # (the registry reads this module)
 
     model_options(config.model.name, config.model.options)  # the architecture and its options

@@ -1,11 +1,12 @@
-"""Export a trained model to ONNX or TorchScript, and prove the export right.
+"""Export a trained model to ONNX, TorchScript or a ``torch.export`` program (``.pt2``), and prove the
+export right.
 
 The exported model contains the normalization layer: its input is ``float32``
 ``(B, C, H, W)`` in ``[0, 1]`` with a dynamic batch size, its output logits
 ``(B, K)``. The model's metadata (class names, input shape, normalization,
 versions) is written beside it as ``FILE.json``. Before the export is reported
-as a success, the exported file is loaded again (ONNX Runtime, or
-``torch.jit.load``) and must give the same logits as PyTorch on real test
+as a success, the exported file is loaded again (ONNX Runtime, ``torch.jit.load``
+or ``torch.export.load``) and must give the same logits as PyTorch on real test
 images: max absolute difference <= ``tolerance`` (default 1e-4). A failed check
 leaves no file behind.
 """
@@ -25,7 +26,7 @@ from imgclf.errors import ExportMismatchError, UsageError
 from imgclf.prediction import Classifier, export_info_path
 from imgclf.run_folder import FILE_MODE, atomic_write_text
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}
 
 
 @dataclass
@@ -61,6 +62,17 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Pat
         traced.save(str(path))
 
 
+def _export_program(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """A ``torch.export`` program (``.pt2``): the graph and weights, loadable without the model's code and
+    differentiable (white-box attacks run on it)."""
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, str(path))
+
+
+_EXPORTERS = {"onnx": _export_onnx, "torchscript": _export_torchscript, "pt2": _export_program}
+
+
 def export_model(
     model: torch.nn.Module,
     info: dict,
@@ -78,7 +90,7 @@ def export_model(
         images: Real test images for the parity check, ``float32``
             ``(N, C, H, W)`` in ``[0, 1]``, ``N >= 2``.
         path: The file to write; it must not exist yet.
-        format: ``"onnx"`` or ``"torchscript"``.
+        format: ``"onnx"``, ``"torchscript"`` or ``"pt2"`` (``torch.export``).
         tolerance: Largest allowed absolute difference of any logit.
 
     Returns:
@@ -101,7 +113,7 @@ def export_model(
     tmp = Path(tmp_name)
     tmp_info = export_info_path(tmp)
     try:
-        (_export_onnx if format == "onnx" else _export_torchscript)(model, images[:2], tmp)
+        _EXPORTERS[format](model, images[:2], tmp)
         meta = {**info, "export_format": format, "input_name": "images", "output_name": "logits",
                 "dynamic_batch": True}
         atomic_write_text(tmp_info, json.dumps(meta, indent=2) + "\n")

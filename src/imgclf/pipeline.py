@@ -24,13 +24,14 @@ from tqdm import tqdm
 
 from imgclf import record
 from imgclf.attacks import RobustnessResult, robustness
-from imgclf.checkpoint import load_model, model_info, save_model
+from imgclf.checkpoint import external_model, load_model, model_info, save_external, save_model
 from imgclf.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config
 from imgclf.data import DataSplits, load_data, stratified_subset
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError, first_line
 from imgclf.evaluation import EvalResult, evaluate
 from imgclf.models import create_model
+from imgclf.models.sources import native_image_size, normalization
 from imgclf.record import SCHEMA_VERSION, AdversarialTraining, AttackRecord, DataCounts, Training, read_metrics, section
 from imgclf.report import write_report
 from imgclf.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
@@ -145,6 +146,7 @@ class Run:
         log = RunLog(quiet=quiet or not dist.is_main)
         seed_everything(config.seed)
         device = dist.device(select_device(config.device))
+        config = _with_native_size(config)
         data = load_data(config.data, seed=config.seed)
         spec = data.spec
         settings = resolve(config, channels=spec.channels, class_names=list(spec.class_names))
@@ -207,6 +209,42 @@ class Run:
         log(f"resuming {folder.path} after epoch {state['epoch']} of {epochs}")
         run.train_result = run._fit(Distributed(), resume=state)
         return run
+
+    @classmethod
+    def from_model(cls, config: RunConfig, *, out: str | Path | None = None, quiet: bool = False) -> Run:
+        """A new evaluation-only run folder for a model imgclf did not train: ``config.model`` names it (an
+        architecture with ``weights``, ``timm:``/``torchvision:``/``py:`` sources, or an exported file; see
+        :func:`imgclf.checkpoint.external_model`) and ``config.data`` the data set whose test split it is
+        evaluated on. Call :meth:`evaluate`, :meth:`attack` and :meth:`report` next; the folder then reopens
+        with :meth:`open` like any other run.
+
+        Raises:
+            UsageError: Bad data set or model, weights that do not fit, or an existing output folder.
+        """
+        if out is not None:
+            RunFolder.check_available(out)
+        log = RunLog(quiet=quiet)
+        seed_everything(config.seed)
+        device = select_device(config.device)
+        config = _with_native_size(config)
+        data = load_data(config.data, seed=config.seed)
+        spec = data.spec
+        settings = resolve(config, channels=spec.channels, class_names=list(spec.class_names))
+        config = settings.config
+        env = environment(device)
+        model, info, exported = external_model(config.model, spec, env)
+        stem = Path(spec.name).name if "/" in spec.name else spec.name
+        name = Path(config.model.name).stem if info["source"].get("file") else config.model.name.split(":")[-1]
+        folder = RunFolder.create(out, default_name=f"{stem}-{name}-eval")
+        log.attach(folder)
+        _start_folder(folder, config, data, env)
+        save_external(folder.path, model, info, exported)
+        log(f"{spec.name}: {len(data.test)} test images, {spec.num_classes} classes, input "
+            f"{spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}; {config.model.name} "
+            f"({info['source']['kind']}), normalization: {info['source']['normalization']}; on {device}")
+        for note in data.notes:
+            log(f"warning: {note}")
+        return cls(folder, settings, data, model.to(device), device, log=log, quiet=quiet)
 
     @classmethod
     def open(cls, path: str | Path, *, overrides: dict[str, Any] | None = None, quiet: bool = False) -> Run:
@@ -454,11 +492,28 @@ def _restore_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor] | 
 
 
 def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
+    """The model to train: the architecture with its starting weights (``model.weights``) and normalization
+    (:func:`imgclf.models.sources.normalization`)."""
     spec = data.spec
+    mean, std, _ = normalization(config.model, channels=spec.channels, data_mean=spec.mean, data_std=spec.std)
     return create_model(
         config.model.name, channels=spec.channels, image_size=spec.image_size,
-        num_classes=spec.num_classes, mean=spec.mean, std=spec.std, options=config.model.options,
+        num_classes=spec.num_classes, mean=mean, std=std, options=config.model.options,
+        weights=config.model.weights,
     ).to(device)
+
+
+def _with_native_size(config: RunConfig) -> RunConfig:
+    """``config`` with ``data.image_size`` set to a library model's native input size where its weights
+    have one and no ``--image-size`` was given (:func:`imgclf.models.sources.native_image_size`)."""
+    if config.data.image_size is not None:
+        return config
+    size = native_image_size(config.model)
+    if size is None:
+        return config
+    values = config_to_dict(config)
+    values["data"]["image_size"] = size
+    return config_from_dict(values)
 
 
 def _start_folder(folder: RunFolder, config: RunConfig, data: DataSplits, env: dict[str, Any]) -> None:

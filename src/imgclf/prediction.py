@@ -12,7 +12,6 @@ its error in its own result; the others are still predicted.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from imgclf.data.folder import DECODE_ERRORS, decode_image, list_image_files
-from imgclf.errors import UsageError, first_line
+from imgclf.errors import UsageError
 from imgclf.record import read_model_record
 
 
@@ -82,25 +81,18 @@ class Classifier:
             UsageError: If the path is none of these or its metadata is missing.
         """
         path = Path(path)
-        if path.suffix == ".onnx" or (path.is_file() and export_info_path(path).is_file()):
+        if (path.suffix == ".onnx" and not path.is_dir()) or (path.is_file() and export_info_path(path).is_file()):
             info_path = export_info_path(path)
             if not info_path.is_file():
                 raise UsageError(f"{str(path)!r} has no metadata file {info_path.name} beside it")
             read_model_record(info_path)  # the model fields, checked
             info = json.loads(info_path.read_bytes().decode("utf-8"))
-            if info.get("export_format") == "onnx":
-                return cls(_onnx_forward(path), info, "onnx")
-            if info.get("export_format") == "torchscript":
-                try:
-                    with warnings.catch_warnings():  # torch.jit is deprecated in recent torch
-                        warnings.simplefilter("ignore", FutureWarning)
-                        module = torch.jit.load(str(path), map_location="cpu").eval()
-                except (RuntimeError, ValueError, OSError) as error:
-                    raise UsageError(f"{str(path)!r} cannot be read as TorchScript "
-                                     f"({first_line(error)}); "
-                                     "export the model again with imgclf export") from None
-                return cls(_torch_forward(module, torch.device("cpu")), info, "torchscript")
-            raise UsageError(f"{str(info_path)!r} names no export format imgclf knows (onnx, torchscript)")
+            kind = info.get("export_format")
+            if kind in ("onnx", "torchscript", "pt2"):
+                from imgclf.models.sources import load_exported
+
+                return cls(_torch_forward(load_exported(kind, path), torch.device("cpu")), info, kind)
+            raise UsageError(f"{str(info_path)!r} names no export format imgclf knows (onnx, torchscript, pt2)")
         from imgclf.checkpoint import load_model, read_model_info
         from imgclf.runtime import select_device
 
@@ -119,25 +111,6 @@ def _torch_forward(module: torch.nn.Module, device: torch.device) -> Callable[[t
     @torch.no_grad()
     def forward(images: torch.Tensor) -> torch.Tensor:
         return module(images.to(device)).float().cpu()
-
-    return forward
-
-
-def _onnx_forward(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UsageError('running .onnx files needs ONNX Runtime: pip install "imgclf[export]"') from None
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no base class but Exception
-        raise UsageError(f"{str(path)!r} cannot be read as an ONNX model ({first_line(error)}); export the model "
-                         "again with imgclf export") from None
-    name = session.get_inputs()[0].name
-
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run(None, {name: images.detach().cpu().numpy().astype(np.float32)})
-        return torch.from_numpy(logits)
 
     return forward
 

@@ -13,6 +13,7 @@ Layout (every file optional until its stage has run)::
     RUN/
       config.yaml          the configuration as written (feed back with --config)
       model.safetensors    weights (normalization buffers included)
+      model.pt2|.onnx|...  an exported model that was evaluated (a copy; model.json names it)
       model.json           architecture, class names, input shape, normalization, versions
       splits.npz           indices of the train/val/test examples used
       history.csv          one row per epoch
@@ -44,7 +45,7 @@ from imgclf.metrics import ClassificationMetrics
 
 #: The version of ``metrics.json``, ``model.json`` and ``train_state.pt`` this release writes (1: written
 #: before versions existed).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: ``model.json``'s ``format`` and the weights file's metadata: what marks a file as an imgclf model.
 MODEL_FORMAT = "imgclf-model/1"
 
@@ -179,6 +180,11 @@ class ModelInfo:
         input_shape: ``[C, H, W]``; input ``float32`` in ``input_range``. output: ``logits``.
         normalization: Applied inside the model. versions: The environment it was saved in.
         saved: ISO time of the save. schema_version: :data:`SCHEMA_VERSION` (1: before versions).
+        source: Where a model imgclf did not train came from (empty for imgclf's own): ``kind`` (timm,
+            torchvision, py, pt2, torchscript, onnx), ``given`` (the ``--model`` value), ``weights`` (the
+            weights file read), ``normalization`` (where mean and std came from); an exported model adds
+            ``file`` (its copy in the run folder), ``sha256`` and ``normalize`` (imgclf applies the
+            normalization in front of the file).
     """
 
     format: str
@@ -194,6 +200,7 @@ class ModelInfo:
     versions: dict[str, Any] = field(default_factory=dict)
     saved: str = ""
     schema_version: int = 1
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

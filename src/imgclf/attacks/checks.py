@@ -20,6 +20,7 @@ from imgclf.attacks.core import logits_and_gradient
 from imgclf.attacks.losses import cross_entropy
 from imgclf.attacks.registry import attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessResult, batched_logits
+from imgclf.models.sources import differentiable
 from imgclf.runtime import generator
 
 if TYPE_CHECKING:
@@ -72,6 +73,11 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     """
     correct = torch.nonzero(logits.argmax(1) == labels).squeeze(1)[:CHECK_EXAMPLES]
     x, y = images[correct], labels[correct]
+    if not differentiable(model):
+        return [_logits_check(logits[:batch_size])] + [
+            _check(name, "not run", "the model gives no gradients (an ONNX model): white-box attacks and "
+                                    "gradient checks were not possible")
+            for name in MEANINGS if name != "logits"]
     checks = [_logits_check(logits[:batch_size]), _gradient_check(model, x, y, batch_size)]
 
     accuracy = {(e.attack, e.eps): e.accuracy for e in result.entries}

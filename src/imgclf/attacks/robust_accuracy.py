@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from imgclf.attacks.checks import sanity_checks
-from imgclf.attacks.registry import TARGET_MODES
+from imgclf.attacks.registry import TARGET_MODES, attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult, batched_logits
 from imgclf.attacks.spec import AttackSpec
+from imgclf.models.sources import differentiable
 from imgclf.runtime import generator
 
 #: How ``--target`` picks each example's target class (or a class name or index).
@@ -143,8 +144,13 @@ class _Evaluation:
         """The attacks the model has enough classes for, with their targets and batches; and why the rest are
         skipped. Each attack runs on the examples classified correctly (and, targeted, that have a target)."""
         runnable, skipped = [], []
+        gradients = differentiable(self.model)
         for spec in attacks:
-            if self.classes < spec.min_classes():
+            if not gradients and attack_info(spec.name).white_box:
+                skipped.append(f"{spec.label} skipped: a white-box attack needs the model's gradients, and this "
+                               "model gives none (an ONNX model runs outside PyTorch); only black-box attacks "
+                               "(square) apply")
+            elif self.classes < spec.min_classes():
                 skipped.append(f"{spec.label} skipped: it needs at least {spec.min_classes()} classes, "
                                f"the model has {self.classes}")
             else:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,27 +65,31 @@ def create_model(
     mean: Sequence[float],
     std: Sequence[float],
     options: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
 ) -> ImageClassifier:
-    """Build a registered model with normalization inside.
+    """Build a registered, library or user architecture with normalization inside.
 
     Args:
-        name: A name from ``imgclf models``.
+        name: A name from ``imgclf models``, ``timm:NAME``, ``torchvision:NAME`` or ``py:module:factory``
+            (:mod:`imgclf.models.sources`).
         channels: Input channels, 1 or 3.
         image_size: ``(H, W)`` of the input, pixels.
         num_classes: Number of classes ``K`` (>= 2).
-        mean, std: Per-channel normalization statistics, ``[0, 1]`` units.
+        mean, std: Per-channel normalization statistics, ``[0, 1]`` units (choose them with
+            :func:`imgclf.models.sources.normalization`).
         options: The architecture's hyperparameters (see ``imgclf models``).
-            With ``pretrained=true`` (timm models), ``mean`` and ``std`` are
-            replaced by those the pretrained weights were trained with.
+        weights: A weights file for the architecture's body (:func:`imgclf.models.sources.load_weights`).
 
     Returns:
         A module mapping ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` to logits
         ``(B, K)``, in training mode, on the CPU.
 
     Raises:
-        UsageError: Unknown name or option, or an input too small for the
-            architecture.
+        UsageError: Unknown name or option, an input too small for the
+            architecture, or weights that do not fit it.
     """
+    from imgclf.models.sources import load_weights
+
     resolved = resolve_options(name, options)
     entry = get_entry(name)
     if min(image_size) < entry.min_size:
@@ -93,9 +98,42 @@ def create_model(
             f"got {image_size[1]}x{image_size[0]}; use --image-size"
         )
     body = entry.build(channels=channels, image_size=tuple(image_size), num_classes=num_classes, **resolved)
-    if resolved.get("pretrained"):
-        # Pretrained weights expect the statistics they were trained with.
-        cfg = getattr(body, "pretrained_cfg", {}) or {}
-        if len(cfg.get("mean", ())) == channels:
-            mean, std = cfg["mean"], cfg["std"]
+    if weights is not None:
+        load_weights(body, weights)
     return ImageClassifier(Normalize(mean, std), body)
+
+
+class GreyToRGB(nn.Module):
+    """Repeats a grey channel three times, for a network built for colour images (torchvision's).
+
+    Shape:
+        Input ``(B, 1, H, W)``; ``body`` gets ``(B, 3, H, W)``; output what ``body`` returns.
+    """
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.expand(-1, 3, -1, -1))
+
+
+class ExportedGraph(nn.Module):
+    """A ``torch.export`` program's module: fixed in the mode it was traced in (eval, for imgclf's exports).
+
+    ``train()`` and ``eval()`` set this wrapper's flag only: the exported graph refuses them.
+
+    Shape:
+        Whatever the program takes and returns: for an image classifier ``(B, C, H, W)`` to ``(B, K)``.
+    """
+
+    def __init__(self, program: nn.Module):
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> ExportedGraph:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)

@@ -129,18 +129,25 @@ for _entry in (
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``: a registered model, or ``timm:<model>``.
+    """The registry entry for ``name``: a registered model, or a library or user architecture
+    (``timm:NAME``, ``torchvision:NAME``, ``py:module:factory``; see :mod:`imgclf.models.sources`).
+
+    An exported model file (``.pt2``, ``.pt``, ``.onnx``) has an entry without options whose builder
+    refuses to build: such a model is loaded whole, never trained.
 
     Raises:
-        UsageError: If ``name`` is neither.
+        UsageError: If ``name`` is none of these, or a library or user architecture cannot be found.
     """
-    from imgclf.models.timm_models import PREFIX, timm_builder
+    from imgclf.models.sources import parse_source, source_builder
 
     if name in MODELS:
         return MODELS[name]
-    if name.startswith(PREFIX) and len(name) > len(PREFIX):
-        return ModelEntry(name, "a timm model", timm_builder(name[len(PREFIX):]), 1)
-    raise unknown_choice("model", name, [*MODELS, "timm:<name>"])
+    source = parse_source(name)
+    if source.kind != "registry":
+        builder, options = source_builder(source)
+        summary = f"an exported model ({source.kind})" if source.exported else f"a {source.kind} model"
+        return ModelEntry(name, summary, builder, 1, options)
+    raise unknown_choice("model", name, [*MODELS, "timm:<name>", "torchvision:<name>", "py:<module>:<factory>"])
 
 
 def resolve_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
