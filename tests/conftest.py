@@ -65,6 +65,14 @@ def make_tiny_folder(parent: Path) -> Path:
     return root
 
 
+def newest_evaluation(run: Path) -> dict:
+    """The newest robustness evaluation in ``run``'s ``metrics.json``, as stored (``robustness``, ``attack``,
+    ``key``, ``settings``)."""
+    import json
+
+    return json.loads((run / "metrics.json").read_text())["evaluations"][-1]
+
+
 class Rounding(torch.nn.Module):
     """Gradient masking by quantizing the input: accurate, but every input gradient is 0."""
 

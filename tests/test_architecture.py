@@ -63,7 +63,7 @@ def test_a_new_attack_is_one_registration(toy_attack, digits_run, capsys):
     # the attack command runs it and the report renders it
     assert main(["attack", str(digits_run), "--attack", f"{toy_attack},pgd", "--eps", "0,0.2", "--quiet"]) == 0
     metrics = json.loads((digits_run / "metrics.json").read_text())
-    assert {row["attack"] for row in metrics["robustness"]} == {toy_attack, "pgd", "worst-case"}
+    assert {row["attack"] for row in metrics["evaluations"][-1]["robustness"]} == {toy_attack, "pgd", "worst-case"}
     assert main(["report", str(digits_run)]) == 0
     assert toy_attack.upper() in (digits_run / "report.html").read_text()
     capsys.readouterr()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import Rounding
+from conftest import Rounding, newest_evaluation
 from imgclf.checkpoint import load_model
 from imgclf.cli import main
 
@@ -26,8 +26,10 @@ def run_dir(tmp_path_factory):
 
 def test_run_writes_every_promised_file(run_dir):
     for name in ("config.yaml", "model.safetensors", "model.json", "history.csv", "metrics.json",
-                 "splits.npz", "samples.npz", "adversarial.npz", "report.html", "log.txt"):
+                 "splits.npz", "samples.npz", "report.html", "log.txt"):
         assert (run_dir / name).is_file(), name
+    (evaluation,) = (run_dir / "evaluations").iterdir()
+    assert {p.name for p in evaluation.iterdir()} == {"adversarial.npz", "adversarial.pt"}
     assert {p.stem for p in (run_dir / "figures").glob("*.png")} >= FIGURES
     history = (run_dir / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy")
@@ -37,7 +39,7 @@ def test_run_writes_every_promised_file(run_dir):
 
 def test_run_metrics_are_complete_and_honest(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("dataset", "model", "num_classes", "class_names", "seed", "clean", "robustness", "timing",
+    for key in ("dataset", "model", "num_classes", "class_names", "seed", "clean", "evaluations", "timing",
                 "environment"):
         assert key in metrics, key
     clean = metrics["clean"]
@@ -47,23 +49,27 @@ def test_run_metrics_are_complete_and_honest(run_dir):
     assert set(clean["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
     assert set(metrics["timing"]) == {"train_seconds", "eval_seconds", "attack_seconds"}
     assert {"imgclf", "torch", "torchvision", "device", "num_threads"} <= set(metrics["environment"])
-    rows = metrics["robustness"]
+    (evaluation,) = metrics["evaluations"]
+    rows = evaluation["robustness"]
     assert {r["attack"] for r in rows} == {"fgsm", "pgd", "worst-case"}
     assert sorted({r["eps"] for r in rows}) == [0, 0.05, 0.1, 0.2, 0.3]  # grey-data defaults
     acc = {(r["attack"], r["eps"]): r for r in rows}
     for r in rows:
         assert set(r) >= {"attack", "norm", "eps", "steps", "restarts", "accuracy", "success_rate", "per_class", "n"}
-        assert r["n"] == metrics["attack"]["n"] == 359  # the whole digits test split (< 1000)
+        assert r["n"] == evaluation["attack"]["n"] == 359  # the whole digits test split (< 1000)
+        # the work done: PGD-20's 20 gradients per example at most (fooled examples are set aside)
+        assert r["attack"] != "pgd" or r["eps"] == 0 or 0 < r["backwards"] <= 20 * r["attacked"] <= 20 * 359
+        assert r["forwards"] >= r["backwards"]
         if r["eps"] == 0:
             assert r["accuracy"] == r["clean_accuracy"] == clean["accuracy"]
         assert acc[("pgd", r["eps"])]["accuracy"] <= acc[("fgsm", r["eps"])]["accuracy"]
         assert acc[("worst-case", r["eps"])]["accuracy"] == acc[("pgd", r["eps"])]["accuracy"]
     assert acc[("pgd", 0.3)]["accuracy"] < clean["accuracy"] and acc[("pgd", 0.3)]["steps"] == 20
-    info = metrics["attack"]
+    info = evaluation["attack"]
     assert info["norm"] == "linf" and info["attacks"] == ["fgsm", "pgd"] and info["seed"] == 0
     assert {c["name"]: c["status"] for c in info["checks"]}["large eps breaks the model"] == "passed"
     assert info["warnings"] == [f"{c['name']}: {c['detail']}" for c in info["checks"] if c["status"] == "failed"]
-    saved = torch.load(run_dir / "adversarial.pt", weights_only=True)
+    saved = torch.load(run_dir / "evaluations" / evaluation["key"] / "adversarial.pt", weights_only=True)
     assert saved["images"].shape == (5, 359, 1, 8, 8) and saved["images"].dtype == torch.float32
     assert saved["indices"].shape == saved["labels"].shape == (359,)
     assert ((saved["images"] - saved["images"][0]).abs().amax(dim=(2, 3, 4)) <= saved["eps"][:, None] + 1e-6).all()
@@ -83,14 +89,25 @@ def test_stages_alone_reuse_the_saved_run(run_dir, capsys):
     assert f"accuracy {before['clean']['accuracy']:.4f}" in capsys.readouterr().out
     assert main(["attack", str(run_dir), "--attack", "pgd", "--eps", "0,0.1", "--steps", "3",
                  "--n-examples", "100"]) == 0
-    after = json.loads((run_dir / "metrics.json").read_text())
+    after = newest_evaluation(run_dir)
     assert [(r["attack"], r["eps"], r["steps"], r["n"]) for r in after["robustness"]] == [
         ("pgd", 0.0, 3, 100), ("worst-case", 0.0, None, 100), ("pgd", 0.1, 3, 100), ("worst-case", 0.1, None, 100)]
     assert main(["attack", str(run_dir), "--attack", "pgd", "--target", "least-likely", "--norm", "l2",
                  "--n-examples", "50", "--quiet"]) == 0
-    after = json.loads((run_dir / "metrics.json").read_text())
+    after = newest_evaluation(run_dir)
     assert {r["eps"] for r in after["robustness"]} == {0, 0.5, 1, 2, 3}  # the L2 defaults for grey data
     assert all(r["target_success_rate"] is not None for r in after["robustness"] if r["attack"] != "worst-case")
+    # the evaluations accumulate: the run's own, then the two above, each in metrics.json and the report
+    evaluations = json.loads((run_dir / "metrics.json").read_text())["evaluations"]
+    assert [e["attack"]["attacks"] for e in evaluations] == [["fgsm", "pgd"], ["pgd"], ["pgd (target least-likely)"]]
+    html = (run_dir / "report.html").read_text()
+    assert all(f'id="evaluation-{e["key"]}"' in html for e in evaluations)
+    # the same settings again: reused, not run again
+    capsys.readouterr()
+    assert main(["attack", str(run_dir), "--attack", "pgd", "--eps", "0,0.1", "--steps", "3",
+                 "--n-examples", "100"]) == 0
+    assert f"reusing the evaluation {evaluations[1]['key']}" in capsys.readouterr().out
+    assert len(json.loads((run_dir / "metrics.json").read_text())["evaluations"]) == 3
     assert main(["report", str(run_dir)]) == 0
     model = load_model(run_dir)
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
@@ -195,7 +212,7 @@ def test_a_target_class_can_be_named(run_dir, tmp_path, capsys):
     copy = tmp_path / "named"
     shutil.copytree(run_dir, copy)
     assert main(["attack", str(copy), "--attack", "pgd", "--target", "7", "--eps", "0.3", "--n-examples", "60"]) == 0
-    rows = json.loads((copy / "metrics.json").read_text())["robustness"]
+    rows = newest_evaluation(copy)["robustness"]
     assert rows[0]["target"] == "7" and rows[0]["target_success_rate"] >= 0.9
     assert main(["attack", str(copy), "--attack", "pgd", "--target", "seven", "--eps", "0.3"]) == 2
     assert "unknown target 'seven'; valid choices: random, least-likely, or a class: 0, 1, 2" in capsys.readouterr().err

@@ -40,7 +40,8 @@ def test_compare_puts_both_runs_in_one_report(runs, capsys):
     assert [row["training"] for row in summary] == ["standard", "pgd at eps 0.1"]
     for row, name in zip(summary, ("standard", "robust"), strict=True):
         saved = json.loads((runs / name / "metrics.json").read_text())
-        worst = {str(r["eps"]): r["accuracy"] for r in saved["robustness"] if r["attack"] == "worst-case"}
+        rows = saved["evaluations"][-1]["robustness"]
+        worst = {str(r["eps"]): r["accuracy"] for r in rows if r["attack"] == "worst-case"}
         assert row["worst_case_robust_accuracy"] == worst and row["test_accuracy"] == saved["clean"]["accuracy"]
     robust_gain = summary[1]["worst_case_robust_accuracy"]["0.1"] - summary[0]["worst_case_robust_accuracy"]["0.1"]
     assert robust_gain > 0.1  # the robust run is more robust, as the report shows

@@ -183,5 +183,5 @@ def test_the_whole_pipeline_runs_on_the_disk_path(tiny_folder, tmp_path):
                  "--memory-limit", "0", "--attack-examples", "6", "--out", str(out), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert any("memory_limit_mb" in note for note in metrics["data_notes"])
-    assert metrics["clean"]["n"] == metrics["data"]["test"] and metrics["attack"]["n"] == 6
+    assert metrics["clean"]["n"] == metrics["data"]["test"] and metrics["evaluations"][-1]["attack"]["n"] == 6
     assert (out / "report.html").is_file()

@@ -122,7 +122,8 @@ def test_adversarial_run_with_an_eps_range_trains_at_its_largest_eps(tmp_path):
     assert metrics["training"]["adversarial"]["eps"] == pytest.approx(0.2)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["attack"]["eps"] == ["0:0.2:0.05"] and saved["adversarial"]["eps"] == "0.2"
-    assert sorted({row["eps"] for row in metrics["robustness"]}) == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])
+    rows = metrics["evaluations"][-1]["robustness"]
+    assert sorted({row["eps"] for row in rows}) == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])
     assert (out / "report.html").is_file()
 
 

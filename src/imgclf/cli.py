@@ -747,21 +747,14 @@ def _stage(args: argparse.Namespace) -> int:
     config_file = Path(args.run_dir) / "config.yaml"  # record.CONFIG (imgclf.record imports torch)
     if config_file.is_file():  # the flags checked against the run's settings before torch is imported
         load_config(config_file, _overrides(args))
-    from imgclf import record
     from imgclf.pipeline import Run
 
     opened = Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet)
     if args.command == "evaluate":
         opened.evaluate()
     else:
-        earlier = opened.metrics.attacks()
-        opened.attack()
-        if earlier:
-            opened.log(f"note: these results replace the earlier robustness results of {', '.join(earlier)} in "
-                       f"metrics.json")
-    if (opened.path / record.REPORT).is_file():  # never rewritten silently; say that it is out of date
-        opened.log(f"note: {record.REPORT} does not show these results yet; imgclf report {opened.path} "
-                   "brings it up to date")
+        opened.attack()  # added to the run's evaluations; the earlier ones stay
+    opened.report()  # the report shows every evaluation the folder holds
     return 0
 
 

@@ -353,9 +353,11 @@ class Run:
             norm: ``"linf"`` or ``"l2"``. steps, alpha, restarts, target, queries: As the CLI's
                 ``--steps``, ``--step-size``, ``--restarts``, ``--target``, ``--queries``.
 
-        Saves ``metrics.json`` (``robustness``, ``attack``), ``adversarial.pt``
-        (worst-case adversarial images as float tensors with their test positions)
-        and ``adversarial.npz`` (the examples shown in the report).
+        The evaluation is added to ``metrics.json``'s ``evaluations`` (:class:`imgclf.record.Evaluation`),
+        keyed by its settings and the model: earlier evaluations are kept, and one with the same key is
+        reused instead of run again. Its files go to ``evaluations/KEY/``: ``adversarial.pt``
+        (worst-case adversarial images as float tensors with their test positions) and
+        ``adversarial.npz`` (the examples shown in the report).
 
         Raises:
             UsageError: On an invalid change, or an eps the images do not allow (an L2 eps too large).
@@ -368,6 +370,17 @@ class Run:
         labels = data.test.labels
         rows = stratified_subset(labels.numpy(), settings.examples, config.seed)
         self.model.eval()
+        asked = _evaluation_settings(settings, len(rows), self.model)
+        key = record.evaluation_key(asked)
+        earlier = next((e for e in self.metrics.evaluations if e.key == key), None)
+        if earlier is not None and (record.evaluation_folder(folder.path, key) / record.ADVERSARIAL_EXAMPLES).is_file():
+            self.log(f"reusing the evaluation {key} of {earlier.finished or 'an earlier run'}: the same model, "
+                     "attacks, eps and examples (delete its entry in metrics.json to run it again)")
+            result = RobustnessResult(earlier.robustness, earlier.attack.clean_accuracy, earlier.attack.n,
+                                      earlier.attack.seed, skipped=earlier.attack.skipped, checks=earlier.attack.checks,
+                                      seconds=earlier.seconds)
+            self._log_attack(result)
+            return result
         with tqdm(desc="attacks", unit="batch", leave=False, disable=True if self.quiet else None,
                   dynamic_ncols=True) as bar:
 
@@ -383,7 +396,7 @@ class Run:
                 )
             except ValueError as error:  # e.g. an L2 eps larger than the images allow
                 raise UsageError(str(error)) from None
-        _save_attack(folder, result, settings, data, rows)
+        _save_evaluation(folder, key, asked, result, settings, data, rows)
         self._log_attack(result)
         return result
 
@@ -549,21 +562,54 @@ def _training_metrics(config: RunConfig, settings: Settings, result: TrainResult
     return {"training": section(training), "timing": {"train_seconds": result.seconds}}
 
 
-def _save_attack(folder: RunFolder, result: RobustnessResult, settings: Settings, data: DataSplits,
-                 rows: np.ndarray) -> None:
-    """``adversarial.npz``, ``adversarial.pt`` and ``metrics.json``'s ``robustness``, ``attack`` and timing."""
+def _evaluation_settings(settings: Settings, examples: int, model: torch.nn.Module) -> dict[str, Any]:
+    """What identifies a robustness evaluation (:func:`imgclf.record.evaluation_key`): every attack's settings,
+    the eps values, the number of examples, the batch size, the seed and the model's fingerprint."""
+    import dataclasses
+
+    config = settings.config
+    return {"attacks": [dataclasses.asdict(spec) for spec in settings.attacks], "norm": config.attack.norm,
+            "eps": [float(e) for e in settings.eps_values], "examples": examples,
+            "batch_size": config.attack.batch_size, "seed": config.seed, "model": model_fingerprint(model)}
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's structure (module names and types) and of every tensor of its state dict."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        digest.update(f"{name}:{type(module).__qualname__};".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _save_evaluation(folder: RunFolder, key: str, asked: dict[str, Any], result: RobustnessResult,
+                     settings: Settings, data: DataSplits, rows: np.ndarray) -> None:
+    """``evaluations/KEY/adversarial.npz`` and ``adversarial.pt``, and the evaluation added to (or, run again,
+    replacing its earlier self in) ``metrics.json``'s ``evaluations``."""
+    from datetime import UTC, datetime
+
+    where = RunFolder(record.evaluation_folder(folder.path, key))
     labels = data.test.labels[torch.as_tensor(rows)]
-    folder.write_arrays(record.ADVERSARIAL_EXAMPLES, **result.examples)
+    where.write_arrays(record.ADVERSARIAL_EXAMPLES, **result.examples)
     buffer = io.BytesIO()
     torch.save({**result.adversarial, "test_positions": torch.as_tensor(rows),
                 "indices": torch.as_tensor(data.test.indices[rows]), "labels": labels}, buffer)
-    atomic_write_bytes(folder.file(record.ADVERSARIAL_IMAGES), buffer.getvalue())
+    atomic_write_bytes(where.file(record.ADVERSARIAL_IMAGES), buffer.getvalue())
     attack = AttackRecord(result.n, result.clean_accuracy, result.seed, settings.config.attack.norm,
                           [spec.label for spec in settings.attacks],
                           "stratified subset of the test split, seeded (attack.examples)",
                           skipped=result.skipped, checks=result.checks, warnings=result.warnings)
-    folder.update_metrics({"robustness": result.to_dicts(), "attack": section(attack),
-                           "timing": {"attack_seconds": result.seconds}})
+    evaluation = record.Evaluation(key, asked, attack, result.entries, result.seconds,
+                                   datetime.now(UTC).isoformat(timespec="seconds"))
+    raw = record.with_evaluations(folder.read_json(record.METRICS, default={}))
+    kept = [e for e in raw.get(record.EVALUATIONS, []) if isinstance(e, dict) and e.get("key") != key]
+    raw[record.EVALUATIONS] = [*kept, section(evaluation)]
+    raw.setdefault("timing", {})["attack_seconds"] = result.seconds
+    folder.write_json(record.METRICS, raw)
 
 
 def tensorboard_results(folder: RunFolder, config: RunConfig) -> None:

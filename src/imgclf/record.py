@@ -20,8 +20,10 @@ Layout (every file optional until its stage has run)::
       metrics.json         the sections of :class:`Metrics`
       train_state.pt       the training state after the last finished epoch (resume)
       samples.npz          test images with true and predicted labels (for the report)
-      adversarial.npz      clean and adversarial images with predictions (for the report)
-      adversarial.pt       the worst-case adversarial images with their test positions
+      evaluations/KEY/     one robustness evaluation (its key in metrics.json's evaluations):
+        adversarial.npz    clean and adversarial images with predictions (for the report)
+        adversarial.pt     the worst-case adversarial images with their test positions
+        batches/           per-batch results committed while it runs (resume after a kill); removed at the end
       bad_files.txt        image files skipped, with the reason
       log.txt              everything printed during the run
       figures/*.png        written by the report stage
@@ -67,7 +69,8 @@ REPORT = "report.html"
 TENSORBOARD = "tensorboard"
 
 __all__ = ["WORST_CASE", "SCHEMA_VERSION", "Metrics", "DataCounts", "Training", "AdversarialTraining",
-           "AttackRecord", "ModelInfo", "Normalization", "TrainState", "read_metrics", "read_model_record"]
+           "AttackRecord", "Evaluation", "ModelInfo", "Normalization", "TrainState", "read_metrics",
+           "read_model_record"]
 
 
 @dataclass
@@ -123,6 +126,57 @@ class AttackRecord:
 
 
 @dataclass
+class Evaluation:
+    """One robustness evaluation of ``metrics.json``'s ``evaluations``: its settings, results and checks.
+
+    Evaluations accumulate: each ``imgclf attack`` adds one, and one whose settings (and model) are those of
+    an earlier one replaces it only when it is run again (it is reused otherwise).
+
+    Attributes:
+        key: Identifies the settings and the model (:func:`evaluation_key`); names ``evaluations/KEY/``,
+            which holds ``adversarial.npz`` and ``adversarial.pt`` of this evaluation.
+        settings: What was asked for: attacks, norm, eps values, examples, steps, step size, restarts,
+            random start, target, queries, batch size, seed and the model's fingerprint.
+        attack: The attacked subset and the checks.
+        robustness: One entry per attack and eps, then the worst case (:data:`WORST_CASE`).
+        seconds: Wall time. finished: ISO time it ended. processes: Processes that shared the work.
+    """
+
+    key: str
+    settings: dict[str, Any]
+    attack: AttackRecord
+    robustness: list[RobustnessEntry] = field(default_factory=list)
+    seconds: float = 0.0
+    finished: str = ""
+    processes: int = 1
+
+    def worst_case(self) -> list[RobustnessEntry]:
+        """The worst-case rows, by eps ascending."""
+        return sorted((row for row in self.robustness if row.attack == WORST_CASE), key=lambda row: row.eps)
+
+    def attacks(self) -> list[str]:
+        """The attack labels, in order, without the worst case."""
+        return list(dict.fromkeys(row.attack for row in self.robustness if row.attack != WORST_CASE))
+
+
+#: The key of an evaluation written before evaluations accumulated (its files are ``RUN/adversarial.*``).
+LEGACY_EVALUATION = "legacy"
+EVALUATIONS = "evaluations"
+
+
+def evaluation_folder(run: Path, key: str) -> Path:
+    """``RUN/evaluations/KEY`` (``RUN`` itself for an evaluation of an earlier release)."""
+    return run if key == LEGACY_EVALUATION else run / EVALUATIONS / key
+
+
+def evaluation_key(settings: dict[str, Any]) -> str:
+    """A short stable key of an evaluation's settings (12 hex digits of their SHA-256 as sorted JSON)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
 class Metrics:
     """The sections of ``metrics.json``; each stage adds its own, so all but the facts are optional.
 
@@ -132,9 +186,10 @@ class Metrics:
         data: Split sizes and input shape. data_notes: Warnings about the data.
         inputs: What a classifier on features was trained on (feature runs).
         environment: Versions and device.
-        training: From the train stage. clean: The clean test metrics.
-        robustness: One entry per attack and eps, then the worst case (:data:`WORST_CASE`).
-        attack: The attacked subset and the checks. timing: Seconds per stage.
+        training: From the train stage (None for a model imgclf evaluated but did not train).
+        clean: The clean test metrics.
+        evaluations: The robustness evaluations, oldest first (:class:`Evaluation`); :attr:`robustness`
+            and :attr:`attack` are the newest one's. timing: Seconds per stage.
     """
 
     schema_version: int = 1
@@ -149,17 +204,31 @@ class Metrics:
     environment: dict[str, Any] = field(default_factory=dict)
     training: Training | None = None
     clean: ClassificationMetrics | None = None
-    robustness: list[RobustnessEntry] = field(default_factory=list)
-    attack: AttackRecord | None = None
+    evaluations: list[Evaluation] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def latest(self) -> Evaluation | None:
+        """The newest robustness evaluation, or None."""
+        return self.evaluations[-1] if self.evaluations else None
+
+    @property
+    def robustness(self) -> list[RobustnessEntry]:
+        """The newest evaluation's entries ([] without one)."""
+        return self.latest.robustness if self.latest else []
+
+    @property
+    def attack(self) -> AttackRecord | None:
+        """The newest evaluation's attacked subset and checks, or None."""
+        return self.latest.attack if self.latest else None
+
     def worst_case(self) -> list[RobustnessEntry]:
-        """The worst-case rows, by eps ascending."""
-        return sorted((row for row in self.robustness if row.attack == WORST_CASE), key=lambda row: row.eps)
+        """The newest evaluation's worst-case rows, by eps ascending."""
+        return self.latest.worst_case() if self.latest else []
 
     def attacks(self) -> list[str]:
-        """The attack labels of :attr:`robustness`, in order, without the worst case."""
-        return list(dict.fromkeys(row.attack for row in self.robustness if row.attack != WORST_CASE))
+        """The attack labels of the newest evaluation, in order, without the worst case."""
+        return self.latest.attacks() if self.latest else []
 
 
 @dataclass
@@ -332,7 +401,19 @@ def read_metrics(path: str | Path) -> Metrics:
                          "again") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{str(file)!r} must hold a JSON object of sections, got {type(raw).__name__}")
-    return _build(Metrics, raw, str(file), "")
+    return _build(Metrics, with_evaluations(raw), str(file), "")
+
+
+def with_evaluations(raw: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json`` with an earlier release's single ``robustness`` and ``attack`` sections turned into
+    one evaluation (key :data:`LEGACY_EVALUATION`); a current file is returned as it is."""
+    if EVALUATIONS in raw or "robustness" not in raw:
+        return raw
+    raw = dict(raw)
+    robustness, attack = raw.pop("robustness"), raw.pop("attack", None)
+    if attack is not None:
+        raw[EVALUATIONS] = [{"key": LEGACY_EVALUATION, "settings": {}, "attack": attack, "robustness": robustness}]
+    return raw
 
 
 def _build(cls: type, raw: dict[str, Any], file: str, where: str) -> Any:

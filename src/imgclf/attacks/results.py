@@ -33,6 +33,9 @@ class RobustnessEntry:
             examples classified as their target; else None.
         per_class: Robust accuracy per class index (None for absent classes).
         n: Examples evaluated. seconds: wall time of this attack at this eps.
+        attacked: Examples the attack ran on (those classified correctly without attack).
+        forwards, backwards: Forward and backward passes of the model, counted in examples (a batch of 256
+            is 256), over the attack and its final prediction: the work done, comparable across libraries.
     """
 
     attack: str
@@ -50,6 +53,9 @@ class RobustnessEntry:
     per_class: list[float | None]
     n: int
     seconds: float = 0.0
+    attacked: int = 0
+    forwards: int = 0
+    backwards: int = 0
 
 
 @dataclass

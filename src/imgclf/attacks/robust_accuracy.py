@@ -114,6 +114,38 @@ def robustness(
     return result
 
 
+class PassCounter(torch.nn.Module):
+    """``model`` with its forward and backward passes counted, in examples (a batch of 256 counts 256).
+
+    A backward pass is counted when a gradient reaches the logits. The wrapper never changes the model's
+    mode: ``train()`` and ``eval()`` set its own flag only.
+
+    Shape:
+        As ``model``: ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` to logits ``(B, K)``.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.training = model.training  # what the attacks' mode check reads
+        self.forwards = self.backwards = 0
+
+    def train(self, mode: bool = True) -> PassCounter:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        batch = int(x.shape[0])
+        self.forwards += batch
+        if logits.requires_grad:
+            logits.register_hook(lambda grad: self._count_backward(batch, grad))
+        return logits
+
+    def _count_backward(self, batch: int, grad: torch.Tensor) -> None:
+        self.backwards += batch
+
+
 class _Evaluation:
     """The state of one :func:`robustness` call: clean predictions, targets, batches, and what each attack fooled."""
 
@@ -121,6 +153,7 @@ class _Evaluation:
                  eps_values: list[float], batch_size: int, seed: int, show: int,
                  progress: Callable[[int, int], None] | None):
         self.model, self.images, self.labels, self.logits = model, images, labels, logits
+        self.counter = PassCounter(model)
         self.eps_values, self.batch_size, self.seed, self.progress = eps_values, batch_size, seed, progress
         self.n = int(labels.shape[0])
         self.classes = logits.shape[1]
@@ -176,20 +209,26 @@ class _Evaluation:
         entries = []
         for index, spec in enumerate(runnable):
             began = time.perf_counter()
+            forwards, backwards = self.counter.forwards, self.counter.backwards
             hit, reached = self._attack(spec, eps, worst_fooled, worst_images, fooled_by, index)
+            cost = {"attacked": len(self.rows[spec]), "forwards": self.counter.forwards - forwards,
+                    "backwards": self.counter.backwards - backwards}
             self.fooled[(spec.label, eps)] = hit.cpu().numpy()
             attacked = len(self.rows[spec])
             target_rate = (int(reached.sum()) / attacked if attacked else float("nan")) \
                 if spec in self.targets else None
             entries.append(self._entry(spec.label, eps, self.correct & ~hit, settings={"norm": spec.norm,
                                                                                          **spec.settings(eps)},
-                                       target_success_rate=target_rate, seconds=time.perf_counter() - began))
+                                       target_success_rate=target_rate, seconds=time.perf_counter() - began,
+                                       **cost))
         self.fooled[(WORST_CASE, eps)] = worst_fooled.cpu().numpy()
         entries.append(self._entry(WORST_CASE, eps, self.correct & ~worst_fooled,
                                    settings={"norm": ",".join(dict.fromkeys(s.norm for s in runnable)),
                                              "steps": None, "alpha": None, "restarts": None, "random_start": None,
                                              "target": None},
-                                   target_success_rate=None, seconds=0.0))
+                                   target_success_rate=None, seconds=sum(e.seconds for e in entries),
+                                   attacked=int(self.correct.sum()), forwards=sum(e.forwards for e in entries),
+                                   backwards=sum(e.backwards for e in entries)))
         self.worst["images"].append(worst_images.cpu())
         self.worst["fooled"].append(worst_fooled.cpu())
         self.worst["fooled_by"].append(fooled_by.cpu())
@@ -206,8 +245,8 @@ class _Evaluation:
         for rows in self.chunks[spec] or [self.rows[spec]]:  # an empty batch still ticks the bar
             if len(rows):
                 target = self.targets[spec][rows] if spec in self.targets else None
-                adv = spec.run(self.model, self.images[rows], self.labels[rows], eps, gen, target)
-                pred = batched_logits(self.model, adv, self.batch_size).argmax(1)
+                adv = spec.run(self.counter, self.images[rows], self.labels[rows], eps, gen, target)
+                pred = batched_logits(self.counter, adv, self.batch_size).argmax(1)
                 hit[rows] = pred != self.labels[rows]
                 if target is not None:
                     reached[rows] = pred == target
@@ -238,7 +277,8 @@ class _Evaluation:
         return record
 
     def _entry(self, attack: str, eps: float, robust: torch.Tensor, *, settings: dict[str, Any],
-               target_success_rate: float | None, seconds: float) -> RobustnessEntry:
+               target_success_rate: float | None, seconds: float, attacked: int = 0, forwards: int = 0,
+               backwards: int = 0) -> RobustnessEntry:
         labels, n = self.labels, self.n
         per_class: list[float | None] = []
         for k in range(self.classes):
@@ -251,4 +291,5 @@ class _Evaluation:
             accuracy=int(robust.sum()) / n if n else float("nan"), clean_accuracy=self.clean_accuracy,
             success_rate=(initially - int(robust.sum())) / initially if initially else float("nan"),
             target_success_rate=target_success_rate, per_class=per_class, n=n, seconds=seconds,
+            attacked=attacked, forwards=forwards, backwards=backwards,
         )

@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
 from imgclf import record
-from imgclf.record import WORST_CASE, Metrics, ModelInfo, read_metrics, read_model_record
+from imgclf.record import WORST_CASE, Evaluation, Metrics, ModelInfo, read_metrics, read_model_record
 from imgclf.report.plots import (
     adversarial_figure,
     confusion_matrix_figure,
@@ -71,13 +71,41 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
         figures["mistakes"] = prediction_grid(samples["error_images"], samples["error_labels"],
                                               samples["error_predictions"], class_names,
                                               title="Misclassified test images")
-    if metrics.robustness:
-        clean = metrics.attack.clean_accuracy if metrics.attack else float("nan")
-        figures["robustness"] = robustness_curve(metrics.robustness, clean, colour=colour)
-    adversarial = folder.read_arrays(record.ADVERSARIAL_EXAMPLES)
-    if adversarial is not None and any(key.startswith("adv_") for key in adversarial):
-        figures["adversarial"] = adversarial_figure(adversarial, class_names, colour=colour)
+    for evaluation in metrics.evaluations:  # oldest first; the newest also under the plain names
+        newest = evaluation is metrics.latest
+        if evaluation.robustness:
+            figure = robustness_curve(evaluation.robustness, evaluation.attack.clean_accuracy, colour=colour)
+            figures[f"robustness-{evaluation.key}"] = figure
+            if newest:
+                figures["robustness"] = figure
+        where = RunFolder(record.evaluation_folder(folder.path, evaluation.key))
+        adversarial = where.read_arrays(record.ADVERSARIAL_EXAMPLES)
+        if adversarial is not None and any(key.startswith("adv_") for key in adversarial):
+            figure = adversarial_figure(adversarial, class_names, colour=colour)
+            figures[f"adversarial-{evaluation.key}"] = figure
+            if newest:
+                figures["adversarial"] = figure
     return figures
+
+
+def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None) -> dict[str, object]:
+    """What the report shows of one robustness evaluation."""
+    attack = evaluation.attack
+    eps = sorted({row.eps for row in evaluation.robustness})
+    return {
+        "key": evaluation.key,
+        "title": f"{', '.join(a.upper() for a in evaluation.attacks()) or 'no attack'} at eps "
+                 f"{', '.join(eps_label(e, colour) for e in eps)}",
+        "finished": evaluation.finished,
+        "rows": [{**dataclasses.asdict(row), "eps_label": eps_label(row.eps, colour),
+                  "forwards_per_example": row.forwards / row.attacked if row.attacked else None,
+                  "backwards_per_example": row.backwards / row.attacked if row.attacked else None}
+                 for row in evaluation.robustness],
+        "warnings": attack.warnings, "checks": attack.checks, "skipped": attack.skipped,
+        "norm": {"linf": "L-inf", "l2": "L2"}.get(attack.norm, attack.norm), "n": attack.n,
+        "whole_split": attack.n == clean_n, "clean": attack.clean_accuracy, "seconds": evaluation.seconds,
+        "processes": evaluation.processes,
+    }
 
 
 def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
@@ -128,7 +156,7 @@ def write_report(folder: RunFolder) -> Path:
     input_shape = _input_shape(metrics, info)
     colour = input_shape[0] == 3
     figures = embed_figures(_figures(folder, metrics, info), folder.figures)
-    training, attack = metrics.training, metrics.attack
+    training = metrics.training
     html = jinja_environment().get_template("report.html.j2").render(
         model=metrics.model if metrics.model != "?" or info is None else info.model,
         dataset=metrics.dataset if metrics.dataset != "?" or info is None else info.dataset,
@@ -145,14 +173,9 @@ def write_report(folder: RunFolder) -> Path:
         best_epoch=training.best_epoch if training else "?",
         clean=metrics.clean,
         clean_n=metrics.clean.n if metrics.clean else None,
-        robustness=[{**dataclasses.asdict(row), "eps_label": eps_label(row.eps, colour)} for row in metrics.robustness],
+        evaluations=[_evaluation_view(e, colour, metrics.clean.n if metrics.clean else None)
+                     for e in reversed(metrics.evaluations)],  # newest first
         worst_case=WORST_CASE,
-        robustness_warnings=attack.warnings if attack else [],
-        checks=attack.checks if attack else [],
-        attack_skipped=attack.skipped if attack else [],
-        attack_norm={"linf": "L-inf", "l2": "L2"}.get(attack.norm if attack else "linf", "L-inf"),
-        attack_n=attack.n if attack else None,
-        attack_clean=attack.clean_accuracy if attack else float("nan"),
         timing={key: f"{value:.1f} s" for key, value in metrics.timing.items()},
         environment=metrics.environment,
         # shown as it is on disk (a byte that is not UTF-8 shows as U+FFFD)
