@@ -139,12 +139,10 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch
     try:  # (the weights come from the file, never again from a hub)
         model = create_model(info["model"], channels=channels, image_size=(height, width),
                              num_classes=info["num_classes"], mean=norm["mean"], std=norm["std"], options=options)
-    except UsageError as error:
-        if source:
-            raise UsageError(f"{str(info_path)!r} names {info['model']!r}, which cannot be built here: {error}") \
-                from None
-        raise
     except (ValueError, TypeError, RuntimeError) as error:  # options that build no network, e.g. hidden=-3
+        if source:  # a library or the user's code that is not importable here
+            raise UsageError(f"{str(info_path)!r} names {info['model']!r}, which cannot be built here: "
+                             f"{first_line(error, 300)}") from None
         raise UsageError(f"{str(weights.with_suffix('.json'))!r} describes a model that cannot be built "
                          f"({first_line(error)}); restore it from the run that saved it") from None
     if not weights.is_file():

@@ -750,12 +750,21 @@ def _stage(args: argparse.Namespace) -> int:
     from imgclf.pipeline import Run
 
     opened = Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet)
-    if args.command == "evaluate":
-        opened.evaluate()
-    else:
-        opened.attack()  # added to the run's evaluations; the earlier ones stay
-    opened.report()  # the report shows every evaluation the folder holds
+    _evaluate_and_report(opened, args.command)
     return 0
+
+
+def _evaluate_and_report(run: Any, command: str, *, clean: bool = False) -> None:
+    """The clean evaluation (``evaluate``, or ``clean``), the robustness evaluation (``attack``), then the report,
+    which shows every evaluation the folder holds. Under ``torchrun`` the processes share the attack and rank 0
+    does the rest."""
+    main_process = run.dist.is_main
+    if main_process and (command == "evaluate" or clean):
+        run.evaluate()
+    if command == "attack":
+        run.attack()  # added to the run's evaluations; the earlier ones stay
+    if main_process:
+        run.report()
 
 
 def _evaluate_model(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -770,11 +779,8 @@ def _evaluate_model(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from imgclf.pipeline import Run
 
     run = Run.from_model(config, out=args.out, quiet=args.quiet)
-    run.evaluate()
-    if args.command == "attack":
-        run.attack()
-    run.report()
-    if args.quiet:
+    _evaluate_and_report(run, args.command, clean=True)
+    if args.quiet and run.dist.is_main:
         print(run.path)
     return 0
 

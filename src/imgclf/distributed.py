@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,6 +72,17 @@ class Distributed:
 
         device = next(model.parameters()).device
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every process, by rank (``[value]`` alone); any picklable object of CPU tensors and
+        plain values. Every process must call it, in the same order."""
+        if self.world_size <= 1:
+            return [value]
+        import torch.distributed as tdist
+
+        gathered: list[Any] = [None] * self.world_size
+        tdist.all_gather_object(gathered, value)
+        return gathered
 
     def sum(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, float, int]:
         """Sum an epoch's loss, correct count and example count over all processes."""

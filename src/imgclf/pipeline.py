@@ -71,6 +71,40 @@ class RunLog:
             self.folder.append_log(line)
 
 
+class BatchFiles:
+    """The units an evaluation has finished (:class:`imgclf.attacks.robust_accuracy.BatchStore`), one file
+    each in ``RUN/evaluations/KEY/batches/``: written atomically (``torch.save``), read with
+    ``weights_only=True``. A unit file that cannot be read is run again (its result is the same)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        path = self.folder / f"{name}.pt"
+        if not path.is_file():
+            return None
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+            return None
+        return loaded if isinstance(loaded, dict) else None
+
+    def save(self, name: str, result: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        atomic_write_bytes(self.folder / f"{name}.pt", buffer.getvalue())
+
+    def count(self) -> int:
+        """Units committed so far."""
+        return len(list(self.folder.glob("*.pt"))) if self.folder.is_dir() else 0
+
+    def remove(self) -> None:
+        """Delete the folder once the evaluation is saved whole."""
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class Run:
     """One run folder with its configuration, typed settings, data splits and model: the Python API.
 
@@ -88,13 +122,16 @@ class Run:
         device: Where the stages compute.
         train_result: The training result, when this object trained or resumed the run; else None.
         log: Prints progress lines (unless quiet) and keeps them in ``log.txt``.
+        dist: This process's place under ``torchrun`` (an evaluation is shared by the processes; only
+            rank 0 writes).
     """
 
     def __init__(self, folder: RunFolder | None, settings: Settings, data: DataSplits, model: torch.nn.Module,
                  device: torch.device, *, log: RunLog, quiet: bool = False,
-                 train_result: TrainResult | None = None):
+                 train_result: TrainResult | None = None, dist: Distributed | None = None):
         self.folder, self.settings, self.data, self.model, self.device = folder, settings, data, model, device
         self.log, self.quiet, self.train_result = log, quiet, train_result
+        self.dist = dist or Distributed()
 
     @property
     def config(self) -> RunConfig:
@@ -221,11 +258,12 @@ class Run:
         Raises:
             UsageError: Bad data set or model, weights that do not fit, or an existing output folder.
         """
-        if out is not None:
+        dist = Distributed.from_env()
+        if out is not None and dist.is_main:
             RunFolder.check_available(out)
-        log = RunLog(quiet=quiet)
+        log = RunLog(quiet=quiet or not dist.is_main)
         seed_everything(config.seed)
-        device = select_device(config.device)
+        device = dist.device(select_device(config.device))
         config = _with_native_size(config)
         data = load_data(config.data, seed=config.seed)
         spec = data.spec
@@ -235,16 +273,19 @@ class Run:
         model, info, exported = external_model(config.model, spec, env)
         stem = Path(spec.name).name if "/" in spec.name else spec.name
         name = Path(config.model.name).stem if info["source"].get("file") else config.model.name.split(":")[-1]
-        folder = RunFolder.create(out, default_name=f"{stem}-{name}-eval")
-        log.attach(folder)
-        _start_folder(folder, config, data, env)
-        save_external(folder.path, model, info, exported)
+        folder = None
+        if dist.is_main:
+            folder = RunFolder.create(out, default_name=f"{stem}-{name}-eval")
+            log.attach(folder)
+            _start_folder(folder, config, data, env)
+            save_external(folder.path, model, info, exported)
         log(f"{spec.name}: {len(data.test)} test images, {spec.num_classes} classes, input "
             f"{spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}; {config.model.name} "
             f"({info['source']['kind']}), normalization: {info['source']['normalization']}; on {device}")
         for note in data.notes:
             log(f"warning: {note}")
-        return cls(folder, settings, data, model.to(device), device, log=log, quiet=quiet)
+        return cls(folder, settings, data, model.to(device), device, log=log, quiet=quiet or not dist.is_main,
+                   dist=dist)
 
     @classmethod
     def open(cls, path: str | Path, *, overrides: dict[str, Any] | None = None, quiet: bool = False) -> Run:
@@ -256,10 +297,13 @@ class Run:
         Raises:
             UsageError: If ``path`` is not a run folder, an override is invalid, or the data cannot be loaded.
         """
+        dist = Distributed.from_env()
         folder = RunFolder.open(path)
         settings, device, data = _reload(folder, overrides)
+        device = dist.device(device)
         model = load_model(folder.path, device=device)
-        return cls(folder, settings, data, model, device, log=RunLog(folder, quiet=quiet), quiet=quiet)
+        log = RunLog(folder if dist.is_main else None, quiet=quiet or not dist.is_main)
+        return cls(folder, settings, data, model, device, log=log, quiet=quiet or not dist.is_main, dist=dist)
 
     # -- the stages ----------------------------------------------------------
     def _fit(self, dist: Distributed, *, resume: dict[str, Any] | None = None, env: dict[str, Any] | None = None,
@@ -366,14 +410,21 @@ class Run:
                  "alpha": alpha, "restarts": restarts, "target": target, "queries": queries}
         changes = {key: value for key, value in given.items() if value is not None}
         settings = self._with_attack_changes(changes) if changes else self.settings
-        folder, data, config = self._folder(), self.data, settings.config
+        data, config, dist = self.data, settings.config, self.dist
+        folder = self._folder() if dist.is_main else self.folder  # (the other ranks read it, where they have it)
         labels = data.test.labels
         rows = stratified_subset(labels.numpy(), settings.examples, config.seed)
         self.model.eval()
         asked = _evaluation_settings(settings, len(rows), self.model)
         key = record.evaluation_key(asked)
-        earlier = next((e for e in self.metrics.evaluations if e.key == key), None)
-        if earlier is not None and (record.evaluation_folder(folder.path, key) / record.ADVERSARIAL_EXAMPLES).is_file():
+        earlier = None
+        if dist.is_main and folder is not None:
+            earlier = next((e for e in read_metrics(folder.path).evaluations if e.key == key), None)
+            if not (record.evaluation_folder(folder.path, key) / record.ADVERSARIAL_EXAMPLES).is_file():
+                earlier = None
+        if dist.gather(earlier is not None)[0]:  # rank 0 decides for every process
+            if earlier is None:  # another process: rank 0 reports the reused evaluation
+                return RobustnessResult([], float("nan"), 0, config.seed)
             self.log(f"reusing the evaluation {key} of {earlier.finished or 'an earlier run'}: the same model, "
                      "attacks, eps and examples (delete its entry in metrics.json to run it again)")
             result = RobustnessResult(earlier.robustness, earlier.attack.clean_accuracy, earlier.attack.n,
@@ -388,16 +439,23 @@ class Run:
                 bar.total = total
                 bar.update(done - bar.n)
 
+            store = BatchFiles(record.evaluation_folder(folder.path, key) / record.BATCHES) \
+                if dist.is_main and folder is not None else None
+            if store is not None and store.count():
+                self.log(f"continuing evaluation {key}: {store.count()} batch(es) were committed before it stopped")
             try:
                 result = robustness(
                     self.model, data.test.float_images(rows), labels[torch.as_tensor(rows)],
                     attacks=list(settings.attacks), eps_values=settings.eps_values, device=self.device,
-                    batch_size=config.attack.batch_size, seed=config.seed, progress=advance,
+                    batch_size=config.attack.batch_size, seed=config.seed, progress=advance, store=store,
+                    distributed=dist, run_checks=dist.is_main,
                 )
             except ValueError as error:  # e.g. an L2 eps larger than the images allow
                 raise UsageError(str(error)) from None
-        _save_evaluation(folder, key, asked, result, settings, data, rows)
-        self._log_attack(result)
+        if dist.is_main and folder is not None and store is not None:
+            _save_evaluation(folder, key, asked, result, settings, data, rows, processes=dist.world_size)
+            store.remove()
+            self._log_attack(result)
         return result
 
     def _with_attack_changes(self, changes: dict[str, Any]) -> Settings:
@@ -587,7 +645,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _save_evaluation(folder: RunFolder, key: str, asked: dict[str, Any], result: RobustnessResult,
-                     settings: Settings, data: DataSplits, rows: np.ndarray) -> None:
+                     settings: Settings, data: DataSplits, rows: np.ndarray, *, processes: int = 1) -> None:
     """``evaluations/KEY/adversarial.npz`` and ``adversarial.pt``, and the evaluation added to (or, run again,
     replacing its earlier self in) ``metrics.json``'s ``evaluations``."""
     from datetime import UTC, datetime
@@ -604,7 +662,7 @@ def _save_evaluation(folder: RunFolder, key: str, asked: dict[str, Any], result:
                           "stratified subset of the test split, seeded (attack.examples)",
                           skipped=result.skipped, checks=result.checks, warnings=result.warnings)
     evaluation = record.Evaluation(key, asked, attack, result.entries, result.seconds,
-                                   datetime.now(UTC).isoformat(timespec="seconds"))
+                                   datetime.now(UTC).isoformat(timespec="seconds"), processes)
     raw = record.with_evaluations(folder.read_json(record.METRICS, default={}))
     kept = [e for e in raw.get(record.EVALUATIONS, []) if isinstance(e, dict) and e.get("key") != key]
     raw[record.EVALUATIONS] = [*kept, section(evaluation)]

@@ -162,6 +162,7 @@ class Evaluation:
 #: The key of an evaluation written before evaluations accumulated (its files are ``RUN/adversarial.*``).
 LEGACY_EVALUATION = "legacy"
 EVALUATIONS = "evaluations"
+BATCHES = "batches"
 
 
 def evaluation_folder(run: Path, key: str) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from imgclf.attacks.checks import sanity_checks
 from imgclf.attacks.registry import TARGET_MODES, attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult, batched_logits
 from imgclf.attacks.spec import AttackSpec
+from imgclf.distributed import Distributed
 from imgclf.models.sources import differentiable
 from imgclf.runtime import generator
 
@@ -69,12 +70,24 @@ def robustness(
     show: int = 8,
     run_checks: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    store: BatchStore | None = None,
+    distributed: Distributed | None = None,
 ) -> RobustnessResult:
     """Robust accuracy of ``model`` under each attack at each eps, and the worst case.
 
-    Each (attack, eps) point uses a fresh generator seeded with ``seed``, so a
-    point's result does not depend on which other points were run. Attacks
-    that need more classes than the model has are skipped with a message.
+    The work is cut into *units*: one batch of one attack at one eps. Each unit draws its random
+    numbers from its own generator (seeded by ``seed`` and the batch's position), so its result does
+    not depend on which other units ran, where, or in what order. That makes the evaluation:
+
+    - resumable: with a ``store``, every finished unit is committed (atomically, by the store) and a
+      later call with the same arguments loads it instead of running it again, ending with exactly
+      the numbers of an uninterrupted call;
+    - shardable: under ``torchrun`` (``distributed``) the units of each attack and eps are dealt out to
+      the processes in turn, gathered after every round, and merged in order, so the result is that of
+      one process with the same seed.
+
+    Attacks that need more classes than the model has, and white-box attacks of a model without
+    gradients (ONNX), are skipped with a message.
 
     Args:
         model: In eval mode; maps ``(N, C, H, W)`` in ``[0, 1]`` to logits ``(N, K)``.
@@ -87,7 +100,10 @@ def robustness(
         seed: Seeds the random starts, squares and targets.
         show: How many examples to keep for the report's figure.
         run_checks: Run the sanity checks of :mod:`imgclf.attacks.checks`.
-        progress: Optional callable ``progress(done, total)`` after each batch.
+        progress: Optional callable ``progress(done, total)`` after each unit.
+        store: Where finished units are committed and found again (:class:`BatchStore`); None: nowhere.
+        distributed: This process's place among several (:class:`imgclf.distributed.Distributed`);
+            None: alone.
 
     Returns:
         A :class:`~imgclf.attacks.results.RobustnessResult`.
@@ -99,11 +115,12 @@ def robustness(
     eps_values = sorted({float(e) for e in eps_values})
     images, labels = images.to(device), labels.to(device)  # once, not once per attack and eps
     logits = batched_logits(model, images, batch_size)
-    evaluation = _Evaluation(model, images, labels, logits, eps_values, batch_size, seed, show, progress)
+    evaluation = _Evaluation(model, images, labels, logits, eps_values, batch_size, seed, show, progress,
+                             store, distributed or Distributed())
     runnable, skipped = evaluation.runnable(attacks)
     entries: list[RobustnessEntry] = []
-    for eps in eps_values:
-        entries += evaluation.at_eps(runnable, eps)
+    for eps_index, eps in enumerate(eps_values):
+        entries += evaluation.at_eps(runnable, eps, eps_index)
     result = RobustnessResult(entries, evaluation.clean_accuracy, evaluation.n, seed, skipped=skipped,
                               fooled=evaluation.fooled, adversarial=evaluation.adversarial_record(runnable),
                               examples=evaluation.examples)
@@ -112,6 +129,24 @@ def robustness(
                                       seed=seed)
     result.seconds = time.perf_counter() - start
     return result
+
+
+class BatchStore(Protocol):
+    """Where an evaluation commits its finished units and finds them again (see :func:`robustness`).
+
+    A unit's result is a dict of CPU tensors and numbers; ``save`` must be atomic (a reader never sees
+    half a unit) and ``load`` returns None for a unit that was never saved."""
+
+    def load(self, name: str) -> dict[str, Any] | None: ...
+
+    def save(self, name: str, result: dict[str, Any]) -> None: ...
+
+
+def unit_seed(seed: int, batch: int) -> int:
+    """The seed of one unit's generator: ``seed`` for the first batch, a well-mixed derivative for the others."""
+    if batch == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] % (2**63))
 
 
 class PassCounter(torch.nn.Module):
@@ -151,7 +186,8 @@ class _Evaluation:
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
                  eps_values: list[float], batch_size: int, seed: int, show: int,
-                 progress: Callable[[int, int], None] | None):
+                 progress: Callable[[int, int], None] | None, store: BatchStore | None, distributed: Distributed):
+        self.store, self.distributed = store, distributed
         self.model, self.images, self.labels, self.logits = model, images, labels, logits
         self.counter = PassCounter(model)
         self.eps_values, self.batch_size, self.seed, self.progress = eps_values, batch_size, seed, progress
@@ -200,7 +236,7 @@ class _Evaluation:
         self.total = len(self.eps_values) * sum(max(len(c), 1) for c in self.chunks.values())
         return runnable, skipped
 
-    def at_eps(self, runnable: list[AttackSpec], eps: float) -> list[RobustnessEntry]:
+    def at_eps(self, runnable: list[AttackSpec], eps: float, eps_index: int) -> list[RobustnessEntry]:
         """Every attack at ``eps``, then the per-example worst case over them."""
         n, device = self.n, self.images.device
         worst_fooled = torch.zeros(n, dtype=torch.bool, device=device)
@@ -208,19 +244,18 @@ class _Evaluation:
         fooled_by = torch.full((n,), -1, dtype=torch.int64, device=device)
         entries = []
         for index, spec in enumerate(runnable):
-            began = time.perf_counter()
-            forwards, backwards = self.counter.forwards, self.counter.backwards
-            hit, reached = self._attack(spec, eps, worst_fooled, worst_images, fooled_by, index)
-            cost = {"attacked": len(self.rows[spec]), "forwards": self.counter.forwards - forwards,
-                    "backwards": self.counter.backwards - backwards}
+            merged = self._attack(spec, eps, f"{eps_index:03d}-{index:02d}", worst_fooled, worst_images, fooled_by,
+                                  index)
+            hit, reached = merged["hit"], merged["reached"]
             self.fooled[(spec.label, eps)] = hit.cpu().numpy()
             attacked = len(self.rows[spec])
             target_rate = (int(reached.sum()) / attacked if attacked else float("nan")) \
                 if spec in self.targets else None
             entries.append(self._entry(spec.label, eps, self.correct & ~hit, settings={"norm": spec.norm,
                                                                                          **spec.settings(eps)},
-                                       target_success_rate=target_rate, seconds=time.perf_counter() - began,
-                                       **cost))
+                                       target_success_rate=target_rate, seconds=merged["seconds"],
+                                       attacked=attacked, forwards=merged["forwards"],
+                                       backwards=merged["backwards"]))
         self.fooled[(WORST_CASE, eps)] = worst_fooled.cpu().numpy()
         entries.append(self._entry(WORST_CASE, eps, self.correct & ~worst_fooled,
                                    settings={"norm": ",".join(dict.fromkeys(s.norm for s in runnable)),
@@ -234,32 +269,69 @@ class _Evaluation:
         self.worst["fooled_by"].append(fooled_by.cpu())
         return entries
 
-    def _attack(self, spec: AttackSpec, eps: float, worst_fooled: torch.Tensor, worst_images: torch.Tensor,
-                fooled_by: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One attack at one eps, batch by batch: which examples it fooled and which reached their target
-        (bool ``(n,)`` each); updates the worst case in place."""
+    def _attack(self, spec: AttackSpec, eps: float, point: str, worst_fooled: torch.Tensor,
+                worst_images: torch.Tensor, fooled_by: torch.Tensor, index: int) -> dict[str, Any]:
+        """One attack at one eps, unit by unit (each process its share, merged in order): which examples it
+        fooled and which reached their target (bool ``(n,)`` each), its seconds and passes; updates the
+        worst case in place."""
         n, device = self.n, self.images.device
-        gen = generator(self.seed, device)
-        hit = torch.zeros(n, dtype=torch.bool, device=device)
-        reached = torch.zeros(n, dtype=torch.bool, device=device)
-        for rows in self.chunks[spec] or [self.rows[spec]]:  # an empty batch still ticks the bar
-            if len(rows):
-                target = self.targets[spec][rows] if spec in self.targets else None
-                adv = spec.run(self.counter, self.images[rows], self.labels[rows], eps, gen, target)
-                pred = batched_logits(self.counter, adv, self.batch_size).argmax(1)
-                hit[rows] = pred != self.labels[rows]
-                if target is not None:
-                    reached[rows] = pred == target
-                new = hit[rows] & ~worst_fooled[rows]
-                worst_images[rows[new]] = adv[new]
-                fooled_by[rows[new]] = index
-                worst_fooled[rows] |= hit[rows]
-                if eps == self.eps_values[-1]:
-                    self._keep_examples(spec, rows, adv, pred)
-            self.done += 1
+        merged: dict[str, Any] = {"hit": torch.zeros(n, dtype=torch.bool, device=device),
+                                  "reached": torch.zeros(n, dtype=torch.bool, device=device),
+                                  "seconds": 0.0, "forwards": 0, "backwards": 0}
+        chunks = self.chunks[spec]
+        world, rank = self.distributed.world_size, self.distributed.rank
+        began = time.perf_counter()
+        for first in range(0, max(len(chunks), 1), world):  # an attack without examples still ticks the bar
+            mine = first + rank
+            result = self._unit(spec, eps, f"{point}-{mine:05d}", mine, chunks[mine]) if mine < len(chunks) else None
+            for offset, unit in enumerate(self.distributed.gather(result)):
+                batch = first + offset
+                if unit is None:
+                    continue
+                if self.store is not None and not unit.pop("stored", False):
+                    self.store.save(f"{point}-{batch:05d}", unit)
+                self._merge(spec, eps, chunks[batch], unit, merged, worst_fooled, worst_images, fooled_by, index)
+            self.done += min(world, max(len(chunks), 1) - first)
             if self.progress is not None:
                 self.progress(self.done, self.total)
-        return hit, reached
+        merged["seconds"] += time.perf_counter() - began
+        return merged
+
+    def _unit(self, spec: AttackSpec, eps: float, name: str, batch: int, rows: torch.Tensor) -> dict[str, Any]:
+        """One batch of one attack at one eps: loaded from the store where it was committed, else run."""
+        if self.store is not None:
+            stored = self.store.load(name)
+            if stored is not None:
+                return {**stored, "stored": True}
+        forwards, backwards = self.counter.forwards, self.counter.backwards
+        gen = generator(unit_seed(self.seed, batch), self.images.device)
+        target = self.targets[spec][rows] if spec in self.targets else None
+        adv = spec.run(self.counter, self.images[rows], self.labels[rows], eps, gen, target)
+        pred = batched_logits(self.counter, adv, self.batch_size).argmax(1)
+        hit = pred != self.labels[rows]
+        keep = hit | (rows < self.shown)  # the worst case needs the fooling images, the report the shown ones
+        reached = pred == target if target is not None else torch.zeros_like(hit)
+        return {"hit": hit.cpu(), "reached": reached.cpu(), "keep": keep.cpu(), "adv": adv[keep].detach().cpu(),
+                "pred": pred.cpu(), "forwards": self.counter.forwards - forwards,
+                "backwards": self.counter.backwards - backwards}
+
+    def _merge(self, spec: AttackSpec, eps: float, rows: torch.Tensor, unit: dict[str, Any], merged: dict[str, Any],
+               worst_fooled: torch.Tensor, worst_images: torch.Tensor, fooled_by: torch.Tensor, index: int) -> None:
+        """Add one unit's result to the attack's and the worst case's."""
+        device = self.images.device
+        hit, keep = unit["hit"].to(device), unit["keep"].to(device)
+        merged["hit"][rows] = hit
+        merged["reached"][rows] = unit["reached"].to(device)
+        merged["forwards"] += int(unit["forwards"])
+        merged["backwards"] += int(unit["backwards"])
+        adv = self.images[rows].clone()
+        adv[keep] = unit["adv"].to(device)
+        new = hit & ~worst_fooled[rows]
+        worst_images[rows[new]] = adv[new]
+        fooled_by[rows[new]] = index
+        worst_fooled[rows] |= hit
+        if eps == self.eps_values[-1]:
+            self._keep_examples(spec, rows, adv, unit["pred"].to(device))
 
     def _keep_examples(self, spec: AttackSpec, rows: torch.Tensor, adv: torch.Tensor, pred: torch.Tensor) -> None:
         """Keep the shown examples' adversarial images and predictions at the largest eps, for the report."""

@@ -1,0 +1,89 @@
+"""Robustness evaluations survive kill -9 (per-batch commits) and are shared by processes under torchrun, ending
+with exactly the numbers of one uninterrupted process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from imgclf.cli import main
+
+ATTACK = ["--attack", "pgd,apgd-ce", "--eps", "0.05,0.1", "--attack-batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["train", "--epochs", "2", "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+def _evaluation(run):
+    (evaluation,) = json.loads((run / "metrics.json").read_text())["evaluations"]
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in evaluation["robustness"]]
+    checks = [(c["name"], c["status"], c["detail"]) for c in evaluation["attack"]["checks"]]
+    saved = torch.load(run / "evaluations" / evaluation["key"] / "adversarial.pt", weights_only=True)
+    return evaluation["key"], rows, checks, saved
+
+
+def _same(first, second):
+    (key, rows, checks, saved), (key2, rows2, checks2, saved2) = first, second
+    assert key == key2 and rows == rows2 and checks == checks2
+    assert all(torch.equal(saved[k], saved2[k]) for k in ("images", "fooled", "fooled_by", "test_positions"))
+
+
+def _env(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+
+def test_an_evaluation_killed_mid_way_continues_to_the_uninterrupted_numbers(digits_run, tmp_path):
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    shutil.copytree(digits_run, reference)
+    shutil.copytree(digits_run, stopped)
+    command = [sys.executable, "-m", "imgclf", "attack", *ATTACK, "--quiet"]
+    assert subprocess.run([*command, str(reference)], env=_env(1), timeout=600).returncode == 0
+    process = subprocess.Popen([*command, str(stopped)], env=_env(1), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if len(list(stopped.glob("evaluations/*/batches/*.pt"))) >= 12:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # part-way: no chance to clean up
+    process.wait()
+    committed = list(stopped.glob("evaluations/*/batches/*.pt"))
+    assert len(committed) >= 12 and "evaluations" not in json.loads((stopped / "metrics.json").read_text())
+    for unit in committed:  # every committed unit is whole (atomic writes)
+        assert set(torch.load(unit, weights_only=True)) >= {"hit", "keep", "adv", "forwards"}
+    done = subprocess.run([*command[:-1], str(stopped)], env=_env(1), timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{len(committed)} batch(es) were committed before it stopped" in done.stdout
+    _same(_evaluation(reference), _evaluation(stopped))
+    assert not list(stopped.glob("evaluations/*/batches"))  # cleared once the evaluation is saved whole
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="this torch build has no gloo backend")
+def test_two_gloo_processes_share_an_evaluation_and_merge_it_into_one_processs_numbers(digits_run, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    shutil.copytree(digits_run, single)
+    shutil.copytree(digits_run, double)
+    command = ["-m", "imgclf", "attack", *ATTACK, "--quiet"]
+    assert subprocess.run([sys.executable, *command, str(single)], env=_env(1), timeout=600).returncode == 0
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *command, str(double)], env=_env(1), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _same(_evaluation(single), _evaluation(double))
+    (evaluation,) = json.loads((double / "metrics.json").read_text())["evaluations"]
+    assert evaluation["processes"] == 2
+    log = (double / "log.txt").read_text()
+    assert log.count("sanity checks:") == 1  # only rank 0 writes
+    assert "2 processes shared the work" in (double / "report.html").read_text()
