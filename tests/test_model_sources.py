@@ -209,3 +209,44 @@ def test_an_onnx_model_gets_the_black_box_attack_only_and_the_report_says_why(di
     assert metrics.attacks() == ["square"]
     assert len(metrics.attack.skipped) == 3 and all("needs the model's gradients" in s for s in metrics.attack.skipped)
     assert "only black-box attacks" in (out / "report.html").read_text()
+
+
+def test_shattered_gradients_fail_a_check_even_when_pgd_alone_is_asked_for(own_weights, tmp_path):
+    from imgclf.models.sources import read_state_dict
+
+    weights = tmp_path / "shattered.safetensors"  # Net's weights behind the quantizing layer: nn.Sequential's "1."
+    save_file({f"1.{k}": v for k, v in read_state_dict(own_weights).items()}, str(weights))
+    out = tmp_path / "shattered"
+    assert main(["attack", "--model", f"{OWN_NET[:-4]}:shattered", "--weights", str(weights), "--dataset", "mnist",
+                 "--data-dir", str(shared_data()), "--attack", "pgd", "--eps", "0.1,0.3", "--n-examples", "100",
+                 "--out", str(out), "--quiet"]) == 0
+    evaluation = read_metrics(out).latest
+    worst = evaluation.worst_case()[-1].accuracy
+    checks = {c["name"]: c for c in evaluation.attack.checks}
+    assert checks["gradients"]["status"] == "passed"  # useless, but not zero: the old checks saw nothing
+    assert checks["transfer beats the evaluation"]["status"] == "failed", checks["transfer beats the evaluation"]
+    assert "with body.0 replaced by the identity" in checks["transfer beats the evaluation"]["detail"]  # Quantize
+    assert checks["white-box beats black-box"]["status"] == "failed"  # the square probe, though no square was asked
+    assert worst > 0.5  # what PGD alone reports: the number the checks now call unproven
+    assert "treat the robust accuracy above as unproven" in (out / "report.html").read_text()
+
+
+def test_a_randomized_model_is_found_and_attacked_through_the_expectation(tmp_path):
+    from torch import nn
+
+    from imgclf.attacks import AttackSpec, robustness
+
+    torch.manual_seed(0)
+    x, y = torch.rand(40, 1, 8, 8), torch.randint(0, 3, (40,))
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+
+    class Noisy(nn.Module):
+        def forward(self, images):
+            return images + 0.05 * torch.randn_like(images)
+
+    noisy = nn.Sequential(Noisy(), plain).eval()
+    for model, randomized in ((plain, False), (noisy, True)):
+        result = robustness(model, x, y, attacks=[AttackSpec("pgd", steps=3)], eps_values=[0.1],
+                            device=torch.device("cpu"), batch_size=16)
+        detail = {c["name"]: c["detail"] for c in result.checks}["randomness"]
+        assert ("averaged 8 passes (EOT)" in detail) is randomized, detail

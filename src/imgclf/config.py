@@ -131,6 +131,7 @@ class AttackConfig:
     target: str | None = None  # random | least-likely | a class name or index: targeted attacks
     queries: int = setting(5000, _POSITIVE)  # Square's query budget per example
     batch_size: int = setting(256, _POSITIVE)
+    surrogate: str | None = None  # a run folder whose model the transfer check attacks; None: found in the model
 
 
 @dataclass

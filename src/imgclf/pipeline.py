@@ -449,6 +449,8 @@ class Run:
                     attacks=list(settings.attacks), eps_values=settings.eps_values, device=self.device,
                     batch_size=config.attack.batch_size, seed=config.seed, progress=advance, store=store,
                     distributed=dist, run_checks=dist.is_main,
+                    surrogate=load_model(config.attack.surrogate, device=self.device)
+                    if config.attack.surrogate and dist.is_main else None,
                 )
             except ValueError as error:  # e.g. an L2 eps larger than the images allow
                 raise UsageError(str(error)) from None

@@ -47,7 +47,18 @@ MEANINGS = {
                         "reported (worst-case) robust accuracy overstates robustness.",
     "white-box beats black-box": "A black-box attack (Square) does not use gradients; when it fools an example "
                                  "every white-box attack failed on, the gradients are misleading.",
+    "transfer beats the evaluation": "Adversarial examples made on a surrogate (the model with its "
+                                     "non-differentiable or random parts replaced by the identity, or --surrogate "
+                                     "RUN) must not fool examples the evaluation's own attacks failed on; if they "
+                                     "do, the model's gradients are obfuscated (Athalye et al. 2018).",
+    "randomness": "A model whose outputs change between two passes over the same images defeats one-sample "
+                  "gradients; its attacks then average the logits of several passes (expectation over "
+                  "transformation, Athalye et al. 2018).",
 }
+#: Square's query budget in the black-box probe (a cheap look, not the evaluation's budget).
+PROBE_QUERIES = 500
+#: Steps of the PGD probes (FGSM against PGD, and the transfer probe).
+PROBE_STEPS = 20
 
 
 def _check(name: str, status: str, detail: str) -> dict[str, Any]:
@@ -56,9 +67,23 @@ def _check(name: str, status: str, detail: str) -> dict[str, Any]:
 
 def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
                   result: RobustnessResult, attacks: list[AttackSpec], *, batch_size: int = 256,
-                  seed: int = 0) -> list[dict[str, Any]]:
+                  seed: int = 0, surrogate: torch.nn.Module | None = None,
+                  randomized: str | None = None) -> list[dict[str, Any]]:
     """The checks above on a finished evaluation; extra attacks run on up to
     :data:`CHECK_EXAMPLES` correctly classified examples.
+
+    Whatever attacks the evaluation ran, its own cheap probes run at the most telling eps (where the
+    worst-case accuracy is closest to half the clean accuracy): FGSM against PGD-20, Square with
+    :data:`PROBE_QUERIES` queries, and PGD-20 made on a surrogate and transferred (Carlini et al. 2019;
+    Athalye, Carlini and Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018).
+    Each fails when it fools more than :data:`TOLERANCE` of the examples that the evaluation's worst
+    case failed on (FGSM against PGD: when PGD is the weaker).
+
+    Args:
+        surrogate: A model to make transferred examples on; None: the model with its parameter-free
+            modules of unknown kind replaced by the identity (:func:`identity_surrogate`), where it has any.
+        randomized: How the model was found randomized and attacked (see :func:`imgclf.attacks.robustness`);
+            None: deterministic.
 
     Args:
         model: The evaluated model, in eval mode.
@@ -83,7 +108,10 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     accuracy = {(e.attack, e.eps): e.accuracy for e in result.entries}
     fgsm_specs = [s for s in attacks if s.name == "fgsm"]
     pgd_specs = [s for s in attacks if s.name == "pgd"]
-    if fgsm_specs and pgd_specs:
+    probe = _Probe(model, x, y, correct.cpu().numpy(), result, attacks, batch_size, seed)
+    if not (fgsm_specs and pgd_specs) and probe.ready:
+        checks.append(probe.fgsm_against_pgd())
+    elif fgsm_specs and pgd_specs:
         weaker = [f"eps={eps:.4g}: PGD {accuracy[(pgd_specs[0].label, eps)]:.3f} > FGSM "
                   f"{accuracy[(fgsm_specs[0].label, eps)]:.3f}"
                   for (name, eps) in accuracy if name == fgsm_specs[0].label
@@ -113,7 +141,9 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
     black = [s for s in attacks if not attack_info(s.name).white_box]
     white = [s for s in attacks if attack_info(s.name).white_box]
-    if black and white:
+    if white and not black and probe.ready:
+        checks.append(probe.square())
+    elif black and white:
         beaten = []
         for eps in sorted({eps for (_, eps) in result.fooled}):
             by_black = result.fooled[(black[0].label, eps)]
@@ -127,7 +157,113 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     else:
         checks.append(_check("white-box beats black-box", "not run",
                              "needs a black-box attack (square) and a white-box attack"))
+    checks.append(probe.transfer(surrogate) if probe.ready else
+                  _check("transfer beats the evaluation", "not run", "no eps with a worst-case accuracy above 0"))
+    checks.append(_check("randomness", "passed", randomized or "two passes over the same images give the same "
+                                                               "logits: the model is deterministic"))
     return checks
+
+
+class _Probe:
+    """The evaluation's own probes at its most telling eps, on the check subset ``x``, ``y`` (positions ``rows``
+    among the evaluated examples)."""
+
+    def __init__(self, model, x, y, rows, result, attacks, batch_size, seed):
+        from imgclf.attacks.spec import AttackSpec
+
+        self.model, self.x, self.y, self.batch_size, self.seed = model, x, y, batch_size, seed
+        self.norm = attacks[0].norm if attacks else "linf"
+        self.spec = AttackSpec
+        curve = [(e.eps, e.accuracy) for e in result.entries if e.attack == WORST_CASE and e.eps > 0]
+        self.ready = bool(curve) and len(x) > 0  # there is an eps to probe at, and examples
+        self.eps: float = min(curve, key=lambda point: abs(point[1] - result.clean_accuracy / 2))[0] \
+            if self.ready else 0.0
+        self.reported = torch.as_tensor(result.fooled[(WORST_CASE, self.eps)][rows], device=x.device) \
+            if self.ready else torch.zeros(len(x), dtype=torch.bool)
+
+    def _fooled(self, spec: AttackSpec, on: torch.nn.Module | None = None) -> torch.Tensor:
+        """Which of ``x`` the attack (made on ``on``, default the model) fools the model on."""
+        gen = generator(self.seed + 2, self.x.device)  # not the evaluation's own random draws
+        fooled = torch.zeros(len(self.x), dtype=torch.bool, device=self.x.device)
+        for i in range(0, len(self.x), self.batch_size):
+            xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
+            adv = spec.run(on if on is not None else self.model, xb, yb, self.eps, gen)
+            fooled[i:i + self.batch_size] = _classes(self.model, adv, self.batch_size) != yb
+        return fooled
+
+    def _beyond(self, fooled: torch.Tensor) -> int:
+        return int((fooled & ~self.reported).sum())
+
+    def fgsm_against_pgd(self) -> dict[str, Any]:
+        fgsm = 1 - float(self._fooled(self.spec("fgsm", self.norm)).float().mean())
+        pgd = 1 - float(self._fooled(self.spec("pgd", self.norm, steps=PROBE_STEPS)).float().mean())
+        failed = pgd > fgsm + TOLERANCE
+        return _check("pgd beats fgsm", "failed" if failed else "passed",
+                      f"probe at eps={self.eps:.4g} on {len(self.x)} correct examples: PGD-{PROBE_STEPS} accuracy "
+                      f"{pgd:.3f} {'>' if failed else '<='} FGSM accuracy {fgsm:.3f}")
+
+    def square(self) -> dict[str, Any]:
+        if self.norm not in attack_info("square").norms:
+            return _check("white-box beats black-box", "not run", f"the square probe has no {self.norm} version")
+        new = self._beyond(self._fooled(self.spec("square", self.norm, queries=PROBE_QUERIES)))
+        failed = new / len(self.x) > TOLERANCE
+        return _check("white-box beats black-box", "failed" if failed else "passed",
+                      f"square probe ({PROBE_QUERIES} queries) at eps={self.eps:.4g} fools {new} of {len(self.x)} "
+                      "correct examples that every attack of the evaluation failed on"
+                      + ("; the reported robust accuracy is unproven" if failed else ""))
+
+    def transfer(self, surrogate: torch.nn.Module | None) -> dict[str, Any]:
+        name = "transfer beats the evaluation"
+        what = "the given surrogate"
+        if surrogate is None:
+            surrogate, replaced = identity_surrogate(self.model)
+            if surrogate is None:
+                return _check(name, "not run", "the model has no parameter-free module of unknown kind to replace "
+                                               "(or cannot be copied); give --surrogate RUN")
+            what = f"the model with {', '.join(replaced)} replaced by the identity"
+        try:
+            fooled = self._fooled(self.spec("pgd", self.norm, steps=PROBE_STEPS), on=surrogate)
+        except (RuntimeError, ValueError) as error:
+            return _check(name, "not run", f"the surrogate ({what}) failed: {str(error)[:120]}")
+        new = self._beyond(fooled)
+        failed = new / len(self.x) > TOLERANCE
+        return _check(name, "failed" if failed else "passed",
+                      f"PGD-{PROBE_STEPS} made on {what} at eps={self.eps:.4g} fools {new} of {len(self.x)} correct "
+                      "examples that every attack of the evaluation failed on"
+                      + ("; the reported robust accuracy is unproven" if failed else ""))
+
+
+#: Where the modules whose gradients imgclf trusts come from; a parameter-free module from elsewhere may be a
+#: non-differentiable or random input transformation, and the surrogate replaces it by the identity.
+KNOWN_MODULES = ("torch.", "torchvision.", "timm.", "imgclf.")
+
+
+def identity_surrogate(model: torch.nn.Module) -> tuple[torch.nn.Module | None, list[str]]:
+    """A copy of ``model`` with every parameter-free leaf module of unknown origin (not from torch, torchvision,
+    timm or imgclf) replaced by ``nn.Identity``: the BPDA identity approximation of Athalye et al. (2018).
+
+    Returns:
+        The surrogate and the names of the replaced modules; ``(None, [])`` when there is nothing to replace or
+        the model cannot be copied (TorchScript, ONNX, an exported program).
+    """
+    import copy
+
+    from torch import nn
+
+    replaced = [name for name, module in model.named_modules()
+                if name and not list(module.children()) and not list(module.parameters(recurse=False))
+                and not type(module).__module__.startswith(KNOWN_MODULES)]
+    if not replaced:
+        return None, []
+    try:
+        surrogate = copy.deepcopy(model)
+    except (RuntimeError, TypeError, copy.Error):
+        return None, []
+    for name in replaced:
+        parent_name, _, child = name.rpartition(".")
+        parent = surrogate.get_submodule(parent_name) if parent_name else surrogate
+        setattr(parent, child, nn.Identity())
+    return surrogate, replaced
 
 
 def _logits_check(logits: torch.Tensor) -> dict[str, Any]:

@@ -72,6 +72,7 @@ def robustness(
     progress: Callable[[int, int], None] | None = None,
     store: BatchStore | None = None,
     distributed: Distributed | None = None,
+    surrogate: torch.nn.Module | None = None,
 ) -> RobustnessResult:
     """Robust accuracy of ``model`` under each attack at each eps, and the worst case.
 
@@ -87,7 +88,9 @@ def robustness(
       one process with the same seed.
 
     Attacks that need more classes than the model has, and white-box attacks of a model without
-    gradients (ONNX), are skipped with a message.
+    gradients (ONNX), are skipped with a message. A randomized model (two passes over the same images
+    give different logits) is evaluated through :class:`ExpectationOverTransformation`: every attack's
+    gradient and every prediction average :data:`EOT_SAMPLES` passes (Athalye et al. 2018).
 
     Args:
         model: In eval mode; maps ``(N, C, H, W)`` in ``[0, 1]`` to logits ``(N, K)``.
@@ -104,6 +107,8 @@ def robustness(
         store: Where finished units are committed and found again (:class:`BatchStore`); None: nowhere.
         distributed: This process's place among several (:class:`imgclf.distributed.Distributed`);
             None: alone.
+        surrogate: The model the sanity checks' transfer probe makes its examples on; None: the model with
+            its unknown parameter-free modules replaced by the identity (:mod:`imgclf.attacks.checks`).
 
     Returns:
         A :class:`~imgclf.attacks.results.RobustnessResult`.
@@ -114,6 +119,7 @@ def robustness(
     start = time.perf_counter()
     eps_values = sorted({float(e) for e in eps_values})
     images, labels = images.to(device), labels.to(device)  # once, not once per attack and eps
+    model, randomized = _with_eot_if_randomized(model, images[:batch_size])
     logits = batched_logits(model, images, batch_size)
     evaluation = _Evaluation(model, images, labels, logits, eps_values, batch_size, seed, show, progress,
                              store, distributed or Distributed())
@@ -126,9 +132,46 @@ def robustness(
                               examples=evaluation.examples)
     if run_checks:
         result.checks = sanity_checks(model, images, labels, logits, result, runnable, batch_size=batch_size,
-                                      seed=seed)
+                                      seed=seed, surrogate=surrogate, randomized=randomized)
     result.seconds = time.perf_counter() - start
     return result
+
+
+#: Passes averaged per forward of a randomized model (expectation over transformation).
+EOT_SAMPLES = 8
+
+
+class ExpectationOverTransformation(torch.nn.Module):
+    """The mean logits of ``samples`` passes of a randomized ``model`` (Athalye, Carlini and Wagner 2018): its
+    gradient is the expected gradient. Mode changes stay with the wrapper, never the model.
+
+    Shape:
+        As ``model``: ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` to logits ``(B, K)``.
+    """
+
+    def __init__(self, model: torch.nn.Module, samples: int = EOT_SAMPLES):
+        super().__init__()
+        self.model, self.samples = model, samples
+        self.training = model.training
+
+    def train(self, mode: bool = True) -> ExpectationOverTransformation:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.model(x) for _ in range(self.samples)]).mean(0)
+
+
+def _with_eot_if_randomized(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.nn.Module, str | None]:
+    """``model``, or its :class:`ExpectationOverTransformation` with a sentence saying why, when two passes over
+    the same ``images`` differ."""
+    first, second = batched_logits(model, images, len(images)), batched_logits(model, images, len(images))
+    gap = float((first - second).abs().max()) if len(images) else 0.0
+    if gap <= 1e-5 * max(1.0, float(first.abs().max()) if len(images) else 1.0):
+        return model, None
+    return ExpectationOverTransformation(model), (
+        f"two passes over the same images differ by up to {gap:.3g} in the logits: the model is randomized, and "
+        f"every attack and prediction averaged {EOT_SAMPLES} passes (EOT)")
 
 
 class BatchStore(Protocol):
