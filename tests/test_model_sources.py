@@ -250,3 +250,25 @@ def test_a_randomized_model_is_found_and_attacked_through_the_expectation(tmp_pa
                             device=torch.device("cpu"), batch_size=16)
         detail = {c["name"]: c["detail"] for c in result.checks}["randomness"]
         assert ("averaged 8 passes (EOT)" in detail) is randomized, detail
+
+
+def test_evaluate_robustness_on_any_module_returns_plain_tables_html_and_a_run_folder(tmp_path):
+    import imgclf
+    from imgclf.cli import main as cli
+
+    run = tmp_path / "digits"
+    assert cli(["train", "--epochs", "2", "--out", str(run), "--quiet"]) == 0
+    model = imgclf.load_model(run)
+    data = imgclf.Run.open(run).data.test
+    images, labels = data.float_images(np.arange(60)), data.labels[:60]
+    report = imgclf.evaluate_robustness(model, images, labels, attacks=["fgsm", "pgd"], eps=[0, "0.1"])
+    assert [(r["attack"], r["eps"]) for r in report.rows] == [
+        ("fgsm", 0.0), ("pgd", 0.0), ("worst-case", 0.0), ("fgsm", 0.1), ("pgd", 0.1), ("worst-case", 0.1)]
+    assert report.worst_case[0.0] == report.clean_accuracy > 0.8 and report.worst_case[0.1] < report.clean_accuracy
+    assert json.loads(json.dumps(report.rows)) == report.rows  # plain data
+    assert "<table>" in report._repr_html_() and "transfer beats the evaluation" in report._repr_html_()
+    out = report.save(tmp_path / "saved")
+    assert (out / "report.html").is_file() and cli(["report", str(out)]) == 0
+    assert read_metrics(out).latest.worst_case()[-1].accuracy == report.worst_case[0.1]
+    with pytest.raises(imgclf.UsageError, match=r"\[0, 1\]"):
+        imgclf.evaluate_robustness(model, images * 255, labels)

@@ -7,6 +7,8 @@ Public API (imported lazily, so ``imgclf --version`` stays fast)::
     imgclf.run(config, out=...)        the whole pipeline (train, evaluate, attack, report) at once
     imgclf.load_config(path, overrides)     a validated RunConfig; imgclf.resolve(config) its typed Settings
     imgclf.load_model(path)            trained nn.Module in eval mode, [0, 1] input, logits out
+    imgclf.evaluate_robustness(model, images, labels, attacks=..., eps=...)  any nn.Module: tables, checks,
+                                       HTML in Jupyter, .save(folder) as a run folder with its report
     imgclf.read_model_info(path)       its class names, input shape, normalization
     imgclf.predict(classifier, files)  top-k classes of image files (imgclf.Classifier.load(path))
     imgclf.create_model(name, ...)     a registered architecture with normalization inside
@@ -41,6 +43,8 @@ _EXPORTS = {
     "load_config": "imgclf.config",
     "RunConfig": "imgclf.config",
     "UsageError": "imgclf.errors",
+    "evaluate_robustness": "imgclf.robustness",
+    "RobustnessReport": "imgclf.robustness",
 }
 
 _SUBPACKAGES = ("attacks", "defenses", "models", "data", "report")

@@ -1,0 +1,172 @@
+"""Robustness of any ``nn.Module`` from Python: :func:`evaluate_robustness`, for notebooks and scripts.
+
+It runs the same evaluation as ``imgclf attack`` (every attack at every eps, the per-example worst case,
+the sanity checks and probes, the cost in passes of the model) on images and labels the caller gives,
+and returns a :class:`RobustnessReport`: plain tables (lists of dicts, no pandas) that render as HTML in
+Jupyter and can be written as a run folder with its ``report.html``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgclf.attacks import RobustnessResult, robustness
+from imgclf.config import config_from_dict
+from imgclf.errors import UsageError
+from imgclf.settings import resolve
+
+
+@dataclasses.dataclass
+class RobustnessReport:
+    """What :func:`evaluate_robustness` found, as plain data.
+
+    Attributes:
+        rows: One dict per attack and eps, then the worst case: ``attack``, ``eps``, ``accuracy``
+            (robust accuracy, a fraction), ``success_rate``, ``forwards_per_example``,
+            ``backwards_per_example``, ``seconds``.
+        checks: The sanity checks: ``name``, ``status`` (passed, failed, not run), ``detail``, ``meaning``.
+        clean_accuracy: Top-1 accuracy of the evaluated images without attack, in ``[0, 1]``.
+        n: Images evaluated. skipped: Attacks not run, with why.
+        result: The full result (per-example outcomes, adversarial images) for further work.
+        class_names: Names of the classes, for the run folder.
+    """
+
+    rows: list[dict[str, Any]]
+    checks: list[dict[str, Any]]
+    clean_accuracy: float
+    n: int
+    skipped: list[str]
+    result: RobustnessResult
+    class_names: list[str]
+    norm: str
+
+    @property
+    def worst_case(self) -> dict[float, float]:
+        """Worst-case robust accuracy by eps."""
+        return {row["eps"]: row["accuracy"] for row in self.rows if row["attack"] == "worst-case"}
+
+    @property
+    def failed_checks(self) -> list[str]:
+        """The names of the failed checks (empty: nothing suggests false robustness)."""
+        return [check["name"] for check in self.checks if check["status"] == "failed"]
+
+    def _repr_html_(self) -> str:
+        """The tables as HTML (Jupyter shows this)."""
+        def cell(value: Any) -> str:
+            text = f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
+            return f"<td>{html.escape(text)}</td>"
+
+        columns = ["attack", "eps", "accuracy", "success_rate", "forwards_per_example", "backwards_per_example",
+                   "seconds"]
+        head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(cell(row[c]) for c in columns) + "</tr>" for row in self.rows)
+        checks = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{c['status']}</td>"
+                         f"<td>{html.escape(c['detail'])}</td></tr>" for c in self.checks)
+        verdict = (f"<p><strong>{len(self.failed_checks)} check(s) failed</strong>: treat the robust accuracy as "
+                   "unproven.</p>" if self.failed_checks else "<p>No check failed.</p>")
+        return (f"<p>{self.n} images, clean accuracy {self.clean_accuracy:.4f}, {self.norm} threat model.</p>"
+                f"<table><tr>{head}</tr>{body}</table>{verdict}"
+                f"<table><tr><th>check</th><th>result</th><th>measured</th></tr>{checks}</table>")
+
+    def save(self, out: str | Path) -> Path:
+        """Write a run folder (``metrics.json`` with this evaluation, its files under ``evaluations/KEY/``, a
+        ``config.yaml`` of the attack settings) and its ``report.html``; returns the folder.
+
+        Raises:
+            UsageError: If ``out`` exists and is not empty.
+        """
+        from imgclf.record import SCHEMA_VERSION, AttackRecord, Evaluation, evaluation_folder, evaluation_key, section
+        from imgclf.report import write_report
+        from imgclf.run_folder import RunFolder, atomic_write_text
+
+        folder = RunFolder.create(out, default_name="robustness")
+        result = self.result
+        asked = {"attacks": sorted({row["attack"] for row in self.rows}), "n": self.n, "seed": result.seed}
+        key = evaluation_key(asked)
+        RunFolder(evaluation_folder(folder.path, key)).write_arrays("adversarial.npz", **result.examples)
+        attack = AttackRecord(result.n, result.clean_accuracy, result.seed, self.norm,
+                              [a for a in dict.fromkeys(row["attack"] for row in self.rows) if a != "worst-case"],
+                              "the images given to imgclf.evaluate_robustness", skipped=result.skipped,
+                              checks=result.checks, warnings=result.warnings)
+        shape = list(result.examples["clean"].shape[1:]) if "clean" in result.examples else []
+        folder.write_json("metrics.json", {
+            "schema_version": SCHEMA_VERSION, "dataset": "images given in Python", "model": "a torch.nn.Module",
+            "num_classes": len(self.class_names), "class_names": self.class_names, "seed": result.seed,
+            "data": {"train": 0, "val": 0, "test": self.n, "input_shape": shape},
+            "evaluations": [section(Evaluation(key, asked, attack, result.entries, result.seconds))],
+            "timing": {"attack_seconds": result.seconds},
+        })
+        atomic_write_text(folder.config_path, f"# made by imgclf.evaluate_robustness\nattack: {asked}\n")
+        write_report(folder)
+        return folder.path
+
+
+def evaluate_robustness(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    attacks: Sequence[str] = ("quick",),
+    eps: str | float | Sequence[str | float] | None = None,
+    norm: str = "linf",
+    steps: int | None = None,
+    restarts: int = 1,
+    queries: int = 5000,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    class_names: Sequence[str] | None = None,
+) -> RobustnessReport:
+    """Robust accuracy of ``model`` on ``images`` under ``attacks`` at each ``eps``, with the sanity checks.
+
+    Args:
+        model: Maps ``float32`` ``(N, C, H, W)`` images in ``[0, 1]`` to logits ``(N, K)``; put in eval mode
+            (and never changed otherwise). Normalization belongs inside it, so eps stays in pixel units.
+        images: ``float32`` ``(N, C, H, W)`` in ``[0, 1]``.
+        labels: ``int64`` ``(N,)`` in ``[0, K)``.
+        attacks: Attack names or presets (``imgclf attacks``): ``("quick",)`` is FGSM and PGD-20, ``("full",)``
+            the AutoAttack ensemble.
+        eps: Radii in pixel units: ``"0,8/255"``, ``0.3``, ``[0, 0.1]`` or a range ``"0:0.3:0.1"``; None: the
+            defaults for the images' channels and the norm.
+        norm: ``"linf"`` or ``"l2"``.
+        steps, restarts, queries: As ``imgclf attack``'s flags (None: each attack's own steps).
+        batch_size: Images per attack batch. seed: Seeds every random draw.
+        device: Where to compute; None: the model's device.
+        class_names: Names of the ``K`` classes (for the run folder); None: ``"0"``, ``"1"``, ...
+
+    Returns:
+        A :class:`RobustnessReport`.
+
+    Raises:
+        UsageError: On an unknown attack, a bad eps or norm, or images and labels that do not match.
+    """
+    if images.ndim != 4 or images.dtype != torch.float32 or labels.shape != images.shape[:1]:
+        raise UsageError(f"images must be float32 (N, C, H, W) and labels (N,), got {images.dtype} "
+                         f"{tuple(images.shape)} and {tuple(labels.shape)}")
+    if len(images) and (float(images.min()) < 0 or float(images.max()) > 1):
+        raise UsageError("images must be in [0, 1] (pixel space; normalization belongs inside the model)")
+    eps_values = None if eps is None else [eps] if isinstance(eps, int | float | str) else list(eps)
+    values = {"attack": {"attacks": list(attacks), "norm": norm, "steps": steps, "restarts": restarts,
+                         "queries": queries, "batch_size": batch_size,
+                         "eps": None if eps_values is None else [str(e) for e in eps_values]}, "seed": seed}
+    settings = resolve(config_from_dict(values), channels=images.shape[1], class_names=None)
+    parameter = next(iter(model.parameters()), None)
+    target = torch.device(device) if device is not None else parameter.device if parameter is not None else \
+        torch.device("cpu")
+    model.eval()
+    result = robustness(model, images, labels.long(), attacks=list(settings.attacks),
+                        eps_values=settings.eps_values, device=target, batch_size=batch_size, seed=seed)
+    rows = [{"attack": e.attack, "eps": e.eps, "accuracy": e.accuracy, "success_rate": e.success_rate,
+             "forwards_per_example": e.forwards / e.attacked if e.attacked else None,
+             "backwards_per_example": e.backwards / e.attacked if e.attacked else None, "seconds": e.seconds}
+            for e in result.entries]
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    names = list(class_names) if class_names is not None else [str(k) for k in range(classes)]
+    return RobustnessReport(rows, result.checks, result.clean_accuracy, result.n, result.skipped, result, names,
+                            norm)
