@@ -334,13 +334,14 @@ def test_resume_after_a_kill_between_the_last_state_and_the_final_save(copy, cap
     assert main(["evaluate", str(copy), "--quiet"]) == 0
 
 
-def test_attack_says_what_it_replaced_and_that_the_report_is_out_of_date(copy, capsys):
-    report = (copy / record.REPORT).read_bytes()
+def test_attack_adds_an_evaluation_and_brings_the_report_up_to_date(copy, capsys):
+    before = json.loads((copy / record.METRICS).read_text())["evaluations"]
     assert main(["attack", str(copy), "--attack", "pgd", "--eps", "0.05", "--n-examples", "10"]) == 0
-    out = capsys.readouterr().out
-    assert "replace the earlier robustness results of fgsm" in out
-    assert f"report.html does not show these results yet; imgclf report {copy}" in out
-    assert (copy / record.REPORT).read_bytes() == report  # not rewritten behind the user's back
+    assert f"report: {copy / record.REPORT}" in capsys.readouterr().out
+    after = json.loads((copy / record.METRICS).read_text())["evaluations"]
+    assert after[:-1] == before and after[-1]["attack"]["attacks"] == ["pgd"]  # the earlier one is kept
+    html = (copy / record.REPORT).read_text()
+    assert all(f'id="evaluation-{e["key"]}"' in html for e in after)
 
 
 def test_failed_checks_reach_stderr_even_when_quiet(capsys):
@@ -438,3 +439,20 @@ def test_a_run_folder_on_a_disk_that_fills_up_is_one_clear_error(tmp_path, capsy
         for name in (record.METRICS, record.MODEL_INFO):  # what was written is whole
             if (small / "run" / name).is_file():
                 json.loads((small / "run" / name).read_text())
+
+
+def test_a_folder_of_the_earlier_layout_reads_and_keeps_its_evaluation(copy, capsys):
+    """Before evaluations accumulated, metrics.json held one robustness and attack section and the files were at
+    the top of the folder: it reads as the first evaluation, and a new attack is added after it."""
+    metrics = json.loads((copy / record.METRICS).read_text())
+    (evaluation,) = metrics.pop("evaluations")
+    metrics.update(robustness=evaluation["robustness"], attack=evaluation["attack"])
+    (copy / record.METRICS).write_text(json.dumps(metrics))
+    for name in (record.ADVERSARIAL_EXAMPLES, record.ADVERSARIAL_IMAGES):
+        (copy / "evaluations" / evaluation["key"] / name).rename(copy / name)
+    assert record.read_metrics(copy).latest.robustness[0].accuracy == evaluation["robustness"][0]["accuracy"]
+    assert main(["report", str(copy)]) == 0 and 'id="evaluation-legacy"' in (copy / record.REPORT).read_text()
+    assert main(["attack", str(copy), "--attack", "pgd", "--eps", "0.05", "--n-examples", "10", "--quiet"]) == 0
+    stored = json.loads((copy / record.METRICS).read_text())
+    assert "robustness" not in stored and [e["key"] for e in stored["evaluations"]][0] == "legacy"
+    assert len(stored["evaluations"]) == 2

@@ -139,9 +139,10 @@ def _slots(tree):
 
 
 COMMANDS = {
-    "evaluate": (["evaluate", "{run}"], {record.METRICS, record.SAMPLES}),
+    # evaluate and attack rewrite the report after their evaluation
+    "evaluate": (["evaluate", "{run}"], {record.METRICS, record.SAMPLES, record.REPORT}),
     "attack": (["attack", "{run}", "--attack", "fgsm", "--eps", "0.1", "--n-examples", "10"],
-               {record.METRICS, record.ADVERSARIAL_EXAMPLES, record.ADVERSARIAL_IMAGES}),
+               {record.METRICS, record.EVALUATIONS, record.REPORT}),
     "report": (["report", "{run}"], {record.REPORT}),
     "predict": (["predict", "{run}", "{image}"], set()),
     "resume": (["train", "--resume", "{run}"], set()),  # a finished run: nothing to write

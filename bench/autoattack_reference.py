@@ -1,0 +1,139 @@
+"""Benchmark: imgclf's AutoAttack ensemble (``--preset full``) against torchattacks' ``AutoAttack``.
+
+Issue 16's target: on the same model and the same 1,000 MNIST test images, at eps 0.3 for an
+adversarially trained ``simple-cnn`` and at eps 0.1 for a standard one, robust accuracy within 0.5
+points of the reference per attack and in the worst case, and imgclf's wall time at most 0.5 times the
+reference's.
+
+Both libraries attack the model in eval mode on the CPU with the standard version's settings: APGD-CE
+(100 steps), APGD-T (9 target classes, 100 steps), FAB-T (9 target classes, 100 steps) and Square
+(5,000 queries, p_init 0.8), L-inf. torchattacks runs each attack alone (per-attack accuracy and time)
+and then its ``AutoAttack(version="standard")`` (the worst case and the ensemble's time, each attack on
+the examples still robust). imgclf's numbers come from one ``robustness`` call, which also counts the
+model's forward and backward passes. Needs ``pip install torchattacks``.
+
+Usage::
+
+    IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py
+    IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py --standard-run runs/mnist \\
+        --robust-run runs/mnist-robust --examples 1000
+
+Without ``--standard-run`` / ``--robust-run`` the models are trained first with ``imgclf train``
+(standard: 1 epoch; robust: ``fgsm-rs`` at eps 0.3, 6 epochs; a few minutes). Prints one table per
+model and exits 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def train(out: Path, robust: bool) -> Path:
+    extra = ["--adversarial", "fgsm-rs", "--adv-eps", "0.3", "--epochs", "6", "--batch-size", "128", "--lr", "5e-3"] \
+        if robust else ["--epochs", "1"]
+    subprocess.run([sys.executable, "-m", "imgclf", "train", "--dataset", "mnist", "--model", "simple-cnn", *extra,
+                    "--out", str(out), "--quiet"], check=True)
+    return out
+
+
+def test_images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import MNIST
+
+    data = MNIST(os.environ.get("IMGCLF_DATA_DIR", "data"), train=False)
+    return data.data[:count].float().div(255).unsqueeze(1), data.targets[:count].long()
+
+
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return sum(int((model(images[i:i + 500]).argmax(1) == labels[i:i + 500]).sum())
+                   for i in range(0, len(labels), 500)) / len(labels)
+
+
+def reference(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int
+              ) -> dict[str, tuple[float, float]]:
+    """torchattacks: each attack alone, then the standard AutoAttack: ``{name: (robust accuracy, seconds)}``."""
+    import torchattacks
+
+    attacks = {
+        "apgd-ce": torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
+        "apgd-t": torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=10, seed=0),
+        "fab-t": torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True,
+                                  n_classes=10, seed=0),
+        "square": torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8,
+                                      seed=0),
+        "worst-case": torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0),
+    }
+    rows = {}
+    for name, attack in attacks.items():
+        began = time.perf_counter()
+        adversarial = torch.cat([attack(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
+        rows[name] = (accuracy(model, adversarial, y), time.perf_counter() - began)
+        print(f"  torchattacks {name:>10}: robust accuracy {rows[name][0]:.4f}  {rows[name][1]:7.1f} s", flush=True)
+    return rows
+
+
+def ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int
+         ) -> dict[str, tuple[float, float]]:
+    """imgclf's ensemble in one evaluation: ``{name: (robust accuracy, seconds)}``."""
+    from imgclf.attacks import AttackSpec, robustness
+
+    began = time.perf_counter()
+    result = robustness(model, x, y, attacks=[AttackSpec(name) for name in ATTACKS], eps_values=[eps],
+                        device=torch.device("cpu"), batch_size=batch, run_checks=False)
+    total = time.perf_counter() - began
+    rows = {}
+    for entry in result.entries:
+        seconds = total if entry.attack == "worst-case" else entry.seconds
+        rows[entry.attack] = (entry.accuracy, seconds)
+        cost = f"{entry.forwards / entry.attacked:7.0f} fwd {entry.backwards / entry.attacked:6.0f} bwd /example" \
+            if entry.attacked else ""
+        print(f"  imgclf       {entry.attack:>10}: robust accuracy {entry.accuracy:.4f}  {seconds:7.1f} s  {cost}",
+              flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--standard-run", type=Path, help="a standard simple-cnn MNIST run (default: train one)")
+    parser.add_argument("--robust-run", type=Path, help="an adversarially trained one (default: train one)")
+    parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+
+    from imgclf import load_model
+
+    torch.set_num_threads(args.threads)
+    x, y = test_images(args.examples)
+    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+          f"MNIST, first {len(x)} test images, batch {args.batch_size}", flush=True)
+    met = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, run, eps, robust in (("standard simple-cnn", args.standard_run, 0.1, False),
+                                        ("fgsm-rs simple-cnn", args.robust_run, 0.3, True)):
+            path = run or train(Path(tmp) / label.split()[0], robust)
+            model = load_model(path).eval()
+            print(f"{label} ({path}), eps {eps}: clean accuracy {accuracy(model, x, y):.4f}", flush=True)
+            mine = ours(model, x, y, eps, args.batch_size)
+            theirs = reference(model, x, y, eps, args.batch_size)
+            gap = max(abs(mine[name][0] - theirs[name][0]) for name in theirs)
+            ratio = mine["worst-case"][1] / theirs["worst-case"][1]
+            print(f"  largest robust-accuracy gap {100 * gap:.2f} points (target <= 0.5); ensemble time imgclf / "
+                  f"torchattacks = {ratio:.2f} (target <= 0.5)", flush=True)
+            met = met and gap <= 0.005 and ratio <= 0.5
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
