@@ -9,8 +9,10 @@ Both libraries attack the model in eval mode on the CPU with the standard versio
 (100 steps), APGD-T (9 target classes, 100 steps), FAB-T (9 target classes, 100 steps) and Square
 (5,000 queries, p_init 0.8), L-inf. torchattacks runs each attack alone (per-attack accuracy and time)
 and then its ``AutoAttack(version="standard")`` (the worst case and the ensemble's time, each attack on
-the examples still robust). imgclf's numbers come from one ``robustness`` call, which also counts the
-model's forward and backward passes. Needs ``pip install torchattacks``.
+the examples still robust). imgclf runs the ensemble twice, in one ``robustness`` call each (which also
+counts the model's forward and backward passes): every attack on every correct example (the per-attack
+rows, against torchattacks' attacks alone) and as a cascade (``--cascade``: the worst case and the
+ensemble's time, against ``AutoAttack``). Needs ``pip install torchattacks``.
 
 Usage::
 
@@ -83,22 +85,25 @@ def reference(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     return rows
 
 
-def ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int
+def ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int, *, cascade: bool
          ) -> dict[str, tuple[float, float]]:
-    """imgclf's ensemble in one evaluation: ``{name: (robust accuracy, seconds)}``."""
+    """imgclf's ensemble in one evaluation: ``{name: (robust accuracy, seconds)}``. Each attack on every
+    correct example (``cascade=False``: per-attack rows, as torchattacks' attacks alone), or as AutoAttack
+    runs them (``cascade=True``: the worst case and the ensemble's time)."""
     from imgclf.attacks import AttackSpec, robustness
 
     began = time.perf_counter()
     result = robustness(model, x, y, attacks=[AttackSpec(name) for name in ATTACKS], eps_values=[eps],
-                        device=torch.device("cpu"), batch_size=batch, run_checks=False)
+                        device=torch.device("cpu"), batch_size=batch, run_checks=False, cascade=cascade)
     total = time.perf_counter() - began
     rows = {}
+    label = "imgclf cascade" if cascade else "imgclf alone"
     for entry in result.entries:
         seconds = total if entry.attack == "worst-case" else entry.seconds
         rows[entry.attack] = (entry.accuracy, seconds)
         cost = f"{entry.forwards / entry.attacked:7.0f} fwd {entry.backwards / entry.attacked:6.0f} bwd /example" \
             if entry.attacked else ""
-        print(f"  imgclf       {entry.attack:>10}: robust accuracy {entry.accuracy:.4f}  {seconds:7.1f} s  {cost}",
+        print(f"  {label:<14} {entry.attack:>10}: robust accuracy {entry.accuracy:.4f}  {seconds:7.1f} s  {cost}",
               flush=True)
     return rows
 
@@ -125,10 +130,12 @@ def main() -> int:
             path = run or train(Path(tmp) / label.split()[0], robust)
             model = load_model(path).eval()
             print(f"{label} ({path}), eps {eps}: clean accuracy {accuracy(model, x, y):.4f}", flush=True)
-            mine = ours(model, x, y, eps, args.batch_size)
+            alone = ours(model, x, y, eps, args.batch_size, cascade=False)
+            cascade = ours(model, x, y, eps, args.batch_size, cascade=True)
             theirs = reference(model, x, y, eps, args.batch_size)
-            gap = max(abs(mine[name][0] - theirs[name][0]) for name in theirs)
-            ratio = mine["worst-case"][1] / theirs["worst-case"][1]
+            gap = max([abs(alone[name][0] - theirs[name][0]) for name in ATTACKS]
+                      + [abs(cascade["worst-case"][0] - theirs["worst-case"][0])])
+            ratio = cascade["worst-case"][1] / theirs["worst-case"][1]
             print(f"  largest robust-accuracy gap {100 * gap:.2f} points (target <= 0.5); ensemble time imgclf / "
                   f"torchattacks = {ratio:.2f} (target <= 0.5)", flush=True)
             met = met and gap <= 0.005 and ratio <= 0.5

@@ -215,6 +215,9 @@ def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
           help=f"targeted {'/'.join(targetable_attacks())}: random | least-likely | a class name or index")
     _flag(group, "--queries", dest="attack.queries", metavar="N", help="Square's queries per example")
     _flag(group, "--attack-batch-size", dest="attack.batch_size", metavar="N")
+    _flag(group, "--cascade", dest="attack.cascade",
+          help="run each attack only on the examples every earlier attack at that eps failed on, as AutoAttack "
+               "does: the same worst case for less work; each attack's row is then cumulative")
     _flag(group, "--surrogate", dest="attack.surrogate", metavar="RUN",
           help="a run folder whose model the transfer check makes adversarial examples on (default: the model "
                "with its non-differentiable or random parts replaced by the identity, where they can be found)")

@@ -132,6 +132,7 @@ class AttackConfig:
     queries: int = setting(5000, _POSITIVE)  # Square's query budget per example
     batch_size: int = setting(256, _POSITIVE)
     surrogate: str | None = None  # a run folder whose model the transfer check attacks; None: found in the model
+    cascade: bool = False  # each attack only on what the earlier ones failed on (AutoAttack's way; cumulative rows)
 
 
 @dataclass

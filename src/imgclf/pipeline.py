@@ -31,7 +31,7 @@ from imgclf.distributed import Distributed
 from imgclf.errors import UsageError, first_line
 from imgclf.evaluation import EvalResult, evaluate
 from imgclf.models import create_model
-from imgclf.models.sources import native_image_size, normalization
+from imgclf.models.sources import native_image_size, normalization, parse_source
 from imgclf.record import SCHEMA_VERSION, AdversarialTraining, AttackRecord, DataCounts, Training, read_metrics, section
 from imgclf.report import write_report
 from imgclf.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
@@ -177,23 +177,14 @@ class Run:
         Raises:
             UsageError: Bad data set, model, options, or an existing output folder.
         """
-        dist = Distributed.from_env()
-        if out is not None and dist.is_main:
-            RunFolder.check_available(out)
-        log = RunLog(quiet=quiet or not dist.is_main)
-        seed_everything(config.seed)
-        device = dist.device(select_device(config.device))
-        config = _with_native_size(config)
-        data = load_data(config.data, seed=config.seed)
-        spec = data.spec
-        settings = resolve(config, channels=spec.channels, class_names=list(spec.class_names))
-        config = settings.config
+        dist, log, device, data, settings = _prepare(config, out, quiet)
+        config, spec = settings.config, data.spec
         model = _model_for(config, data, device)
         env = environment(device)
         folder = None
         if dist.is_main:
             stem = Path(spec.name).name if "/" in spec.name else spec.name
-            folder = RunFolder.create(out, default_name=f"{stem}-{config.model.name}")
+            folder = RunFolder.create(out, default_name=f"{stem}-{parse_source(config.model.name).short_name}")
             log.attach(folder)
             _start_folder(folder, config, data, env)
         for note in data.notes:
@@ -258,24 +249,14 @@ class Run:
         Raises:
             UsageError: Bad data set or model, weights that do not fit, or an existing output folder.
         """
-        dist = Distributed.from_env()
-        if out is not None and dist.is_main:
-            RunFolder.check_available(out)
-        log = RunLog(quiet=quiet or not dist.is_main)
-        seed_everything(config.seed)
-        device = dist.device(select_device(config.device))
-        config = _with_native_size(config)
-        data = load_data(config.data, seed=config.seed)
-        spec = data.spec
-        settings = resolve(config, channels=spec.channels, class_names=list(spec.class_names))
-        config = settings.config
+        dist, log, device, data, settings = _prepare(config, out, quiet)
+        config, spec = settings.config, data.spec
         env = environment(device)
         model, info, exported = external_model(config.model, spec, env)
         stem = Path(spec.name).name if "/" in spec.name else spec.name
-        name = Path(config.model.name).stem if info["source"].get("file") else config.model.name.split(":")[-1]
         folder = None
         if dist.is_main:
-            folder = RunFolder.create(out, default_name=f"{stem}-{name}-eval")
+            folder = RunFolder.create(out, default_name=f"{stem}-{parse_source(config.model.name).short_name}-eval")
             log.attach(folder)
             _start_folder(folder, config, data, env)
             save_external(folder.path, model, info, exported)
@@ -450,7 +431,7 @@ class Run:
                     batch_size=config.attack.batch_size, seed=config.seed, progress=advance, store=store,
                     distributed=dist, run_checks=dist.is_main,
                     surrogate=load_model(config.attack.surrogate, device=self.device)
-                    if config.attack.surrogate and dist.is_main else None,
+                    if config.attack.surrogate and dist.is_main else None, cascade=config.attack.cascade,
                 )
             except ValueError as error:  # e.g. an L2 eps larger than the images allow
                 raise UsageError(str(error)) from None
@@ -564,6 +545,26 @@ def _restore_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor] | 
                          "start the run again instead of resuming it") from None
 
 
+def _prepare(config: RunConfig, out: str | Path | None, quiet: bool
+             ) -> tuple[Distributed, RunLog, torch.device, DataSplits, Settings]:
+    """What a new run folder starts from: this process's place under torchrun, the log (quiet but on rank 0),
+    the device, the data (at a library model's native size unless told) and the settings resolved on it.
+
+    Raises:
+        UsageError: If ``out`` exists and is not empty, or the data cannot be loaded.
+    """
+    dist = Distributed.from_env()
+    if out is not None and dist.is_main:
+        RunFolder.check_available(out)
+    log = RunLog(quiet=quiet or not dist.is_main)
+    seed_everything(config.seed)
+    device = dist.device(select_device(config.device))
+    config = _with_native_size(config)
+    data = load_data(config.data, seed=config.seed)
+    spec = data.spec
+    return dist, log, device, data, resolve(config, channels=spec.channels, class_names=list(spec.class_names))
+
+
 def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
     """The model to train: the architecture with its starting weights (``model.weights``) and normalization
     (:func:`imgclf.models.sources.normalization`)."""
@@ -630,7 +631,8 @@ def _evaluation_settings(settings: Settings, examples: int, model: torch.nn.Modu
     config = settings.config
     return {"attacks": [dataclasses.asdict(spec) for spec in settings.attacks], "norm": config.attack.norm,
             "eps": [float(e) for e in settings.eps_values], "examples": examples,
-            "batch_size": config.attack.batch_size, "seed": config.seed, "model": model_fingerprint(model)}
+            "batch_size": config.attack.batch_size, "seed": config.seed, "cascade": config.attack.cascade,
+            "model": model_fingerprint(model)}
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -662,7 +664,8 @@ def _save_evaluation(folder: RunFolder, key: str, asked: dict[str, Any], result:
     attack = AttackRecord(result.n, result.clean_accuracy, result.seed, settings.config.attack.norm,
                           [spec.label for spec in settings.attacks],
                           "stratified subset of the test split, seeded (attack.examples)",
-                          skipped=result.skipped, checks=result.checks, warnings=result.warnings)
+                          skipped=result.skipped, checks=result.checks, warnings=result.warnings,
+                          cascade=settings.config.attack.cascade)
     evaluation = record.Evaluation(key, asked, attack, result.entries, result.seconds,
                                    datetime.now(UTC).isoformat(timespec="seconds"), processes)
     raw = record.with_evaluations(folder.read_json(record.METRICS, default={}))

@@ -123,6 +123,7 @@ class AttackRecord:
     skipped: list[str] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cascade: bool = False  # each attack ran on what the earlier ones failed on: its row is cumulative
 
 
 @dataclass

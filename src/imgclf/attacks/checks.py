@@ -68,7 +68,7 @@ def _check(name: str, status: str, detail: str) -> dict[str, Any]:
 def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
                   result: RobustnessResult, attacks: list[AttackSpec], *, batch_size: int = 256,
                   seed: int = 0, surrogate: torch.nn.Module | None = None,
-                  randomized: str | None = None) -> list[dict[str, Any]]:
+                  randomized: str | None = None, cascade: bool = False) -> list[dict[str, Any]]:
     """The checks above on a finished evaluation; extra attacks run on up to
     :data:`CHECK_EXAMPLES` correctly classified examples.
 
@@ -84,6 +84,8 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
             modules of unknown kind replaced by the identity (:func:`identity_surrogate`), where it has any.
         randomized: How the model was found randomized and attacked (see :func:`imgclf.attacks.robustness`);
             None: deterministic.
+        cascade: The evaluation ran each attack on what the earlier ones failed on (its rows are cumulative),
+            so FGSM against PGD is always probed.
 
     Args:
         model: The evaluated model, in eval mode.
@@ -109,7 +111,7 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     fgsm_specs = [s for s in attacks if s.name == "fgsm"]
     pgd_specs = [s for s in attacks if s.name == "pgd"]
     probe = _Probe(model, x, y, correct.cpu().numpy(), result, attacks, batch_size, seed)
-    if not (fgsm_specs and pgd_specs) and probe.ready:
+    if (cascade or not (fgsm_specs and pgd_specs)) and probe.ready:
         checks.append(probe.fgsm_against_pgd())
     elif fgsm_specs and pgd_specs:
         weaker = [f"eps={eps:.4g}: PGD {accuracy[(pgd_specs[0].label, eps)]:.3f} > FGSM "

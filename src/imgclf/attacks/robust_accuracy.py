@@ -73,6 +73,7 @@ def robustness(
     store: BatchStore | None = None,
     distributed: Distributed | None = None,
     surrogate: torch.nn.Module | None = None,
+    cascade: bool = False,
 ) -> RobustnessResult:
     """Robust accuracy of ``model`` under each attack at each eps, and the worst case.
 
@@ -109,6 +110,10 @@ def robustness(
             None: alone.
         surrogate: The model the sanity checks' transfer probe makes its examples on; None: the model with
             its unknown parameter-free modules replaced by the identity (:mod:`imgclf.attacks.checks`).
+        cascade: Each attack runs only on the examples every earlier attack at that eps failed on, as
+            AutoAttack does: the same worst case for less work, and each attack's row is then the robust
+            accuracy after it and the attacks before it. False: every attack runs on every correctly
+            classified example and its row is its own.
 
     Returns:
         A :class:`~imgclf.attacks.results.RobustnessResult`.
@@ -122,7 +127,7 @@ def robustness(
     model, randomized = _with_eot_if_randomized(model, images[:batch_size])
     logits = batched_logits(model, images, batch_size)
     evaluation = _Evaluation(model, images, labels, logits, eps_values, batch_size, seed, show, progress,
-                             store, distributed or Distributed())
+                             store, distributed or Distributed(), cascade)
     runnable, skipped = evaluation.runnable(attacks)
     entries: list[RobustnessEntry] = []
     for eps_index, eps in enumerate(eps_values):
@@ -132,7 +137,7 @@ def robustness(
                               examples=evaluation.examples)
     if run_checks:
         result.checks = sanity_checks(model, images, labels, logits, result, runnable, batch_size=batch_size,
-                                      seed=seed, surrogate=surrogate, randomized=randomized)
+                                      seed=seed, surrogate=surrogate, randomized=randomized, cascade=cascade)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -229,8 +234,9 @@ class _Evaluation:
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
                  eps_values: list[float], batch_size: int, seed: int, show: int,
-                 progress: Callable[[int, int], None] | None, store: BatchStore | None, distributed: Distributed):
-        self.store, self.distributed = store, distributed
+                 progress: Callable[[int, int], None] | None, store: BatchStore | None, distributed: Distributed,
+                 cascade: bool):
+        self.store, self.distributed, self.cascade = store, distributed, cascade
         self.model, self.images, self.labels, self.logits = model, images, labels, logits
         self.counter = PassCounter(model)
         self.eps_values, self.batch_size, self.seed, self.progress = eps_values, batch_size, seed, progress
@@ -272,12 +278,16 @@ class _Evaluation:
                                              generator(self.seed)).to(device)
                         for spec in runnable if spec.target is not None}
         for spec in runnable:
-            eligible = self.correct & (self.targets[spec] >= 0) if spec in self.targets else self.correct
-            rows = torch.nonzero(eligible).squeeze(1)
-            self.rows[spec] = rows
-            self.chunks[spec] = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+            self._deal(spec, self.correct)
         self.total = len(self.eps_values) * sum(max(len(c), 1) for c in self.chunks.values())
         return runnable, skipped
+
+    def _deal(self, spec: AttackSpec, candidates: torch.Tensor) -> None:
+        """The rows ``spec`` attacks (the ``candidates`` that have a target, when it is targeted) and its batches."""
+        eligible = candidates & (self.targets[spec] >= 0) if spec in self.targets else candidates
+        rows = torch.nonzero(eligible).squeeze(1)
+        self.rows[spec] = rows
+        self.chunks[spec] = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
 
     def at_eps(self, runnable: list[AttackSpec], eps: float, eps_index: int) -> list[RobustnessEntry]:
         """Every attack at ``eps``, then the per-example worst case over them."""
@@ -287,6 +297,8 @@ class _Evaluation:
         fooled_by = torch.full((n,), -1, dtype=torch.int64, device=device)
         entries = []
         for index, spec in enumerate(runnable):
+            if self.cascade:  # only what every earlier attack at this eps failed on
+                self._deal(spec, self.correct & ~worst_fooled)
             merged = self._attack(spec, eps, f"{eps_index:03d}-{index:02d}", worst_fooled, worst_images, fooled_by,
                                   index)
             hit, reached = merged["hit"], merged["reached"]
@@ -294,7 +306,8 @@ class _Evaluation:
             attacked = len(self.rows[spec])
             target_rate = (int(reached.sum()) / attacked if attacked else float("nan")) \
                 if spec in self.targets else None
-            entries.append(self._entry(spec.label, eps, self.correct & ~hit, settings={"norm": spec.norm,
+            robust = self.correct & ~(worst_fooled if self.cascade else hit)
+            entries.append(self._entry(spec.label, eps, robust, settings={"norm": spec.norm,
                                                                                          **spec.settings(eps)},
                                        target_success_rate=target_rate, seconds=merged["seconds"],
                                        attacked=attacked, forwards=merged["forwards"],

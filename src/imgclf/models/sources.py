@@ -78,6 +78,14 @@ class ModelSource:
         return self.kind in ("pt2", "torchscript", "onnx")
 
     @property
+    def short_name(self) -> str:
+        """A name for folders: ``resnet18`` for ``timm:resnet18``, ``Net`` for ``py:file.py:Net``, ``model`` for
+        ``path/model.pt2``."""
+        if self.exported:
+            return Path(self.target).name.split(".")[0] or "model"
+        return self.target.rsplit(":", 1)[-1].replace("/", "-") or self.kind
+
+    @property
     def differentiable(self) -> bool:
         """Gradients reach the input (ONNX Runtime gives none)."""
         return self.kind != "onnx"

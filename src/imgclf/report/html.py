@@ -104,7 +104,7 @@ def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None) 
         "warnings": attack.warnings, "checks": attack.checks, "skipped": attack.skipped,
         "norm": {"linf": "L-inf", "l2": "L2"}.get(attack.norm, attack.norm), "n": attack.n,
         "whole_split": attack.n == clean_n, "clean": attack.clean_accuracy, "seconds": evaluation.seconds,
-        "processes": evaluation.processes,
+        "processes": evaluation.processes, "cascade": attack.cascade,
     }
 
 
