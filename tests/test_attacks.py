@@ -337,13 +337,16 @@ def test_sanity_checks_pass_on_an_honest_model_and_fail_on_masked_gradients(mnis
     x, y = x[:150], y[:150]
     quick = [AttackSpec("fgsm"), AttackSpec("pgd"), AttackSpec("square", queries=200)]
     honest = robustness(net, x, y, attacks=quick, eps_values=[0, 0.1, 0.3], device=CPU, seed=0)
-    assert set(_statuses(honest).values()) == {"passed"}, honest.checks
+    statuses = _statuses(honest)
+    assert statuses.pop("transfer beats the evaluation") == "not run"  # nothing to replace, no --surrogate
+    assert set(statuses.values()) == {"passed"}, honest.checks
     assert honest.warnings == []
 
     masked = robustness(Rounding(net).eval(), x, y, attacks=quick, eps_values=[0, 0.1, 0.3], device=CPU, seed=0)
     statuses = _statuses(masked)
     assert statuses["gradients"] == "failed" and statuses["large eps breaks the model"] == "failed"
     assert statuses["white-box beats black-box"] == "failed"
+    assert statuses["transfer beats the evaluation"] == "failed"  # made on the net without the rounding
     assert any("gradients" in warning for warning in masked.warnings)
 
     probabilities = robustness(Probabilities(net).eval(), x, y, attacks=quick[:2], eps_values=[0, 0.1], device=CPU)

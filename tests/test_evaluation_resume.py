@@ -87,3 +87,23 @@ def test_two_gloo_processes_share_an_evaluation_and_merge_it_into_one_processs_n
     log = (double / "log.txt").read_text()
     assert log.count("sanity checks:") == 1  # only rank 0 writes
     assert "2 processes shared the work" in (double / "report.html").read_text()
+
+
+def test_a_cascade_finds_the_same_worst_case_for_less_work(digits_run):
+    from imgclf import Run
+    from imgclf.attacks import AttackSpec, robustness
+
+    run = Run.open(digits_run, quiet=True)
+    images, labels = run.data.test.float_images(list(range(120))), run.data.test.labels[:120]
+    results = {cascade: robustness(run.model, images, labels, attacks=[AttackSpec("fgsm"), AttackSpec("pgd", steps=10)],
+                                   eps_values=[0.1, 0.2], device=torch.device("cpu"), batch_size=32, cascade=cascade)
+               for cascade in (False, True)}
+    for eps in (0.1, 0.2):
+        alone = {e.attack: e for e in results[False].entries if e.eps == eps}
+        cascade = {e.attack: e for e in results[True].entries if e.eps == eps}
+        assert cascade["fgsm"].accuracy == alone["fgsm"].accuracy  # the first attack runs on everything
+        assert cascade["pgd"].accuracy == cascade["worst-case"].accuracy <= cascade["fgsm"].accuracy  # cumulative
+        assert abs(cascade["worst-case"].accuracy - alone["worst-case"].accuracy) <= 0.02
+        assert cascade["pgd"].attacked < alone["pgd"].attacked and cascade["pgd"].backwards < alone["pgd"].backwards
+    names = {c["name"]: c for c in results[True].checks}
+    assert names["pgd beats fgsm"]["detail"].startswith("probe")  # cumulative rows cannot compare the two

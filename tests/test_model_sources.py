@@ -225,7 +225,7 @@ def test_shattered_gradients_fail_a_check_even_when_pgd_alone_is_asked_for(own_w
     checks = {c["name"]: c for c in evaluation.attack.checks}
     assert checks["gradients"]["status"] == "passed"  # useless, but not zero: the old checks saw nothing
     assert checks["transfer beats the evaluation"]["status"] == "failed", checks["transfer beats the evaluation"]
-    assert "with body.0 replaced by the identity" in checks["transfer beats the evaluation"]["detail"]  # Quantize
+    assert "with body.0 bypassed (as the identity)" in checks["transfer beats the evaluation"]["detail"]  # Quantize
     assert checks["white-box beats black-box"]["status"] == "failed"  # the square probe, though no square was asked
     assert worst > 0.5  # what PGD alone reports: the number the checks now call unproven
     assert "treat the robust accuracy above as unproven" in (out / "report.html").read_text()
@@ -272,3 +272,20 @@ def test_evaluate_robustness_on_any_module_returns_plain_tables_html_and_a_run_f
     assert read_metrics(out).latest.worst_case()[-1].accuracy == report.worst_case[0.1]
     with pytest.raises(imgclf.UsageError, match=r"\[0, 1\]"):
         imgclf.evaluate_robustness(model, images * 255, labels)
+
+
+def test_a_run_whose_model_code_is_gone_says_so_in_one_line(own_weights, tmp_path, capsys):
+    code = tmp_path / "gone_net.py"
+    code.write_text((ROOT / "tests" / "fixtures" / "own_net.py").read_text())
+    out = tmp_path / "run"
+    assert main(["evaluate", "--model", f"py:{code}:Net", "--weights", str(own_weights), "--dataset", "digits",
+                 "--image-size", "28", "--out", str(out), "--quiet"]) == 0
+    code.unlink()
+    import sys
+
+    sys.modules.pop(next(name for name in sys.modules if name.startswith("imgclf_user_")
+                         and getattr(sys.modules[name], "__file__", "") == str(code)), None)
+    capsys.readouterr()
+    assert main(["attack", str(out), "--attack", "fgsm", "--eps", "0.1", "--n-examples", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no Python file {str(code)!r}" in err, err

@@ -222,7 +222,7 @@ class _Probe:
             if surrogate is None:
                 return _check(name, "not run", "the model has no parameter-free module of unknown kind to replace "
                                                "(or cannot be copied); give --surrogate RUN")
-            what = f"the model with {', '.join(replaced)} replaced by the identity"
+            what = f"the model with {', '.join(replaced)} bypassed (as the identity)"
         try:
             fooled = self._fooled(self.spec("pgd", self.norm, steps=PROBE_STEPS), on=surrogate)
         except (RuntimeError, ValueError) as error:
@@ -241,31 +241,45 @@ KNOWN_MODULES = ("torch.", "torchvision.", "timm.", "imgclf.")
 
 
 def identity_surrogate(model: torch.nn.Module) -> tuple[torch.nn.Module | None, list[str]]:
-    """A copy of ``model`` with every parameter-free leaf module of unknown origin (not from torch, torchvision,
-    timm or imgclf) replaced by ``nn.Identity``: the BPDA identity approximation of Athalye et al. (2018).
+    """A copy of ``model`` with its modules of unknown origin (not from torch, torchvision, timm or imgclf) that
+    have no parameters of their own bypassed: a leaf becomes ``nn.Identity`` and a wrapper of one module becomes
+    that module (the BPDA identity approximation of Athalye et al. 2018: input transformations such as
+    quantization, JPEG or noise are assumed to be the identity).
 
     Returns:
-        The surrogate and the names of the replaced modules; ``(None, [])`` when there is nothing to replace or
-        the model cannot be copied (TorchScript, ONNX, an exported program).
+        The surrogate and the names of the bypassed modules (``"model"`` for the model itself); ``(None, [])``
+        when there is nothing to bypass or the model cannot be copied (TorchScript, ONNX, an exported program).
     """
     import copy
 
     from torch import nn
 
-    replaced = [name for name, module in model.named_modules()
-                if name and not list(module.children()) and not list(module.parameters(recurse=False))
-                and not type(module).__module__.startswith(KNOWN_MODULES)]
-    if not replaced:
+    def unknown(module: torch.nn.Module) -> bool:
+        return not type(module).__module__.startswith(KNOWN_MODULES) and not list(module.parameters(recurse=False))
+
+    bypassed: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{outer}.") or outer == "" for outer in bypassed):
+            continue  # inside a wrapper that is bypassed already
+        children = list(module.children())
+        if unknown(module) and len(children) <= 1:
+            bypassed.append(name)
+    if not bypassed:
         return None, []
     try:
         surrogate = copy.deepcopy(model)
     except (RuntimeError, TypeError, copy.Error):
         return None, []
-    for name in replaced:
+    for name in bypassed:
+        module = surrogate.get_submodule(name)
+        children = list(module.children())
+        replacement = children[0] if children else nn.Identity()
+        if not name:
+            surrogate = replacement
+            continue
         parent_name, _, child = name.rpartition(".")
-        parent = surrogate.get_submodule(parent_name) if parent_name else surrogate
-        setattr(parent, child, nn.Identity())
-    return surrogate, replaced
+        setattr(surrogate.get_submodule(parent_name) if parent_name else surrogate, child, replacement)
+    return surrogate, [name or "model" for name in bypassed]
 
 
 def _logits_check(logits: torch.Tensor) -> dict[str, Any]:
