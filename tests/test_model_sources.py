@@ -128,7 +128,7 @@ def test_hub_weights_offline_fail_at_once_saying_how_to_pass_a_file(tmp_path, ca
         code = main(["evaluate", "--model", model, "--model-option", "pretrained=true", "--dataset", "digits",
                      "--out", str(tmp_path / model.replace(":", "-"))])
         err = capsys.readouterr().err
-        assert code == 2 and time.perf_counter() - began < 10  # seconds, with the data set loaded
+        assert code == 2 and time.perf_counter() - began < 2  # seconds
         assert err.count("\n") == 1 and f"--model {model} --weights FILE" in err, err
 
 

@@ -507,7 +507,12 @@ def _list_models() -> None:
         options = ", ".join(f"{k}={v!r}" for k, v in entry.defaults().items()) or "no options"
         print(f"  {entry.name:<16} {entry.summary}\n  {'':<16} options: {options}")
     print(f"  {'timm:<name>':<16} any timm model, e.g. timm:resnet50 (pip install \"imgclf[timm]\")\n"
-          f"  {'':<16} options: pretrained=False (True fetches the published weights)")
+          f"  {'':<16} options: pretrained=False (True fetches the published weights)\n"
+          f"  {'torchvision:<name>':<16} any torchvision classification model, e.g. torchvision:resnet18\n"
+          f"  {'':<16} options: pretrained=False (True fetches the DEFAULT weights)\n"
+          f"  {'py:<module>:<factory>':<16} a class or function of your own code (or py:path/file.py:factory)\n"
+          f"  {'':<16} options: its keyword arguments with defaults; weights: --weights FILE\n"
+          f"  {'FILE.pt2|.pt|.onnx':<16} an exported model, to evaluate, attack and predict with")
 
 
 def _list_attacks() -> None:
@@ -709,6 +714,7 @@ def _run_or_train(args: argparse.Namespace) -> int:
         if args.quiet:
             print(resumed.path)
         return 0
+    _check_hub_first(_overrides(args))
     config = load_config(args.config, _overrides(args))  # every setting checked before torch is imported
     from imgclf import pipeline
 
@@ -719,6 +725,17 @@ def _run_or_train(args: argparse.Namespace) -> int:
     if args.quiet and folder is not None:
         print(folder.path)
     return 0
+
+
+def _check_hub_first(overrides: dict[str, Any]) -> None:
+    """``--model timm:NAME|torchvision:NAME --model-option pretrained=true`` without a network and without the
+    weights in the cache: one line before anything is imported (the library itself imports torch)."""
+    from imgclf.config import ModelConfig
+    from imgclf.models.sources import check_pretrained
+
+    name = overrides.get("model.name")
+    if isinstance(name, str) and overrides.get("model.options.pretrained") is True:
+        check_pretrained(ModelConfig(name=name, options={"pretrained": True}))
 
 
 def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
@@ -781,6 +798,7 @@ def _evaluate_model(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if "model.name" not in overrides and args.config is None:
         raise UsageError(f"give a run folder (imgclf {args.command} RUN) or a model and a data set "
                          f"(imgclf {args.command} --model M --weights FILE --dataset D)")
+    _check_hub_first(overrides)
     config = load_config(args.config, overrides)
     from imgclf.pipeline import Run
 

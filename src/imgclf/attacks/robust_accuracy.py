@@ -170,9 +170,11 @@ class ExpectationOverTransformation(torch.nn.Module):
 def _with_eot_if_randomized(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.nn.Module, str | None]:
     """``model``, or its :class:`ExpectationOverTransformation` with a sentence saying why, when two passes over
     the same ``images`` differ."""
+    if not len(images):
+        return model, None
     first, second = batched_logits(model, images, len(images)), batched_logits(model, images, len(images))
-    gap = float((first - second).abs().max()) if len(images) else 0.0
-    if gap <= 1e-5 * max(1.0, float(first.abs().max()) if len(images) else 1.0):
+    gap = float((first - second).abs().max())
+    if gap <= 1e-5 * max(1.0, float(first.abs().max())):
         return model, None
     return ExpectationOverTransformation(model), (
         f"two passes over the same images differ by up to {gap:.3g} in the logits: the model is randomized, and "

@@ -146,7 +146,7 @@ def _timm_builder(model_name: str) -> Callable[..., nn.Module]:
 
     def build(*, channels: int, image_size: tuple[int, int], num_classes: int, pretrained: bool = False) -> nn.Module:
         if pretrained:
-            _check_hub("timm", model_name)
+            _require_hub("timm", model_name)
         try:
             return timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes, in_chans=channels)
         except OSError as error:  # huggingface_hub's "not found / no connection" errors are OSErrors
@@ -165,7 +165,7 @@ def _torchvision_builder(model_name: str) -> Callable[..., nn.Module]:
 
     def build(*, channels: int, image_size: tuple[int, int], num_classes: int, pretrained: bool = False) -> nn.Module:
         if pretrained:
-            _check_hub("torchvision", model_name)
+            _require_hub("torchvision", model_name)
             weights = models.get_model_weights(model_name).DEFAULT
             try:
                 body = models.get_model(model_name, weights=weights)
@@ -370,44 +370,35 @@ def native_image_size(model: ModelConfig) -> int | None:
 
 
 # -- hub weights, offline -----------------------------------------------------------------------
-def _check_hub(library: str, model_name: str) -> None:
-    """Fail at once, in one line, when the hub that holds a library's weights cannot be reached and the
-    weights are not cached (huggingface_hub would otherwise retry for about a minute).
+def check_pretrained(model: ModelConfig) -> None:
+    """With ``pretrained=true``, fail at once, in one line, when the library's weights are neither cached nor
+    downloadable (huggingface_hub would otherwise retry for about a minute). It imports no torch, so the command
+    line calls it before anything heavy is loaded; the builders call it again.
 
     ``IMGCLF_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1`` for timm) says there is no network: no connection is tried.
+
+    Raises:
+        UsageError: Naming the model and saying how to pass a local weights file instead.
     """
+    source = parse_source(model.name)
+    if model.options.get("pretrained") is True and source.kind in ("timm", "torchvision"):
+        _require_hub(source.kind, source.target)
+
+
+def _require_hub(library: str, model_name: str) -> None:
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     offline = os.environ.get("IMGCLF_OFFLINE", "") not in ("", "0")
     if library == "timm":
-        from huggingface_hub import constants
-
-        if _timm_cached(model_name):
-            return
-        offline = offline or bool(constants.HF_HUB_OFFLINE)
-        url = constants.ENDPOINT
+        hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", home / "huggingface")) / "hub")
+        cached = any(hub.glob(f"models--timm--{model_name}*"))
+        offline = offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        url = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     else:
-        from torchvision import models
-
-        weights = models.get_model_weights(model_name).DEFAULT
-        import torch.hub
-
-        if (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name).is_file():
-            return
-        url = weights.url
-    if offline or not _reachable(url):
+        checkpoints = Path(os.environ.get("TORCH_HOME", home / "torch")) / "hub" / "checkpoints"
+        cached = any(checkpoints.glob(f"{model_name}-*.pth"))
+        url = "https://download.pytorch.org"
+    if not cached and (offline or not _reachable(url)):
         raise _hub_error(library, model_name, "the hub cannot be reached and the weights are not cached")
-
-
-def _timm_cached(model_name: str) -> bool:
-    """Whether the Hugging Face cache holds the published weights of timm model ``model_name``."""
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(model_name)
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not hub_id:
-        return False
-    return any(isinstance(try_to_load_from_cache(hub_id, filename), str)
-               for filename in ("model.safetensors", "pytorch_model.bin"))
 
 
 def _reachable(url: str) -> bool:
