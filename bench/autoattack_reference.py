@@ -118,6 +118,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--standard-run", type=Path, help="a standard simple-cnn MNIST run (default: train one)")
     parser.add_argument("--robust-run", type=Path, help="an adversarially trained one (default: train one)")
+    parser.add_argument("--models", default="standard,robust", help="which of the two models to attack")
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -133,6 +134,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for label, run, eps, robust in (("standard simple-cnn", args.standard_run, 0.1, False),
                                         ("fgsm-rs simple-cnn", args.robust_run, 0.3, True)):
+            if ("robust" if robust else "standard") not in args.models.split(","):
+                continue
             path = run or train(Path(tmp) / label.split()[0], robust)
             model = load_model(path).eval()
             print(f"{label} ({path}), eps {eps}: clean accuracy {accuracy(model, x, y):.4f}", flush=True)
