@@ -107,7 +107,7 @@ def ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, b
     for entry in result.entries:
         seconds = total if entry.attack == "worst-case" else entry.seconds
         rows[entry.attack] = (entry.accuracy, seconds)
-        cost = f"{entry.forwards / entry.attacked:7.0f} fwd {entry.backwards / entry.attacked:6.0f} bwd /example" \
+        cost = f"{entry.forwards_per_example:7.0f} fwd {entry.backwards_per_example:6.0f} bwd /example" \
             if entry.attacked else ""
         print(f"  {label:<14} {entry.attack:>10}: robust accuracy {entry.accuracy:.4f}  {seconds:7.1f} s  {cost}",
               flush=True)

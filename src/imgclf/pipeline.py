@@ -422,16 +422,18 @@ class Run:
 
             store = BatchFiles(record.evaluation_folder(folder.path, key) / record.BATCHES) \
                 if dist.is_main and folder is not None else None
-            if store is not None and store.count():
-                self.log(f"continuing evaluation {key}: {store.count()} batch(es) were committed before it stopped")
+            committed = store.count() if store is not None else 0
+            if committed:
+                self.log(f"continuing evaluation {key}: {committed} batch(es) were committed before it stopped")
+            surrogate = load_model(config.attack.surrogate, device=self.device) \
+                if config.attack.surrogate and dist.is_main else None
             try:
                 result = robustness(
                     self.model, data.test.float_images(rows), labels[torch.as_tensor(rows)],
                     attacks=list(settings.attacks), eps_values=settings.eps_values, device=self.device,
                     batch_size=config.attack.batch_size, seed=config.seed, progress=advance, store=store,
                     distributed=dist, run_checks=dist.is_main,
-                    surrogate=load_model(config.attack.surrogate, device=self.device)
-                    if config.attack.surrogate and dist.is_main else None, cascade=config.attack.cascade,
+                    surrogate=surrogate, cascade=config.attack.cascade,
                 )
             except ValueError as error:  # e.g. an L2 eps larger than the images allow
                 raise UsageError(str(error)) from None

@@ -163,8 +163,8 @@ def evaluate_robustness(
     result = robustness(model, images, labels.long(), attacks=list(settings.attacks),
                         eps_values=settings.eps_values, device=target, batch_size=batch_size, seed=seed)
     rows = [{"attack": e.attack, "eps": e.eps, "accuracy": e.accuracy, "success_rate": e.success_rate,
-             "forwards_per_example": e.forwards / e.attacked if e.attacked else None,
-             "backwards_per_example": e.backwards / e.attacked if e.attacked else None, "seconds": e.seconds}
+             "forwards_per_example": e.forwards_per_example, "backwards_per_example": e.backwards_per_example,
+             "seconds": e.seconds}
             for e in result.entries]
     classes = int(labels.max()) + 1 if len(labels) else 0
     names = list(class_names) if class_names is not None else [str(k) for k in range(classes)]

@@ -166,16 +166,20 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     return checks
 
 
+def _spec(name: str, norm: str, **settings: Any) -> AttackSpec:
+    """An attack of the probes (imported here: the spec module imports the registry this module reads)."""
+    from imgclf.attacks.spec import AttackSpec
+
+    return AttackSpec(name, norm, **settings)
+
+
 class _Probe:
     """The evaluation's own probes at its most telling eps, on the check subset ``x``, ``y`` (positions ``rows``
     among the evaluated examples)."""
 
     def __init__(self, model, x, y, rows, result, attacks, batch_size, seed):
-        from imgclf.attacks.spec import AttackSpec
-
         self.model, self.x, self.y, self.batch_size, self.seed = model, x, y, batch_size, seed
         self.norm = attacks[0].norm if attacks else "linf"
-        self.spec = AttackSpec
         curve = [(e.eps, e.accuracy) for e in result.entries if e.attack == WORST_CASE and e.eps > 0]
         self.ready = bool(curve) and len(x) > 0  # there is an eps to probe at, and examples
         self.eps: float = min(curve, key=lambda point: abs(point[1] - result.clean_accuracy / 2))[0] \
@@ -197,8 +201,8 @@ class _Probe:
         return int((fooled & ~self.reported).sum())
 
     def fgsm_against_pgd(self) -> dict[str, Any]:
-        fgsm = 1 - float(self._fooled(self.spec("fgsm", self.norm)).float().mean())
-        pgd = 1 - float(self._fooled(self.spec("pgd", self.norm, steps=PROBE_STEPS)).float().mean())
+        fgsm = 1 - float(self._fooled(_spec("fgsm", self.norm)).float().mean())
+        pgd = 1 - float(self._fooled(_spec("pgd", self.norm, steps=PROBE_STEPS)).float().mean())
         failed = pgd > fgsm + TOLERANCE
         return _check("pgd beats fgsm", "failed" if failed else "passed",
                       f"probe at eps={self.eps:.4g} on {len(self.x)} correct examples: PGD-{PROBE_STEPS} accuracy "
@@ -207,7 +211,7 @@ class _Probe:
     def square(self) -> dict[str, Any]:
         if self.norm not in attack_info("square").norms:
             return _check("white-box beats black-box", "not run", f"the square probe has no {self.norm} version")
-        new = self._beyond(self._fooled(self.spec("square", self.norm, queries=PROBE_QUERIES)))
+        new = self._beyond(self._fooled(_spec("square", self.norm, queries=PROBE_QUERIES)))
         failed = new / len(self.x) > TOLERANCE
         return _check("white-box beats black-box", "failed" if failed else "passed",
                       f"square probe ({PROBE_QUERIES} queries) at eps={self.eps:.4g} fools {new} of {len(self.x)} "
@@ -224,7 +228,7 @@ class _Probe:
                                                "(or cannot be copied); give --surrogate RUN")
             what = f"the model with {', '.join(replaced)} bypassed (as the identity)"
         try:
-            fooled = self._fooled(self.spec("pgd", self.norm, steps=PROBE_STEPS), on=surrogate)
+            fooled = self._fooled(_spec("pgd", self.norm, steps=PROBE_STEPS), on=surrogate)
         except (RuntimeError, ValueError) as error:
             return _check(name, "not run", f"the surrogate ({what}) failed: {str(error)[:120]}")
         new = self._beyond(fooled)

@@ -57,6 +57,16 @@ class RobustnessEntry:
     forwards: int = 0
     backwards: int = 0
 
+    @property
+    def forwards_per_example(self) -> float | None:
+        """Forward passes per attacked example (None when nothing was attacked)."""
+        return self.forwards / self.attacked if self.attacked else None
+
+    @property
+    def backwards_per_example(self) -> float | None:
+        """Backward passes per attacked example (None when nothing was attacked)."""
+        return self.backwards / self.attacked if self.attacked else None
+
 
 @dataclass
 class RobustnessResult:

@@ -20,6 +20,7 @@ from imgclf.attacks.registry import TARGET_MODES, attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult, batched_logits
 from imgclf.attacks.spec import AttackSpec
 from imgclf.distributed import Distributed
+from imgclf.models.classifier import ModeNeutral
 from imgclf.models.sources import differentiable
 from imgclf.runtime import generator
 
@@ -146,7 +147,7 @@ def robustness(
 EOT_SAMPLES = 8
 
 
-class ExpectationOverTransformation(torch.nn.Module):
+class ExpectationOverTransformation(ModeNeutral):
     """The mean logits of ``samples`` passes of a randomized ``model`` (Athalye, Carlini and Wagner 2018): its
     gradient is the expected gradient. Mode changes stay with the wrapper, never the model.
 
@@ -158,10 +159,6 @@ class ExpectationOverTransformation(torch.nn.Module):
         super().__init__()
         self.model, self.samples = model, samples
         self.training = model.training
-
-    def train(self, mode: bool = True) -> ExpectationOverTransformation:
-        self.training = mode
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.model(x) for _ in range(self.samples)]).mean(0)
@@ -199,7 +196,7 @@ def unit_seed(seed: int, batch: int) -> int:
     return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] % (2**63))
 
 
-class PassCounter(torch.nn.Module):
+class PassCounter(ModeNeutral):
     """``model`` with its forward and backward passes counted, in examples (a batch of 256 counts 256).
 
     A backward pass is counted when a gradient reaches the logits. The wrapper never changes the model's
@@ -214,10 +211,6 @@ class PassCounter(torch.nn.Module):
         self.model = model
         self.training = model.training  # what the attacks' mode check reads
         self.forwards = self.backwards = 0
-
-    def train(self, mode: bool = True) -> PassCounter:
-        self.training = mode
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)

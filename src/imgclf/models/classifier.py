@@ -118,10 +118,17 @@ class GreyToRGB(nn.Module):
         return self.body(x.expand(-1, 3, -1, -1))
 
 
-class ExportedGraph(nn.Module):
-    """A ``torch.export`` program's module: fixed in the mode it was traced in (eval, for imgclf's exports).
+class ModeNeutral(nn.Module):
+    """A wrapper whose ``train()`` and ``eval()`` set its own flag only, never the wrapped modules' (an attack
+    must not change the model's mode; an exported graph refuses the change)."""
 
-    ``train()`` and ``eval()`` set this wrapper's flag only: the exported graph refuses them.
+    def train(self, mode: bool = True) -> ModeNeutral:
+        self.training = mode
+        return self
+
+
+class ExportedGraph(ModeNeutral):
+    """A ``torch.export`` program's module: fixed in the mode it was traced in (eval, for imgclf's exports).
 
     Shape:
         Whatever the program takes and returns: for an image classifier ``(B, C, H, W)`` to ``(B, K)``.
@@ -130,10 +137,6 @@ class ExportedGraph(nn.Module):
     def __init__(self, program: nn.Module):
         super().__init__()
         self.program = program
-
-    def train(self, mode: bool = True) -> ExportedGraph:
-        self.training = mode
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.program(x)

@@ -140,9 +140,8 @@ def source_builder(source: ModelSource) -> tuple[Callable[..., nn.Module], dict[
 def _timm_builder(model_name: str) -> Callable[..., nn.Module]:
     timm = _import("timm", 'timm models need the timm package: pip install "imgclf[timm]"')
     if not timm.is_model(model_name):
-        close = difflib.get_close_matches(model_name, timm.list_models(), n=8, cutoff=0.7)
-        hint = f"; similar names: {', '.join(close)}" if close else "; see timm.list_models()"
-        raise UsageError(f"unknown timm model {model_name!r}{hint}")
+        raise UsageError(f"unknown timm model {model_name!r}"
+                         + (_close(model_name, timm.list_models()) or "; see timm.list_models()"))
 
     def build(*, channels: int, image_size: tuple[int, int], num_classes: int, pretrained: bool = False) -> nn.Module:
         if pretrained:

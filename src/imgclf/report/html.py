@@ -98,8 +98,8 @@ def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None) 
                  f"{', '.join(eps_label(e, colour) for e in eps)}",
         "finished": evaluation.finished,
         "rows": [{**dataclasses.asdict(row), "eps_label": eps_label(row.eps, colour),
-                  "forwards_per_example": row.forwards / row.attacked if row.attacked else None,
-                  "backwards_per_example": row.backwards / row.attacked if row.attacked else None}
+                  "forwards_per_example": row.forwards_per_example,
+                  "backwards_per_example": row.backwards_per_example}
                  for row in evaluation.robustness],
         "warnings": attack.warnings, "checks": attack.checks, "skipped": attack.skipped,
         "norm": {"linf": "L-inf", "l2": "L2"}.get(attack.norm, attack.norm), "n": attack.n,
