@@ -316,6 +316,31 @@ def test_robust_accuracy_is_the_per_example_worst_case(model, batch):
     assert again.entries[0].accuracy == rows[("pgd", 0.004)].accuracy  # a point does not depend on the others
 
 
+def test_evaluation_runs_channels_last_and_leaves_the_model_as_it_was(model, batch):
+    from imgclf.runtime import channels_last
+
+    x, y = batch
+    grey = create_model("simple-cnn", channels=1, image_size=(16, 16), num_classes=5, mean=[0.5], std=[0.3]).eval()
+    for net, images in ((model, x), (grey, x[:, :1])):
+        weights = {name: (p.data_ptr(), p.stride()) for name, p in net.named_parameters()}
+        with torch.no_grad():
+            plain = net(images)
+        with channels_last(net) as converted, torch.no_grad():
+            assert converted
+            convs = [p for p in net.parameters() if p.dim() == 4]
+            # a 1-channel kernel is contiguous in both layouts; it must still be restrided, or the
+            # convolution and the pooling after it run in the slow NCHW layout
+            assert all(p.stride()[1] == 1 for p in convs)
+            torch.testing.assert_close(net(images), plain, rtol=1e-4, atol=1e-5)
+        assert {name: (p.data_ptr(), p.stride()) for name, p in net.named_parameters()} == weights
+    before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    robustness(model, x, y, attacks=[AttackSpec("fgsm")], eps_values=[0.1], device=CPU, run_checks=False)
+    assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == before
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with channels_last(mlp) as converted:
+        assert not converted
+
+
 class Probabilities(torch.nn.Module):
     """The classic mistake: a softmax at the end, so attacks see probabilities."""
 

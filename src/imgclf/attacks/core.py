@@ -106,6 +106,8 @@ def set_aside(result: torch.Tensor, todo: torch.Tensor, hit: torch.Tensor, adver
     Returns:
         ``todo``, ``adversarial`` and each of ``others`` without the fooled rows.
     """
+    if not hit.any():
+        return (todo, adversarial, *others)
     result[todo[hit]] = adversarial[hit]
     keep = ~hit
     return tuple(None if tensor is None else tensor[keep] for tensor in (todo, adversarial, *others))

@@ -150,8 +150,9 @@ def _fab_run(model, x, labels, targets, todo, result, best_norm, *, eps, norm, s
         logits, grad = logits_and_gradient(model, current, functools.partial(_target_minus_true, target=t, labels=y))
         f = _target_minus_true(logits, target=t, labels=y)
         w, flat = grad.flatten(1), current.flatten(1)
-        d_current = project_onto_hyperplane(flat, w, -f, norm)
-        d_origin = project_onto_hyperplane(flat0, w, -(f + (w * (flat0 - flat)).sum(1)), norm)
+        both = project_onto_hyperplane(torch.cat([flat, flat0]), torch.cat([w, w]),
+                                       torch.cat([-f, -(f + (w * (flat0 - flat)).sum(1))]), norm)
+        d_current, d_origin = both[:len(flat)], both[len(flat):]  # one call for x_i and x_0: half the kernels
         n_current = per_example_norm(d_current, norm).view(-1)
         n_origin = per_example_norm(d_origin, norm).view(-1)
         a = torch.clamp(n_current / (n_current + n_origin).clamp_min(1e-12), max=alpha_max)[:, None]

@@ -22,7 +22,7 @@ from imgclf.attacks.spec import AttackSpec
 from imgclf.distributed import Distributed
 from imgclf.models.classifier import ModeNeutral
 from imgclf.models.sources import differentiable
-from imgclf.runtime import generator
+from imgclf.runtime import channels_last, generator
 
 #: How ``--target`` picks each example's target class (or a class name or index).
 
@@ -123,6 +123,16 @@ def robustness(
         ValueError: From an attack, e.g. an L2 eps larger than the images allow.
     """
     start = time.perf_counter()
+    with channels_last(model):
+        result = _robustness(model, images, labels, attacks, eps_values, device, batch_size, seed, show,
+                             run_checks, progress, store, distributed, surrogate, cascade)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _robustness(model, images, labels, attacks, eps_values, device, batch_size, seed, show, run_checks, progress,
+                store, distributed, surrogate, cascade) -> RobustnessResult:
+    """:func:`robustness` without the timing and the memory format."""
     eps_values = sorted({float(e) for e in eps_values})
     images, labels = images.to(device), labels.to(device)  # once, not once per attack and eps
     model, randomized = _with_eot_if_randomized(model, images[:batch_size])
@@ -139,7 +149,6 @@ def robustness(
     if run_checks:
         result.checks = sanity_checks(model, images, labels, logits, result, runnable, batch_size=batch_size,
                                       seed=seed, surrogate=surrogate, randomized=randomized, cascade=cascade)
-    result.seconds = time.perf_counter() - start
     return result
 
 

@@ -93,7 +93,8 @@ def square(
         with torch.no_grad():
             new_loss = margin(model(candidate).float(), y)
         better = new_loss < loss
-        adv[better], loss[better] = candidate[better], new_loss[better]
+        adv = torch.where(better.view(-1, 1, 1, 1), candidate, adv)
+        loss = torch.where(better, new_loss, loss)
     result[todo] = adv
     return project(result, x, eps, "linf")
 
