@@ -92,7 +92,9 @@ def robustness(
     Attacks that need more classes than the model has, and white-box attacks of a model without
     gradients (ONNX), are skipped with a message. A randomized model (two passes over the same images
     give different logits) is evaluated through :class:`ExpectationOverTransformation`: every attack's
-    gradient and every prediction average :data:`EOT_SAMPLES` passes (Athalye et al. 2018).
+    gradient and every prediction average :data:`EOT_SAMPLES` passes (Athalye et al. 2018). During the
+    call the model's 4-D weights are held in the channels-last layout (:func:`imgclf.runtime.channels_last`),
+    and restored when it returns or raises.
 
     Args:
         model: In eval mode; maps ``(N, C, H, W)`` in ``[0, 1]`` to logits ``(N, K)``.
@@ -123,32 +125,24 @@ def robustness(
         ValueError: From an attack, e.g. an L2 eps larger than the images allow.
     """
     start = time.perf_counter()
-    with channels_last(model):
-        result = _robustness(model, images, labels, attacks, eps_values, device, batch_size, seed, show,
-                             run_checks, progress, store, distributed, surrogate, cascade)
+    with channels_last(model):  # faster convolutions; the caller's model is restored on the way out
+        eps_values = sorted({float(e) for e in eps_values})
+        images, labels = images.to(device), labels.to(device)  # once, not once per attack and eps
+        model, randomized = _with_eot_if_randomized(model, images[:batch_size])
+        logits = batched_logits(model, images, batch_size)
+        evaluation = _Evaluation(model, images, labels, logits, eps_values, batch_size, seed, show, progress,
+                                 store, distributed or Distributed(), cascade)
+        runnable, skipped = evaluation.runnable(attacks)
+        entries: list[RobustnessEntry] = []
+        for eps_index, eps in enumerate(eps_values):
+            entries += evaluation.at_eps(runnable, eps, eps_index)
+        result = RobustnessResult(entries, evaluation.clean_accuracy, evaluation.n, seed, skipped=skipped,
+                                  fooled=evaluation.fooled, adversarial=evaluation.adversarial_record(runnable),
+                                  examples=evaluation.examples)
+        if run_checks:
+            result.checks = sanity_checks(model, images, labels, logits, result, runnable, batch_size=batch_size,
+                                          seed=seed, surrogate=surrogate, randomized=randomized, cascade=cascade)
     result.seconds = time.perf_counter() - start
-    return result
-
-
-def _robustness(model, images, labels, attacks, eps_values, device, batch_size, seed, show, run_checks, progress,
-                store, distributed, surrogate, cascade) -> RobustnessResult:
-    """:func:`robustness` without the timing and the memory format."""
-    eps_values = sorted({float(e) for e in eps_values})
-    images, labels = images.to(device), labels.to(device)  # once, not once per attack and eps
-    model, randomized = _with_eot_if_randomized(model, images[:batch_size])
-    logits = batched_logits(model, images, batch_size)
-    evaluation = _Evaluation(model, images, labels, logits, eps_values, batch_size, seed, show, progress,
-                             store, distributed or Distributed(), cascade)
-    runnable, skipped = evaluation.runnable(attacks)
-    entries: list[RobustnessEntry] = []
-    for eps_index, eps in enumerate(eps_values):
-        entries += evaluation.at_eps(runnable, eps, eps_index)
-    result = RobustnessResult(entries, evaluation.clean_accuracy, evaluation.n, seed, skipped=skipped,
-                              fooled=evaluation.fooled, adversarial=evaluation.adversarial_record(runnable),
-                              examples=evaluation.examples)
-    if run_checks:
-        result.checks = sanity_checks(model, images, labels, logits, result, runnable, batch_size=batch_size,
-                                      seed=seed, surrogate=surrogate, randomized=randomized, cascade=cascade)
     return result
 
 
