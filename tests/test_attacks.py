@@ -341,6 +341,19 @@ def test_evaluation_runs_channels_last_and_leaves_the_model_as_it_was(model, bat
         assert not converted
 
 
+def test_chunked_model_gives_the_logits_and_gradients_of_one_call(model, batch):
+    from imgclf.attacks.core import logits_and_gradient
+    from imgclf.attacks.robust_accuracy import Chunked
+
+    x, y = batch  # 16 examples in chunks of 5: 5, 5, 5, 1
+    loss = lambda logits: F.cross_entropy(logits, y, reduction="none")  # noqa: E731
+    whole, whole_grad = logits_and_gradient(model, x, loss)
+    parts, parts_grad = logits_and_gradient(Chunked(model, 5), x, loss)
+    torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(parts_grad, whole_grad, rtol=1e-4, atol=1e-6)
+    assert not Chunked(model, 5).eval().model.training and Chunked(model, 5).train().model.training is False
+
+
 class Probabilities(torch.nn.Module):
     """The classic mistake: a softmax at the end, so attacks see probabilities."""
 

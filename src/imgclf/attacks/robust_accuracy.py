@@ -227,6 +227,34 @@ class PassCounter(ModeNeutral):
         self.backwards += batch
 
 
+#: Examples per model call when attacking on the CPU (see :class:`Chunked`).
+CPU_CHUNK = 128
+
+
+class Chunked(ModeNeutral):
+    """``model`` called on at most ``size`` examples at a time, the outputs concatenated.
+
+    The results are those of one call (each example's logits depend on it alone in eval mode), and gradients
+    flow through every chunk. On the CPU a batch of a few hundred images spills the activations out of the
+    caches, and the memory-bound layers (ReLU, pooling and their backward passes) slow down per example;
+    attacks call the model hundreds of times per batch, so :func:`robustness` attacks through chunks of
+    :data:`CPU_CHUNK` there. GPUs want large batches and get the model as it is.
+
+    Shape:
+        As ``model``: ``(B, C, H, W)`` to logits ``(B, K)``.
+    """
+
+    def __init__(self, model: torch.nn.Module, size: int):
+        super().__init__()
+        self.model, self.size = model, size
+        self.training = model.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) <= self.size:
+            return self.model(x)
+        return torch.cat([self.model(part) for part in x.split(self.size)])
+
+
 class _Evaluation:
     """The state of one :func:`robustness` call: clean predictions, targets, batches, and what each attack fooled."""
 
@@ -236,7 +264,7 @@ class _Evaluation:
                  cascade: bool):
         self.store, self.distributed, self.cascade = store, distributed, cascade
         self.model, self.images, self.labels, self.logits = model, images, labels, logits
-        self.counter = PassCounter(model)
+        self.counter = PassCounter(Chunked(model, CPU_CHUNK) if images.device.type == "cpu" else model)
         self.eps_values, self.batch_size, self.seed, self.progress = eps_values, batch_size, seed, progress
         self.n = int(labels.shape[0])
         self.classes = logits.shape[1]
