@@ -55,10 +55,10 @@ def channels_last(model: torch.nn.Module) -> Iterator[bool]:
     """Store ``model``'s 4-D weights and buffers in the channels-last (NHWC) memory format while the block runs.
 
     Convolutions and pooling on the CPU (oneDNN) and on CUDA (cuDNN) run faster on NHWC tensors: for a small
-    MNIST CNN on two CPU cores a forward pass takes a third of the NCHW time, a forward and backward pass
+    MNIST CNN on two CPU cores a forward pass takes a quarter of the NCHW time, a forward and backward pass
     two thirds. Only the layout changes, never a value; the block ends with every tensor restored to the
-    layout it had, so the caller's model is left as it was. Models with no 4-D tensor (an MLP, an exported
-    graph or ONNX session that holds its weights elsewhere) are left alone.
+    layout it had, so the caller's model is left as it was. Models with no 4-D tensor (an MLP, an ONNX
+    session that holds its weights outside PyTorch) are left alone.
 
     Yields:
         True when some tensor was converted.
