@@ -52,6 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from imgclf import load_model
+    from imgclf.attacks.robust_accuracy import Chunked
     from imgclf.runtime import channels_last
 
     model = load_model(args.run).eval()
@@ -62,10 +63,7 @@ def main() -> None:
     for layout in ("default", "channels-last"):
         with channels_last(model) if layout == "channels-last" else contextlib.nullcontext():
             for chunk in (int(value) for value in args.chunks.split(",")):
-                def call(x: torch.Tensor, chunk: int = chunk) -> torch.Tensor:
-                    return torch.cat([model(part) for part in x.split(chunk)])
-
-                forward, both = per_example(call, images, args.repeats)
+                forward, both = per_example(Chunked(model, chunk), images, args.repeats)
                 print(f"  {layout:>13}, {chunk:3d} per call: forward {forward:6.1f}, forward+backward {both:6.1f}",
                       flush=True)
 
