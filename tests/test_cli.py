@@ -44,6 +44,8 @@ def test_run_metrics_are_complete_and_honest(run_dir):
         assert key in metrics, key
     clean = metrics["clean"]
     assert clean["accuracy"] >= 0.95
+    assert clean["accuracy"] <= clean["top5_accuracy"] <= 1  # 10 classes: top-5 reported
+    assert f"top-5 accuracy {clean['top5_accuracy']:.4f}" in (run_dir / "report.html").read_text()
     assert set(clean) >= {"accuracy", "macro_f1", "balanced_accuracy", "per_class", "confusion_matrix"}
     assert np.array(clean["confusion_matrix"]).shape == (10, 10)
     assert set(clean["per_class"]["3"]) == {"precision", "recall", "f1", "support"}

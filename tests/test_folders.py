@@ -11,8 +11,8 @@ from imgclf.cli import main
 from imgclf.config import DataConfig
 from imgclf.data import folder as folder_module
 from imgclf.data import iterate_batches, load_data
-from imgclf.data.check import check_folder
-from imgclf.data.folder import decode_image
+from imgclf.data.check import check_images
+from imgclf.data.folder import decode_image, scan_folder
 from imgclf.errors import UsageError
 from messy import make_messy_folder
 
@@ -127,7 +127,7 @@ def test_data_check_reports_bad_files_and_duplicates(messy, capsys):
     root, info = messy
     clone = root / "test" / "red" / "copy-of-train.png"
     clone.write_bytes((root / "train" / "red" / "00-1.png").read_bytes())
-    report = check_folder(root)
+    report = check_images(scan_folder(root))
     assert sorted(os.path.basename(p) for p, _ in report.bad_files) == info["bad"]
     assert any({s for s, _ in group} == {"train", "test"} for group in report.duplicates)
     assert report.counts["train"][2] == len(os.listdir(root / "train" / "red")) - 5  # less txt, hidden, 3 bad
@@ -173,7 +173,7 @@ def test_decompression_bombs_are_refused_with_a_reason(tiny_folder, monkeypatch)
     data = load_data(DataConfig(dataset=str(tiny_folder), image_size=8, cache=False), seed=0)
     assert [(Path(p).name, "decompression bomb" in r) for p, r in data.bad_files] == [("huge.png", True)]
     assert len(data.train) + len(data.val) + len(data.test) == 36
-    report = check_folder(tiny_folder)
+    report = check_images(scan_folder(tiny_folder))
     assert [Path(p).name for p, r in report.bad_files if "decompression bomb" in r] == ["huge.png"]
 
 

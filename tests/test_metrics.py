@@ -28,3 +28,19 @@ def test_hand_computed_example_with_a_never_predicted_class():
     assert m.confusion_matrix == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
     assert m.per_class["z"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert m.per_class["y"]["precision"] == pytest.approx(1 / 3)
+
+
+def test_top5_accuracy_matches_a_direct_count_and_is_left_out_with_five_classes_or_fewer():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 400)
+    scores = rng.normal(size=(400, 10))
+    scores[np.arange(400), labels] += rng.normal(1.0, 1.0, 400)  # the true class ranks high, not always top 5
+    predictions = scores.argmax(1)
+    m = classification_metrics(labels, predictions, [str(k) for k in range(10)], scores=scores)
+    top5 = np.argsort(-scores, axis=1)[:, :5]  # no ties among continuous scores
+    expected = float((top5 == labels[:, None]).any(1).mean())
+    assert 0.5 < expected < 1.0 and m.top5_accuracy == pytest.approx(expected)
+    assert m.top5_accuracy >= m.accuracy
+    few = classification_metrics(labels % 5, scores[:, :5].argmax(1), list("abcde"), scores=scores[:, :5])
+    assert few.top5_accuracy is None
+    assert classification_metrics(labels, predictions, [str(k) for k in range(10)]).top5_accuracy is None

@@ -99,12 +99,20 @@ def _flag(group: Any, *names: str, dest: str, help: str = "", metavar: str | Non
 def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
     group = parser.add_argument_group("data")
     if full:
-        _flag(group, "--dataset", dest="data.dataset", metavar="NAME|PATH",
-              help="built-in data set (see `imgclf datasets`) or an image folder")
+        source = group.add_mutually_exclusive_group()
+        _flag(source, "--dataset", dest="data.dataset", metavar="NAME|PATH",
+              help="built-in data set (see `imgclf datasets`), an image folder, or a labels .csv/.tsv file")
+        _flag(source, "--labels", dest="data.dataset", metavar="FILE",
+              help="a CSV or TSV of image paths and labels (header first; an optional split column), as "
+                   "the data set")
     _flag(group, "--data-dir", dest="data.data_dir", metavar="DIR",
           help="folder holding the data sets (default: $IMGCLF_DATA_DIR, else ~/.cache/imgclf/data)")
     if not full:
         return
+    _flag(group, "--image-root", dest="data.image_root", metavar="DIR",
+          help="labels file: the folder its relative paths start from (default: the file's folder)")
+    _flag(group, "--path-column", dest="data.path_column", metavar="NAME", help="labels file: the column of paths")
+    _flag(group, "--label-column", dest="data.label_column", metavar="NAME", help="labels file: the column of labels")
     _flag(group, "--image-size", dest="data.image_size", metavar="N", help="resize images to N x N pixels")
     _flag(group, "--channels", dest="data.channels", metavar="C",
           help="convert images to 1 (grey) or 3 (RGB) channels (default: from the data)")
@@ -112,6 +120,8 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
           help="share of train held out for validation when there is no val split")
     _flag(group, "--test-fraction", dest="data.test_fraction", metavar="F",
           help="share held out for testing when there is no test split")
+    _flag(group, "--test-from", dest="data.test_from", metavar="SPLIT",
+          help="the split the test split is drawn from when there is none: train, or val (a val split of the data)")
     _flag(group, "--train-examples", dest="data.train_examples", metavar="N",
           help="train on a seeded stratified subset of N images")
     _flag(group, "--augment", dest="data.augment", metavar="PRESET", help="augmentation preset")
@@ -460,14 +470,19 @@ def _listing_commands(command: Command) -> None:
     data = command("data", "inspect data", "imgclf data check path/to/photos")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = data_sub.add_parser(
-        "check", help="scan an image folder for bad files, duplicates and imbalance",
-        description="Scan an image folder: classes with counts per split, image sizes and modes, files that "
-                    "fail to decode (with reasons), exact duplicates within and across splits, and class "
-                    "imbalance. Exit status 0 when clean, 1 when problems were found.",
-        epilog=_examples("imgclf data check ../shared/data/linnaeus5-4class-96"),
+        "check", help="scan an image folder or a labels file for bad files, duplicates and imbalance",
+        description="Scan an image folder or the files a labels file lists: classes with counts per split, image "
+                    "sizes and modes, files that are missing or fail to decode (with reasons), exact duplicates "
+                    "within and across splits, and class imbalance. Exit status 0 when clean, 1 when problems "
+                    "were found.",
+        epilog=_examples("imgclf data check ../shared/data/linnaeus5-4class-96\n"
+                         "imgclf data check labels.csv --image-root images"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("path", metavar="PATH", help="an image folder")
+    check.add_argument("path", metavar="PATH", help="an image folder, or a labels .csv/.tsv file")
+    check.add_argument("--image-root", metavar="DIR", help="labels file: the folder its paths start from")
+    check.add_argument("--path-column", metavar="NAME", help="labels file: the column of paths")
+    check.add_argument("--label-column", metavar="NAME", help="labels file: the column of labels")
     command("datasets", "list the built-in data sets and whether their files are present", "imgclf datasets")
     command("models", "list the architectures and their options", "imgclf models")
     command("attacks", "list the attacks, their norms and what they need", "imgclf attacks")
@@ -690,9 +705,21 @@ def _listing(show: Callable[[], None]) -> Callable[[argparse.Namespace], int]:
 def _data_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from imgclf.data.check import check_folder
+    from imgclf.data.check import check_images
+    from imgclf.data.folder import scan_folder
+    from imgclf.data.labels_file import is_labels_file, scan_labels_file
+    from imgclf.errors import UsageError
 
-    report = check_folder(Path(args.path).expanduser())
+    path = Path(args.path).expanduser()
+    if is_labels_file(args.path):
+        listing = scan_labels_file(path, image_root=Path(args.image_root) if args.image_root else None,
+                                   path_column=args.path_column, label_column=args.label_column)
+    elif args.image_root or args.path_column or args.label_column:
+        raise UsageError("--image-root, --path-column and --label-column apply to a labels file (.csv or .tsv), "
+                         f"not to {args.path!r}")
+    else:
+        listing = scan_folder(path)
+    report = check_images(listing)
     print(report.render())
     return 1 if report.problems() else 0
 

@@ -36,6 +36,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 BALANCING = ("none", "weighted-loss", "sampler")
 BAD_FILES = ("skip", "error")
+TEST_FROM = ("train", "val")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
@@ -51,12 +52,16 @@ _FRACTION = Interval(float, 0, 1, "neither")
 class DataConfig:
     """Where the images come from and how they are split and augmented."""
 
-    dataset: str = "digits"  # a registered name (`imgclf datasets`) or an image-folder path
+    dataset: str = "digits"  # a registered name (`imgclf datasets`), an image-folder path, or a labels .csv/.tsv
+    image_root: str | None = None  # labels file: the folder its relative paths start from; None: the file's folder
+    path_column: str | None = None  # labels file: the column of image paths; None: path, file, image, id, ...
+    label_column: str | None = None  # labels file: the column of labels; None: label, class, category, ...
     data_dir: str | None = None  # None: $IMGCLF_DATA_DIR, else the per-user cache folder
     image_size: int | None = setting(None, Interval(int, 4, 1024))  # resize to N x N; None: the data's own size
     channels: int | None = setting(None, Options("channel count", (1, 3)))  # None: from the data (grey stays 1)
     val_fraction: float = setting(0.2, _FRACTION)  # held out of train when the data set has no val split
     test_fraction: float = setting(0.2, _FRACTION)  # held out when the data set has no test split
+    test_from: str = setting("train", Options("test-split source", TEST_FROM))  # the split that gives it up
     train_examples: int | None = setting(None, _POSITIVE)  # seeded stratified subset of train; None: all
     augment: str = setting("none", Options("augmentation", tuple(AUGMENTATIONS)))
     balance: str = setting("none", Options("class balancing", BALANCING))  # counter class imbalance in training
@@ -458,6 +463,14 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"attack.alpha is a step in pixel units and must be at most 1 under linf, got {attack.alpha}")
     if adversarial.enabled and (train.mixup or train.cutmix):
         raise UsageError("adversarial training needs hard labels: drop --mixup/--cutmix or --adversarial")
+    from imgclf.data.labels_file import is_labels_file
+
+    data = config.data
+    given = [flag for flag, value in (("--image-root", data.image_root), ("--path-column", data.path_column),
+                                      ("--label-column", data.label_column)) if value is not None]
+    if given and not is_labels_file(data.dataset):
+        raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a labels file (--labels "
+                         f"FILE.csv or .tsv); the data set is {data.dataset!r}")
     model = config.model
     if (model.mean is None) != (model.std is None) or (model.mean is not None and model.std is not None and (
             len(model.mean) != len(model.std) or not model.mean or min(model.std) <= 0)):

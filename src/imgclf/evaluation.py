@@ -75,7 +75,8 @@ def evaluate(
     batch_size: int = 512,
     tta: bool = False,
 ) -> EvalResult:
-    """Clean metrics of ``model`` on ``split`` (accuracy, macro F1, per class...).
+    """Clean metrics of ``model`` on ``split`` (accuracy, top-5 accuracy above 5 classes, macro F1,
+    per class...).
 
     The model is put in eval mode. ``tta`` averages the logits of each image
     and its mirror (see :func:`predict_logits`).
@@ -84,5 +85,5 @@ def evaluate(
     model.eval()
     logits = predict_logits(model, split, batch_size=batch_size, device=device, tta=tta)
     predictions = logits.argmax(1).numpy()
-    metrics = classification_metrics(split.labels.numpy(), predictions, class_names)
+    metrics = classification_metrics(split.labels.numpy(), predictions, class_names, scores=logits.numpy())
     return EvalResult(metrics, predictions, logits.softmax(1).numpy(), time.perf_counter() - start)

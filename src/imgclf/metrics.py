@@ -12,7 +12,11 @@ from sklearn.metrics import (
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
+    top_k_accuracy_score,
 )
+
+#: Top-k accuracy is reported for data sets with more than this many classes.
+TOP_K = 5
 
 
 @dataclass
@@ -26,6 +30,8 @@ class ClassificationMetrics:
         per_class: ``{class name: {precision, recall, f1, support}}``.
         confusion_matrix: ``K x K`` counts; row = true class, column = predicted.
         n: Number of examples.
+        top5_accuracy: Share of examples whose true class is among the 5 highest scores, in
+            ``[0, 1]``; None with 5 classes or fewer, or without scores.
     """
 
     accuracy: float
@@ -34,6 +40,7 @@ class ClassificationMetrics:
     per_class: dict[str, dict[str, float]]
     confusion_matrix: list[list[int]]
     n: int
+    top5_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         """Raises ValueError if a class's row lacks a number for precision, recall, F1 or support
@@ -50,9 +57,11 @@ class ClassificationMetrics:
 
 
 def classification_metrics(
-    labels: np.ndarray, predictions: np.ndarray, class_names: list[str] | tuple[str, ...]
+    labels: np.ndarray, predictions: np.ndarray, class_names: list[str] | tuple[str, ...], *,
+    scores: np.ndarray | None = None,
 ) -> ClassificationMetrics:
-    """Compute accuracy, macro F1, balanced accuracy, per-class report and confusion matrix.
+    """Compute accuracy, macro F1, balanced accuracy, per-class report, confusion matrix and, with
+    ``scores`` and more than 5 classes, top-5 accuracy.
 
     Args:
         labels: True classes, ``int`` array of shape ``(n_samples,)`` in ``[0, K)``.
@@ -61,6 +70,9 @@ def classification_metrics(
             in ``per_class`` and the confusion matrix. Macro F1 averages over
             the classes that occur in ``labels`` or ``predictions``, as
             scikit-learn's ``f1_score(average="macro")`` does.
+        scores: Optional ``float`` array of shape ``(n_samples, K)``: logits or probabilities (any
+            score whose order ranks the classes). Among equal scores the higher class index ranks first, as
+            scikit-learn's ``top_k_accuracy_score`` does.
 
     Returns:
         The metrics; precision of a never-predicted class is 0 (no warning).
@@ -85,4 +97,6 @@ def classification_metrics(
         per_class=per_class,
         confusion_matrix=confusion_matrix(labels, predictions, labels=ks).tolist(),
         n=int(len(labels)),
+        top5_accuracy=float(top_k_accuracy_score(labels, scores, k=TOP_K, labels=ks))
+        if scores is not None and len(ks) > TOP_K else None,
     )

@@ -196,6 +196,7 @@ class Run:
             f"{config.model.name} with {n_params:,} parameters on {device}"
             + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
         )
+        log("splits: " + "; ".join(f"{split}: {origin}" for split, origin in data.origins.items()))
         run = cls(folder, settings, data, model, device, log=log, quiet=quiet)
         run.train_result = run._fit(dist, env=env, after_epoch=after_epoch)
         return run
@@ -356,7 +357,8 @@ class Run:
                      result.predictions, self.config.seed)
         folder.update_metrics({"clean": result.metrics.to_dict(), "timing": {"eval_seconds": result.seconds}})
         m = result.metrics
-        self.log(f"test: accuracy {m.accuracy:.4f}  macro F1 {m.macro_f1:.4f}  balanced accuracy "
+        top5 = f"  top-5 accuracy {m.top5_accuracy:.4f}" if m.top5_accuracy is not None else ""
+        self.log(f"test: accuracy {m.accuracy:.4f}{top5}  macro F1 {m.macro_f1:.4f}  balanced accuracy "
                  f"{m.balanced_accuracy:.4f}  (n={m.n})")
         return result
 
@@ -607,7 +609,7 @@ def _start_folder(folder: RunFolder, config: RunConfig, data: DataSplits, env: d
         "class_names": list(spec.class_names),
         "seed": config.seed,
         "data": section(DataCounts(len(data.train), len(data.val), len(data.test), list(spec.input_shape),
-                                   bad_files=len(data.bad_files))),
+                                   bad_files=len(data.bad_files), origins=data.origins)),
         "data_notes": data.notes,
         "environment": env,
     })

@@ -75,7 +75,9 @@ __all__ = ["WORST_CASE", "SCHEMA_VERSION", "Metrics", "DataCounts", "Training", 
 
 @dataclass
 class DataCounts:
-    """``metrics.json`` ``data``: split sizes and the input shape ``[C, H, W]`` (features: its width)."""
+    """``metrics.json`` ``data``: split sizes, the input shape ``[C, H, W]`` (features: its width), and
+    ``origins``: where each split's examples come from, in words (``{"test": "20% of the data set's
+    train split (stratified, seeded)", ...}``)."""
 
     train: int
     val: int
@@ -83,6 +85,7 @@ class DataCounts:
     input_shape: list[int] | None = None
     bad_files: int = 0
     features: int | None = None
+    origins: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

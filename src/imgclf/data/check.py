@@ -1,4 +1,4 @@
-"""``imgclf data check PATH``: what an image folder holds, and what is wrong with it.
+"""``imgclf data check PATH``: what an image folder or a labels file holds, and what is wrong with it.
 
 Every file is read once: its bytes are hashed (SHA-256, for exact duplicates)
 and fully decoded (so truncated files are caught, not only unreadable headers).
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from imgclf.data.folder import DECODE_ERRORS, decoding_pool, refuse_bombs, scan_folder
+from imgclf.data.folder import DECODE_ERRORS, ImageFiles, decoding_pool, refuse_bombs
 
 #: Largest / smallest class size above which a split counts as imbalanced.
 IMBALANCE_RATIO = 1.5
@@ -21,10 +21,10 @@ IMBALANCE_RATIO = 1.5
 
 @dataclass
 class FolderReport:
-    """Findings of :func:`check_folder`.
+    """Findings of :func:`check_images`.
 
     Attributes:
-        root: The folder.
+        root: The folder or labels file.
         class_names: Classes, from the training split.
         counts: ``{split: [images per class]}`` (decodable images only).
         sizes: ``{"WxH": count}`` of decodable images.
@@ -109,14 +109,16 @@ def _inspect(path: Path) -> tuple[str, tuple[int, int] | None, str | None, str |
         return digest, None, None, f"{type(error).__name__}: {error}"
 
 
-def check_folder(root: Path) -> FolderReport:
-    """Scan an image folder: classes and counts, sizes, modes, bad files, duplicates.
+def check_images(listing: ImageFiles) -> FolderReport:
+    """Read every listed file: classes and counts, sizes, modes, bad files (missing ones included),
+    exact duplicates.
 
-    Raises:
-        UsageError: If the folder's layout is unusable (see
-            :func:`imgclf.data.folder.scan_folder`).
+    Args:
+        listing: From :func:`imgclf.data.folder.scan_folder` or
+            :func:`imgclf.data.labels_file.scan_labels_file` (which raise UsageError for an
+            unusable layout).
     """
-    class_names, files, notes = scan_folder(root)
+    root, class_names, files, notes = listing.source, listing.class_names, listing.files, listing.notes
     report = FolderReport(root, class_names, {s: [0] * len(class_names) for s in files}, notes=notes)
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
     jobs = [(split, path, label) for split, entries in files.items() for path, label in entries]

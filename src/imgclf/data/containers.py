@@ -143,6 +143,8 @@ class DataSplits:
         train, val, test: The splits (disjoint).
         bad_files: ``(path, reason)`` for every file that was skipped.
         notes: Human-readable remarks made while loading (warnings), in order.
+        origins: ``{split: where its examples come from}``, in words (see
+            :func:`imgclf.data.loading.describe_splits`).
     """
 
     spec: DatasetSpec
@@ -151,3 +153,4 @@ class DataSplits:
     test: ImageSplit
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)

@@ -1,5 +1,6 @@
 """Image-folder data sets: ``PATH/train/<class>/*``, ``PATH/test/<class>/*``
-(optional ``PATH/val/<class>/*``), or ``PATH/<class>/*`` alone.
+(optional ``PATH/val/<class>/*``), or ``PATH/<class>/*`` alone; and the decoding of
+any listing of image files (a folder, or a labels file: :mod:`imgclf.data.labels_file`).
 
 Images are decoded with Pillow, turned upright by their EXIF orientation,
 converted to grey (``L``) or ``RGB`` from any mode (16-bit grey is rescaled,
@@ -19,6 +20,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +85,47 @@ def looks_like_folder(dataset: str) -> bool:
     return os.sep in dataset or "/" in dataset or dataset.startswith((".", "~")) or Path(dataset).is_dir()
 
 
-def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]], list[str]]:
+@dataclass
+class ImageFiles:
+    """A data set's image files and labels, listed but not decoded.
+
+    Attributes:
+        source: The folder or labels file they were listed from (named in messages and the cache).
+        class_names: Class names; a label is an index into them.
+        files: ``{split: [(path, label), ...]}``, ``train`` always present, ``val`` and ``test``
+            where the data set has them.
+        notes: Warnings about the layout.
+    """
+
+    source: Path
+    class_names: list[str]
+    files: dict[str, list[tuple[Path, int]]]
+    notes: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Raises UsageError if train has images of fewer than two classes or another split is empty."""
+        used = sorted({label for _, label in self.files["train"]})
+        if len(used) < 2:
+            only = self.class_names[used[0]] if used else "none"
+            raise UsageError(f"{str(self.source)!r} has training images of only one class ({only}); a classifier "
+                             "needs at least 2")
+        for split in [s for s in self.files if s != "train" and not self.files[s]]:
+            raise UsageError(f"the {split} split of {str(self.source)!r} holds no images")
+
+    def note_absent_classes(self) -> None:
+        """Add a note for each evaluation split that lacks some class."""
+        for split in [s for s in self.files if s != "train"]:
+            found = {label for _, label in self.files[split]}
+            absent = [name for k, name in enumerate(self.class_names) if k not in found]
+            if absent:
+                self.notes.append(f"the {split} split has no images of: {', '.join(absent)}")
+
+
+def scan_folder(root: Path) -> ImageFiles:
     """Find classes and files without decoding anything.
 
     Returns:
-        ``(class_names, files, notes)``: class names (sorted folder names of
-        the training split), ``{split: [(path, label), ...]}`` with ``train``
-        always present, and warnings about the layout.
+        The listing: class names are the sorted folder names of the training split.
 
     Raises:
         UsageError: If the folder is missing or empty, has fewer than two
@@ -120,25 +156,15 @@ def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]
         if unreadable:
             notes.append(f"{len(unreadable)} folder(s) of the {split} split cannot be read and their images are "
                          f"left out: {'; '.join(unreadable)}")
-        if split != "train":
-            found = {label for _, label in files[split]}
-            absent = [name for k, name in enumerate(class_names) if k not in found]
-            if absent:
-                notes.append(f"the {split} split has no images of: {', '.join(absent)}")
     if not files["train"]:
         raise UsageError(
             f"no images found in {str(split_dirs['train'])!r}: expected one sub-folder per class "
             f"holding image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    used = sorted({label for _, label in files["train"]})
-    if len(used) < 2:
-        only = class_names[used[0]] if used else "none"
-        raise UsageError(
-            f"image folder {str(root)!r} has images of only one class ({only}); a classifier needs at least 2"
-        )
-    for split in [s for s in files if s != "train" and not files[s]]:
-        raise UsageError(f"the {split} split of {str(root)!r} holds no images")
-    return class_names, files, notes
+    listing = ImageFiles(root, class_names, files, notes)
+    listing.note_absent_classes()
+    listing.check()
+    return listing
 
 
 def _to_8bit_grey(image: Image.Image) -> Image.Image:
@@ -250,18 +276,18 @@ def _bad_file_error(path: str, reason: str) -> UsageError:
     return UsageError(f"cannot decode {path!r} ({reason}); use --bad-files skip to skip such files")
 
 
-def load_folder(
-    root: Path,
+def load_image_files(
+    listing: ImageFiles,
     *,
     image_size: int | None,
     channels: int | None,
     bad_files: str = "skip",
     cache: bool = True,
 ) -> tuple[Pools, list[tuple[str, str]], list[str]]:
-    """Decode an image folder into pools, or read them from the decoded-image cache.
+    """Decode listed image files into pools, or read them from the decoded-image cache.
 
     Args:
-        root: The folder (see the module docstring for layouts).
+        listing: The files (:func:`scan_folder`, :func:`imgclf.data.labels_file.scan_labels_file`).
         image_size: Square size to resize to; None: the most common size in
             the training split.
         channels: 1 or 3; None: 1 if every sampled training image is grey, else 3.
@@ -275,12 +301,11 @@ def load_folder(
         images, ``(path, reason)`` for each skipped file, and warnings.
 
     Raises:
-        UsageError: See :func:`scan_folder`; a bad file under ``"error"``; a
-            split in which no file decodes.
+        UsageError: A bad file under ``"error"``; a split in which no file decodes.
     """
     if bad_files not in BAD_FILE_POLICIES:
         raise UsageError(f"unknown bad-files policy {bad_files!r}; valid choices: {', '.join(BAD_FILE_POLICIES)}")
-    class_names, files, notes = scan_folder(root)
+    root, class_names, files, notes = listing.source, listing.class_names, listing.files, list(listing.notes)
     entry = CacheEntry(folder_key(files, class_names, image_size=image_size, channels=channels)) if cache else None
     if entry is not None and entry.exists():
         manifest, arrays = entry.read()

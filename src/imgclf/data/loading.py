@@ -11,7 +11,8 @@ from sklearn.model_selection import train_test_split
 
 from imgclf.data.builtin import DATASETS, Pools, fetch, resolve_data_dir
 from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit, LazyImages
-from imgclf.data.folder import load_folder, looks_like_folder
+from imgclf.data.folder import load_image_files, looks_like_folder, scan_folder
+from imgclf.data.labels_file import is_labels_file, scan_labels_file
 from imgclf.errors import UsageError, unknown_choice
 
 if TYPE_CHECKING:
@@ -70,11 +71,17 @@ def _load_pools(config: DataConfig) -> tuple[str, Pools, list[tuple[str, str]], 
         pools = fetch(DATASETS[name], resolve_data_dir(config.data_dir), config.download)
         return name, pools, [], []
     folder = Path(name).expanduser() if looks_like_folder(name) else resolve_data_dir(config.data_dir) / name
-    if looks_like_folder(name) or (name and folder.is_dir()):  # a path, or an image folder in the data folder
-        pools, bad, notes = load_folder(folder, image_size=config.image_size, channels=config.channels,
-                                        bad_files=config.bad_files, cache=config.cache)
-        return str(Path(name)), pools, bad, notes
-    raise unknown_choice("dataset", name, [*DATASETS, "PATH (an image folder)"])
+    if is_labels_file(name):
+        root = Path(config.image_root) if config.image_root is not None else None
+        listing = scan_labels_file(Path(name).expanduser(), image_root=root, path_column=config.path_column,
+                                   label_column=config.label_column)
+    elif looks_like_folder(name) or (name and folder.is_dir()):  # a path, or an image folder in the data folder
+        listing = scan_folder(folder)
+    else:
+        raise unknown_choice("dataset", name, [*DATASETS, "PATH (an image folder)", "FILE.csv or .tsv (a labels file)"])
+    pools, bad, notes = load_image_files(listing, image_size=config.image_size, channels=config.channels,
+                                         bad_files=config.bad_files, cache=config.cache)
+    return str(Path(name)), pools, bad, notes
 
 
 def _adapt(images: np.ndarray, config: DataConfig) -> np.ndarray:
@@ -143,6 +150,7 @@ def load_data(
             test_fraction=config.test_fraction,
             train_examples=config.train_examples,
             seed=seed,
+            test_from=config.test_from,
         )
     total_bytes = sum(images.nbytes for images, _ in raw.values())
     lazy = total_bytes > config.memory_limit_mb * 2**20 and all(
@@ -174,7 +182,28 @@ def load_data(
         mean=mean,
         std=std,
     )
-    return DataSplits(spec, splits["train"], splits["val"], splits["test"], bad_files, notes)
+    sizes = {pool: len(labels) for pool, (_, labels) in raw.items()}
+    return DataSplits(spec, splits["train"], splits["val"], splits["test"], bad_files, notes,
+                      origins=describe_splits(indices, sizes))
+
+
+def describe_splits(indices: dict[str, tuple[str, np.ndarray]], sizes: dict[str, int]) -> dict[str, str]:
+    """Where each split's examples come from, in words: ``{"test": "20% of the data set's train split
+    (stratified, seeded)", ...}``.
+
+    Args:
+        indices: ``{split: (pool, positions)}`` as :func:`split_indices` returns.
+        sizes: ``{pool: number of examples}``.
+    """
+    described = {}
+    for split in sorted(indices, key=("train", "val", "test").index):
+        pool, positions = indices[split]
+        if pool == split and len(positions) == sizes[pool]:
+            described[split] = f"the data set's {pool} split"
+        else:
+            share = len(positions) / sizes[pool]
+            described[split] = f"{share:.0%} of the data set's {pool} split (stratified, seeded)"
+    return described
 
 
 def split_indices(
@@ -184,6 +213,7 @@ def split_indices(
     test_fraction: float,
     train_examples: int | None,
     seed: int,
+    test_from: str = "train",
 ) -> dict[str, tuple[str, np.ndarray]]:
     """Decide which examples of which pool form each split.
 
@@ -193,20 +223,34 @@ def split_indices(
         val_fraction, test_fraction: Held-out shares where a pool is missing.
         train_examples: Optional size of a stratified subset of train.
         seed: Random seed.
+        test_from: Without a test pool, the pool that gives up ``test_fraction`` of its
+            examples to test: ``"train"`` or ``"val"``.
 
     Returns:
         ``{"train" | "val" | "test": (pool, sorted positions)}``.
+
+    Raises:
+        UsageError: ``test_from="val"`` where the data set has a test split or no val split;
+            a split that would be empty.
     """
     train_pos = np.arange(len(labels["train"]), dtype=np.int64)
+    val_pos = np.arange(len(labels["val"]), dtype=np.int64) if "val" in labels else None
     result: dict[str, tuple[str, np.ndarray]] = {}
+    if test_from == "val" and ("test" in labels or val_pos is None):
+        raise UsageError("--test-from val draws the test split from the val split of a data set without a test "
+                         f"split; this one has {', '.join(sorted(labels))}")
     if "test" in labels:
         result["test"] = ("test", np.arange(len(labels["test"]), dtype=np.int64))
+    elif test_from == "val" and val_pos is not None:
+        keep, held = stratified_split(labels["val"], test_fraction, seed)
+        result["test"] = ("val", held)
+        val_pos = keep
     else:
         keep, held = stratified_split(labels["train"], test_fraction, seed)
         result["test"] = ("train", held)
         train_pos = keep
-    if "val" in labels:
-        result["val"] = ("val", np.arange(len(labels["val"]), dtype=np.int64))
+    if val_pos is not None:
+        result["val"] = ("val", val_pos)
     else:
         keep, held = stratified_split(labels["train"][train_pos], val_fraction, seed + 1)
         result["val"] = ("train", train_pos[held])

@@ -109,10 +109,13 @@ def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None) 
 
 
 def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
-    """The headline numbers at the top of the report: test accuracy, the training recipe, macro F1,
-    balanced accuracy, each attack at its largest eps, the worst case, and the failed checks."""
+    """The headline numbers at the top of the report: test accuracy (and top-5 accuracy above 5 classes),
+    the training recipe, macro F1, balanced accuracy, each attack at its largest eps, the worst case,
+    and the failed checks."""
     clean, training = metrics.clean, metrics.training
     cards = [{"label": "test accuracy", "value": percent(clean.accuracy) if clean else "–"}]
+    if clean and clean.top5_accuracy is not None:
+        cards.append({"label": "top-5 accuracy", "value": percent(clean.top5_accuracy)})
     if training is not None and training.adversarial is not None:
         trained = training.adversarial
         cards.append({"label": f"trained with {trained.recipe} at eps {eps_label(trained.eps, colour)}",
@@ -165,6 +168,8 @@ def write_report(folder: RunFolder) -> Path:
         seed=metrics.seed if metrics.seed is not None else "?",
         run_name=folder.path.name,
         inputs=metrics.inputs,
+        splits=[(split, f"{getattr(metrics.data, split):,}", origin) for split, origin in metrics.data.origins.items()
+                if split in ("train", "val", "test")] if metrics.data else [],
         cards=summary_cards(metrics, colour),
         notes=metrics.data_notes,
         figures=figures,
