@@ -48,8 +48,53 @@ def test_resume_after_kill_9_gives_the_uninterrupted_weights(tmp_path):
 
 
 def test_resume_refuses_other_settings(tmp_path, capsys):
-    assert main(["train", "--resume", str(tmp_path), "--epochs", "3"]) == 2
-    assert "--resume continues a run with its own config.yaml" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--lr", "0.1"]) == 2
+    assert "--resume continues a run with its own config.yaml; drop train.lr" in capsys.readouterr().err.replace(
+        "--lr", "train.lr")
+
+
+def _history(run):
+    lines = (run / "history.csv").read_text().splitlines()
+    names = lines[0].split(",")
+    return lines, [dict(zip(names, map(float, line.split(",")), strict=True)) for line in lines[1:]]
+
+
+def test_a_finished_run_extends_to_more_epochs_with_a_new_schedule(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", "--epochs", "3", "--attack", "fgsm", "--eps", "0.1", "--attack-examples", "60",
+                 "--out", str(run), "--quiet"]) == 0
+    before, _ = _history(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (evaluation,) = metrics["evaluations"]
+    assert evaluation["settings"]["model"] == metrics["training"]["model_fingerprint"]  # of the kept model
+    assert "an earlier model" not in (run / "report.html").read_text()
+    capsys.readouterr()
+
+    assert main(["train", "--resume", str(run), "--epochs", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"extending {run} from 3 to 5 epochs" in out and "a new onecycle schedule over the 2 added epochs" in out
+    after, rows = _history(run)
+    assert after[:4] == before and len(rows) == 5  # the history goes on
+    assert rows[3]["lr"] > 10 * rows[2]["lr"]  # a second cycle, not the annealed end of the first
+    extended = json.loads((run / "metrics.json").read_text())
+    scores = [row["val_accuracy"] for row in rows]
+    best = max(range(5), key=lambda i: (scores[i], i)) + 1  # ties go to the later epoch
+    assert extended["training"]["best_epoch"] == best and extended["training"]["epochs_run"] == 5
+    assert "epochs: 5" in (run / "config.yaml").read_text()
+    assert "evaluating again" in out and "test: accuracy" in out
+    if best > 3:  # the kept model changed: new clean metrics; the evaluation is of the earlier one, and says so
+        assert extended["clean"] != metrics["clean"]
+        assert extended["training"]["model_fingerprint"] != evaluation["settings"]["model"]
+        assert "Of an earlier model" in (run / "report.html").read_text()
+
+    assert main(["train", "--resume", str(run), "--epochs", "4"]) == 2
+    assert "has trained 5 epochs; --epochs extends it and must be more than 5" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "5"]) == 0  # as it is: finished
+    assert "finished training already (epoch 5)" in capsys.readouterr().out
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("\n  epochs: 5\n", "\n  epochs: 7\n"))  # as if stopped after 5 of 7
+    assert main(["train", "--resume", str(run), "--epochs", "9"]) == 2
+    assert "stopped after epoch 5 of its 7; resume it to 7 first" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -288,7 +288,8 @@ def _pipeline_commands(command: Command) -> None:
         imgclf train --dataset mnist --adversarial fgsm-rs --eps 0.3 --out runs/mnist-robust
     """)
     train.add_argument("--resume", metavar="RUN",
-                       help="continue a stopped run from its last finished epoch (its own config.yaml applies)")
+                       help="continue a stopped run from its last finished epoch (its own config.yaml applies); "
+                            "with --epochs N, extend a finished run to N epochs")
     for p in (run, train):
         p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
         p.add_argument("--out", metavar="DIR", help="new run folder (default runs/<dataset>-<model>-<time>)")
@@ -729,15 +730,17 @@ def _run_or_train(args: argparse.Namespace) -> int:
 
     if args.command == "train" and args.resume:
         # (main names each setting by the flag that set it: train.epochs -> --epochs)
-        extra = sorted(set(_overrides(args)) - {"device"}) + (["--config"] if args.config else []) + \
+        overrides = _overrides(args)
+        extra = sorted(set(overrides) - {"device", "train.epochs"}) + (["--config"] if args.config else []) + \
             (["--out"] if args.out else [])
         if extra:
             raise UsageError(f"--resume continues a run with its own config.yaml; drop {', '.join(extra)} "
-                             "(only --device and --quiet apply)")
-        device = {"device": args.device} if hasattr(args, "device") else {}
+                             "(only --epochs, to extend a finished run, --device and --quiet apply)")
+        device = {"device": overrides["device"]} if "device" in overrides else {}
         from imgclf import pipeline
 
-        resumed = pipeline.Run.resume(args.resume, quiet=args.quiet, overrides=device)
+        resumed = pipeline.Run.resume(args.resume, epochs=overrides.get("train.epochs"), quiet=args.quiet,
+                                      overrides=device)
         if args.quiet:
             print(resumed.path)
         return 0

@@ -202,41 +202,80 @@ class Run:
         return run
 
     @classmethod
-    def resume(cls, path: str | Path, *, quiet: bool = False, overrides: dict[str, Any] | None = None) -> Run:
-        """Continue a run from its last training state (``train_state.pt``), e.g. after ``kill -9``.
+    def resume(cls, path: str | Path, *, epochs: int | str | None = None, quiet: bool = False,
+               overrides: dict[str, Any] | None = None) -> Run:
+        """Continue a run from its last training state (``train_state.pt``), e.g. after ``kill -9``, or
+        extend a finished run to ``epochs`` epochs.
 
-        On the CPU with the same settings the result is the same, weight for weight,
-        as a run that was never stopped. A finished run is left as it is.
+        On the CPU with the same settings a resumed run gives the same result, weight for weight, as
+        a run that was never stopped. A finished run is left as it is unless ``epochs`` is more than
+        it trained: then training goes on from its last epoch with a new schedule over the added
+        epochs (see :func:`imgclf.training.fit`'s ``extend``), ``config.yaml`` records the new
+        epoch count, and where the run has clean test metrics they are computed again for the kept
+        model (its robustness evaluations stay, as those of the earlier model, until ``imgclf
+        attack`` is run again).
+
+        Args:
+            epochs: The run's new number of epochs, a whole number or its text (None: its own).
 
         Raises:
-            UsageError: If ``path`` is not a run folder or holds no training state.
+            UsageError: If ``path`` is not a run folder or holds no training state; if ``epochs`` is
+                not more than the epochs trained, changes the length of an unfinished run, or would
+                extend a run stopped by catastrophic overfitting.
         """
         folder = RunFolder.open(path)
         state_path = folder.file(record.TRAIN_STATE)
         if not state_path.is_file():
             raise UsageError(f"{str(path)!r} holds no {record.TRAIN_STATE}: it stopped before its first epoch ended; "
                              "start it again instead")
+        planned = load_config(folder.config_path).train.epochs
+        overrides = dict(overrides or {})
+        if epochs is not None:
+            overrides["train.epochs"] = epochs
         settings, device, data = _reload(folder, overrides)
         log = RunLog(folder, quiet=quiet)
         model = _model_for(settings.config, data, device)
         state = _load_train_state(state_path, device)
         run = cls(folder, settings, data, model, device, log=log, quiet=quiet)
-        epochs = settings.config.train.epochs
+        done, finished = state["epoch"], state["epoch"] >= planned or state["stopped_early"]
+        epochs = settings.config.train.epochs  # `epochs` checked as the setting it is
+        extend = "train.epochs" in overrides and (epochs != planned or (finished and epochs > done))
+        if extend:
+            _check_extension(folder, path, done=done, planned=planned, epochs=epochs, finished=finished)
         folder.remove_temporary_files()  # left by a write that a kill interrupted
-        if state["epoch"] >= epochs or state["stopped_early"]:
+        if not extend and finished:
             run.train_result = TrainResult(state["history"], state["best_epoch"], state["best_val_accuracy"],
                                            state["seconds"], state["stopped_early"],
                                            state.get("best_robust_val_accuracy"))
             _restore_weights(model, state["best_state"], state_path)
             model.eval()
             if folder.weights_path.is_file() and read_metrics(folder.path).training is not None:
-                log(f"{folder.path} finished training already (epoch {state['epoch']}); nothing to resume")
+                log(f"{folder.path} finished training already (epoch {state['epoch']}); nothing to resume "
+                    "(--epochs N extends it to N epochs)")
             else:  # stopped between the last training state and the final model and metrics
                 log(f"{folder.path} finished its last epoch; saving the model and the training metrics")
                 run._save_trained(run.train_result, Distributed().world_size, environment(device))
             return run
-        log(f"resuming {folder.path} after epoch {state['epoch']} of {epochs}")
-        run.train_result = run._fit(Distributed(), resume=state)
+        if not extend:
+            log(f"resuming {folder.path} after epoch {done} of {epochs}")
+            run.train_result = run._fit(Distributed(), resume=state)
+            return run
+        train = settings.config.train
+        atomic_write_text(folder.config_path, dump_config(settings.config))  # the run's length is now `epochs`
+        log(f"extending {folder.path} from {done} to {epochs} epochs: from epoch {done}'s weights and optimizer "
+            f"state, " + ("the step schedule goes on" if train.schedule == "step" else
+                          f"a new {train.schedule} schedule over the {epochs - done} added epochs (lr {train.lr:g})")
+            + f"; the kept model is the best of all {epochs} epochs")
+        earlier = read_metrics(folder.path)
+        run.train_result = run._fit(Distributed(), resume=state, extend=True)
+        if earlier.clean is not None:
+            log("the clean test metrics were those of the model before the extension: evaluating again")
+            run.evaluate()
+        if earlier.evaluations:
+            log(f"{len(earlier.evaluations)} robustness evaluation(s) of the model before the extension stay in "
+                f"metrics.json and the report, marked as such; `imgclf attack {folder.path}` evaluates this one")
+        if folder.file(record.REPORT).is_file():
+            run.report()
         return run
 
     @classmethod
@@ -288,8 +327,9 @@ class Run:
         return cls(folder, settings, data, model, device, log=log, quiet=quiet or not dist.is_main, dist=dist)
 
     # -- the stages ----------------------------------------------------------
-    def _fit(self, dist: Distributed, *, resume: dict[str, Any] | None = None, env: dict[str, Any] | None = None,
-             after_epoch: Callable[[TrainResult], None] | None = None) -> TrainResult:
+    def _fit(self, dist: Distributed, *, resume: dict[str, Any] | None = None, extend: bool = False,
+             env: dict[str, Any] | None = None, after_epoch: Callable[[TrainResult], None] | None = None
+             ) -> TrainResult:
         """Fit, writing the history, the best model and the training state after every epoch (rank 0)."""
         config, folder, model, spec = self.config, self.folder, self.model, self.data.spec
         env = env if env is not None else environment(self.device)
@@ -322,7 +362,7 @@ class Run:
             result = fit(
                 model, self.data, config.train, augment=config.data.augment, balance=config.data.balance,
                 device=self.device, seed=config.seed, log=self.log, quiet=self.quiet, on_epoch=save_epoch,
-                resume=resume, distributed=dist, on_step=board.step if board is not None else None,
+                resume=resume, extend=extend, distributed=dist, on_step=board.step if board is not None else None,
                 adversarial=config.adversarial if config.adversarial.enabled else None,
                 adversarial_eps=train_eps.value if train_eps is not None else None, norm=config.attack.norm,
             )
@@ -339,7 +379,8 @@ class Run:
         config = self.config
         save_model(self.model, folder.weights_path,
                    model_info(self.model, config.model.name, config.model.options, self.data.spec, env))
-        folder.update_metrics(_training_metrics(config, self.settings, result, world_size))
+        folder.update_metrics(_training_metrics(config, self.settings, result, world_size,
+                                                model_fingerprint(self.model)))
         robust = "" if result.best_robust_val_accuracy is None else \
             f", robust val accuracy {result.best_robust_val_accuracy:.4f}"
         self.log(f"kept epoch {result.best_epoch} (val accuracy {result.best_val_accuracy:.4f}{robust}); "
@@ -517,6 +558,22 @@ def _reload(folder: RunFolder, overrides: dict[str, Any] | None) -> tuple[Settin
     return resolve(config, channels=spec.channels, class_names=list(spec.class_names)), device, data
 
 
+def _check_extension(folder: RunFolder, path: str | Path, *, done: int, planned: int, epochs: int,
+                     finished: bool) -> None:
+    """Raise UsageError where a run cannot be extended to ``epochs``: not more than it trained, an unfinished
+    run asked for another length, or a run whose training stopped on catastrophic overfitting."""
+    if not finished:
+        raise UsageError(f"{str(path)!r} stopped after epoch {done} of its {planned}; resume it to {planned} first "
+                         f"(imgclf train --resume {path}), then extend it with --epochs")
+    if epochs <= done:
+        raise UsageError(f"{str(path)!r} has trained {done} epochs; --epochs extends it and must be more than {done}")
+    training = read_metrics(folder.path).training
+    collapsed = training.adversarial.catastrophic_overfitting if training and training.adversarial else None
+    if collapsed:
+        raise UsageError(f"{str(path)!r} stopped on catastrophic overfitting ({collapsed}); more epochs would train "
+                         "the collapsed model further: start a new run with a smaller eps or step instead")
+
+
 def _load_train_state(path: Path, device: torch.device) -> dict[str, Any]:
     """``train_state.pt``, loaded without unpickling code and checked (:class:`imgclf.record.TrainState`).
 
@@ -615,15 +672,16 @@ def _start_folder(folder: RunFolder, config: RunConfig, data: DataSplits, env: d
     })
 
 
-def _training_metrics(config: RunConfig, settings: Settings, result: TrainResult, processes: int) -> dict[str, Any]:
-    """``metrics.json``'s ``training`` and ``timing`` sections after training."""
+def _training_metrics(config: RunConfig, settings: Settings, result: TrainResult, processes: int,
+                      fingerprint: str) -> dict[str, Any]:
+    """``metrics.json``'s ``training`` and ``timing`` sections after training (``fingerprint``: the kept model's)."""
     adversarial = None
     if settings.train_eps is not None:
         adversarial = AdversarialTraining(config.adversarial.recipe, settings.train_eps.value, config.attack.norm,
                                           result.best_robust_val_accuracy, result.catastrophic_overfitting)
     training = Training(result.best_epoch, result.best_val_accuracy, epochs=config.train.epochs,
                         epochs_run=len(result.history), stopped_early=result.stopped_early, processes=processes,
-                        adversarial=adversarial)
+                        adversarial=adversarial, model_fingerprint=fingerprint)
     return {"training": section(training), "timing": {"train_seconds": result.seconds}}
 
 

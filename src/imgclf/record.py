@@ -102,7 +102,9 @@ class AdversarialTraining:
 @dataclass
 class Training:
     """``metrics.json`` ``training``: how training went (accuracies are fractions in [0, 1]; a classifier
-    fitted in one go, such as an SVM, has no ``best_epoch``)."""
+    fitted in one go, such as an SVM, has no ``best_epoch``). ``model_fingerprint`` identifies the kept
+    model (:func:`imgclf.pipeline.model_fingerprint`): an evaluation whose settings name another one was
+    made before training was extended."""
 
     best_epoch: int | None
     best_val_accuracy: float
@@ -111,6 +113,7 @@ class Training:
     stopped_early: bool = False
     processes: int = 1
     adversarial: AdversarialTraining | None = None
+    model_fingerprint: str | None = None
 
 
 @dataclass
@@ -194,7 +197,8 @@ class Metrics:
         training: From the train stage (None for a model imgclf evaluated but did not train).
         clean: The clean test metrics.
         evaluations: The robustness evaluations, oldest first (:class:`Evaluation`); :attr:`robustness`
-            and :attr:`attack` are the newest one's. timing: Seconds per stage.
+            and :attr:`attack` are the newest one's of the kept model (:meth:`current`). timing: Seconds
+            per stage.
     """
 
     schema_version: int = 1
@@ -212,10 +216,16 @@ class Metrics:
     evaluations: list[Evaluation] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
 
+    def current(self, evaluation: Evaluation) -> bool:
+        """Whether ``evaluation`` is of the run's kept model: False for one made before training was
+        extended (its settings name another model fingerprint than ``training``'s)."""
+        kept = self.training.model_fingerprint if self.training else None
+        return kept is None or evaluation.settings.get("model", kept) == kept
+
     @property
     def latest(self) -> Evaluation | None:
-        """The newest robustness evaluation, or None."""
-        return self.evaluations[-1] if self.evaluations else None
+        """The newest robustness evaluation of the kept model, or None."""
+        return next((e for e in reversed(self.evaluations) if self.current(e)), None)
 
     @property
     def robustness(self) -> list[RobustnessEntry]:

@@ -296,8 +296,12 @@ class _Loop:
             adversary=self.adversary.state_dict() if self.adversary is not None else None,
         ).to_dict()
 
-    def restore(self, state: dict[str, Any]) -> tuple[TrainResult, dict[str, torch.Tensor], int, int]:
+    def restore(self, state: dict[str, Any], *, schedule: bool = True
+                ) -> tuple[TrainResult, dict[str, torch.Tensor], int, int]:
         """Load a :meth:`state`; returns the result so far, the best weights, the next epoch and the stale count.
+
+        Args:
+            schedule: Load the learning-rate schedule's position too (False: the caller builds a new one).
 
         Raises:
             UsageError: If the state is not this model's and these settings' (other shapes, another
@@ -306,7 +310,7 @@ class _Loop:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            if self.schedule is not None:
+            if self.schedule is not None and schedule:
                 self.schedule.load_state_dict(state["schedule"])
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
@@ -322,6 +326,17 @@ class _Loop:
         result = TrainResult(list(state["history"]), state["best_epoch"], state["best_val_accuracy"],
                              state["seconds"], best_robust_val_accuracy=state.get("best_robust_val_accuracy"))
         return result, state["best_state"], state["epoch"] + 1, state["stale"]
+
+    def restart_schedule(self, model: nn.Module, config: TrainConfig, epochs: int) -> None:
+        """A new learning-rate schedule of ``config.schedule``'s kind over ``epochs`` more epochs, from each
+        parameter group's configured learning rate (the restored optimizer holds the last one of the
+        earlier schedule, and a chained schedule such as cosine would start from it)."""
+        for group, fresh in zip(self.optimizer.param_groups, build_optimizer(model, config).param_groups,
+                                strict=True):
+            group["lr"] = fresh["lr"]
+            for key in ("initial_lr", "max_lr", "min_lr"):  # set again by the new schedule
+                group.pop(key, None)
+        self.schedule = build_schedule(self.optimizer, dataclasses.replace(config, epochs=epochs), self.steps)
 
     def epoch(self, epoch: int, data: DataSplits, config: TrainConfig, *, augment: str, device: torch.device,
               dist: Distributed, quiet: bool, on_step: Callable[[torch.Tensor, float], None] | None
@@ -410,6 +425,7 @@ def fit(
     quiet: bool = False,
     on_epoch: Callable[[TrainResult, dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
+    extend: bool = False,
     distributed: Distributed | None = None,
     on_step: Callable[[torch.Tensor, float], None] | None = None,
     adversarial: AdversarialConfig | None = None,
@@ -438,6 +454,11 @@ def fit(
             training state (tensors and plain values only; save it with
             ``torch.save`` and pass it back as ``resume``).
         resume: A state from ``on_epoch``: training continues after its epoch.
+        extend: ``resume`` is the state of a finished run, which goes on to ``config.epochs``: from its
+            last epoch's weights, optimizer moments, moving average and random streams, with a new
+            schedule of ``config.schedule``'s kind over the added epochs (a second cycle from
+            ``config.lr``; ``step`` keeps counting its steps) and the early-stopping count reset.
+            The history and the best epoch carry on, so the kept model is the best of all epochs.
         distributed: Rank and world size under ``torchrun``; each process
             trains on its share of every epoch and gradients are averaged.
         on_step: Called after every optimizer step (see :func:`train_one_epoch`).
@@ -452,14 +473,23 @@ def fit(
         History and best epoch; ``model`` holds the best weights, in eval mode.
 
     Raises:
-        ValueError: If adversarial training is asked for without ``adversarial_eps``.
+        ValueError: If adversarial training is asked for without ``adversarial_eps``, or ``extend``
+            without ``resume``.
     """
+    if extend and resume is None:
+        raise ValueError("extend=True continues a finished run: pass its training state as resume")
     dist = distributed or Distributed()
     if resume is None:
         initialize_from_data(model, data, device=device, seed=seed)
     loop = _build_loop(model, data, config, balance=balance, device=device, seed=seed, dist=dist,
                        adversarial=adversarial, adversarial_eps=adversarial_eps, norm=norm)
-    result, best_state, start_epoch, stale = (TrainResult(), None, 1, 0) if resume is None else loop.restore(resume)
+    restart = extend and config.schedule != "step"
+    result, best_state, start_epoch, stale = (TrainResult(), None, 1, 0) if resume is None else \
+        loop.restore(resume, schedule=not restart)
+    if extend:
+        stale = 0
+        if restart:
+            loop.restart_schedule(model, config, config.epochs - start_epoch + 1)
     started = time.perf_counter() - result.seconds
     for epoch in range(start_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()

@@ -88,12 +88,14 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
     return figures
 
 
-def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None) -> dict[str, object]:
-    """What the report shows of one robustness evaluation."""
+def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, *, current: bool
+                     ) -> dict[str, object]:
+    """What the report shows of one robustness evaluation (``current``: of the kept model)."""
     attack = evaluation.attack
     eps = sorted({row.eps for row in evaluation.robustness})
     return {
         "key": evaluation.key,
+        "current": current,
         "title": f"{', '.join(a.upper() for a in evaluation.attacks()) or 'no attack'} at eps "
                  f"{', '.join(eps_label(e, colour) for e in eps)}",
         "finished": evaluation.finished,
@@ -178,7 +180,8 @@ def write_report(folder: RunFolder) -> Path:
         best_epoch=training.best_epoch if training else "?",
         clean=metrics.clean,
         clean_n=metrics.clean.n if metrics.clean else None,
-        evaluations=[_evaluation_view(e, colour, metrics.clean.n if metrics.clean else None)
+        evaluations=[_evaluation_view(e, colour, metrics.clean.n if metrics.clean else None,
+                                      current=metrics.current(e))
                      for e in reversed(metrics.evaluations)],  # newest first
         worst_case=WORST_CASE,
         timing={key: f"{value:.1f} s" for key, value in metrics.timing.items()},
