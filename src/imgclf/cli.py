@@ -299,6 +299,23 @@ def _pipeline_commands(command: Command) -> None:
         _add_common(p)
     _add_attack_flags(run)
     _add_attack_flags(train)  # recorded in config.yaml for later `imgclf attack`
+    lr_find = command("lr-find", "the learning-rate range test: the training loss as the learning rate rises, "
+                                 "a figure, and a suggested learning rate", """
+        imgclf lr-find --dataset mnist --model simple-cnn
+        imgclf lr-find --dataset cifar10 --model resnet18 --optimizer sgd --batch-size 128 --out lr.png
+        imgclf run --dataset mnist --lr auto                 # the same test, its suggestion used and recorded
+    """)
+    lr_find.add_argument("--config", metavar="YAML", help="settings file; flags override it")
+    lr_find.add_argument("--start-lr", type=_finite, default=1e-7, metavar="LR", help="first rate (default 1e-7)")
+    lr_find.add_argument("--end-lr", type=_finite, default=10.0, metavar="LR", help="last rate (default 10)")
+    lr_find.add_argument("--steps", type=_integer(10, None, "an integer >= 10"), default=100, metavar="N",
+                         help="optimizer steps of the sweep (default 100)")
+    lr_find.add_argument("--out", metavar="FILE.png",
+                         help="the figure; its curve goes beside it as .csv (default runs/lr-find-<dataset>-<model>-"
+                              "<time>.png); an existing file is not replaced")
+    _add_data_flags(lr_find, full=True)
+    _add_train_flags(lr_find)
+    _add_common(lr_find)
 
     evaluate = command("evaluate", "clean test metrics of a trained run, or of any model on a data set", """
         imgclf evaluate runs/mnist
@@ -757,6 +774,45 @@ def _run_or_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lr_find(args: argparse.Namespace) -> int:
+    """``imgclf lr-find``: the range test, its figure and curve, and the suggestion printed."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from imgclf.config import load_config
+
+    overrides = _overrides(args)
+    _check_hub_first(overrides)
+    config = load_config(args.config, overrides)
+    if args.out is not None:
+        figure_path = Path(args.out)
+        if figure_path.suffix.lower() != ".png":
+            raise UsageError(f"--out names the figure, a .png file; got {args.out!r}")
+    else:
+        stem = Path(config.data.dataset).stem if "/" in config.data.dataset else config.data.dataset
+        model = config.model.name.replace(":", "-").replace("/", "-")
+        figure_path = Path("runs") / f"lr-find-{stem}-{model}-{datetime.now():%Y%m%d-%H%M%S}.png"
+    curve_path = figure_path.with_suffix(".csv")
+    taken = [str(path) for path in (figure_path, curve_path) if path.exists()]
+    if taken:
+        raise UsageError(f"{' and '.join(taken)} exist{'s' if len(taken) == 1 else ''}; choose another --out")
+    from imgclf.pipeline import find_lr
+    from imgclf.report.plots import lr_finder_figure, save_figure
+    from imgclf.run_folder import atomic_write_text
+
+    found, _ = find_lr(config, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, quiet=args.quiet)
+    figure_path.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(lr_finder_figure(found.lrs, found.losses, found.smoothed, suggestion=found.suggestion,
+                                 minimum_lr=found.minimum_lr), figure_path)
+    atomic_write_text(curve_path, "lr,loss,smoothed\n" + "".join(
+        f"{lr!r},{loss!r},{smooth!r}\n" for lr, loss, smooth in zip(found.lrs, found.losses, found.smoothed,
+                                                                    strict=True)))
+    print(f"suggested lr {found.suggestion:.3g} (steepest descent of the loss's running median); lowest at lr "
+          f"{found.minimum_lr:.3g}; {len(found.lrs)} steps, {found.stopped}, {found.seconds:.1f} s")
+    print(f"figure: {figure_path}\ncurve: {curve_path}")
+    return 0
+
+
 def _check_hub_first(overrides: dict[str, Any]) -> None:
     """``--model timm:NAME|torchvision:NAME --model-option pretrained=true`` without a network and without the
     weights in the cache: one line before anything is imported (the library itself imports torch)."""
@@ -855,8 +911,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 #: The handler of every subcommand.
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _run_or_train, "train": _run_or_train, "evaluate": _stage, "attack": _stage, "report": _report,
-    "compare": _compare, "predict": _predict, "export": _export, "activations": _activations,
+    "run": _run_or_train, "train": _run_or_train, "lr-find": _lr_find, "evaluate": _stage, "attack": _stage,
+    "report": _report, "compare": _compare, "predict": _predict, "export": _export, "activations": _activations,
     "mlp-numpy": _mlp_numpy, "features": _features, "fit-features": _fit_features, "sweep": _sweep,
     "data": _data_check, "datasets": _listing(_list_datasets), "models": _listing(_list_models),
     "attacks": _listing(_list_attacks),
@@ -866,7 +922,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 def _in_flag_terms(message: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     """``message`` with each setting the user gave by a flag named by that flag (``train.epochs`` ->
     ``--epochs``); settings from a YAML file keep their key, which is what the file holds."""
-    if args.command not in ("run", "train", "evaluate", "attack", "export", "features"):
+    if args.command not in ("run", "train", "lr-find", "evaluate", "attack", "export", "features"):
         return message
     flags = _flag_names(parser, args.command)
     for key in sorted((k for k in vars(args) if "." in k or k in ("seed", "device")), key=len, reverse=True):

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from imgclf.attacks import ATTACK_PRESETS, ATTACKS, NORMS, expand_attacks, targetable_attacks
-from imgclf.constraints import CountOrAll, Interval, Options, check_fields, setting
+from imgclf.constraints import CountOrAll, Interval, Options, OrWord, check_fields, setting
 from imgclf.data.augment import AUGMENTATIONS
 from imgclf.defenses import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
 from imgclf.errors import UsageError, unknown_choice
@@ -89,7 +89,8 @@ class TrainConfig:
     epochs: int = setting(10, _POSITIVE)
     batch_size: int = setting(64, _POSITIVE)
     optimizer: str = setting("adamw", Options("optimizer", OPTIMIZERS))
-    lr: float = setting(2e-3, Interval(float, 0, None, "neither"))  # peak for onecycle, initial for the others
+    # peak for onecycle, initial for the others; "auto": the learning-rate range test's suggestion (`lr-find`)
+    lr: float | str = setting(2e-3, OrWord(Interval(float, 0, None, "neither"), "auto"))
     momentum: float = setting(0.9, _NON_NEGATIVE)  # SGD only
     nesterov: bool = True  # SGD only
     weight_decay: float = setting(5e-4, _NON_NEGATIVE)

@@ -154,6 +154,23 @@ class CountOrAll(Constraint):
         return [0, -3, "some"]
 
 
+@dataclass(frozen=True)
+class OrWord(Constraint):
+    """What ``inner`` accepts, or one word: ``lr: float | str = setting(2e-3, OrWord(Interval(...), "auto"))``."""
+
+    inner: Constraint
+    word: str
+
+    def accepts(self, value: Any) -> bool:
+        return value == self.word if isinstance(value, str) else self.inner.accepts(value)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}, or {self.word!r}"
+
+    def invalid_values(self) -> list[Any]:
+        return [*self.inner.invalid_values(), f"{self.word}-not"]
+
+
 def setting(default: Any = MISSING, constraint: Constraint | None = None, *,
             default_factory: Callable[[], Any] | Any = MISSING) -> Any:
     """A dataclass field with its constraint: ``epochs: int = setting(10, Interval(int, 1, None))``."""

@@ -11,12 +11,13 @@ through it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from imgclf.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 from imgclf.runtime import environment, seed_everything, select_device
 from imgclf.settings import Settings, resolve
 from imgclf.training import TrainResult, fit
+
+if TYPE_CHECKING:
+    from imgclf.lr_finder import LRFinderResult
 
 
 class RunLog:
@@ -197,6 +201,16 @@ class Run:
             + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
         )
         log("splits: " + "; ".join(f"{split}: {origin}" for split, origin in data.origins.items()))
+        if config.train.lr == "auto":
+            if dist.world_size > 1:
+                raise UsageError("--lr auto runs the range test in one process: run `imgclf lr-find` with the same "
+                                 "flags and pass its suggestion as --lr")
+            found = _range_test(config, data, model, device, log)
+            settings = dataclasses.replace(settings, config=dataclasses.replace(
+                config, train=dataclasses.replace(config.train, lr=found.suggestion)))
+            if folder is not None:  # the learning rate used, where config.yaml said auto
+                atomic_write_text(folder.config_path, dump_config(settings.config))
+                _save_range_test(folder, found)
         run = cls(folder, settings, data, model, device, log=log, quiet=quiet)
         run.train_result = run._fit(dist, env=env, after_epoch=after_epoch)
         return run
@@ -626,6 +640,51 @@ def _prepare(config: RunConfig, out: str | Path | None, quiet: bool
     return dist, log, device, data, resolve(config, channels=spec.channels, class_names=list(spec.class_names))
 
 
+def find_lr(config: RunConfig, *, start_lr: float, end_lr: float, steps: int, quiet: bool = False
+            ) -> tuple[LRFinderResult, DataSplits]:
+    """``imgclf lr-find``: the learning-rate range test with the data, model and optimizer ``config`` names
+    (see :func:`imgclf.lr_finder.lr_range_test`); returns the result and the data it ran on.
+
+    Raises:
+        UsageError: Bad data set, model or options; a sweep that is not a range; a loss that never fell.
+    """
+    from imgclf.lr_finder import lr_range_test
+
+    _, log, device, data, settings = _prepare(config, None, quiet)
+    config = settings.config
+    model = _model_for(config, data, device)
+    spec = data.spec
+    log(f"{spec.name}: {len(data.train)} train images, {spec.num_classes} classes; {config.model.name} on {device}; "
+        f"{config.train.optimizer}, batch {config.train.batch_size}, lr {start_lr:g} to {end_lr:g} in {steps} steps")
+    found = lr_range_test(model, data, config.train, augment=config.data.augment, balance=config.data.balance,
+                          device=device, seed=config.seed, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    return found, data
+
+
+def _range_test(config: RunConfig, data: DataSplits, model: torch.nn.Module, device: torch.device,
+                log: Callable[[str], None]) -> LRFinderResult:
+    """``--lr auto``: the range test on a copy of ``model`` (the run then trains ``model`` itself, from the
+    same starting weights, as with ``--lr`` set to the suggestion)."""
+    import copy
+
+    from imgclf.lr_finder import lr_range_test
+
+    log("--lr auto: learning-rate range test")
+    found = lr_range_test(copy.deepcopy(model), data, config.train, augment=config.data.augment,
+                          balance=config.data.balance, device=device, seed=config.seed)
+    log(f"--lr auto: lr {found.suggestion:.3g} (steepest descent of the loss's running median; lowest at lr "
+        f"{found.minimum_lr:.3g}; {len(found.lrs)} steps, {found.stopped}, {found.seconds:.1f} s)")
+    return found
+
+
+def _save_range_test(folder: RunFolder, found: LRFinderResult) -> None:
+    """``lr_find.csv`` and ``metrics.json``'s ``lr_finder``."""
+    curve = zip(found.lrs, found.losses, found.smoothed, strict=True)
+    folder.write_csv(record.LR_FIND, [{"lr": lr, "loss": loss, "smoothed": smooth} for lr, loss, smooth in curve])
+    folder.update_metrics({"lr_finder": section(record.LRFinderRecord(
+        found.suggestion, found.minimum_lr, found.stopped, found.start_lr, found.end_lr, found.steps, found.seconds))})
+
+
 def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
     """The model to train: the architecture with its starting weights (``model.weights``) and normalization
     (:func:`imgclf.models.sources.normalization`)."""
@@ -688,8 +747,6 @@ def _training_metrics(config: RunConfig, settings: Settings, result: TrainResult
 def _evaluation_settings(settings: Settings, examples: int, model: torch.nn.Module) -> dict[str, Any]:
     """What identifies a robustness evaluation (:func:`imgclf.record.evaluation_key`): every attack's settings,
     the eps values, the number of examples, the batch size, the seed and the model's fingerprint."""
-    import dataclasses
-
     config = settings.config
     return {"attacks": [dataclasses.asdict(spec) for spec in settings.attacks], "norm": config.attack.norm,
             "eps": [float(e) for e in settings.eps_values], "examples": examples,

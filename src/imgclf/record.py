@@ -17,6 +17,7 @@ Layout (every file optional until its stage has run)::
       model.json           architecture, class names, input shape, normalization, versions
       splits.npz           indices of the train/val/test examples used
       history.csv          one row per epoch
+      lr_find.csv          with --lr auto: the range test's curve (lr, loss, smoothed)
       metrics.json         the sections of :class:`Metrics`
       train_state.pt       the training state after the last finished epoch (resume)
       samples.npz          test images with true and predicted labels (for the report)
@@ -57,6 +58,7 @@ WEIGHTS = "model.safetensors"
 MODEL_INFO = "model.json"
 SPLITS = "splits.npz"
 HISTORY = "history.csv"
+LR_FIND = "lr_find.csv"
 METRICS = "metrics.json"
 TRAIN_STATE = "train_state.pt"
 SAMPLES = "samples.npz"
@@ -97,6 +99,20 @@ class AdversarialTraining:
     norm: str
     best_robust_val_accuracy: float | None
     catastrophic_overfitting: str | None = None
+
+
+@dataclass
+class LRFinderRecord:
+    """``metrics.json`` ``lr_finder``: the range test behind ``--lr auto`` (its curve is ``lr_find.csv``);
+    learning rates are optimizer rates, ``seconds`` wall time."""
+
+    suggestion: float
+    minimum_lr: float
+    stopped: str
+    start_lr: float
+    end_lr: float
+    steps: int
+    seconds: float
 
 
 @dataclass
@@ -195,6 +211,7 @@ class Metrics:
         inputs: What a classifier on features was trained on (feature runs).
         environment: Versions and device.
         training: From the train stage (None for a model imgclf evaluated but did not train).
+        lr_finder: The learning-rate range test of ``--lr auto``, or None.
         clean: The clean test metrics.
         evaluations: The robustness evaluations, oldest first (:class:`Evaluation`); :attr:`robustness`
             and :attr:`attack` are the newest one's of the kept model (:meth:`current`). timing: Seconds
@@ -212,6 +229,7 @@ class Metrics:
     inputs: str | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     training: Training | None = None
+    lr_finder: LRFinderRecord | None = None
     clean: ClassificationMetrics | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)

@@ -38,17 +38,35 @@ from imgclf.runtime import generator
 Log = Callable[[str], None]
 
 
+def learning_rate(config: TrainConfig) -> float:
+    """``config.lr`` as a number.
+
+    Raises:
+        ValueError: For ``"auto"``, which the range test (:mod:`imgclf.lr_finder`) turns into a number
+            before training.
+    """
+    if isinstance(config.lr, str):
+        raise ValueError(f"train.lr is {config.lr!r}: run the range test (imgclf.lr_finder.lr_range_test) and "
+                         "set its suggestion before training")
+    return float(config.lr)
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov), Adam or AdamW with the configured weight decay."""
+    """SGD (momentum, optional Nesterov), Adam or AdamW with the configured weight decay.
+
+    Raises:
+        ValueError: If ``config.lr`` is ``"auto"`` (see :func:`learning_rate`).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    lr = learning_rate(config)
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
+            params, lr=lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
             weight_decay=config.weight_decay,
         )
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
 
 
 #: Fewest optimizer steps for which ``onecycle`` warms up; shorter runs decay by cosine.
@@ -70,7 +88,8 @@ def build_schedule(
     """
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle" and total >= MIN_ONECYCLE_STEPS:
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate(config), total_steps=total,
+                                                   pct_start=0.25)
     if config.schedule in ("cosine", "onecycle"):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if config.schedule == "step":
@@ -542,7 +561,7 @@ def _check_finite(row: dict[str, float], model: nn.Module, epoch: int, config: T
             if result.best_epoch else "no epoch trained cleanly, so no model was saved")
     raise TrainingDivergedError(
         f"training diverged in epoch {epoch}: the training loss is {row['train_loss']} and the validation loss "
-        f"{row['val_loss']}; lower --lr (now {config.lr:g}) or clip gradients (--grad-clip 1); {kept}")
+        f"{row['val_loss']}; lower --lr (now {learning_rate(config):g}) or clip gradients (--grad-clip 1); {kept}")
 
 
 def _keep_if_best(result: TrainResult, row: dict[str, float], epoch: int, evaluated: nn.Module,

@@ -20,6 +20,7 @@ from imgclf.report.plots import (
     confusion_matrix_figure,
     embed_figures,
     eps_label,
+    lr_finder_figure,
     prediction_grid,
     robustness_curve,
     training_curves,
@@ -61,6 +62,12 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
     history = folder.read_csv(record.HISTORY)
     if history:
         figures["training_curves"] = training_curves(history)
+    curve = folder.read_csv(record.LR_FIND)
+    if curve and metrics.lr_finder is not None:
+        figures["lr_find"] = lr_finder_figure([row["lr"] for row in curve], [row["loss"] for row in curve],
+                                              [row["smoothed"] for row in curve],
+                                              suggestion=metrics.lr_finder.suggestion,
+                                              minimum_lr=metrics.lr_finder.minimum_lr)
     if metrics.clean:
         figures["confusion_matrix"] = confusion_matrix_figure(metrics.clean.confusion_matrix, class_names)
     samples = folder.read_arrays(record.SAMPLES)
@@ -178,6 +185,7 @@ def write_report(folder: RunFolder) -> Path:
         best_val=percent(training.best_val_accuracy if training else None),
         adversarial=training.adversarial if training else None,
         best_epoch=training.best_epoch if training else "?",
+        lr_finder=metrics.lr_finder,
         clean=metrics.clean,
         clean_n=metrics.clean.n if metrics.clean else None,
         evaluations=[_evaluation_view(e, colour, metrics.clean.n if metrics.clean else None,

@@ -70,6 +70,30 @@ def training_curves(history: Sequence[dict[str, float]]) -> Figure:
     return figure
 
 
+def lr_finder_figure(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], *,
+                     suggestion: float, minimum_lr: float) -> Figure:
+    """The learning-rate range test: training loss against learning rate (log scale), each batch's and
+    the running median, with the suggested rate and the rate of the lowest median marked."""
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    ax = figure.subplots()
+    finite = [v for v in losses if np.isfinite(v)]
+    ax.plot(lrs, losses, color="0.7", linewidth=0.8, label="loss of each batch")
+    ax.plot(lrs, smoothed, color="C0", linewidth=2, label="running median")
+    ax.axvline(suggestion, color=RIGHT, linestyle="--", label=f"suggested lr {suggestion:.2g}")
+    ax.axvline(minimum_lr, color=WRONG, linestyle=":", label=f"lowest loss at lr {minimum_lr:.2g}")
+    if finite:  # the divergence at the end would squash the curve: up to the first tenth's highest loss
+        low, high = min(finite), max(finite[: max(1, len(finite) // 10)])
+        high = max(high, low * 1.5)
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.15 * (high - low))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (cross-entropy)")
+    ax.set_title("Learning-rate range test")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return figure
+
+
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
     """Confusion matrix: rows true class, columns predicted; colour = share of the row."""
     counts = np.asarray(matrix)

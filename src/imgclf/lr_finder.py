@@ -1,0 +1,204 @@
+"""The learning-rate range test: a short training run whose learning rate grows exponentially, and the
+rate it suggests.
+
+Smith, "Cyclical Learning Rates for Training Neural Networks" (WACV 2017), section 3.3: train for a
+hundred or so steps while the learning rate rises from a tiny to a large value, and read off where the
+loss falls fastest. The test stops once an exponential moving average of the loss (bias-corrected,
+weight 0.98 on the past, as fastai and PyTorch Lightning keep it) exceeds four times its lowest value
+or is not finite. The suggestion is read from a centred running median of the losses (a window of 5%
+of the steps): unlike the moving average it does not lag behind the rising rate, and the explosion at
+the end does not leak back into it. The suggested rate is that of the median curve's steepest descent
+against ``log10(lr)`` before its minimum, Lightning's rule on a curve without lag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.config import TrainConfig
+from imgclf.data.batches import iterate_batches
+from imgclf.data.containers import DataSplits
+from imgclf.errors import UsageError
+from imgclf.runtime import generator
+from imgclf.training import (
+    autocast_dtype,
+    build_mixing,
+    build_optimizer,
+    class_balance,
+    initialize_from_data,
+    train_one_epoch,
+)
+
+#: The range test's defaults: from ``START_LR`` to ``END_LR`` in ``STEPS`` optimizer steps.
+START_LR, END_LR, STEPS = 1e-7, 10.0, 100
+#: Weight of the past in the loss's exponential moving average (which decides when to stop).
+SMOOTHING = 0.98
+#: Window of the running median the suggestion is read from, as a share of the steps (at least 5 points).
+MEDIAN_WINDOW = 0.05
+#: The test stops when the smoothed loss exceeds this many times its lowest value.
+DIVERGENCE = 4.0
+
+
+@dataclass
+class LRFinderResult:
+    """The range test's curve and suggestion.
+
+    Attributes:
+        lrs: The learning rate of each step, rising geometrically (float, > 0).
+        losses: Each step's training loss (cross-entropy of its batch).
+        smoothed: The centred running median of ``losses`` (:func:`running_median`).
+        suggestion: The suggested learning rate: steepest descent of ``smoothed`` against
+            ``log10(lr)`` before its minimum.
+        minimum_lr: The learning rate at the lowest smoothed loss (a rate to stay well below).
+        stopped: Why the test ended: ``"reached end_lr"`` or ``"loss diverged at lr X"``.
+        start_lr, end_lr, steps: The sweep asked for. seconds: Wall time.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestion: float
+    minimum_lr: float
+    stopped: str
+    start_lr: float
+    end_lr: float
+    steps: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def running_median(values: np.ndarray, window: int) -> np.ndarray:
+    """The centred running median of ``values`` (``(S,)``) over ``window`` points (odd; the ends repeat
+    the first and last value). Returns ``(S,)`` float64."""
+    half = window // 2
+    padded = np.pad(np.asarray(values, dtype=np.float64), half, mode="edge")  # (S + 2 * half,)
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)  # (S,)
+
+
+def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> float:
+    """The learning rate of steepest descent of ``smoothed`` against ``log10(lrs)`` before its minimum.
+
+    The first tenth of the sweep is left out (where the rate is too small to move the loss, the
+    noise decides the slope).
+
+    Args:
+        lrs: ``(S,)`` rising learning rates, > 0.
+        smoothed: ``(S,)`` smoothed losses.
+
+    Raises:
+        UsageError: If the loss never fell (fewer than 3 points from the first tenth to the minimum,
+            or no negative slope there): no rate can be read off.
+    """
+    skip = len(lrs) // 10
+    lowest = int(np.argmin(smoothed[skip:])) + skip
+    if lowest - skip < 2:
+        raise UsageError(f"the loss did not fall during the range test (lowest at lr {lrs[lowest]:.2g}, step "
+                         f"{lowest + 1} of {len(lrs)}): start it lower (--start-lr) or check the data and model")
+    slope = np.gradient(smoothed[skip:lowest + 1], np.log10(lrs[skip:lowest + 1]))  # (lowest - skip + 1,)
+    steepest = int(np.argmin(slope))
+    if slope[steepest] >= 0:
+        raise UsageError("the loss did not fall during the range test: no learning rate can be suggested")
+    return float(lrs[skip + steepest])
+
+
+def lr_range_test(
+    model: nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    augment: str,
+    balance: str = "none",
+    device: torch.device,
+    seed: int,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+    steps: int = STEPS,
+) -> LRFinderResult:
+    """Run the range test on ``model`` (trained in place: pass a copy to keep it) with the run's own
+    optimizer, loss (class weights, label smoothing), augmentation, MixUp/CutMix, precision and gradient
+    clipping; the schedule is the test's own.
+
+    Data-dependent layers are initialized first, as :func:`imgclf.training.fit` does. Each step uses
+    the next training batch (the split is shuffled again when it runs out). Step ``i``
+    of ``steps`` trains at ``start_lr * (end_lr / start_lr) ** (i / (steps - 1))``; every parameter
+    group's rate keeps its ratio to ``config.lr``.
+
+    Args:
+        model: In any mode; left in training mode with the weights the test reached.
+        data: The splits; only ``train`` is read.
+        config: The run's optimisation settings (``config.lr`` a number: the groups' reference rate).
+        augment, balance: As for :func:`imgclf.training.fit`.
+        device, seed: Where, and the seed of the batch order and augmentation.
+        start_lr, end_lr: The sweep's ends, ``0 < start_lr < end_lr``.
+        steps: Optimizer steps, at least 10.
+
+    Returns:
+        The curve and the suggestion.
+
+    Raises:
+        UsageError: If the sweep's settings are invalid, or the loss never fell.
+    """
+    if not 0 < start_lr < end_lr or steps < 10:
+        raise UsageError(f"the range test needs 0 < start lr < end lr and at least 10 steps; got start {start_lr:g}, "
+                         f"end {end_lr:g}, {steps} steps")
+    began = time.perf_counter()
+    initialize_from_data(model, data, device=device, seed=seed)  # as training does (fast-cnn's whitening)
+    reference = 1.0 if isinstance(config.lr, str) else float(config.lr)  # "auto": every group at the test's rate
+    optimizer = build_optimizer(model, dataclasses.replace(config, lr=reference))
+    lrs = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))  # (steps,) geometric
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lrs[min(i, steps - 1)] / reference)
+    class_weights, sample_weights = class_balance(data, balance, device)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
+    amp_dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format).train()
+    order = generator(seed)
+    losses: list[float] = []
+    average, best, stopped = 0.0, float("inf"), "reached end_lr"
+
+    def batches() -> Any:
+        while True:
+            for images, labels in iterate_batches(data.train, batch_size=config.batch_size, device=device,
+                                                  shuffle=True, generator=order, augment=augment,
+                                                  sample_weights=sample_weights):
+                if len(losses) >= steps or stopped != "reached end_lr":
+                    return
+                yield images.contiguous(memory_format=memory_format), labels
+
+    def record(loss: torch.Tensor, _lr: float) -> None:
+        nonlocal average, best, stopped
+        value = float(loss)
+        losses.append(value)
+        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        corrected = average / (1 - SMOOTHING ** len(losses))  # bias correction of the zero start
+        best = min(best, corrected)
+        if not np.isfinite(corrected) or corrected > DIVERGENCE * best:
+            stopped = f"loss diverged at lr {lrs[len(losses) - 1]:.3g}"
+
+    train_one_epoch(model, batches(), optimizer=optimizer, schedule=schedule, loss_fn=loss_fn,
+                    mixing=build_mixing(config, data.spec.num_classes), amp_dtype=amp_dtype, scaler=scaler,
+                    grad_clip=config.grad_clip, on_step=record)
+    done = len(losses)
+    window = max(5, int(MEDIAN_WINDOW * steps) // 2 * 2 + 1)  # odd
+    raw = np.asarray(losses)
+    finite = np.isfinite(raw)
+    curve_lrs = lrs[:done][finite]
+    curve = running_median(raw[finite], window)
+    suggestion = suggest(curve_lrs, curve)
+    smoothed = np.full(done, np.nan)
+    smoothed[finite] = curve
+    return LRFinderResult(
+        lrs=[float(v) for v in lrs[:done]], losses=losses, smoothed=[float(v) for v in smoothed],
+        suggestion=suggestion, minimum_lr=float(curve_lrs[int(np.argmin(curve))]), stopped=stopped,
+        start_lr=start_lr, end_lr=end_lr, steps=steps, seconds=time.perf_counter() - began,
+    )
