@@ -164,6 +164,13 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(group, "--mixup", dest="train.mixup", metavar="ALPHA", help="MixUp alpha; 0 is off")
     _flag(group, "--cutmix", dest="train.cutmix", metavar="ALPHA", help="CutMix alpha; 0 is off")
     _flag(group, "--grad-clip", dest="train.grad_clip", metavar="NORM", help="clip the global gradient norm; 0 is off")
+    _flag(group, "--freeze-epochs", dest="train.freeze_epochs", metavar="K",
+          help="fine-tuning: train only the classifier head for the first K epochs, then everything")
+    _flag(group, "--backbone-lr-scale", dest="train.backbone_lr_scale", metavar="F",
+          help="fine-tuning: the backbone's learning rate is F times the head's")
+    _flag(group, "--freeze-bn", dest="train.freeze_bn",
+          help="fine-tuning: while the backbone is frozen its BatchNorm layers keep their running statistics "
+               "(eval mode); by default they keep updating them")
     _flag(group, "--early-stopping", dest="train.early_stopping", metavar="EPOCHS",
           help="stop after this many epochs without a better validation accuracy; 0 is off")
     _flag(group, "--amp", dest="train.amp", metavar="MODE", help="mixed precision: auto is bf16 on CUDA")

@@ -103,6 +103,9 @@ class TrainConfig:
     mixup: float = setting(0.0, _NON_NEGATIVE)  # MixUp alpha (Zhang et al. 2018); 0: off
     cutmix: float = setting(0.0, _NON_NEGATIVE)  # CutMix alpha (Yun et al. 2019); 0: off; with mixup, one per batch
     grad_clip: float = setting(0.0, _NON_NEGATIVE)  # clip the global gradient norm to this; 0: off
+    freeze_epochs: int = setting(0, Interval(int, 0, None))  # train only the classifier head for this many epochs
+    backbone_lr_scale: float = setting(1.0, Interval(float, 0, 1, "right"))  # backbone lr = this x the head's
+    freeze_bn: bool = False  # while frozen, the backbone's BatchNorm layers keep their running statistics
     early_stopping: int = setting(0, Interval(int, 0, None))  # stop after this many epochs without progress; 0: off
     amp: str = setting("auto", Options("mixed precision", AMP_MODES))  # auto: bf16 on CUDA where supported
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)

@@ -183,7 +183,7 @@ class Run:
         """
         dist, log, device, data, settings = _prepare(config, out, quiet)
         config, spec = settings.config, data.spec
-        model = _model_for(config, data, device)
+        model = _model_for(config, data, device, log)
         env = environment(device)
         folder = None
         if dist.is_main:
@@ -685,16 +685,25 @@ def _save_range_test(folder: RunFolder, found: LRFinderResult) -> None:
         found.suggestion, found.minimum_lr, found.stopped, found.start_lr, found.end_lr, found.steps, found.seconds))})
 
 
-def _model_for(config: RunConfig, data: DataSplits, device: torch.device) -> torch.nn.Module:
-    """The model to train: the architecture with its starting weights (``model.weights``) and normalization
+def _model_for(config: RunConfig, data: DataSplits, device: torch.device,
+               log: Callable[[str], None] | None = None) -> torch.nn.Module:
+    """The model to train: the architecture with its starting weights (``model.weights``; a classifier head of
+    another class count, or none, is left fresh: fine-tuning, said in ``log``) and normalization
     (:func:`imgclf.models.sources.normalization`)."""
+    from imgclf.models.sources import load_weights
+
     spec = data.spec
     mean, std, _ = normalization(config.model, channels=spec.channels, data_mean=spec.mean, data_std=spec.std)
-    return create_model(
+    model = create_model(
         config.model.name, channels=spec.channels, image_size=spec.image_size,
         num_classes=spec.num_classes, mean=mean, std=std, options=config.model.options,
-        weights=config.model.weights,
-    ).to(device)
+    )
+    if config.model.weights is not None:
+        fresh = load_weights(model.body, config.model.weights, new_head=True)
+        if fresh and log is not None:
+            log(f"--weights {config.model.weights}: every layer but the classifier head ({', '.join(fresh)}), "
+                f"which starts fresh for {spec.num_classes} classes")
+    return model.to(device)
 
 
 def _with_native_size(config: RunConfig) -> RunConfig:

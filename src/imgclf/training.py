@@ -51,13 +51,42 @@ def learning_rate(config: TrainConfig) -> float:
     return float(config.lr)
 
 
+def head_parameter_names(model: nn.Module) -> set[str]:
+    """The names of the parameters of ``model``'s classifier head (:func:`imgclf.models.classifier_head`)."""
+    from imgclf.models.classifier import classifier_head
+
+    head = classifier_head(model)
+    return {name for name, _ in model.named_parameters() if name.startswith(head + ".")}
+
+
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one, or under fine-tuning (``freeze_epochs`` or a
+    ``backbone_lr_scale`` below 1) the backbone at ``backbone_lr_scale * lr`` and the classifier head at
+    ``lr`` (discriminative learning rates, Howard and Ruder 2018). Parameters that do not require
+    gradients when it is called are left out.
+
+    Raises:
+        ValueError: If ``config.lr`` is ``"auto"`` (see :func:`learning_rate`).
+        UsageError: Fine-tuning a model without a linear classifier head.
+    """
+    lr = learning_rate(config)
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not config.freeze_epochs and config.backbone_lr_scale == 1:
+        return [{"params": [p for _, p in trainable], "lr": lr}]
+    head = head_parameter_names(model)
+    return [{"params": [p for name, p in trainable if name not in head], "lr": lr * config.backbone_lr_scale,
+             "name": "backbone"},
+            {"params": [p for name, p in trainable if name in head], "lr": lr, "name": "head"}]
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov), Adam or AdamW with the configured weight decay.
+    """SGD (momentum, optional Nesterov), Adam or AdamW with the configured weight decay, over
+    :func:`parameter_groups`.
 
     Raises:
         ValueError: If ``config.lr`` is ``"auto"`` (see :func:`learning_rate`).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = parameter_groups(model, config)
     lr = learning_rate(config)
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -79,7 +108,7 @@ def build_schedule(
     """The learning-rate schedule, stepped once per batch.
 
     * ``onecycle``: Smith & Topin (2019), warm-up over the first 25% of steps to
-      ``lr`` then cosine annealing (torch's ``OneCycleLR``). A run of fewer than
+      each parameter group's ``lr`` then cosine annealing (torch's ``OneCycleLR``). A run of fewer than
       :data:`MIN_ONECYCLE_STEPS` steps has no room for a warm-up (and torch's
       schedule divides by zero at exactly 4): it gets the cosine decay.
     * ``cosine``: cosine decay from ``lr`` to 0 over all steps.
@@ -88,8 +117,8 @@ def build_schedule(
     """
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle" and total >= MIN_ONECYCLE_STEPS:
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate(config), total_steps=total,
-                                                   pct_start=0.25)
+        peaks = [group["lr"] for group in optimizer.param_groups]  # each group's own (fine-tuning: two)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=0.25)
     if config.schedule in ("cosine", "onecycle"):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if config.schedule == "step":
@@ -218,7 +247,7 @@ class TrainResult:
 
     Attributes:
         history: One dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
-            ``val_loss``, ``val_accuracy``, ``lr`` (at the end of the epoch), ``seconds``
+            ``val_loss``, ``val_accuracy``, ``lr`` (at the end of the epoch; fine-tuning: the head's), ``seconds``
             (the whole epoch) and ``train_seconds`` (its training pass alone).
             Adversarial training adds ``robust_val_accuracy`` (PGD on a fixed
             validation subset at the full eps), ``train_eps`` (the warmed-up eps
@@ -292,6 +321,9 @@ class _Loop:
     adversary: Adversary | None
     robust_val: RobustValidation | None
     order: torch.Generator  # the batch order
+    backbone: list[nn.Parameter] = field(default_factory=list)  # fine-tuning: what freezing stops
+    backbone_bn: list[nn.Module] = field(default_factory=list)  # fine-tuning: the backbone's BatchNorm layers
+    frozen_bn: list[nn.Module] = field(default_factory=list)  # kept in eval mode this epoch
 
     @property
     def evaluated(self) -> nn.Module:
@@ -346,6 +378,13 @@ class _Loop:
                              state["seconds"], best_robust_val_accuracy=state.get("best_robust_val_accuracy"))
         return result, state["best_state"], state["epoch"] + 1, state["stale"]
 
+    def set_frozen(self, frozen: bool, *, freeze_bn: bool) -> None:
+        """Fine-tuning: stop (or restart) the backbone's training, leaving the classifier head trained;
+        with ``freeze_bn`` the backbone's BatchNorm layers also keep their running statistics while frozen."""
+        for parameter in self.backbone:
+            parameter.requires_grad_(not frozen)
+        self.frozen_bn = self.backbone_bn if frozen and freeze_bn else []
+
     def restart_schedule(self, model: nn.Module, config: TrainConfig, epochs: int) -> None:
         """A new learning-rate schedule of ``config.schedule``'s kind over ``epochs`` more epochs, from each
         parameter group's configured learning rate (the restored optimizer holds the last one of the
@@ -364,6 +403,8 @@ class _Loop:
         the training pass alone."""
         began = time.perf_counter()
         self.model.train()
+        for module in self.frozen_bn:
+            module.eval()
         batches = (
             (images.contiguous(memory_format=self.memory_format), labels)
             for images, labels in iterate_batches(
@@ -403,7 +444,8 @@ def _build_loop(model: nn.Module, data: DataSplits, config: TrainConfig, *, bala
     train_model = dist.wrap(typing.cast(nn.Module, torch.compile(model)) if config.compile else model)
     optimizer = build_optimizer(model, config)
     steps = num_batches(dist.share(len(data.train)), config.batch_size)
-    schedule = build_schedule(optimizer, config, steps)
+    frozen = min(config.freeze_epochs, config.epochs)  # fine-tuning: the first schedule covers the frozen epochs
+    schedule = build_schedule(optimizer, dataclasses.replace(config, epochs=frozen) if frozen else config, steps)
     ema = None
     if config.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -427,8 +469,15 @@ def _build_loop(model: nn.Module, data: DataSplits, config: TrainConfig, *, bala
                                       steps=adversarial.val_steps, seed=seed, device=device)
     order = generator(seed)
     torch.manual_seed(seed)  # dropout and MixUp/CutMix draw from the global generator
-    return _Loop(model, train_model, optimizer, schedule, loss_fn, steps, memory_format, sample_weights, ema, mixing,
+    loop = _Loop(model, train_model, optimizer, schedule, loss_fn, steps, memory_format, sample_weights, ema, mixing,
                  amp_dtype, scaler, adversary, robust_val, order)
+    if config.freeze_epochs:
+        head = head_parameter_names(model)
+        head_modules = {name.rsplit(".", 1)[0] for name in head}
+        loop.backbone = [p for name, p in model.named_parameters() if name not in head and p.requires_grad]
+        loop.backbone_bn = [module for name, module in model.named_modules()
+                            if isinstance(module, nn.modules.batchnorm._BatchNorm) and name not in head_modules]
+    return loop
 
 
 def fit(
@@ -502,6 +551,13 @@ def fit(
         initialize_from_data(model, data, device=device, seed=seed)
     loop = _build_loop(model, data, config, balance=balance, device=device, seed=seed, dist=dist,
                        adversarial=adversarial, adversarial_eps=adversarial_eps, norm=norm)
+    freeze = config.freeze_epochs
+    if freeze and dist.world_size > 1:
+        raise UsageError("--freeze-epochs trains in one process: its frozen parameters change what "
+                         "DistributedDataParallel synchronizes; drop torchrun or --freeze-epochs")
+    two_phases = 0 < freeze < config.epochs
+    if resume is not None and not extend and two_phases and resume["epoch"] > freeze:
+        loop.restart_schedule(model, config, config.epochs - freeze)  # the state holds the second phase's schedule
     restart = extend and config.schedule != "step"
     result, best_state, start_epoch, stale = (TrainResult(), None, 1, 0) if resume is None else \
         loop.restore(resume, schedule=not restart)
@@ -509,12 +565,33 @@ def fit(
         stale = 0
         if restart:
             loop.restart_schedule(model, config, config.epochs - start_epoch + 1)
+    try:
+        return _train_epochs(loop, model, data, config, result, best_state, start_epoch, stale, augment=augment,
+                             device=device, dist=dist, log=log, quiet=quiet, on_epoch=on_epoch, on_step=on_step,
+                             second_phase=freeze + 1 if two_phases and not extend else None)
+    finally:
+        loop.set_frozen(False, freeze_bn=False)  # every parameter trainable again, as it came
+
+
+def _train_epochs(loop: _Loop, model: nn.Module, data: DataSplits, config: TrainConfig, result: TrainResult,
+                  best_state: dict[str, torch.Tensor] | None, start_epoch: int, stale: int, *, augment: str,
+                  device: torch.device, dist: Distributed, log: Log, quiet: bool,
+                  on_epoch: Callable[[TrainResult, dict[str, Any]], None] | None,
+                  on_step: Callable[[torch.Tensor, float], None] | None, second_phase: int | None) -> TrainResult:
+    """:func:`fit`'s epochs from ``start_epoch``: the backbone frozen through ``config.freeze_epochs``, and at
+    ``second_phase`` (the first unfrozen epoch of a fresh two-phase run) a new schedule over the rest."""
     started = time.perf_counter() - result.seconds
     for epoch in range(start_epoch, config.epochs + 1):
+        if config.freeze_epochs:
+            loop.set_frozen(epoch <= config.freeze_epochs, freeze_bn=config.freeze_bn)
+            if epoch == second_phase:
+                loop.restart_schedule(model, config, config.epochs - epoch + 1)
+                log(f"epoch {epoch}: the backbone trains too from here, with a new {config.schedule} schedule over "
+                    f"the last {config.epochs - epoch + 1} epochs")
         epoch_start = time.perf_counter()
         row, train_seconds = loop.epoch(epoch, data, config, augment=augment, device=device, dist=dist, quiet=quiet,
                                         on_step=on_step)
-        lr = loop.optimizer.param_groups[0]["lr"]  # after the epoch's last step
+        lr = loop.optimizer.param_groups[-1]["lr"]  # after the epoch's last step (fine-tuning: the head's)
         _check_finite(row, loop.evaluated, epoch, config, result)
         seconds = time.perf_counter() - epoch_start
         result.history.append({**row, "lr": lr, "seconds": seconds, "train_seconds": train_seconds})

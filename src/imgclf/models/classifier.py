@@ -103,6 +103,28 @@ def create_model(
     return ImageClassifier(Normalize(mean, std), body)
 
 
+def classifier_head(body: nn.Module) -> str:
+    """The qualified name, within ``body``, of the layer that produces the logits.
+
+    timm's ``get_classifier()`` where the model has one; else the last ``nn.Linear`` registered
+    (torchvision's ``fc``, ``classifier[-1]`` and ``heads.head``, and imgclf's own architectures).
+
+    Raises:
+        UsageError: If ``body`` has no linear layer.
+    """
+    names = {id(module): name for name, module in body.named_modules()}
+    get_classifier = getattr(body, "get_classifier", None) or getattr(getattr(body, "body", None), "get_classifier",
+                                                                      None)
+    if callable(get_classifier):
+        head = get_classifier()
+        if isinstance(head, nn.Module) and id(head) in names and any(p.numel() for p in head.parameters()):
+            return names[id(head)]
+    linear = [name for name, module in body.named_modules() if isinstance(module, nn.Linear)]
+    if not linear:
+        raise UsageError(f"{type(body).__name__} has no linear classifier head to train alone or to replace")
+    return linear[-1]
+
+
 class GreyToRGB(nn.Module):
     """Repeats a grey channel three times, for a network built for colour images (torchvision's).
 

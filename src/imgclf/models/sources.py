@@ -464,18 +464,40 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return raw
 
 
-def load_weights(body: nn.Module, path: str | Path) -> None:
+def load_weights(body: nn.Module, path: str | Path, *, new_head: bool = False) -> list[str]:
     """Copy the weights of ``path`` (see :func:`read_state_dict`) into ``body``, strictly.
+
+    The weights of an imgclf run (``RUN/model.safetensors``: ``normalize.*`` and ``body.*``) give their
+    ``body.*`` tensors.
+
+    Args:
+        new_head: Fine-tuning: the classifier head (:func:`imgclf.models.classifier.classifier_head`)
+            may be missing from the weights or hold another number of classes; it then keeps its fresh
+            initialization. Every other tensor must still fit.
+
+    Returns:
+        The keys of ``body`` left at their initialization (``[]`` unless ``new_head``).
 
     Raises:
         UsageError: If names or shapes differ (the first differing keys are listed), or a tensor has the wrong
             dtype or holds NaN or infinity.
     """
     from imgclf.checkpoint import check_weights
+    from imgclf.models.classifier import classifier_head
 
     state = read_state_dict(path)
     expected = body.state_dict()
-    missing = [key for key in expected if key not in state]
+    if not any(key in expected for key in state) and all(key.startswith(("normalize.", "body.")) for key in state):
+        state = {key.removeprefix("body."): value for key, value in state.items() if key.startswith("body.")}
+    fresh: list[str] = []
+    if new_head:
+        head = classifier_head(body)
+        in_head = [key for key in expected if key.startswith(head + ".")]
+        fresh = [key for key in in_head if key not in state or state[key].shape != expected[key].shape]
+        if fresh:  # the weights' head is another task's: all of it stays fresh
+            fresh = in_head
+            state = {key: value for key, value in state.items() if not key.startswith(head + ".")}
+    missing = [key for key in expected if key not in state and key not in fresh]
     unexpected = [key for key in state if key not in expected]
     shapes = [f"{key} {tuple(state[key].shape)} (model {tuple(expected[key].shape)})"
               for key in expected if key in state and state[key].shape != expected[key].shape]
@@ -485,7 +507,8 @@ def load_weights(body: nn.Module, path: str | Path) -> None:
                  if keys]
         raise UsageError(f"the weights in {str(path)!r} do not fit the model: {'; '.join(parts)}")
     check_weights(state, expected, str(path))
-    body.load_state_dict(state, strict=True)
+    body.load_state_dict({**{key: expected[key] for key in fresh}, **state}, strict=True)
+    return fresh
 
 
 # -- exported models ------------------------------------------------------------------------------
