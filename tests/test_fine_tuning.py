@@ -3,6 +3,7 @@ a smaller learning rate for the backbone, BatchNorm statistics held or not."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def test_a_frozen_backbone_keeps_its_weights_while_the_new_head_learns(pretraine
         if not key.startswith(head + ".") and key in after:
             assert torch.equal(after[key], tensor), key  # weights and, with --freeze-bn, BatchNorm statistics
     assert all(p.requires_grad for p in Run.open(out).model.parameters())  # trainable again after training
+    info = json.loads((out / "model.json").read_text())["initial_weights"]
+    assert info["file"] == str(run / "model.safetensors") and len(info["sha256"]) == 64
+    assert (info["freeze_epochs"], info["freeze_bn"], info["backbone_lr_scale"]) == (1, True, 1.0)
 
     thawed = tmp_path / "bn-updating"
     assert main(["train", "--dataset", str(two), *MODEL, "--weights", str(run / "model.safetensors"),

@@ -28,13 +28,14 @@ from imgclf.run_folder import atomic_write_bytes, atomic_write_text
 
 def model_info(
     model: torch.nn.Module, name: str, options: dict[str, Any], spec: DatasetSpec, environment: dict[str, Any],
-    *, source: dict[str, Any] | None = None,
+    *, source: dict[str, Any] | None = None, initial_weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON metadata saved beside the weights (normalization as the model applies it).
 
     Args:
         model: An :class:`~imgclf.models.ImageClassifier` (its ``normalize`` layer is read).
         source: Where a model imgclf did not train came from (:class:`imgclf.record.ModelInfo`'s ``source``).
+        initial_weights: The weights a trained model started from (``ModelInfo.initial_weights``).
 
     Raises:
         TypeError: If ``model`` has no ``normalize`` layer.
@@ -58,6 +59,7 @@ def model_info(
         "versions": environment,
         "saved": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source or {},
+        "initial_weights": initial_weights or {},
     }
 
 

@@ -354,8 +354,10 @@ class Run:
             steps_done = resume.get("optimizer_steps", 0) if resume is not None else 0
             board = TrainingLogger(folder.path / "tensorboard", first_step=steps_done)
 
+        initial = self._initial_weights()
+
         def info() -> dict[str, Any]:
-            return model_info(model, config.model.name, config.model.options, spec, env)
+            return model_info(model, config.model.name, config.model.options, spec, env, initial_weights=initial)
 
         def save_epoch(result: TrainResult, state: dict[str, Any]) -> None:
             if folder is not None:
@@ -387,12 +389,26 @@ class Run:
             self._save_trained(result, dist.world_size, env)
         return result
 
+    def _initial_weights(self) -> dict[str, Any]:
+        """``model.json``'s ``initial_weights``: the file training started from and the fine-tuning settings
+        (empty without ``model.weights``)."""
+        config = self.config
+        if config.model.weights is None:
+            return {}
+        from imgclf.models.sources import file_digest
+
+        train = config.train
+        return {"file": config.model.weights, "sha256": file_digest(config.model.weights),
+                "freeze_epochs": train.freeze_epochs, "backbone_lr_scale": train.backbone_lr_scale,
+                "freeze_bn": train.freeze_bn}
+
     def _save_trained(self, result: TrainResult, world_size: int, env: dict[str, Any]) -> None:
         """Save the kept model and the ``training`` and ``timing`` sections of ``metrics.json``."""
         folder = self._folder()
         config = self.config
         save_model(self.model, folder.weights_path,
-                   model_info(self.model, config.model.name, config.model.options, self.data.spec, env))
+                   model_info(self.model, config.model.name, config.model.options, self.data.spec, env,
+                              initial_weights=self._initial_weights()))
         folder.update_metrics(_training_metrics(config, self.settings, result, world_size,
                                                 model_fingerprint(self.model)))
         robust = "" if result.best_robust_val_accuracy is None else \

@@ -287,6 +287,9 @@ class ModelInfo:
             weights file read), ``normalization`` (where mean and std came from); an exported model adds
             ``file`` (its copy in the run folder), ``sha256`` and ``normalize`` (imgclf applies the
             normalization in front of the file).
+        initial_weights: What a model imgclf trained started from when ``--weights`` gave it weights
+            (fine-tuning): ``file``, ``sha256``, and the settings ``freeze_epochs``, ``backbone_lr_scale``
+            and ``freeze_bn``; empty for a model trained from scratch.
     """
 
     format: str
@@ -303,6 +306,7 @@ class ModelInfo:
     saved: str = ""
     schema_version: int = 1
     source: dict[str, Any] = field(default_factory=dict)
+    initial_weights: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
