@@ -137,3 +137,26 @@ def test_onecycle_with_very_few_steps_still_trains(steps):
         optimizer.step()
         schedule.step()
     assert 0 <= optimizer.param_groups[0]["lr"] < 0.1
+
+
+def test_the_epoch_bar_shows_the_running_loss_and_the_log_the_time_left(digits):
+    import io
+
+    from tqdm import tqdm
+
+    from imgclf.data import iterate_batches
+    from imgclf.training import build_optimizer, train_one_epoch
+
+    model = _model(digits)
+    batches = list(iterate_batches(digits.train, batch_size=100, device=torch.device("cpu")))
+    screen = io.StringIO()
+    with tqdm(total=len(batches), file=screen, disable=False, mininterval=0) as bar:
+        optimizer = build_optimizer(model, TrainConfig())
+        loss_sum, correct, seen = train_one_epoch(model.train(), batches, optimizer=optimizer, schedule=None,
+                                                  loss_fn=torch.nn.CrossEntropyLoss(), progress=bar)
+        bar.refresh()
+    assert f"loss {float(loss_sum) / seen:.4f}  acc {float(correct) / seen:.4f}" in screen.getvalue()
+    lines: list[str] = []
+    fit(_model(digits), digits, TrainConfig(epochs=3), augment="none", device=torch.device("cpu"), seed=0,
+        log=lines.append, quiet=True)
+    assert [line.endswith(" s left") for line in lines] == [True, True, False]

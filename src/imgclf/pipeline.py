@@ -492,6 +492,8 @@ class Run:
             def advance(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
+                if done == total:  # what comes next takes a while too
+                    bar.set_description("attacks done; sanity checks")
 
             store = BatchFiles(record.evaluation_folder(folder.path, key) / record.BATCHES) \
                 if dist.is_main and folder is not None else None
@@ -549,6 +551,7 @@ class Run:
     def report(self) -> Path:
         """Figures and ``report.html`` from what the folder holds (and, with ``train.tensorboard``,
         the figures and final metrics in ``RUN/tensorboard``); returns the report's path."""
+        self.log("writing the report")
         path = write_report(self._folder())
         self.log(f"report: {path}")
         if self.config.train.tensorboard:

@@ -181,7 +181,7 @@ def train_one_epoch(
         batches: ``(images (B, C, H, W) float32 [0, 1], labels (B,) int64)``.
         optimizer, schedule, loss_fn: From :func:`build_optimizer`,
             :func:`build_schedule` and ``nn.CrossEntropyLoss``.
-        progress: Optional bar, advanced once per batch.
+        progress: Optional bar, advanced once per batch; it shows the running loss and accuracy.
         mixing: MixUp/CutMix (:func:`build_mixing`); accuracy is then against
             each mixed example's dominant class.
         amp_dtype: Autocast dtype (None for fp32); ``scaler`` for fp16.
@@ -238,6 +238,9 @@ def train_one_epoch(
         seen += labels.shape[0]
         if progress is not None:
             progress.update(1)
+            if not progress.disable and (progress.n % 10 == 0 or progress.n == progress.total):  # (syncs the GPU)
+                progress.set_postfix_str(f"loss {float(loss_sum) / seen:.4f}  acc {float(correct) / seen:.4f}",
+                                         refresh=False)
     return loss_sum, correct, seen
 
 
@@ -581,6 +584,7 @@ def _train_epochs(loop: _Loop, model: nn.Module, data: DataSplits, config: Train
     """:func:`fit`'s epochs from ``start_epoch``: the backbone frozen through ``config.freeze_epochs``, and at
     ``second_phase`` (the first unfrozen epoch of a fresh two-phase run) a new schedule over the rest."""
     started = time.perf_counter() - result.seconds
+    session = time.perf_counter()  # for the estimate of the time left
     for epoch in range(start_epoch, config.epochs + 1):
         if config.freeze_epochs:
             loop.set_frozen(epoch <= config.freeze_epochs, freeze_bn=config.freeze_bn)
@@ -597,9 +601,11 @@ def _train_epochs(loop: _Loop, model: nn.Module, data: DataSplits, config: Train
         result.history.append({**row, "lr": lr, "seconds": seconds, "train_seconds": train_seconds})
         best_state, stale = _keep_if_best(result, row, epoch, loop.evaluated, best_state, stale)
         robust = f" robust {row['robust_val_accuracy']:.4f}" if "robust_val_accuracy" in row else ""
+        left = (time.perf_counter() - session) / (epoch - start_epoch + 1) * (config.epochs - epoch)
+        eta = f"  {_duration(left)} left" if epoch < config.epochs else ""
         log(
             f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{robust}  lr {lr:.2e}  {seconds:.1f} s"
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{robust}  lr {lr:.2e}  {seconds:.1f} s{eta}"
         )
         result.seconds = time.perf_counter() - started
         stop = bool(config.early_stopping) and stale >= config.early_stopping and epoch < config.epochs
@@ -621,6 +627,14 @@ def _train_epochs(loop: _Loop, model: nn.Module, data: DataSplits, config: Train
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _duration(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 05 s"``, ``"1 h 02 min"``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _check_finite(row: dict[str, float], model: nn.Module, epoch: int, config: TrainConfig,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from imgclf.data.builtin import Pools
 from imgclf.data.cache import CacheEntry, folder_key
@@ -336,8 +337,10 @@ def load_image_files(
                         raise _bad_file_error(str(path), reason) from None
                     bad.append((str(path), reason))
 
-            with decoding_pool() as pool:
-                list(pool.map(decode, range(len(entries))))
+            with decoding_pool() as pool, tqdm(total=len(entries), desc=f"decoding the {split} images", unit="image",
+                                               leave=False, disable=None, dynamic_ncols=True) as bar:  # on a terminal
+                for _ in pool.map(decode, range(len(entries))):
+                    bar.update(1)
             if not ok.any():
                 raise UsageError(f"no image in the {split} split of {str(root)!r} could be decoded")
             labels = np.asarray([label for _, label in entries], dtype=np.int64)[ok]
