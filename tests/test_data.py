@@ -162,3 +162,46 @@ def test_the_declared_files_of_the_builtin_sets_are_torchvisions():
         assert cls.base_folder == folder
         assert tuple(n for n, _md5 in cls.train_list + cls.test_list) + (cls.meta["filename"],) == files
     assert tuple(tvd.SVHN.split_list[split][1] for split in ("train", "test")) == SVHN_FILES
+
+
+def test_augmentation_settings_parse_with_defaults_and_refuse_what_is_not_there():
+    from imgclf.data.augment import parse_augment, per_image
+
+    assert parse_augment("none") == []
+    assert parse_augment("flip-crop+randaugment:m=5+random-erasing") == [
+        ("flip-crop", {}), ("randaugment", {"n": 2, "m": 5}), ("random-erasing", {"p": 0.5})]
+    assert per_image("flip-crop+trivialaugment") == ["trivialaugment"]
+    for bad, message in (("randaugment:k=2", "unknown option 'k=2'; its options: n=2, m=9"),
+                         ("randaugment:n=two", "n must be int, got 'two'"),
+                         ("random-erasing:p=1.5", r"p must be in \[0.0, 1.0\], got 1.5"),
+                         ("flip-crop:x=1", "takes no options"),
+                         ("trivialaugment+trivialaugment", "names a part twice")):
+        with pytest.raises(UsageError, match=message):
+            parse_augment(bad)
+
+
+def test_torchvision_policies_draw_for_each_image_reproducibly_in_range():
+    from imgclf.data.augment import build_augmentation
+
+    images = torch.rand(1, 3, 16, 16).expand(32, -1, -1, -1).contiguous()  # one image, 32 times
+    gen = torch.Generator().manual_seed(0)
+    augment = build_augmentation("randaugment:n=2,m=15")
+    torch.manual_seed(0)
+    first = augment(images, gen)
+    torch.manual_seed(0)
+    assert torch.equal(first, augment(images, gen))  # seeded: the same batch again
+    assert first.shape == images.shape and first.dtype == torch.float32 and 0 <= first.min() <= first.max() <= 1
+    assert len({tuple(image.flatten().tolist()) for image in first}) > 8  # each image its own operations
+    erased = build_augmentation("random-erasing:p=1")(images, gen)
+    zeros = erased == 0
+    assert zeros.flatten(1).any(1).all() and len({tuple(z.flatten().tolist()) for z in zeros}) > 8
+    resized = build_augmentation("flip-crop+random-resized-crop:scale=0.2")(images, gen)
+    assert resized.shape == images.shape
+
+
+def test_a_per_image_policy_trains_and_says_it_works_image_by_image(tiny_folder, tmp_path, capsys):
+    from imgclf.cli import main
+
+    assert main(["train", "--dataset", str(tiny_folder), "--image-size", "16", "--epochs", "1",
+                 "--augment", "flip-crop+trivialaugment", "--out", str(tmp_path / "run")]) == 0
+    assert "note: --augment trivialaugment runs image by image" in capsys.readouterr().out

@@ -124,7 +124,8 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
           help="the split the test split is drawn from when there is none: train, or val (a val split of the data)")
     _flag(group, "--train-examples", dest="data.train_examples", metavar="N",
           help="train on a seeded stratified subset of N images")
-    _flag(group, "--augment", dest="data.augment", metavar="PRESET", help="augmentation preset")
+    _flag(group, "--augment", dest="data.augment", metavar="SPEC",
+          help="training augmentation, e.g. flip-crop+randaugment:n=2,m=9")
     _flag(group, "--balance", dest="data.balance", metavar="HOW", help="counter class imbalance")
     _flag(group, "--bad-files", dest="data.bad_files", metavar="POLICY",
           help="image files that fail to decode: skip (listed in bad_files.txt) or stop with an error")

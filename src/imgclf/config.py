@@ -27,7 +27,7 @@ import yaml
 
 from imgclf.attacks import ATTACK_PRESETS, ATTACKS, NORMS, expand_attacks, targetable_attacks
 from imgclf.constraints import CountOrAll, Interval, Options, OrWord, check_fields, setting
-from imgclf.data.augment import AUGMENTATIONS
+from imgclf.data.augment import AugmentSetting
 from imgclf.defenses import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
 from imgclf.errors import UsageError, unknown_choice
 from imgclf.settings import resolve
@@ -63,7 +63,7 @@ class DataConfig:
     test_fraction: float = setting(0.2, _FRACTION)  # held out when the data set has no test split
     test_from: str = setting("train", Options("test-split source", TEST_FROM))  # the split that gives it up
     train_examples: int | None = setting(None, _POSITIVE)  # seeded stratified subset of train; None: all
-    augment: str = setting("none", Options("augmentation", tuple(AUGMENTATIONS)))
+    augment: str = setting("none", AugmentSetting())  # presets and torchvision policies joined by +
     balance: str = setting("none", Options("class balancing", BALANCING))  # counter class imbalance in training
     bad_files: str = setting("skip", Options("bad-files policy", BAD_FILES))  # skip (and list) or stop at bad files
     cache: bool = True  # keep decoded image folders in the decoded-image cache

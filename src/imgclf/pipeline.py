@@ -28,6 +28,7 @@ from imgclf.attacks import RobustnessResult, robustness
 from imgclf.checkpoint import external_model, load_model, model_info, save_external, save_model
 from imgclf.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config
 from imgclf.data import DataSplits, load_data, stratified_subset
+from imgclf.data.augment import per_image
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError, first_line
 from imgclf.evaluation import EvalResult, evaluate
@@ -201,6 +202,10 @@ class Run:
             + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
         )
         log("splits: " + "; ".join(f"{split}: {origin}" for split, origin in data.origins.items()))
+        slow = per_image(config.data.augment)
+        if slow:
+            log(f"note: --augment {', '.join(slow)} runs image by image (torchvision's policies draw for each image); "
+                "the presets run on whole batches")
         if config.train.lr == "auto":
             if dist.world_size > 1:
                 raise UsageError("--lr auto runs the range test in one process: run `imgclf lr-find` with the same "

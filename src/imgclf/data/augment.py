@@ -15,12 +15,29 @@ Presets (``data.augment``):
 * ``flip-jitter``: horizontal flip, then colour jitter (brightness, contrast and
   saturation factors uniform in ``[0.8, 1.2]``), for photos resized when the data
   is loaded. ``seed000`` is its earlier name, still accepted.
+
+torchvision's policies (transforms v2), applied image by image (each image its own
+random draw, from torch's global generator, which training seeds and its state saves):
+
+* ``randaugment[:n=2,m=9]``: RandAugment (Cubuk et al. 2020), ``n`` operations of
+  magnitude ``m`` (of 31 levels).
+* ``trivialaugment``: TrivialAugment Wide (Muller and Hutter 2021).
+* ``autoaugment[:policy=imagenet]``: AutoAugment (Cubuk et al. 2019), policy
+  ``imagenet``, ``cifar10`` or ``svhn``.
+* ``random-erasing[:p=0.5]``: Random Erasing (Zhong et al. 2020) with probability ``p``.
+* ``random-resized-crop[:scale=0.35]``: a crop of ``scale`` to 1 of the area (aspect
+  ratio 3/4 to 4/3) resized back to the image size (Szegedy et al. 2015).
+
+A setting joins parts with ``+``, applied in order: ``flip-crop+randaugment:n=2,m=9``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from imgclf.constraints import Constraint
+from imgclf.errors import UsageError, unknown_choice
 
 if TYPE_CHECKING:
     import torch
@@ -95,3 +112,162 @@ def _flip_jitter(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 AUGMENTATIONS: dict[str, Augmentation | None] = {"none": None, "flip-crop": _flip_crop, "flip-jitter": _flip_jitter,
                                                  "seed000": _flip_jitter}  # seed000: flip-jitter's earlier name
+
+
+#: torchvision's policies: ``{name: {option: default}}``; the option values' types are the defaults'.
+POLICIES: dict[str, dict[str, Any]] = {
+    "randaugment": {"n": 2, "m": 9},
+    "trivialaugment": {},
+    "autoaugment": {"policy": "imagenet"},
+    "random-erasing": {"p": 0.5},
+    "random-resized-crop": {"scale": 0.35},
+}
+AUTOAUGMENT_POLICIES = ("imagenet", "cifar10", "svhn")
+
+
+def parse_augment(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """``"flip-crop+randaugment:n=2,m=9"`` -> ``[("flip-crop", {}), ("randaugment", {"n": 2, "m": 9})]``,
+    every option given a value (its default where unsaid); ``"none"`` -> ``[]``.
+
+    Raises:
+        UsageError: An unknown part or option, a value of the wrong type or out of range, a part given twice.
+    """
+    parts: list[tuple[str, dict[str, Any]]] = []
+    for item in text.split("+"):
+        name, _, given = item.strip().partition(":")
+        name = name.strip()
+        if name in AUGMENTATIONS:
+            if given:
+                raise UsageError(f"augmentation {name!r} takes no options, got {given!r}")
+            if AUGMENTATIONS[name] is not None:
+                parts.append((name, {}))
+            continue
+        if name not in POLICIES:
+            raise unknown_choice("augmentation", name, [*AUGMENTATIONS, *POLICIES])
+        options = dict(POLICIES[name])
+        for pair in filter(None, (p.strip() for p in given.split(","))):
+            key, sep, value = pair.partition("=")
+            if not sep or key.strip() not in options:
+                valid = ", ".join(f"{k}={v}" for k, v in POLICIES[name].items()) or "none"
+                raise UsageError(f"augmentation {name!r}: unknown option {pair!r}; its options: {valid}")
+            key, default = key.strip(), POLICIES[name][key.strip()]
+            try:
+                options[key] = type(default)(value.strip())
+            except ValueError:
+                raise UsageError(f"augmentation {name!r}: {key} must be {type(default).__name__}, got "
+                                 f"{value.strip()!r}") from None
+        _check_policy(name, options)
+        parts.append((name, options))
+    names = [name for name, _ in parts]
+    if len(set(names)) < len(names):
+        raise UsageError(f"augmentation {text!r} names a part twice")
+    return parts
+
+
+def _check_policy(name: str, options: dict[str, Any]) -> None:
+    ranges = {"n": (1, 10), "m": (0, 30), "p": (0.0, 1.0), "scale": (0.01, 1.0)}
+    for key, value in options.items():
+        if key in ranges and not ranges[key][0] <= value <= ranges[key][1]:
+            raise UsageError(f"augmentation {name!r}: {key} must be in [{ranges[key][0]}, {ranges[key][1]}], "
+                             f"got {value}")
+    if name == "autoaugment" and options["policy"] not in AUTOAUGMENT_POLICIES:
+        raise unknown_choice("autoaugment policy", options["policy"], list(AUTOAUGMENT_POLICIES))
+
+
+def per_image(text: str) -> list[str]:
+    """The parts of an augmentation setting that run image by image (torchvision's policies)."""
+    return [name for name, _ in parse_augment(text) if name in POLICIES]
+
+
+def _policy(name: str, options: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torchvision's transform for one policy, on one ``uint8`` ``(C, H, W)`` image."""
+    from torchvision.transforms import v2
+
+    if name == "randaugment":
+        return v2.RandAugment(num_ops=options["n"], magnitude=options["m"])
+    if name == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy(options["policy"]))
+    if name == "random-erasing":
+        return v2.RandomErasing(p=options["p"], value=0)
+    return _ResizedCrop(options["scale"])
+
+
+class _ResizedCrop:
+    """``RandomResizedCrop`` back to the image's own size (the size is known only per image)."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import v2
+
+        return v2.RandomResizedCrop(tuple(image.shape[-2:]), scale=(self.scale, 1.0), antialias=True)(image)
+
+
+def build_augmentation(text: str) -> Augmentation | None:
+    """The augmentation a setting names (see the module docstring), or None for ``none``.
+
+    Batch presets run on the whole batch with ``generator``; torchvision's policies run on each image
+    as ``uint8`` (as they are defined), with torch's global generator.
+
+    Raises:
+        UsageError: See :func:`parse_augment`.
+    """
+    parts = parse_augment(text)
+    if not parts:
+        return None
+    steps: list[Augmentation] = []
+    for name, options in parts:
+        if name in AUGMENTATIONS:
+            steps.append(AUGMENTATIONS[name])  # type: ignore[arg-type]  # (None was left out by the parser)
+        else:
+            steps.append(_ImageByImage(_policy(name, options)))
+
+    def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        for step in steps:
+            images = step(images, gen)
+        return images
+
+    return augment
+
+
+class _ImageByImage:
+    """A transform of one ``uint8`` image applied to each image of a float ``(B, C, H, W)`` batch in
+    ``[0, 1]``; the batch comes back in the same form (its generator is not used: see the module docstring)."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.transform = transform
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        import torch
+
+        as_bytes = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)  # (B, C, H, W)
+        return torch.stack([self.transform(image) for image in as_bytes]).float().div_(255)
+
+
+class AugmentSetting(Constraint):
+    """``data.augment``: parts joined by ``+`` (:func:`parse_augment`)."""
+
+    def accepts(self, value: Any) -> bool:
+        try:
+            parse_augment(value)
+        except UsageError:
+            return False
+        return True
+
+    def describe(self) -> str:
+        policies = ", ".join(f"{name}[:{','.join(f'{k}={v}' for k, v in options.items())}]" if options else name
+                             for name, options in POLICIES.items())
+        return f"presets {', '.join(n for n in AUGMENTATIONS if n != 'seed000')} and policies {policies}, joined by +"
+
+    def error(self, where: str, value: Any) -> UsageError:
+        try:
+            parse_augment(value)
+        except UsageError as error:
+            return UsageError(f"{where} {value!r}: {error}")
+        return super().error(where, value)
+
+    def invalid_values(self) -> list[Any]:
+        return ["not-a-preset", "randaugment:n=99", "flip-crop+flip-crop"]

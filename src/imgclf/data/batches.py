@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgclf.data.augment import AUGMENTATIONS
+from imgclf.data.augment import build_augmentation
 from imgclf.data.containers import ImageSplit, LazyImages
 
 
@@ -114,7 +114,7 @@ def iterate_batches(
         generator: CPU generator for order and augmentation; required when
             ``shuffle``, ``augment`` or ``sample_weights`` is used, so runs are
             reproducible.
-        augment: A preset name from :data:`imgclf.data.augment.AUGMENTATIONS`.
+        augment: An augmentation setting (:func:`imgclf.data.augment.build_augmentation`).
         drop_last: Skip the final incomplete batch.
         sample_weights: ``(N,)`` non-negative weights: draw ``N`` examples with
             replacement in proportion to them (class-balanced sampling)
@@ -127,7 +127,7 @@ def iterate_batches(
         ``images``: ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` on ``device``;
         ``labels``: ``int64`` ``(B,)`` on ``device``.
     """
-    augmentation = AUGMENTATIONS[augment]
+    augmentation = build_augmentation(augment)
     if (shuffle or augmentation is not None or sample_weights is not None) and generator is None:
         raise ValueError("iterate_batches needs a generator to shuffle, sample or augment reproducibly")
     n = len(split)
