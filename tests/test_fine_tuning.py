@@ -61,6 +61,8 @@ def test_a_frozen_backbone_keeps_its_weights_while_the_new_head_learns(pretraine
         if not key.startswith(head + ".") and key in after:
             assert torch.equal(after[key], tensor), key  # weights and, with --freeze-bn, BatchNorm statistics
     assert all(p.requires_grad for p in Run.open(out).model.parameters())  # trainable again after training
+    tuned, source = load_model(out), load_model(run)
+    assert torch.equal(tuned.normalize.mean, source.normalize.mean)  # the weights' own normalization, not the data's
     info = json.loads((out / "model.json").read_text())["initial_weights"]
     assert info["file"] == str(run / "model.safetensors") and len(info["sha256"]) == 64
     assert (info["freeze_epochs"], info["freeze_bn"], info["backbone_lr_scale"]) == (1, True, 1.0)

@@ -331,7 +331,8 @@ def normalization(model: ModelConfig, *, channels: int, data_mean: Sequence[floa
     """The per-channel mean and std a model gets (applied inside it, so eps stays in pixel units), and where
     they come from, in words.
 
-    In order: ``--mean/--std``; for weights from a library or a file (``pretrained=true`` or ``--weights``),
+    In order: ``--mean/--std``; the normalization saved in an imgclf model's weights file (``--weights
+    RUN/model.safetensors``); for weights from a library or a file (``pretrained=true`` or ``--weights``),
     the library's metadata (timm's pretrained configuration, torchvision's weights; averaged over the colour
     channels for grey images), else none at all (the model gets ``[0, 1]`` pixels); an exported model, none
     (imgclf's exports hold theirs); a model trained here from scratch, the training data's statistics.
@@ -348,6 +349,12 @@ def normalization(model: ModelConfig, *, channels: int, data_mean: Sequence[floa
     identity = [0.0] * channels, [1.0] * channels, "none: the model gets [0, 1] pixels (--mean/--std set one)"
     if source.exported:
         return identity
+    if model.weights is not None:
+        own = weights_normalization(model.weights)
+        if own is not None:
+            mean, std = own
+            if len(mean) == channels:
+                return mean, std, f"the normalization saved with {model.weights} (an imgclf model's)"
     if model.weights is not None or model.options.get("pretrained"):
         library = library_preprocessing(source)
         if library is None:
@@ -357,6 +364,25 @@ def normalization(model: ModelConfig, *, channels: int, data_mean: Sequence[floa
             mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
         return mean, std, f"{source.kind}'s metadata for {source.target}"
     return list(data_mean), list(data_std), "the training data's per-channel statistics"
+
+
+def weights_normalization(path: str | Path) -> tuple[list[float], list[float]] | None:
+    """The ``normalize.mean`` and ``normalize.std`` an imgclf model's safetensors file holds (its
+    :class:`~imgclf.models.classifier.Normalize` layer), or None for any other file (or one that cannot be
+    read: loading the weights says why)."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = set(handle.keys())
+            if not {"normalize.mean", "normalize.std"} <= keys:
+                return None
+            mean, std = handle.get_tensor("normalize.mean"), handle.get_tensor("normalize.std")
+    except (SafetensorError, OSError):
+        return None
+    return mean.flatten().tolist(), std.flatten().tolist()
 
 
 def native_image_size(model: ModelConfig) -> int | None:
