@@ -816,7 +816,7 @@ def _lr_find(args: argparse.Namespace) -> int:
         f"{lr!r},{loss!r},{smooth!r}\n" for lr, loss, smooth in zip(found.lrs, found.losses, found.smoothed,
                                                                     strict=True)))
     print(f"suggested lr {found.suggestion:.3g} (steepest descent of the loss's running median); lowest at lr "
-          f"{found.minimum_lr:.3g}; {len(found.lrs)} steps, {found.stopped}, {found.seconds:.1f} s")
+          f"{found.minimum_lr:.3g}; {len(found.lrs)} steps, {found.stopped}, {found.summary.seconds:.1f} s")
     print(f"figure: {figure_path}\ncurve: {curve_path}")
     return 0
 

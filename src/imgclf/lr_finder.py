@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from imgclf.config import TrainConfig
 from imgclf.data.batches import iterate_batches
 from imgclf.data.containers import DataSplits
 from imgclf.errors import UsageError
+from imgclf.record import LRFinderRecord
 from imgclf.runtime import generator
 from imgclf.training import (
     autocast_dtype,
@@ -48,32 +49,36 @@ DIVERGENCE = 4.0
 
 @dataclass
 class LRFinderResult:
-    """The range test's curve and suggestion.
+    """The range test's curve and what it found.
 
     Attributes:
         lrs: The learning rate of each step, rising geometrically (float, > 0).
         losses: Each step's training loss (cross-entropy of its batch).
         smoothed: The centred running median of ``losses`` (:func:`running_median`).
-        suggestion: The suggested learning rate: steepest descent of ``smoothed`` against
-            ``log10(lr)`` before its minimum.
-        minimum_lr: The learning rate at the lowest smoothed loss (a rate to stay well below).
-        stopped: Why the test ended: ``"reached end_lr"`` or ``"loss diverged at lr X"``.
-        start_lr, end_lr, steps: The sweep asked for. seconds: Wall time.
+        summary: The suggestion, the rate of the lowest smoothed loss, why the test ended, the sweep
+            asked for and the seconds (what ``metrics.json`` keeps: :class:`imgclf.record.LRFinderRecord`).
     """
 
     lrs: list[float]
     losses: list[float]
     smoothed: list[float]
-    suggestion: float
-    minimum_lr: float
-    stopped: str
-    start_lr: float
-    end_lr: float
-    steps: int
-    seconds: float
+    summary: LRFinderRecord
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def suggestion(self) -> float:
+        """The suggested learning rate: steepest descent of ``smoothed`` against ``log10(lr)`` before its
+        minimum."""
+        return self.summary.suggestion
+
+    @property
+    def minimum_lr(self) -> float:
+        """The learning rate at the lowest smoothed loss (a rate to stay well below)."""
+        return self.summary.minimum_lr
+
+    @property
+    def stopped(self) -> str:
+        """Why the test ended: ``"reached end_lr"`` or ``"loss diverged at lr X"``."""
+        return self.summary.stopped
 
 
 def running_median(values: np.ndarray, window: int) -> np.ndarray:
@@ -199,6 +204,7 @@ def lr_range_test(
     smoothed[finite] = curve
     return LRFinderResult(
         lrs=[float(v) for v in lrs[:done]], losses=losses, smoothed=[float(v) for v in smoothed],
-        suggestion=suggestion, minimum_lr=float(curve_lrs[int(np.argmin(curve))]), stopped=stopped,
-        start_lr=start_lr, end_lr=end_lr, steps=steps, seconds=time.perf_counter() - began,
+        summary=LRFinderRecord(suggestion=suggestion, minimum_lr=float(curve_lrs[int(np.argmin(curve))]),
+                               stopped=stopped, start_lr=start_lr, end_lr=end_lr, steps=steps,
+                               seconds=time.perf_counter() - began),
     )

@@ -697,7 +697,7 @@ def _range_test(config: RunConfig, data: DataSplits, model: torch.nn.Module, dev
     found = lr_range_test(copy.deepcopy(model), data, config.train, augment=config.data.augment,
                           balance=config.data.balance, device=device, seed=config.seed)
     log(f"--lr auto: lr {found.suggestion:.3g} (steepest descent of the loss's running median; lowest at lr "
-        f"{found.minimum_lr:.3g}; {len(found.lrs)} steps, {found.stopped}, {found.seconds:.1f} s)")
+        f"{found.minimum_lr:.3g}; {len(found.lrs)} steps, {found.stopped}, {found.summary.seconds:.1f} s)")
     return found
 
 
@@ -705,8 +705,7 @@ def _save_range_test(folder: RunFolder, found: LRFinderResult) -> None:
     """``lr_find.csv`` and ``metrics.json``'s ``lr_finder``."""
     curve = zip(found.lrs, found.losses, found.smoothed, strict=True)
     folder.write_csv(record.LR_FIND, [{"lr": lr, "loss": loss, "smoothed": smooth} for lr, loss, smooth in curve])
-    folder.update_metrics({"lr_finder": section(record.LRFinderRecord(
-        found.suggestion, found.minimum_lr, found.stopped, found.start_lr, found.end_lr, found.steps, found.seconds))})
+    folder.update_metrics({"lr_finder": section(found.summary)})
 
 
 def _model_for(config: RunConfig, data: DataSplits, device: torch.device,
