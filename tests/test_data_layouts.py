@@ -167,3 +167,11 @@ def test_a_folder_of_class_folders_alone_gets_seeded_stratified_splits(course, t
     assert np.bincount(first.test.labels.numpy()).tolist() == [2, 2, 2, 2]
     assert set(first.origins.values()) == {f"{share} of the data set's train split (stratified, seeded)"
                                            for share in ("65%", "15%", "20%")}
+
+
+def test_run_folders_and_files_are_named_after_the_data_set_without_a_labels_suffix():
+    from imgclf.data.labels_file import dataset_stem
+
+    assert [dataset_stem(name) for name in ("mnist", "../shared/data/cifar10-jpg", "photos/", "labels.csv",
+                                            "kaggle/train.TSV")] == ["mnist", "cifar10-jpg", "photos", "labels",
+                                                                     "train"]

@@ -797,7 +797,9 @@ def _lr_find(args: argparse.Namespace) -> int:
         if figure_path.suffix.lower() != ".png":
             raise UsageError(f"--out names the figure, a .png file; got {args.out!r}")
     else:
-        stem = Path(config.data.dataset).stem if "/" in config.data.dataset else config.data.dataset
+        from imgclf.data.labels_file import dataset_stem
+
+        stem = dataset_stem(config.data.dataset)
         model = config.model.name.replace(":", "-").replace("/", "-")
         figure_path = Path("runs") / f"lr-find-{stem}-{model}-{datetime.now():%Y%m%d-%H%M%S}.png"
     curve_path = figure_path.with_suffix(".csv")

@@ -29,6 +29,7 @@ from imgclf.checkpoint import external_model, load_model, model_info, save_exter
 from imgclf.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config
 from imgclf.data import DataSplits, load_data, stratified_subset
 from imgclf.data.augment import per_image
+from imgclf.data.labels_file import dataset_stem
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError, first_line
 from imgclf.evaluation import EvalResult, evaluate
@@ -188,7 +189,7 @@ class Run:
         env = environment(device)
         folder = None
         if dist.is_main:
-            stem = Path(spec.name).name if "/" in spec.name else spec.name
+            stem = dataset_stem(spec.name)
             folder = RunFolder.create(out, default_name=f"{stem}-{parse_source(config.model.name).short_name}")
             log.attach(folder)
             _start_folder(folder, config, data, env)
@@ -312,7 +313,7 @@ class Run:
         config, spec = settings.config, data.spec
         env = environment(device)
         model, info, exported = external_model(config.model, spec, env)
-        stem = Path(spec.name).name if "/" in spec.name else spec.name
+        stem = dataset_stem(spec.name)
         folder = None
         if dist.is_main:
             folder = RunFolder.create(out, default_name=f"{stem}-{parse_source(config.model.name).short_name}-eval")

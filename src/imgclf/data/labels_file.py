@@ -43,6 +43,13 @@ def is_labels_file(dataset: str) -> bool:
     return Path(dataset).suffix.lower() in LABELS_SUFFIXES
 
 
+def dataset_stem(dataset: str) -> str:
+    """A data set's short name for run-folder and file names: a built-in name as it is, a folder's last
+    part, a labels file's name without its suffix (``data/labels.csv`` -> ``labels``)."""
+    name = Path(dataset).name or dataset
+    return Path(name).stem if is_labels_file(name) else name
+
+
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     """The header and the rows of a labels file (blank lines dropped)."""
     try:
