@@ -94,7 +94,7 @@ def test_a_config_file_that_is_not_utf8(tmp_path, capsys):
     (["activations", "leaky-relu", "--negative-slope", "inf"], "expected a finite number, got 'inf'"),
     (["run", "--dataset", "mnits"], "did you mean 'mnist'?"),
     (["run", "--optimizer", "adamm"], "unknown optimizer (--optimizer) 'adamm' (did you mean 'adam'?)"),
-    (["train", "--resume", "x", "--epochs", "3"], "drop --epochs"),
+    (["train", "--resume", "x", "--lr", "0.1"], "drop --lr"),
 ])
 def test_bad_flags(capsys, tmp_path, argv, message):
     out = ["--out", str(tmp_path / "o")] if argv[0] in ("run", "activations") else []
