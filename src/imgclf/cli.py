@@ -732,20 +732,11 @@ def _data_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from imgclf.data.check import check_images
-    from imgclf.data.folder import scan_folder
-    from imgclf.data.labels_file import is_labels_file, scan_labels_file
-    from imgclf.errors import UsageError
+    from imgclf.data.labels_file import scan_images
 
-    path = Path(args.path).expanduser()
-    if is_labels_file(args.path):
-        listing = scan_labels_file(path, image_root=Path(args.image_root) if args.image_root else None,
-                                   path_column=args.path_column, label_column=args.label_column)
-    elif args.image_root or args.path_column or args.label_column:
-        raise UsageError("--image-root, --path-column and --label-column apply to a labels file (.csv or .tsv), "
-                         f"not to {args.path!r}")
-    else:
-        listing = scan_folder(path)
-    report = check_images(listing)
+    report = check_images(scan_images(Path(args.path).expanduser(),
+                                      image_root=Path(args.image_root) if args.image_root else None,
+                                      path_column=args.path_column, label_column=args.label_column))
     print(report.render())
     return 1 if report.problems() else 0
 
@@ -808,17 +799,14 @@ def _lr_find(args: argparse.Namespace) -> int:
         raise UsageError(f"{' and '.join(taken)} exist{'s' if len(taken) == 1 else ''}; choose another --out")
     from imgclf.pipeline import find_lr
     from imgclf.report.plots import lr_finder_figure, save_figure
-    from imgclf.run_folder import atomic_write_text
+    from imgclf.run_folder import RunFolder
 
-    found, _ = find_lr(config, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, quiet=args.quiet)
+    found = find_lr(config, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, quiet=args.quiet)
     figure_path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(lr_finder_figure(found.lrs, found.losses, found.smoothed, suggestion=found.suggestion,
                                  minimum_lr=found.minimum_lr), figure_path)
-    atomic_write_text(curve_path, "lr,loss,smoothed\n" + "".join(
-        f"{lr!r},{loss!r},{smooth!r}\n" for lr, loss, smooth in zip(found.lrs, found.losses, found.smoothed,
-                                                                    strict=True)))
-    print(f"suggested lr {found.suggestion:.3g} (steepest descent of the loss's running median); lowest at lr "
-          f"{found.minimum_lr:.3g}; {len(found.lrs)} steps, {found.stopped}, {found.summary.seconds:.1f} s")
+    RunFolder(curve_path.parent).write_csv(curve_path.name, found.rows())
+    print(f"suggested {found.describe()}")
     print(f"figure: {figure_path}\ncurve: {curve_path}")
     return 0
 

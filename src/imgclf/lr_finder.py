@@ -80,6 +80,16 @@ class LRFinderResult:
         """Why the test ended: ``"reached end_lr"`` or ``"loss diverged at lr X"``."""
         return self.summary.stopped
 
+    def rows(self) -> list[dict[str, float]]:
+        """The curve as table rows: ``lr``, ``loss``, ``smoothed`` per step (``lr_find.csv``)."""
+        return [{"lr": lr, "loss": loss, "smoothed": smooth}
+                for lr, loss, smooth in zip(self.lrs, self.losses, self.smoothed, strict=True)]
+
+    def describe(self) -> str:
+        """One line: the suggestion, the rate of the lowest loss, the steps, why it ended and the seconds."""
+        return (f"lr {self.suggestion:.3g} (steepest descent of the loss's running median); lowest at lr "
+                f"{self.minimum_lr:.3g}; {len(self.lrs)} steps, {self.stopped}, {self.summary.seconds:.1f} s")
+
 
 def running_median(values: np.ndarray, window: int) -> np.ndarray:
     """The centred running median of ``values`` (``(S,)``) over ``window`` points (odd; the ends repeat

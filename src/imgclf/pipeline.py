@@ -12,6 +12,7 @@ through it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import pickle
 import sys
@@ -360,7 +361,7 @@ class Run:
             steps_done = resume.get("optimizer_steps", 0) if resume is not None else 0
             board = TrainingLogger(folder.path / "tensorboard", first_step=steps_done)
 
-        initial = self._initial_weights()
+        initial = self._initial_weights
 
         def info() -> dict[str, Any]:
             return model_info(model, config.model.name, config.model.options, spec, env, initial_weights=initial)
@@ -395,9 +396,10 @@ class Run:
             self._save_trained(result, dist.world_size, env)
         return result
 
+    @functools.cached_property
     def _initial_weights(self) -> dict[str, Any]:
         """``model.json``'s ``initial_weights``: the file training started from and the fine-tuning settings
-        (empty without ``model.weights``)."""
+        (empty without ``model.weights``); the file is hashed once."""
         config = self.config
         if config.model.weights is None:
             return {}
@@ -414,7 +416,7 @@ class Run:
         config = self.config
         save_model(self.model, folder.weights_path,
                    model_info(self.model, config.model.name, config.model.options, self.data.spec, env,
-                              initial_weights=self._initial_weights()))
+                              initial_weights=self._initial_weights))
         folder.update_metrics(_training_metrics(config, self.settings, result, world_size,
                                                 model_fingerprint(self.model)))
         robust = "" if result.best_robust_val_accuracy is None else \
@@ -666,9 +668,9 @@ def _prepare(config: RunConfig, out: str | Path | None, quiet: bool
 
 
 def find_lr(config: RunConfig, *, start_lr: float, end_lr: float, steps: int, quiet: bool = False
-            ) -> tuple[LRFinderResult, DataSplits]:
+            ) -> LRFinderResult:
     """``imgclf lr-find``: the learning-rate range test with the data, model and optimizer ``config`` names
-    (see :func:`imgclf.lr_finder.lr_range_test`); returns the result and the data it ran on.
+    (see :func:`imgclf.lr_finder.lr_range_test`).
 
     Raises:
         UsageError: Bad data set, model or options; a sweep that is not a range; a loss that never fell.
@@ -681,9 +683,8 @@ def find_lr(config: RunConfig, *, start_lr: float, end_lr: float, steps: int, qu
     spec = data.spec
     log(f"{spec.name}: {len(data.train)} train images, {spec.num_classes} classes; {config.model.name} on {device}; "
         f"{config.train.optimizer}, batch {config.train.batch_size}, lr {start_lr:g} to {end_lr:g} in {steps} steps")
-    found = lr_range_test(model, data, config.train, augment=config.data.augment, balance=config.data.balance,
-                          device=device, seed=config.seed, start_lr=start_lr, end_lr=end_lr, steps=steps)
-    return found, data
+    return lr_range_test(model, data, config.train, augment=config.data.augment, balance=config.data.balance,
+                         device=device, seed=config.seed, start_lr=start_lr, end_lr=end_lr, steps=steps)
 
 
 def _range_test(config: RunConfig, data: DataSplits, model: torch.nn.Module, device: torch.device,
@@ -697,15 +698,13 @@ def _range_test(config: RunConfig, data: DataSplits, model: torch.nn.Module, dev
     log("--lr auto: learning-rate range test")
     found = lr_range_test(copy.deepcopy(model), data, config.train, augment=config.data.augment,
                           balance=config.data.balance, device=device, seed=config.seed)
-    log(f"--lr auto: lr {found.suggestion:.3g} (steepest descent of the loss's running median; lowest at lr "
-        f"{found.minimum_lr:.3g}; {len(found.lrs)} steps, {found.stopped}, {found.summary.seconds:.1f} s)")
+    log(f"--lr auto: {found.describe()}")
     return found
 
 
 def _save_range_test(folder: RunFolder, found: LRFinderResult) -> None:
     """``lr_find.csv`` and ``metrics.json``'s ``lr_finder``."""
-    curve = zip(found.lrs, found.losses, found.smoothed, strict=True)
-    folder.write_csv(record.LR_FIND, [{"lr": lr, "loss": loss, "smoothed": smooth} for lr, loss, smooth in curve])
+    folder.write_csv(record.LR_FIND, found.rows())
     folder.update_metrics({"lr_finder": section(found.summary)})
 
 

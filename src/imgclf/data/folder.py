@@ -88,7 +88,9 @@ def looks_like_folder(dataset: str) -> bool:
 
 @dataclass
 class ImageFiles:
-    """A data set's image files and labels, listed but not decoded.
+    """A data set's image files and labels, listed but not decoded. On construction it notes each evaluation
+    split that lacks some class, and refuses training images of fewer than two classes or an empty split
+    (UsageError).
 
     Attributes:
         source: The folder or labels file they were listed from (named in messages and the cache).
@@ -103,8 +105,12 @@ class ImageFiles:
     files: dict[str, list[tuple[Path, int]]]
     notes: list[str] = field(default_factory=list)
 
-    def check(self) -> None:
-        """Raises UsageError if train has images of fewer than two classes or another split is empty."""
+    def __post_init__(self) -> None:
+        for split in [s for s in self.files if s != "train"]:
+            found = {label for _, label in self.files[split]}
+            absent = [name for k, name in enumerate(self.class_names) if k not in found]
+            if absent:
+                self.notes.append(f"the {split} split has no images of: {', '.join(absent)}")
         used = sorted({label for _, label in self.files["train"]})
         if len(used) < 2:
             only = self.class_names[used[0]] if used else "none"
@@ -112,14 +118,6 @@ class ImageFiles:
                              "needs at least 2")
         for split in [s for s in self.files if s != "train" and not self.files[s]]:
             raise UsageError(f"the {split} split of {str(self.source)!r} holds no images")
-
-    def note_absent_classes(self) -> None:
-        """Add a note for each evaluation split that lacks some class."""
-        for split in [s for s in self.files if s != "train"]:
-            found = {label for _, label in self.files[split]}
-            absent = [name for k, name in enumerate(self.class_names) if k not in found]
-            if absent:
-                self.notes.append(f"the {split} split has no images of: {', '.join(absent)}")
 
 
 def scan_folder(root: Path) -> ImageFiles:
@@ -162,10 +160,7 @@ def scan_folder(root: Path) -> ImageFiles:
             f"no images found in {str(split_dirs['train'])!r}: expected one sub-folder per class "
             f"holding image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    listing = ImageFiles(root, class_names, files, notes)
-    listing.note_absent_classes()
-    listing.check()
-    return listing
+    return ImageFiles(root, class_names, files, notes)
 
 
 def _to_8bit_grey(image: Image.Image) -> Image.Image:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from imgclf.data.folder import IMAGE_EXTENSIONS, ImageFiles
+from imgclf.data.folder import IMAGE_EXTENSIONS, ImageFiles, scan_folder
 from imgclf.errors import UsageError
 
 #: File name suffixes read as labels files, and their delimiter (None: sniffed from , ; TAB).
@@ -197,7 +197,22 @@ def scan_labels_file(
         notes.append(f"{repeated} row(s) of {str(path)!r} list a file already listed; the first row of each is used")
     if missing:
         notes.append(f"{len(missing)} file(s) listed in {str(path)!r} do not exist (listed in bad_files.txt)")
-    listing = ImageFiles(path, class_names, {s: files[s] for s in ("train", "val", "test") if s in files}, notes)
-    listing.note_absent_classes()
-    listing.check()
-    return listing
+    return ImageFiles(path, class_names, {s: files[s] for s in ("train", "val", "test") if s in files}, notes)
+
+
+def scan_images(path: Path, *, image_root: Path | None = None, path_column: str | None = None,
+                label_column: str | None = None) -> ImageFiles:
+    """The listing of an image folder (:func:`imgclf.data.folder.scan_folder`) or of a labels file
+    (:func:`scan_labels_file`, with its ``image_root`` and columns).
+
+    Raises:
+        UsageError: See those two; the labels-file settings given for a folder.
+    """
+    if is_labels_file(str(path)):
+        return scan_labels_file(path, image_root=image_root, path_column=path_column, label_column=label_column)
+    given = [flag for flag, value in (("--image-root", image_root), ("--path-column", path_column),
+                                      ("--label-column", label_column)) if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a labels file (.csv or "
+                         f".tsv), not to {str(path)!r}")
+    return scan_folder(path)

@@ -11,8 +11,8 @@ from sklearn.model_selection import train_test_split
 
 from imgclf.data.builtin import DATASETS, Pools, fetch, resolve_data_dir
 from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit, LazyImages
-from imgclf.data.folder import load_image_files, looks_like_folder, scan_folder
-from imgclf.data.labels_file import is_labels_file, scan_labels_file
+from imgclf.data.folder import load_image_files, looks_like_folder
+from imgclf.data.labels_file import is_labels_file, scan_images
 from imgclf.errors import UsageError, unknown_choice
 
 if TYPE_CHECKING:
@@ -71,14 +71,12 @@ def _load_pools(config: DataConfig) -> tuple[str, Pools, list[tuple[str, str]], 
         pools = fetch(DATASETS[name], resolve_data_dir(config.data_dir), config.download)
         return name, pools, [], []
     folder = Path(name).expanduser() if looks_like_folder(name) else resolve_data_dir(config.data_dir) / name
-    if is_labels_file(name):
-        root = Path(config.image_root) if config.image_root is not None else None
-        listing = scan_labels_file(Path(name).expanduser(), image_root=root, path_column=config.path_column,
-                                   label_column=config.label_column)
-    elif looks_like_folder(name) or (name and folder.is_dir()):  # a path, or an image folder in the data folder
-        listing = scan_folder(folder)
-    else:
+    labels = is_labels_file(name)
+    if not (labels or looks_like_folder(name) or (name and folder.is_dir())):  # a path, or a folder in the data folder
         raise unknown_choice("dataset", name, [*DATASETS, "PATH (an image folder)", "FILE.csv or .tsv (a labels file)"])
+    listing = scan_images(Path(name).expanduser() if labels else folder,
+                          image_root=Path(config.image_root) if config.image_root is not None else None,
+                          path_column=config.path_column, label_column=config.label_column)
     pools, bad, notes = load_image_files(listing, image_size=config.image_size, channels=config.channels,
                                          bad_files=config.bad_files, cache=config.cache)
     return str(Path(name)), pools, bad, notes
