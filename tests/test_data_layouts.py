@@ -1,10 +1,13 @@
 """Data the way people keep it: a labels file (CSV or TSV) beside the images, a folder with train/ and
-val/ but no test/, a folder of class folders alone. Built in each test from the shared Linnaeus 5 images."""
+val/ but no test/, a folder of class folders alone, a Hugging Face data set saved on disk or as Parquet
+files. Built in each test from the shared Linnaeus 5 images."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,8 +173,116 @@ def test_a_folder_of_class_folders_alone_gets_seeded_stratified_splits(course, t
 
 
 def test_run_folders_and_files_are_named_after_the_data_set_without_a_labels_suffix():
-    from imgclf.data.labels_file import dataset_stem
+    from imgclf.data.loading import dataset_stem
 
     assert [dataset_stem(name) for name in ("mnist", "../shared/data/cifar10-jpg", "photos/", "labels.csv",
-                                            "kaggle/train.TSV")] == ["mnist", "cifar10-jpg", "photos", "labels",
-                                                                     "train"]
+                                            "kaggle/train.TSV", "hub/train-00000-of-00001.parquet")] == [
+        "mnist", "cifar10-jpg", "photos", "labels", "train", "train-00000-of-00001"]
+
+
+# Hugging Face data sets ---------------------------------------------------------------------------------------
+
+
+def _hf_split(split: str, *, per_class: int = PER_CLASS):
+    """A ``datasets.Dataset`` of the Linnaeus files of ``split``: encoded bytes in an Image column and a
+    ClassLabel, as the hub publishes image data sets."""
+    datasets = pytest.importorskip("datasets")
+    files = _linnaeus_files(split, per_class)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=sorted(files))})
+    rows = [({"bytes": file.read_bytes(), "path": file.name}, k)
+            for k, name in enumerate(sorted(files)) for file in files[name]]
+    return datasets.Dataset.from_dict({"image": [image for image, _ in rows], "label": [k for _, k in rows]},
+                                      features=features)
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    """A ``DatasetDict`` of train and test written by ``save_to_disk``."""
+    datasets = pytest.importorskip("datasets")
+    datasets.DatasetDict({"train": _hf_split("train"), "test": _hf_split("test")}).save_to_disk(tmp_path / "saved")
+    return tmp_path / "saved"
+
+
+def test_a_saved_hugging_face_data_set_gives_its_images_labels_and_splits(saved):
+    data = load_data(DataConfig(dataset=str(saved), image_size=24), seed=0)
+    assert data.spec.class_names == ("berry", "bird", "dog", "flower")  # the ClassLabel's names
+    assert len(data.test) == 4 * PER_CLASS and len(data.train) + len(data.val) == 4 * PER_CLASS
+    assert data.origins["test"] == "the data set's test split"
+    files = [file for files in _linnaeus_files("test").values() for file in files]
+    expected = np.stack([decode_image(file, channels=3, size=(24, 24)) for file in files])
+    assert np.array_equal(data.test.uint8_images().numpy(), expected)  # the rows in order, decoded as files are
+    assert data.test.labels.tolist() == [k for k in range(4) for _ in range(PER_CLASS)]
+
+
+def test_hugging_face_parquet_files_train_to_a_report_with_a_broken_row_skipped(tmp_path):
+    """The hub's Parquet layout (splits told by file names), text labels without a ClassLabel, a row whose
+    bytes are not an image, and an unlabelled split, trained and reopened from the CLI."""
+    datasets = pytest.importorskip("datasets")
+    hub = tmp_path / "hub" / "data"
+    hub.mkdir(parents=True)
+    names = ["berry", "bird", "dog", "flower"]
+    for split, source in (("train", "train"), ("test", "test")):
+        table = _hf_split(source)
+        rows = {"img": [row["image"] for row in table.cast_column("image", datasets.Image(decode=False))],
+                "species": [names[k] for k in table["label"]]}
+        if split == "train":
+            rows["img"][3] = {"bytes": b"not an image", "path": "broken.jpg"}
+        datasets.Dataset.from_dict(rows, features=datasets.Features(
+            {"img": datasets.Image(), "species": datasets.Value("string")})).to_parquet(
+            hub / f"{split}-00000-of-00001.parquet")
+    unlabelled = datasets.Dataset.from_dict({"img": [{"bytes": b"x", "path": None}], "species": [None]},
+                                            features=datasets.Features({"img": datasets.Image(),
+                                                                        "species": datasets.Value("string")}))
+    unlabelled.to_parquet(hub / "validation-00000-of-00001.parquet")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(hub.parent), "--label-column", "species", "--image-size", "16",
+                 "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["bad_files"] == 1 and "[train][3]" in (out / "bad_files.txt").read_text()
+    assert metrics["data"]["test"] == 4 * PER_CLASS
+    assert metrics["data"]["train"] + metrics["data"]["val"] == 4 * PER_CLASS - 1
+    assert any("validation split" in note and "no labels" in note for note in metrics["data_notes"])
+    assert main(["evaluate", str(out), "--quiet"]) == 0  # reopens from its config.yaml (the decoded cache)
+    with pytest.raises(UsageError, match=r"cannot decode .*\[train\]\[3\]"):
+        load_data(DataConfig(dataset=str(hub.parent), label_column="species", image_size=16, bad_files="error",
+                             cache=False), seed=0)
+
+
+def test_data_check_of_a_hugging_face_data_set_finds_duplicates_across_splits(saved, tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    leaky = tmp_path / "leaky"
+    datasets.DatasetDict({"train": _hf_split("train"), "test": _hf_split("train", per_class=2)}).save_to_disk(leaky)
+    assert main(["data", "check", str(leaky)]) == 1
+    out = capsys.readouterr().out
+    assert "8 group(s) of identical files appear in more than one split (leakage)" in out
+    assert f"train:{leaky}[train][0] == test:{leaky}[test][0]" in out
+    assert main(["data", "check", str(saved)]) == 0
+
+
+@pytest.mark.parametrize(("damage", "flags", "message"), [
+    (None, ["--label-column", "fine"], "has no column 'fine'; its columns: image, label"),
+    (None, ["--image-column", "label"], "the image and the label are the same column"),
+    (None, ["--path-column", "image"], "--path-column applies to a labels file, not to a Hugging Face data set"),
+    (lambda saved: (saved / "train" / "state.json").write_text("{"), [], "cannot be loaded with load_from_disk"),
+    (lambda saved: (saved / "dataset_dict.json").write_text('{"splits": ["test"]}'), [], "has no train split"),
+])
+def test_a_broken_hugging_face_data_set_is_one_clear_error(saved, capsys, damage, flags, message):
+    if damage is not None:
+        damage(saved)
+    assert main(["data", "check", str(saved), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err)
+
+
+def test_a_hugging_face_data_set_without_the_datasets_package_names_the_extra(saved, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(UsageError, match=r"needs pip install 'imgclf\[hf\]'"):
+        load_data(DataConfig(dataset=str(saved), cache=False), seed=0)
+
+
+def test_a_parquet_file_of_unknown_content_is_one_clear_error(tmp_path):
+    pytest.importorskip("datasets")
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(UsageError, match="cannot be read"):
+        load_data(DataConfig(dataset=str(tmp_path / "junk.parquet"), cache=False), seed=0)

@@ -101,7 +101,8 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
     if full:
         source = group.add_mutually_exclusive_group()
         _flag(source, "--dataset", dest="data.dataset", metavar="NAME|PATH",
-              help="built-in data set (see `imgclf datasets`), an image folder, or a labels .csv/.tsv file")
+              help="built-in data set (see `imgclf datasets`), an image folder, a labels .csv/.tsv file, or a "
+                   "Hugging Face data set on disk (save_to_disk folder, .parquet file or folder)")
         _flag(source, "--labels", dest="data.dataset", metavar="FILE",
               help="a CSV or TSV of image paths and labels (header first; an optional split column), as "
                    "the data set")
@@ -112,7 +113,10 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
     _flag(group, "--image-root", dest="data.image_root", metavar="DIR",
           help="labels file: the folder its relative paths start from (default: the file's folder)")
     _flag(group, "--path-column", dest="data.path_column", metavar="NAME", help="labels file: the column of paths")
-    _flag(group, "--label-column", dest="data.label_column", metavar="NAME", help="labels file: the column of labels")
+    _flag(group, "--label-column", dest="data.label_column", metavar="NAME",
+          help="labels file or Hugging Face data set: the column of labels")
+    _flag(group, "--image-column", dest="data.image_column", metavar="NAME",
+          help="Hugging Face data set: the column of images (default: the one of type Image)")
     _flag(group, "--image-size", dest="data.image_size", metavar="N", help="resize images to N x N pixels")
     _flag(group, "--channels", dest="data.channels", metavar="C",
           help="convert images to 1 (grey) or 3 (RGB) channels (default: from the data)")
@@ -496,19 +500,24 @@ def _listing_commands(command: Command) -> None:
     data = command("data", "inspect data", "imgclf data check path/to/photos")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = data_sub.add_parser(
-        "check", help="scan an image folder or a labels file for bad files, duplicates and imbalance",
-        description="Scan an image folder or the files a labels file lists: classes with counts per split, image "
-                    "sizes and modes, files that are missing or fail to decode (with reasons), exact duplicates "
-                    "within and across splits, and class imbalance. Exit status 0 when clean, 1 when problems "
-                    "were found.",
+        "check", help="scan an image folder, a labels file or a Hugging Face data set for bad files, duplicates "
+                      "and imbalance",
+        description="Scan an image folder, the files a labels file lists, or the images of a Hugging Face data "
+                    "set on disk: classes with counts per split, image sizes and modes, files that are missing or "
+                    "fail to decode (with reasons), exact duplicates within and across splits, and class "
+                    "imbalance. Exit status 0 when clean, 1 when problems were found.",
         epilog=_examples("imgclf data check ../shared/data/linnaeus5-4class-96\n"
-                         "imgclf data check labels.csv --image-root images"),
+                         "imgclf data check labels.csv --image-root images\n"
+                         "imgclf data check saved_dataset/ --label-column fine_label"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("path", metavar="PATH", help="an image folder, or a labels .csv/.tsv file")
+    check.add_argument("path", metavar="PATH", help="an image folder, a labels .csv/.tsv file, or a Hugging Face "
+                                                    "data set (save_to_disk folder, .parquet file or folder)")
     check.add_argument("--image-root", metavar="DIR", help="labels file: the folder its paths start from")
     check.add_argument("--path-column", metavar="NAME", help="labels file: the column of paths")
-    check.add_argument("--label-column", metavar="NAME", help="labels file: the column of labels")
+    check.add_argument("--label-column", metavar="NAME",
+                       help="labels file or Hugging Face data set: the column of labels")
+    check.add_argument("--image-column", metavar="NAME", help="Hugging Face data set: the column of images")
     command("datasets", "list the built-in data sets and whether their files are present", "imgclf datasets")
     command("models", "list the architectures and their options", "imgclf models")
     command("attacks", "list the attacks, their norms and what they need", "imgclf attacks")
@@ -732,11 +741,12 @@ def _data_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from imgclf.data.check import check_images
-    from imgclf.data.labels_file import scan_images
+    from imgclf.data.loading import scan_images
 
     report = check_images(scan_images(Path(args.path).expanduser(),
                                       image_root=Path(args.image_root) if args.image_root else None,
-                                      path_column=args.path_column, label_column=args.label_column))
+                                      path_column=args.path_column, label_column=args.label_column,
+                                      image_column=args.image_column))
     print(report.render())
     return 1 if report.problems() else 0
 
@@ -788,7 +798,7 @@ def _lr_find(args: argparse.Namespace) -> int:
         if figure_path.suffix.lower() != ".png":
             raise UsageError(f"--out names the figure, a .png file; got {args.out!r}")
     else:
-        from imgclf.data.labels_file import dataset_stem
+        from imgclf.data.loading import dataset_stem
 
         stem = dataset_stem(config.data.dataset)
         model = config.model.name.replace(":", "-").replace("/", "-")

@@ -52,10 +52,12 @@ _FRACTION = Interval(float, 0, 1, "neither")
 class DataConfig:
     """Where the images come from and how they are split and augmented."""
 
-    dataset: str = "digits"  # a registered name (`imgclf datasets`), an image-folder path, or a labels .csv/.tsv
+    dataset: str = "digits"  # a registered name (`imgclf datasets`), an image folder, a labels .csv/.tsv, or a
+    # Hugging Face data set on disk (a save_to_disk folder, a .parquet file or a folder of them)
     image_root: str | None = None  # labels file: the folder its relative paths start from; None: the file's folder
     path_column: str | None = None  # labels file: the column of image paths; None: path, file, image, id, ...
-    label_column: str | None = None  # labels file: the column of labels; None: label, class, category, ...
+    image_column: str | None = None  # Hugging Face data set: the column of images; None: the Image feature's
+    label_column: str | None = None  # labels file, HF data set: the column of labels; None: ClassLabel, label, ...
     data_dir: str | None = None  # None: $IMGCLF_DATA_DIR, else the per-user cache folder
     image_size: int | None = setting(None, Interval(int, 4, 1024))  # resize to N x N; None: the data's own size
     channels: int | None = setting(None, Options("channel count", (1, 3)))  # None: from the data (grey stays 1)
@@ -467,14 +469,15 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"attack.alpha is a step in pixel units and must be at most 1 under linf, got {attack.alpha}")
     if adversarial.enabled and (train.mixup or train.cutmix):
         raise UsageError("adversarial training needs hard labels: drop --mixup/--cutmix or --adversarial")
-    from imgclf.data.labels_file import is_labels_file
+    from imgclf.data.builtin import DATASETS
 
     data = config.data
     given = [flag for flag, value in (("--image-root", data.image_root), ("--path-column", data.path_column),
-                                      ("--label-column", data.label_column)) if value is not None]
-    if given and not is_labels_file(data.dataset):
+                                      ("--label-column", data.label_column), ("--image-column", data.image_column))
+             if value is not None]
+    if given and data.dataset in DATASETS:  # (for a path, the layout found on disk decides: data.scan_images)
         raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a labels file (--labels "
-                         f"FILE.csv or .tsv); the data set is {data.dataset!r}")
+                         f"FILE.csv or .tsv) or a Hugging Face data set; {data.dataset!r} is a built-in data set")
     model = config.model
     if (model.mean is None) != (model.std is None) or (model.mean is not None and model.std is not None and (
             len(model.mean) != len(model.std) or not model.mean or min(model.std) <= 0)):

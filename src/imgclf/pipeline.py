@@ -30,7 +30,7 @@ from imgclf.checkpoint import external_model, load_model, model_info, save_exter
 from imgclf.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config
 from imgclf.data import DataSplits, load_data, stratified_subset
 from imgclf.data.augment import per_image
-from imgclf.data.labels_file import dataset_stem
+from imgclf.data.loading import dataset_stem
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError, first_line
 from imgclf.evaluation import EvalResult, evaluate

@@ -22,10 +22,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgclf.errors import UsageError
+
+if TYPE_CHECKING:
+    from imgclf.data.folder import ImageSource
 
 FORMAT = "imgclf-decoded/1"
 
@@ -39,7 +43,7 @@ def cache_root() -> Path:
 
 
 def folder_key(
-    files: dict[str, list[tuple[Path, int]]],
+    files: dict[str, list[tuple[ImageSource, int]]],
     class_names: list[str],
     *,
     image_size: int | None,
@@ -50,6 +54,9 @@ def folder_key(
     digest.update(f"{FORMAT}\n{image_size}\n{channels}\n{json.dumps(class_names)}\n".encode())
     for split in sorted(files):
         for path, label in files[split]:
+            if not isinstance(path, Path):  # an image stored in a data set's files
+                digest.update(f"{split}\0{path}\0{label}\0{path.state}\n".encode())
+                continue
             try:
                 stat = path.stat()
                 state = f"{stat.st_size}\0{stat.st_mtime_ns}"

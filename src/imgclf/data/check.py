@@ -1,4 +1,5 @@
-"""``imgclf data check PATH``: what an image folder or a labels file holds, and what is wrong with it.
+"""``imgclf data check PATH``: what an image folder, a labels file or a Hugging Face data set holds, and what
+is wrong with it.
 
 Every file is read once: its bytes are hashed (SHA-256, for exact duplicates)
 and fully decoded (so truncated files are caught, not only unreadable headers).
@@ -7,13 +8,14 @@ and fully decoded (so truncated files are caught, not only unreadable headers).
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from imgclf.data.folder import DECODE_ERRORS, ImageFiles, decoding_pool, refuse_bombs
+from imgclf.data.folder import DECODE_ERRORS, ImageFiles, ImageSource, decoding_pool, read_image_bytes, refuse_bombs
 
 #: Largest / smallest class size above which a split counts as imbalanced.
 IMBALANCE_RATIO = 1.5
@@ -89,17 +91,17 @@ class FolderReport:
         return "\n".join(lines)
 
 
-def _inspect(path: Path) -> tuple[str, tuple[int, int] | None, str | None, str | None]:
-    """``(sha256, (W, H), mode, error)`` of one file."""
+def _inspect(path: ImageSource) -> tuple[str, tuple[int, int] | None, str | None, str | None]:
+    """``(sha256, (W, H), mode, error)`` of one file or stored image."""
     try:
-        data = path.read_bytes()
-    except OSError as error:  # unreadable, a dangling link, a link loop
+        data = read_image_bytes(path)
+    except OSError as error:  # unreadable, a dangling link, a link loop, a stored row without an image
         return "", None, None, f"cannot be read: {error.strerror or error}"
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return digest, None, None, "empty file (0 bytes)"
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             refuse_bombs(image)
             mode = image.mode
             upright = ImageOps.exif_transpose(image)
@@ -114,8 +116,7 @@ def check_images(listing: ImageFiles) -> FolderReport:
     exact duplicates.
 
     Args:
-        listing: From :func:`imgclf.data.folder.scan_folder` or
-            :func:`imgclf.data.labels_file.scan_labels_file` (which raise UsageError for an
+        listing: From :func:`imgclf.data.loading.scan_images` (which raises UsageError for an
             unusable layout).
     """
     root, class_names, files, notes = listing.source, listing.class_names, listing.files, listing.notes

@@ -1,6 +1,7 @@
 """Image-folder data sets: ``PATH/train/<class>/*``, ``PATH/test/<class>/*``
 (optional ``PATH/val/<class>/*``), or ``PATH/<class>/*`` alone; and the decoding of
-any listing of image files (a folder, or a labels file: :mod:`imgclf.data.labels_file`).
+any listing of images (a folder, a labels file: :mod:`imgclf.data.labels_file`, or
+images stored inside a data set's files: :mod:`imgclf.data.hugging_face`).
 
 Images are decoded with Pillow, turned upright by their EXIF orientation,
 converted to grey (``L``) or ``RGB`` from any mode (16-bit grey is rescaled,
@@ -15,10 +16,11 @@ The decoded arrays are cached (see :mod:`imgclf.data.cache`).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,47 @@ def looks_like_folder(dataset: str) -> bool:
     return os.sep in dataset or "/" in dataset or dataset.startswith((".", "~")) or Path(dataset).is_dir()
 
 
+@dataclass(frozen=True, eq=False)
+class StoredImage:
+    """An encoded image stored inside a data set's own files (a row of a Hugging Face data set) rather than as
+    a file of its own.
+
+    Attributes:
+        name: How messages and ``bad_files.txt`` name it (``DATASET[split][row]``).
+        state: Changes when the files holding it change (keys the decoded-image cache).
+        read: Returns the encoded bytes; raises OSError when there are none.
+    """
+
+    name: str
+    state: str
+    read: Callable[[], bytes]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+#: Where an image comes from: a file, or a data set's stored row.
+ImageSource = Path | StoredImage
+
+
+def read_image_bytes(source: ImageSource) -> bytes:
+    """The encoded bytes of an image file or stored image.
+
+    Raises:
+        OSError: The file cannot be read, or the stored row has no image.
+    """
+    return source.read_bytes() if isinstance(source, Path) else source.read()
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """Pillow's lazy image of a file or stored image (use as a context manager).
+
+    Raises:
+        OSError, UnidentifiedImageError: As :func:`PIL.Image.open`, and OSError when a stored row has no image.
+    """
+    return Image.open(source if isinstance(source, Path) else io.BytesIO(source.read()))
+
+
 @dataclass
 class ImageFiles:
     """A data set's image files and labels, listed but not decoded. On construction it notes each evaluation
@@ -93,16 +136,16 @@ class ImageFiles:
     (UsageError).
 
     Attributes:
-        source: The folder or labels file they were listed from (named in messages and the cache).
+        source: The folder, labels file or data set they were listed from (named in messages).
         class_names: Class names; a label is an index into them.
-        files: ``{split: [(path, label), ...]}``, ``train`` always present, ``val`` and ``test``
-            where the data set has them.
+        files: ``{split: [(file or stored image, label), ...]}``, ``train`` always present, ``val`` and
+            ``test`` where the data set has them.
         notes: Warnings about the layout.
     """
 
     source: Path
     class_names: list[str]
-    files: dict[str, list[tuple[Path, int]]]
+    files: dict[str, list[tuple[ImageSource, int]]]
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -139,7 +182,7 @@ def scan_folder(root: Path) -> ImageFiles:
         split_dirs = {"train": root}
     notes: list[str] = []
     class_names = [p.name for p in _class_dirs(split_dirs["train"])]
-    files: dict[str, list[tuple[Path, int]]] = {}
+    files: dict[str, list[tuple[ImageSource, int]]] = {}
     for split, folder in split_dirs.items():
         present = [p.name for p in _class_dirs(folder)]
         extra = sorted(set(present) - set(class_names))
@@ -188,11 +231,11 @@ def refuse_bombs(image: Image.Image) -> None:
         )
 
 
-def decode_image(path: Path, *, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """Decode one image file into ``uint8`` ``(C, H, W)``.
+def decode_image(path: ImageSource, *, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """Decode one image file (or stored image) into ``uint8`` ``(C, H, W)``.
 
     Args:
-        path: The file.
+        path: The file or stored image.
         channels: 1 (grey, Pillow mode ``L``) or 3 (``RGB``).
         size: ``(H, W)`` to resize to (bilinear, antialiased).
 
@@ -202,7 +245,7 @@ def decode_image(path: Path, *, channels: int, size: tuple[int, int]) -> np.ndar
             more than ``Image.MAX_IMAGE_PIXELS`` pixels is refused as a
             decompression bomb before it is decoded.
     """
-    with Image.open(path) as opened:
+    with open_image(path) as opened:
         refuse_bombs(opened)
         image: Image.Image = ImageOps.exif_transpose(opened)
         if image.mode in ("I", "F") or image.mode.startswith("I;16"):
@@ -222,10 +265,10 @@ def decode_image(path: Path, *, channels: int, size: tuple[int, int]) -> np.ndar
     return array.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
-def probe_image(path: Path) -> tuple[tuple[int, int], str] | None:
+def probe_image(path: ImageSource) -> tuple[tuple[int, int], str] | None:
     """``((H, W), mode)`` from the file's header, or None if it cannot be opened."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return (image.height, image.width), image.mode
     except DECODE_ERRORS:
         return None
@@ -246,7 +289,7 @@ def decode_workers() -> int:
 
 
 def _resolve_shape(
-    train: list[tuple[Path, int]], image_size: int | None, channels: int | None, notes: list[str], root: Path
+    train: list[tuple[ImageSource, int]], image_size: int | None, channels: int | None, notes: list[str], root: Path
 ) -> tuple[tuple[int, int], int]:
     """Image size and channels: as asked, else from a sample of training-file headers."""
     if image_size is not None and channels is not None:

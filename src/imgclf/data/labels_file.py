@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from imgclf.data.folder import IMAGE_EXTENSIONS, ImageFiles, scan_folder
+from imgclf.data.folder import IMAGE_EXTENSIONS, ImageFiles, ImageSource
 from imgclf.errors import UsageError
 
 #: File name suffixes read as labels files, and their delimiter (None: sniffed from , ; TAB).
@@ -41,13 +41,6 @@ MISSING_LIMIT = 0.5
 def is_labels_file(dataset: str) -> bool:
     """True when ``dataset`` names a labels file (by its suffix, ``.csv`` or ``.tsv``)."""
     return Path(dataset).suffix.lower() in LABELS_SUFFIXES
-
-
-def dataset_stem(dataset: str) -> str:
-    """A data set's short name for run-folder and file names: a built-in name as it is, a folder's last
-    part, a labels file's name without its suffix (``data/labels.csv`` -> ``labels``)."""
-    name = Path(dataset).name or dataset
-    return Path(name).stem if is_labels_file(name) else name
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -106,7 +99,7 @@ def _locate(root: Path, name: str) -> Path:
     return path
 
 
-def _sort_classes(labels: set[str]) -> list[str]:
+def sort_classes(labels: set[str]) -> list[str]:
     """Class names sorted as numbers when every label is an integer (so 10 follows 9), else as text."""
     if all(label.lstrip("-").isdigit() for label in labels):
         return sorted(labels, key=int)
@@ -187,9 +180,9 @@ def scan_labels_file(
     if others:
         raise UsageError(f"labels file {str(path)!r}: labels in val or test rows that no train row has: "
                          f"{', '.join(others[:10])}")
-    class_names = _sort_classes(train_labels)
+    class_names = sort_classes(train_labels)
     index = {name: k for k, name in enumerate(class_names)}
-    files: dict[str, list[tuple[Path, int]]] = {"train": []}
+    files: dict[str, list[tuple[ImageSource, int]]] = {"train": []}
     for split, file, label in entries:
         files.setdefault(split, []).append((file, index[label]))
     notes = []
@@ -199,20 +192,3 @@ def scan_labels_file(
         notes.append(f"{len(missing)} file(s) listed in {str(path)!r} do not exist (listed in bad_files.txt)")
     return ImageFiles(path, class_names, {s: files[s] for s in ("train", "val", "test") if s in files}, notes)
 
-
-def scan_images(path: Path, *, image_root: Path | None = None, path_column: str | None = None,
-                label_column: str | None = None) -> ImageFiles:
-    """The listing of an image folder (:func:`imgclf.data.folder.scan_folder`) or of a labels file
-    (:func:`scan_labels_file`, with its ``image_root`` and columns).
-
-    Raises:
-        UsageError: See those two; the labels-file settings given for a folder.
-    """
-    if is_labels_file(str(path)):
-        return scan_labels_file(path, image_root=image_root, path_column=path_column, label_column=label_column)
-    given = [flag for flag, value in (("--image-root", image_root), ("--path-column", path_column),
-                                      ("--label-column", label_column)) if value is not None]
-    if given:
-        raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a labels file (.csv or "
-                         f".tsv), not to {str(path)!r}")
-    return scan_folder(path)

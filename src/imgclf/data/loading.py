@@ -11,8 +11,9 @@ from sklearn.model_selection import train_test_split
 
 from imgclf.data.builtin import DATASETS, Pools, fetch, resolve_data_dir
 from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit, LazyImages
-from imgclf.data.folder import load_image_files, looks_like_folder
-from imgclf.data.labels_file import is_labels_file, scan_images
+from imgclf.data.folder import ImageFiles, load_image_files, looks_like_folder, scan_folder
+from imgclf.data.hugging_face import PARQUET_SUFFIX, is_hf_dataset, scan_hf_dataset
+from imgclf.data.labels_file import is_labels_file, scan_labels_file
 from imgclf.errors import UsageError, unknown_choice
 
 if TYPE_CHECKING:
@@ -65,18 +66,66 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
     return chosen
 
 
+#: The data-set flags each layout reads.
+LAYOUT_FLAGS = {
+    "a labels file": ("--image-root", "--path-column", "--label-column"),
+    "a Hugging Face data set": ("--image-column", "--label-column"),
+}
+
+
+def is_data_file(dataset: str) -> bool:
+    """True when ``dataset`` names a file that holds a data set: a labels file (``.csv``, ``.tsv``) or a
+    Parquet file."""
+    return is_labels_file(dataset) or Path(dataset).suffix.lower() == PARQUET_SUFFIX
+
+
+def dataset_stem(dataset: str) -> str:
+    """A data set's short name for run-folder and file names: a built-in name as it is, a folder's last
+    part, a data file's name without its suffix (``data/labels.csv`` -> ``labels``)."""
+    name = Path(dataset).name or dataset
+    return Path(name).stem if is_data_file(name) else name
+
+
+def scan_images(path: Path, *, image_root: Path | None = None, path_column: str | None = None,
+                label_column: str | None = None, image_column: str | None = None) -> ImageFiles:
+    """The listing of a labels file (:func:`imgclf.data.labels_file.scan_labels_file`), a Hugging Face data
+    set on disk (:func:`imgclf.data.hugging_face.scan_hf_dataset`) or an image folder
+    (:func:`imgclf.data.folder.scan_folder`), told apart by the path's suffix and contents.
+
+    Raises:
+        UsageError: See those three; a flag given for a layout that does not read it (see
+            :data:`LAYOUT_FLAGS`).
+    """
+    layout = "a labels file" if is_labels_file(str(path)) else "a Hugging Face data set" if is_hf_dataset(
+        path) else "an image folder"
+    given = {"--image-root": image_root, "--path-column": path_column, "--label-column": label_column,
+             "--image-column": image_column}
+    wrong = [flag for flag, value in given.items() if value is not None and flag not in LAYOUT_FLAGS.get(layout, ())]
+    if wrong:
+        readers = [name for name, flags in LAYOUT_FLAGS.items() if set(wrong) & set(flags)]
+        raise UsageError(f"{', '.join(wrong)} appl{'ies' if len(wrong) == 1 else 'y'} to {' or '.join(readers)}, "
+                         f"not to {layout} ({str(path)!r})")
+    if layout == "a labels file":
+        return scan_labels_file(path, image_root=image_root, path_column=path_column, label_column=label_column)
+    if layout == "a Hugging Face data set":
+        return scan_hf_dataset(path, image_column=image_column, label_column=label_column)
+    return scan_folder(path)
+
+
 def _load_pools(config: DataConfig) -> tuple[str, Pools, list[tuple[str, str]], list[str]]:
     name = config.dataset
     if name in DATASETS:
         pools = fetch(DATASETS[name], resolve_data_dir(config.data_dir), config.download)
         return name, pools, [], []
     folder = Path(name).expanduser() if looks_like_folder(name) else resolve_data_dir(config.data_dir) / name
-    labels = is_labels_file(name)
-    if not (labels or looks_like_folder(name) or (name and folder.is_dir())):  # a path, or a folder in the data folder
-        raise unknown_choice("dataset", name, [*DATASETS, "PATH (an image folder)", "FILE.csv or .tsv (a labels file)"])
-    listing = scan_images(Path(name).expanduser() if labels else folder,
+    data_file = is_data_file(name)
+    if not (data_file or looks_like_folder(name) or (name and folder.is_dir())):  # a path, or in the data folder
+        raise unknown_choice("dataset", name, [*DATASETS, "PATH (an image folder or a saved Hugging Face data set)",
+                                               "FILE.csv or .tsv (a labels file)", "FILE.parquet"])
+    listing = scan_images(Path(name).expanduser() if data_file else folder,
                           image_root=Path(config.image_root) if config.image_root is not None else None,
-                          path_column=config.path_column, label_column=config.label_column)
+                          path_column=config.path_column, label_column=config.label_column,
+                          image_column=config.image_column)
     pools, bad, notes = load_image_files(listing, image_size=config.image_size, channels=config.channels,
                                          bad_files=config.bad_files, cache=config.cache)
     return str(Path(name)), pools, bad, notes
