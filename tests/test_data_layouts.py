@@ -249,6 +249,20 @@ def test_hugging_face_parquet_files_train_to_a_report_with_a_broken_row_skipped(
                              cache=False), seed=0)
 
 
+def test_a_single_saved_dataset_or_parquet_files_without_split_names_are_all_training_data(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    one = _hf_split("train", per_class=5)
+    one.save_to_disk(tmp_path / "one")
+    (tmp_path / "pq" / "shards").mkdir(parents=True)
+    one.select(range(10)).to_parquet(tmp_path / "pq" / "shards" / "part-0.parquet")
+    one.select(range(10, 20)).to_parquet(tmp_path / "pq" / "shards" / "part-1.parquet")
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed
+    for dataset in ("one", "pq", "pq/shards/part-0.parquet"):
+        data = load_data(DataConfig(dataset=dataset, image_size=8, cache=False), seed=0)
+        assert data.origins["test"] == "20% of the data set's train split (stratified, seeded)"
+        assert len(data.train) + len(data.val) + len(data.test) == (10 if dataset.endswith(".parquet") else 20)
+
+
 def test_data_check_of_a_hugging_face_data_set_finds_duplicates_across_splits(saved, tmp_path, capsys):
     datasets = pytest.importorskip("datasets")
     leaky = tmp_path / "leaky"

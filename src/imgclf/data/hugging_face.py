@@ -113,12 +113,13 @@ def _parquet_splits(path: Path, datasets: Any) -> tuple[dict[str, tuple[pa.Table
             matched: set[Path] = set()
             for pattern in split_patterns:  # (a split's patterns are alternatives; most match nothing)
                 try:
-                    matched.update(Path(f) for f in resolve_pattern(pattern, str(path)) if f.endswith(PARQUET_SUFFIX))
+                    matched.update(Path(f).resolve() for f in resolve_pattern(pattern, str(path))
+                                   if f.endswith(PARQUET_SUFFIX))
                 except FileNotFoundError:
                     continue
             if matched:
                 by_split[str(split)] = sorted(matched)
-        every = set(_parquet_files(path))
+        every = {f.resolve() for f in _parquet_files(path)}
         unassigned = every - {f for found in by_split.values() for f in found}
         if unassigned:
             raise UsageError(f"cannot tell the split of {len(unassigned)} Parquet file(s) under {str(path)!r} "
