@@ -14,7 +14,7 @@ from conftest import Rounding, newest_evaluation
 from imgclf.checkpoint import load_model
 from imgclf.cli import main
 
-FIGURES = {"training_curves", "confusion_matrix", "predictions", "robustness", "adversarial"}
+FIGURES = {"training_curves", "confusion_matrix", "predictions", "robustness", "adversarial", "reliability"}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,15 @@ def test_run_metrics_are_complete_and_honest(run_dir):
         assert acc[("pgd", r["eps"])]["accuracy"] <= acc[("fgsm", r["eps"])]["accuracy"]
         assert acc[("worst-case", r["eps"])]["accuracy"] == acc[("pgd", r["eps"])]["accuracy"]
     assert acc[("pgd", 0.3)]["accuracy"] < clean["accuracy"] and acc[("pgd", 0.3)]["steps"] == 20
+    calibration = metrics["calibration"]
+    assert calibration["bins"] == 15 and calibration["test"]["n"] == clean["n"]
+    assert calibration["test"]["accuracy"] == pytest.approx(clean["accuracy"])
+    assert calibration["val_nll_scaled"] <= calibration["val_nll"]
+    assert 0 <= calibration["test"]["ece"] <= calibration["test"]["mce"] <= 1
+    # under attack: the worst-case images of each eps, right exactly where the worst case counts them robust
+    assert [c["eps"] for c in evaluation["calibration"]] == [0, 0.05, 0.1, 0.2, 0.3]
+    for entry in evaluation["calibration"]:
+        assert entry["metrics"]["accuracy"] == pytest.approx(acc[("worst-case", entry["eps"])]["accuracy"])
     info = evaluation["attack"]
     assert info["norm"] == "linf" and info["attacks"] == ["fgsm", "pgd"] and info["seed"] == 0
     assert {c["name"]: c["status"] for c in info["checks"]}["large eps breaks the model"] == "passed"
@@ -83,6 +92,7 @@ def test_report_is_one_self_contained_page(run_dir):
     assert len(sources) >= len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert "simple-cnn on digits" in html and "PGD" in html
+    assert "<h2>Calibration</h2>" in html and "worst-case adversarial, eps 0.05" in html
 
 
 def test_stages_alone_reuse_the_saved_run(run_dir, capsys):

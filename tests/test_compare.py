@@ -43,10 +43,12 @@ def test_compare_puts_both_runs_in_one_report(runs, capsys):
         rows = saved["evaluations"][-1]["robustness"]
         worst = {str(r["eps"]): r["accuracy"] for r in rows if r["attack"] == "worst-case"}
         assert row["worst_case_robust_accuracy"] == worst and row["test_accuracy"] == saved["clean"]["accuracy"]
+        assert row["ece"] == saved["calibration"]["test"]["ece"]
+        assert row["ece_temperature_scaled"] == saved["calibration"]["test_scaled"]["ece"]
     robust_gain = summary[1]["worst_case_robust_accuracy"]["0.1"] - summary[0]["worst_case_robust_accuracy"]["0.1"]
     assert robust_gain > 0.1  # the robust run is more robust, as the report shows
     html = (out / "compare.html").read_text()
-    assert html.count("<tr><td><code>") == 2 and "robust acc. eps 0.2" in html
+    assert html.count("<tr><td><code>") == 2 and "robust acc. eps 0.2" in html and "ECE (after temperature" in html
     assert (out / "figures" / "robustness.png").stat().st_size > 0 and (out / "figures" / "validation.png").is_file()
 
 

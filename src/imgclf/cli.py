@@ -185,6 +185,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
           help="also log to RUN/tensorboard: scalars, figures, hyperparameters")
     _flag(group, "--tta", dest="eval.tta", help="test-time augmentation: average each test image's logits with "
                                                 "its mirror's")
+    _flag(group, "--calibration-bins", dest="eval.calibration_bins", metavar="B",
+          help="confidence bins of the expected calibration error and the reliability diagrams (default 15)")
     group.add_argument("--recipe", dest="recipe", default=S, metavar="NAME",
                        help="a preset of settings under the config file and flags: fast (airbench-style, "
                             "CIFAR-sized data)")

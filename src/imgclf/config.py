@@ -120,6 +120,7 @@ class EvalConfig:
 
     tta: bool = False  # test-time augmentation: average the logits of each image and its mirror
     batch_size: int = setting(512, _POSITIVE)
+    calibration_bins: int = setting(15, Interval(int, 2, 100))  # confidence bins of ECE, MCE, reliability diagrams
 
 
 @dataclass

@@ -58,12 +58,14 @@ class EvalResult:
         predictions: ``int64`` ``(N,)`` predicted class per test example.
         probabilities: ``float32`` ``(N, K)`` softmax of the logits.
         seconds: Wall time of the evaluation.
+        logits: ``float32`` ``(N, K)``: the model's logits (averaged with the mirror's under ``tta``).
     """
 
     metrics: ClassificationMetrics
     predictions: np.ndarray
     probabilities: np.ndarray
     seconds: float
+    logits: np.ndarray
 
 
 def evaluate(
@@ -86,4 +88,4 @@ def evaluate(
     logits = predict_logits(model, split, batch_size=batch_size, device=device, tta=tta)
     predictions = logits.argmax(1).numpy()
     metrics = classification_metrics(split.labels.numpy(), predictions, class_names, scores=logits.numpy())
-    return EvalResult(metrics, predictions, logits.softmax(1).numpy(), time.perf_counter() - start)
+    return EvalResult(metrics, predictions, logits.softmax(1).numpy(), time.perf_counter() - start, logits.numpy())

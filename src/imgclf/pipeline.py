@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from imgclf import record
 from imgclf.attacks import RobustnessResult, robustness
+from imgclf.calibration import EpsCalibration, calibrate, calibration_under_attack
 from imgclf.checkpoint import external_model, load_model, model_info, save_external, save_model
 from imgclf.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config
 from imgclf.data import DataSplits, load_data, stratified_subset
@@ -33,7 +34,7 @@ from imgclf.data.augment import per_image
 from imgclf.data.loading import dataset_stem
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError, first_line
-from imgclf.evaluation import EvalResult, evaluate
+from imgclf.evaluation import EvalResult, evaluate, predict_logits
 from imgclf.models import create_model
 from imgclf.models.sources import native_image_size, normalization, parse_source
 from imgclf.record import SCHEMA_VERSION, AdversarialTraining, AttackRecord, DataCounts, Training, read_metrics, section
@@ -429,16 +430,23 @@ class Run:
 
         With ``eval.tta`` each image's logits are averaged with its mirror's.
         """
-        folder, data = self._folder(), self.data
+        folder, data, config = self._folder(), self.data, self.config
         result = evaluate(self.model, data.test, list(data.spec.class_names), device=self.device,
-                          tta=self.config.eval.tta)
+                          tta=config.eval.tta)
         save_samples(folder, lambda rows: data.test.float_images(rows).numpy(), data.test.labels.numpy(),
-                     result.predictions, self.config.seed)
-        folder.update_metrics({"clean": result.metrics.to_dict(), "timing": {"eval_seconds": result.seconds}})
-        m = result.metrics
+                     result.predictions, config.seed)
+        val_logits = predict_logits(self.model, data.val, device=self.device, tta=config.eval.tta)
+        calibration = calibrate(result.logits, data.test.labels, val_logits, data.val.labels,
+                                bins=config.eval.calibration_bins)
+        folder.update_metrics({"clean": result.metrics.to_dict(), "calibration": section(calibration),
+                               "timing": {"eval_seconds": result.seconds}})
+        m, c = result.metrics, calibration
         top5 = f"  top-5 accuracy {m.top5_accuracy:.4f}" if m.top5_accuracy is not None else ""
         self.log(f"test: accuracy {m.accuracy:.4f}{top5}  macro F1 {m.macro_f1:.4f}  balanced accuracy "
                  f"{m.balanced_accuracy:.4f}  (n={m.n})")
+        self.log(f"calibration: ECE {c.test.ece:.4f}  NLL {c.test.nll:.4f}  Brier {c.test.brier:.4f}; with "
+                 f"temperature {c.temperature:.3f} (fitted on val): ECE {c.test_scaled.ece:.4f}  NLL "
+                 f"{c.test_scaled.nll:.4f}  Brier {c.test_scaled.brier:.4f}")
         return result
 
     def attack(self, *, attacks: list[str] | None = None, eps: str | list[str] | None = None,
@@ -521,7 +529,13 @@ class Run:
             except ValueError as error:  # e.g. an L2 eps larger than the images allow
                 raise UsageError(str(error)) from None
         if dist.is_main and folder is not None and store is not None:
-            _save_evaluation(folder, key, asked, result, settings, data, rows, processes=dist.world_size)
+            calibration = calibration_under_attack(
+                self.model, result.adversarial["images"], sorted({row.eps for row in result.entries}),
+                labels[torch.as_tensor(rows)],
+                bins=config.eval.calibration_bins, batch_size=config.attack.batch_size) \
+                if result.adversarial else []
+            _save_evaluation(folder, key, asked, result, settings, data, rows, calibration,
+                             processes=dist.world_size)
             store.remove()
             self._log_attack(result)
         return result
@@ -800,7 +814,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def _save_evaluation(folder: RunFolder, key: str, asked: dict[str, Any], result: RobustnessResult,
-                     settings: Settings, data: DataSplits, rows: np.ndarray, *, processes: int = 1) -> None:
+                     settings: Settings, data: DataSplits, rows: np.ndarray, calibration: list[EpsCalibration], *,
+                     processes: int = 1) -> None:
     """``evaluations/KEY/adversarial.npz`` and ``adversarial.pt``, and the evaluation added to (or, run again,
     replacing its earlier self in) ``metrics.json``'s ``evaluations``."""
     from datetime import UTC, datetime
@@ -818,7 +833,7 @@ def _save_evaluation(folder: RunFolder, key: str, asked: dict[str, Any], result:
                           skipped=result.skipped, checks=result.checks, warnings=result.warnings,
                           cascade=settings.config.attack.cascade)
     evaluation = record.Evaluation(key, asked, attack, result.entries, result.seconds,
-                                   datetime.now(UTC).isoformat(timespec="seconds"), processes)
+                                   datetime.now(UTC).isoformat(timespec="seconds"), processes, calibration)
     raw = record.with_evaluations(folder.read_json(record.METRICS, default={}))
     kept = [e for e in raw.get(record.EVALUATIONS, []) if isinstance(e, dict) and e.get("key") != key]
     raw[record.EVALUATIONS] = [*kept, section(evaluation)]

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry
+from imgclf.calibration import Calibration, EpsCalibration
 from imgclf.errors import UsageError
 from imgclf.metrics import ClassificationMetrics
 
@@ -163,6 +164,7 @@ class Evaluation:
         attack: The attacked subset and the checks.
         robustness: One entry per attack and eps, then the worst case (:data:`WORST_CASE`).
         seconds: Wall time. finished: ISO time it ended. processes: Processes that shared the work.
+        calibration: Per eps, the calibration on the worst-case adversarial images.
     """
 
     key: str
@@ -172,6 +174,7 @@ class Evaluation:
     seconds: float = 0.0
     finished: str = ""
     processes: int = 1
+    calibration: list[EpsCalibration] = field(default_factory=list)
 
     def worst_case(self) -> list[RobustnessEntry]:
         """The worst-case rows, by eps ascending."""
@@ -213,6 +216,7 @@ class Metrics:
         training: From the train stage (None for a model imgclf evaluated but did not train).
         lr_finder: The learning-rate range test of ``--lr auto``, or None.
         clean: The clean test metrics.
+        calibration: The test split's calibration before and after temperature scaling.
         evaluations: The robustness evaluations, oldest first (:class:`Evaluation`); :attr:`robustness`
             and :attr:`attack` are the newest one's of the kept model (:meth:`current`). timing: Seconds
             per stage.
@@ -231,6 +235,7 @@ class Metrics:
     training: Training | None = None
     lr_finder: LRFinderRecord | None = None
     clean: ClassificationMetrics | None = None
+    calibration: Calibration | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
 

@@ -129,17 +129,23 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
         clean = run.metrics.clean
         worst = run.worst_case()
         seconds = run.metrics.timing.get("train_seconds")
+        calibration = run.metrics.calibration
         rows.append({
             "name": run.name, "path": str(run.path), "model": run.metrics.model, "training": run.training,
             "accuracy": percent(clean.accuracy if clean else None),
             "macro_f1": f"{clean.macro_f1:.4f}" if clean else "–",
+            "ece": percent(calibration.test.ece if calibration else None),
+            "ece_scaled": percent(calibration.test_scaled.ece if calibration else None),
             "robust": [percent(worst.get(eps)) for eps in eps_values],
             "train_time": "–" if seconds is None else f"{seconds:.0f} s",
             "warnings": run.metrics.attack.warnings if run.metrics.attack else [],
         })
         summary.append({"run": str(run.path), "model": run.metrics.model, "dataset": run.metrics.dataset,
                         "training": run.training, "test_accuracy": clean.accuracy if clean else None,
-                        "macro_f1": clean.macro_f1 if clean else None, "worst_case_robust_accuracy": worst,
+                        "macro_f1": clean.macro_f1 if clean else None,
+                        "ece": calibration.test.ece if calibration else None,
+                        "ece_temperature_scaled": calibration.test_scaled.ece if calibration else None,
+                        "worst_case_robust_accuracy": worst,
                         "train_seconds": seconds})
     colour = any(run.colour for run in runs)
     html = jinja_environment().get_template("compare.html.j2").render(

@@ -14,6 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
 from imgclf import record
+from imgclf.calibration import CalibrationMetrics, EpsCalibration
 from imgclf.record import WORST_CASE, Evaluation, Metrics, ModelInfo, read_metrics, read_model_record
 from imgclf.report.plots import (
     adversarial_figure,
@@ -22,6 +23,7 @@ from imgclf.report.plots import (
     eps_label,
     lr_finder_figure,
     prediction_grid,
+    reliability_figure,
     robustness_curve,
     training_curves,
 )
@@ -78,6 +80,15 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
         figures["mistakes"] = prediction_grid(samples["error_images"], samples["error_labels"],
                                               samples["error_predictions"], class_names,
                                               title="Misclassified test images")
+    if metrics.calibration is not None:
+        c = metrics.calibration
+        panels: list[tuple[str, CalibrationMetrics, CalibrationMetrics | None]] = [
+            ("Clean test images", c.test, c.test_scaled)]
+        telling = _telling_calibration(metrics)
+        if telling is not None:
+            panels.append((f"Worst-case adversarial images, eps {eps_label(telling.eps, colour)}", telling.metrics,
+                           None))
+        figures["reliability"] = reliability_figure(panels)
     for evaluation in metrics.evaluations:  # oldest first; the newest also under the plain names
         newest = evaluation is metrics.latest
         if evaluation.robustness:
@@ -93,6 +104,37 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
             if newest:
                 figures["adversarial"] = figure
     return figures
+
+
+def _telling_calibration(metrics: Metrics) -> EpsCalibration | None:
+    """The newest evaluation's calibration at the training eps where it was evaluated, else at the smallest
+    eps above 0 (where the model is wrong on some images and right on others), or None."""
+    latest = metrics.latest
+    if latest is None:
+        return None
+    attacked = [c for c in latest.calibration if c.eps > 0]
+    trained = metrics.training.adversarial if metrics.training else None
+    if trained is not None:
+        same = [c for c in attacked if abs(c.eps - trained.eps) < 1e-9]
+        if same:
+            return same[0]
+    return min(attacked, key=lambda c: c.eps, default=None)
+
+
+def _calibration_rows(metrics: Metrics, colour: bool) -> list[dict[str, object]]:
+    """The calibration table: the clean test split before and after temperature scaling, then the newest
+    evaluation's worst-case adversarial images at each eps above 0."""
+    c = metrics.calibration
+    if c is None:
+        return []
+    rows: list[dict[str, object]] = [
+        {"what": "clean test images", "m": c.test},
+        {"what": f"clean, temperature {c.temperature:.3f} (fitted on val)", "m": c.test_scaled}]
+    latest = metrics.latest
+    for entry in (latest.calibration if latest else []):
+        if entry.eps > 0:
+            rows.append({"what": f"worst-case adversarial, eps {eps_label(entry.eps, colour)}", "m": entry.metrics})
+    return rows
 
 
 def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, *, current: bool
@@ -188,6 +230,8 @@ def write_report(folder: RunFolder) -> Path:
         lr_finder=metrics.lr_finder,
         clean=metrics.clean,
         clean_n=metrics.clean.n if metrics.clean else None,
+        calibration=metrics.calibration,
+        calibration_rows=_calibration_rows(metrics, colour),
         evaluations=[_evaluation_view(e, colour, metrics.clean.n if metrics.clean else None,
                                       current=metrics.current(e))
                      for e in reversed(metrics.evaluations)],  # newest first

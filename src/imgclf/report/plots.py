@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry
+from imgclf.calibration import CalibrationMetrics
 from imgclf.run_folder import atomic_write_bytes
 
 WRONG = "#c0392b"
@@ -91,6 +92,42 @@ def lr_finder_figure(lrs: Sequence[float], losses: Sequence[float], smoothed: Se
     ax.set_title("Learning-rate range test")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+    return figure
+
+
+def reliability_figure(panels: Sequence[tuple[str, CalibrationMetrics, CalibrationMetrics | None]]) -> Figure:
+    """Reliability diagrams (Guo et al. 2017), one panel per ``(title, metrics, scaled)``: per confidence
+    bin, the accuracy as a bar and the gap to the bin's mean confidence shaded, against the diagonal of
+    perfect calibration; ``scaled`` (after temperature scaling, or None) as a line of points. The share of
+    examples per bin is drawn along the bottom."""
+    figure = Figure(figsize=(min(12.0, 4.2 * len(panels)), 4.4), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(panels), squeeze=False)[0])
+    for ax, (title, metrics, scaled) in zip(axes, panels, strict=True):
+        width = metrics.bins[0].upper - metrics.bins[0].lower
+        filled = [b for b in metrics.bins if b.count and b.accuracy is not None and b.confidence is not None]
+        centres = [(b.lower + b.upper) / 2 for b in filled]
+        accuracy = [float(b.accuracy or 0.0) for b in filled]
+        ax.bar(centres, accuracy, width=width * 0.95, color="C0", edgecolor="white", label="accuracy")
+        confidence = [float(b.confidence or 0.0) for b in filled]
+        ax.bar(centres, [abs(c - a) for c, a in zip(confidence, accuracy, strict=True)],
+               bottom=[min(c, a) for c, a in zip(confidence, accuracy, strict=True)], width=width * 0.95,
+               fill=False, hatch="///", edgecolor=WRONG, linewidth=0.8, label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        share = [b.count / metrics.n for b in filled]
+        ax.bar(centres, [0.12 * v / max(share) for v in share], width=width * 0.95, color="0.55",
+               label="share of examples")
+        if scaled is not None:
+            points = [((b.lower + b.upper) / 2, b.accuracy) for b in scaled.bins if b.count]
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=RIGHT, markersize=4,
+                    label=f"after temperature {scaled.temperature:.2f}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top softmax probability)")
+        ax.set_ylabel("accuracy")
+        ece = f"ECE {100 * metrics.ece:.2f}%" + (f" -> {100 * scaled.ece:.2f}%" if scaled is not None else "")
+        ax.set_title(f"{title}\n{ece}, n = {metrics.n:,}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
     return figure
 
 
