@@ -93,6 +93,15 @@ def test_report_is_one_self_contained_page(run_dir):
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert "simple-cnn on digits" in html and "PGD" in html
     assert "<h2>Calibration</h2>" in html and "worst-case adversarial, eps 0.05" in html
+    # the headline cards are percentages at the telling eps (worst case nearest half the clean accuracy), not 0%
+    # at the largest eps; the configuration is the settings that differ from the defaults, the file folded
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    worst = {r["eps"]: r["accuracy"] for r in metrics["evaluations"][-1]["robustness"] if r["attack"] == "worst-case"}
+    telling = min((e for e in worst if e > 0), key=lambda e: (abs(worst[e] - metrics["clean"]["accuracy"] / 2), e))
+    assert f'PGD accuracy at eps {telling:g}</div><div class="value">{100 * worst[telling]:.2f}%' in html
+    assert f'macro F1</div><div class="value">{100 * metrics["clean"]["macro_f1"]:.2f}%' in html
+    assert "<tr><td><code>attack.eps</code></td><td><code>0, 0.05, 0.1, 0.2, 0.3</code>" in html
+    assert "<details><summary>The whole configuration file" in html
 
 
 def test_stages_alone_reuse_the_saved_run(run_dir, capsys):

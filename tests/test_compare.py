@@ -48,8 +48,29 @@ def test_compare_puts_both_runs_in_one_report(runs, capsys):
     robust_gain = summary[1]["worst_case_robust_accuracy"]["0.1"] - summary[0]["worst_case_robust_accuracy"]["0.1"]
     assert robust_gain > 0.1  # the robust run is more robust, as the report shows
     html = (out / "compare.html").read_text()
-    assert html.count("<tr><td><code>") == 2 and "robust acc. eps 0.2" in html and "ECE (after temperature" in html
+    table = html[html.index("<h2>Metrics</h2>"):]
+    assert table[:table.index("</table>")].count("<tr><td><code>") == 2  # one row per run
+    assert "robust acc. eps 0.2" in html and "ECE (after temperature" in html
     assert (out / "figures" / "robustness.png").stat().st_size > 0 and (out / "figures" / "validation.png").is_file()
+    # the settings that differ, one column per run; the shared ones are left out
+    differing = html[html.index("<h2>Settings that differ</h2>"):html.index("<h2>Accuracy against eps</h2>")]
+    assert "<code>adversarial.recipe</code></td><td><code>none</code></td><td><code>pgd</code>" in differing
+    assert differing.count("<tr><td>") == 3 and "train.epochs" not in differing  # recipe, eps, steps
+    assert "Different data sets" not in html
+
+
+def test_compare_refuses_runs_of_different_data_sets_unless_allowed(runs, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(runs / "standard", other)
+    metrics = json.loads((other / "metrics.json").read_text())
+    (other / "metrics.json").write_text(json.dumps({**metrics, "dataset": "mnist"}))
+    assert main(["compare", str(runs / "standard"), str(other), "--out", str(tmp_path / "no")]) == 2
+    assert "different data sets (digits, mnist)" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    assert main(["compare", str(runs / "standard"), str(other), "--out", str(tmp_path / "yes"),
+                 "--allow-different-data"]) == 0
+    assert "<strong>Different data sets:</strong>" in (tmp_path / "yes" / "compare.html").read_text()
 
 
 def test_compare_refuses_bad_input_without_writing(runs, capsys):

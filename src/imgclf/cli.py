@@ -364,6 +364,9 @@ def _pipeline_commands(command: Command) -> None:
     """)
     compare.add_argument("run_dirs", metavar="RUN", nargs="+", help="two or more run folders")
     compare.add_argument("--out", metavar="DIR", help="new folder for compare.html (default runs/compare-<time>)")
+    compare.add_argument("--allow-different-data", action="store_true",
+                         help="compare runs of different data sets (refused otherwise: their numbers are not "
+                              "comparable)")
 
 
 def _model_file_commands(command: Command) -> None:
@@ -915,7 +918,7 @@ def _report(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from imgclf.report import compare_runs
 
-    print(f"report: {compare_runs(args.run_dirs, args.out)}")
+    print(f"report: {compare_runs(args.run_dirs, args.out, allow_different_data=args.allow_different_data)}")
     return 0
 
 

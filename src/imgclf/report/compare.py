@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from imgclf import record
 from imgclf.record import Metrics, read_metrics, read_model_record
-from imgclf.report.html import jinja_environment, percent
+from imgclf.report.html import config_settings, jinja_environment, percent
 from imgclf.report.plots import embed_figures, eps_label
 from imgclf.run_folder import RunFolder, atomic_write_text
 
@@ -29,6 +29,7 @@ class ComparedRun:
     metrics: Metrics
     history: list[dict[str, float]]
     colour: bool
+    config_text: str
 
     @property
     def training(self) -> str:
@@ -47,8 +48,10 @@ def _load(path: str | Path) -> ComparedRun:
     folder = RunFolder.open(path)
     info = folder.file(record.MODEL_INFO)
     colour = info.is_file() and read_model_record(info).input_shape[0] == 3
+    config_text = folder.config_path.read_bytes().decode("utf-8", errors="replace") \
+        if folder.config_path.is_file() else ""
     return ComparedRun(folder.path.name, folder.path, read_metrics(folder.path), folder.read_csv(record.HISTORY),
-                       colour)
+                       colour, config_text)
 
 
 def robustness_comparison(runs: list[ComparedRun]) -> Figure:
@@ -61,7 +64,7 @@ def robustness_comparison(runs: list[ComparedRun]) -> Figure:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                     label=f"{run.name} ({run.training})")
     eps_values = sorted({eps for run in runs for eps in run.worst_case()})
-    colour = any(run.colour for run in runs)
+    colour = all(run.colour for run in runs)  # 8/255 only where every run is of colour images
     ax.set_xticks(eps_values, labels=[eps_label(e, colour) for e in eps_values])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("eps (pixel units)")
@@ -94,19 +97,31 @@ def validation_comparison(runs: list[ComparedRun]) -> Figure:
     return figure
 
 
-def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
+def differing_settings(runs: list[ComparedRun]) -> list[dict[str, Any]]:
+    """The settings whose values differ between the runs' ``config.yaml`` files: ``{"setting": name,
+    "values": [value or "–" per run]}``, in the first file's order (a missing or damaged file counts as
+    having none)."""
+    settings = [config_settings(run.config_text) or {} for run in runs]
+    names = list(dict.fromkeys(name for found in settings for name in found))
+    return [{"setting": name, "values": [found.get(name, "–") for found in settings]}
+            for name in names if len({found.get(name) for found in settings}) > 1]
+
+
+def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_data: bool = False) -> Path:
     """Write ``compare.html``, ``comparison.json`` and ``figures/*.png`` for ``paths`` into ``out``.
 
     Args:
         paths: Two or more run folders (trained; evaluated and attacked for the full table).
         out: A new folder (absent or empty).
+        allow_different_data: Compare runs of different data sets (their numbers are not comparable;
+            the page says so).
 
     Returns:
         The path of ``compare.html``.
 
     Raises:
-        UsageError: If fewer than two runs are given, one is not a run folder, or
-            ``out`` exists and is not empty.
+        UsageError: If fewer than two runs are given, one is not a run folder, the runs come from
+            different data sets without ``allow_different_data``, or ``out`` exists and is not empty.
     """
     from imgclf import __version__
     from imgclf.errors import UsageError
@@ -114,6 +129,10 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
     if len(paths) < 2:
         raise UsageError("imgclf compare needs at least two run folders")
     runs = [_load(path) for path in paths]
+    datasets = {run.metrics.dataset for run in runs}
+    if len(datasets) > 1 and not allow_different_data:
+        raise UsageError(f"the runs come from different data sets ({', '.join(sorted(datasets))}), whose accuracies "
+                         "and robustness are not comparable; add --allow-different-data to compare them anyway")
     folder = RunFolder.create(out, default_name="compare")
     names = [run.name for run in runs]
     for index, run in enumerate(runs):  # two folders with the same name get their position as well
@@ -147,10 +166,10 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> Path:
                         "ece_temperature_scaled": calibration.test_scaled.ece if calibration else None,
                         "worst_case_robust_accuracy": worst,
                         "train_seconds": seconds})
-    colour = any(run.colour for run in runs)
+    colour = all(run.colour for run in runs)  # 8/255 only where every run is of colour images
     html = jinja_environment().get_template("compare.html.j2").render(
         rows=rows, figures=encoded, version=__version__,
-        datasets=sorted({run.metrics.dataset for run in runs}),
+        datasets=sorted(datasets), differing=differing_settings(runs),
         eps_columns=[{"label": eps_label(eps, colour)} for eps in eps_values],
     )
     atomic_write_text(folder.file("comparison.json"),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
+import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
@@ -159,10 +161,24 @@ def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, 
     }
 
 
+def telling_eps(metrics: Metrics) -> float | None:
+    """The eps the headline numbers show: the adversarial training eps where the newest evaluation has it,
+    else the eps above 0 whose worst-case accuracy is nearest half the clean accuracy (where the model is
+    neither untouched nor broken; the smaller eps on a tie), or None without an eps above 0."""
+    worst = [row for row in metrics.worst_case() if row.eps > 0]
+    if not worst:
+        return None
+    trained = metrics.training.adversarial if metrics.training else None
+    if trained is not None and any(abs(row.eps - trained.eps) < 1e-9 for row in worst):
+        return trained.eps
+    half = worst[0].clean_accuracy / 2
+    return min(worst, key=lambda row: (abs(row.accuracy - half), row.eps)).eps
+
+
 def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
-    """The headline numbers at the top of the report: test accuracy (and top-5 accuracy above 5 classes),
-    the training recipe, macro F1, balanced accuracy, each attack at its largest eps, the worst case,
-    and the failed checks."""
+    """The headline numbers at the top of the report, all in percent: test accuracy (and top-5 accuracy above
+    5 classes), the training recipe, macro F1, balanced accuracy, ECE, each attack and the worst case at the
+    telling eps (:func:`telling_eps`), and the failed checks."""
     clean, training = metrics.clean, metrics.training
     cards = [{"label": "test accuracy", "value": percent(clean.accuracy) if clean else "–"}]
     if clean and clean.top5_accuracy is not None:
@@ -172,22 +188,67 @@ def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
         cards.append({"label": f"trained with {trained.recipe} at eps {eps_label(trained.eps, colour)}",
                       "value": percent(trained.best_robust_val_accuracy) + " robust val"})
     if clean:
-        cards.append({"label": "macro F1", "value": f"{clean.macro_f1:.4f}"})
+        cards.append({"label": "macro F1", "value": percent(clean.macro_f1)})
         cards.append({"label": "balanced accuracy", "value": percent(clean.balanced_accuracy)})
+    if metrics.calibration is not None:
+        cards.append({"label": "ECE (calibration error)", "value": percent(metrics.calibration.test.ece)})
     attacks = metrics.attacks()
-    for attack in attacks:
-        largest = max((row for row in metrics.robustness if row.attack == attack), key=lambda row: row.eps)
-        cards.append({"label": f"{attack.upper()} accuracy at eps {eps_label(largest.eps, colour)}",
-                      "value": percent(largest.accuracy)})
-    worst = metrics.worst_case()
-    if worst and len(attacks) > 1:
-        cards.append({"label": f"worst-case robust accuracy at eps {eps_label(worst[-1].eps, colour)}",
-                      "value": percent(worst[-1].accuracy)})
+    eps = telling_eps(metrics)
+    if eps is not None:
+        at = [row for row in metrics.robustness if abs(row.eps - eps) < 1e-9]
+        for attack in attacks:
+            row = next((r for r in at if r.attack == attack), None)
+            if row is not None:
+                cards.append({"label": f"{attack.upper()} accuracy at eps {eps_label(eps, colour)}",
+                              "value": percent(row.accuracy)})
+        worst = next((r for r in at if r.attack == WORST_CASE), None)
+        if worst is not None and len(attacks) > 1:
+            cards.append({"label": f"worst-case robust accuracy at eps {eps_label(eps, colour)}",
+                          "value": percent(worst.accuracy)})
     checks = metrics.attack.checks if metrics.attack else []
     if checks:
         failed = sum(check["status"] == "failed" for check in checks)
         cards.append({"label": "sanity checks failed", "value": f"{failed} of {len(checks)}"})
     return cards
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted names (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as written in YAML (a list of scalars joined by commas)."""
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return ", ".join(_shown(v) for v in value)
+    if value is None or isinstance(value, bool | dict | list):
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+    return str(value)
+
+
+def config_settings(config_text: str) -> dict[str, str] | None:
+    """Every setting of a ``config.yaml`` by dotted name (``train.lr``), its value as written, in file order;
+    None when the text is not a mapping of settings (a damaged file is shown as it is)."""
+    try:
+        values = yaml.safe_load(config_text)
+    except yaml.YAMLError:
+        return None
+    return {key: _shown(value) for key, value in _flatten(values).items()} if isinstance(values, dict) else None
+
+
+def changed_settings(config_text: str) -> list[tuple[str, str]]:
+    """The settings of a ``config.yaml`` that differ from imgclf's defaults, as ``(dotted name, value as
+    written)``, in file order; [] when the text is not a mapping of settings."""
+    from imgclf.config import RunConfig, config_to_dict
+
+    defaults = {key: _shown(value) for key, value in _flatten(config_to_dict(RunConfig())).items()}
+    return [(key, value) for key, value in (config_settings(config_text) or {}).items() if defaults.get(key) != value]
 
 
 def write_report(folder: RunFolder) -> Path:
@@ -211,6 +272,9 @@ def write_report(folder: RunFolder) -> Path:
     colour = input_shape[0] == 3
     figures = embed_figures(_figures(folder, metrics, info), folder.figures)
     training = metrics.training
+    # shown as it is on disk (a byte that is not UTF-8 shows as U+FFFD)
+    config_text = next((path.read_bytes().decode("utf-8", errors="replace")
+                        for path in (folder.config_path, folder.file(record.CLASSIFIER_CONFIG)) if path.is_file()), "")
     html = jinja_environment().get_template("report.html.j2").render(
         model=metrics.model if metrics.model != "?" or info is None else info.model,
         dataset=metrics.dataset if metrics.dataset != "?" or info is None else info.dataset,
@@ -238,10 +302,8 @@ def write_report(folder: RunFolder) -> Path:
         worst_case=WORST_CASE,
         timing={key: f"{value:.1f} s" for key, value in metrics.timing.items()},
         environment=metrics.environment,
-        # shown as it is on disk (a byte that is not UTF-8 shows as U+FFFD)
-        config_text=next((path.read_bytes().decode("utf-8", errors="replace")
-                          for path in (folder.config_path, folder.file(record.CLASSIFIER_CONFIG)) if path.is_file()),
-                         ""),
+        config_text=config_text,
+        changed=changed_settings(config_text) if folder.config_path.is_file() else [],
         version=__version__,
     )
     path = folder.file(record.REPORT)

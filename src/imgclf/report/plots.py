@@ -49,8 +49,10 @@ def training_curves(history: Sequence[dict[str, float]]) -> Figure:
     """Loss and accuracy per epoch, training and validation, side by side; under
     adversarial training the accuracy panel adds the robust (PGD) and FGSM
     validation accuracy, and its training accuracy is on adversarial examples."""
-    figure = Figure(figsize=(10, 3.8), layout="constrained")
-    loss_ax, acc_ax = figure.subplots(1, 2)
+    with_lr = bool(history) and "lr" in history[0]
+    figure = Figure(figsize=(13 if with_lr else 10, 3.8), layout="constrained")
+    axes = figure.subplots(1, 3 if with_lr else 2)
+    loss_ax, acc_ax = axes[0], axes[1]
     epochs = [row["epoch"] for row in history]
     adversarial = "robust_val_accuracy" in history[0] if history else False
     for ax, key, title in ((loss_ax, "loss", "Loss (cross-entropy)"), (acc_ax, "accuracy", "Top-1 accuracy")):
@@ -58,16 +60,28 @@ def training_curves(history: Sequence[dict[str, float]]) -> Figure:
         ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label=train_label)
         ax.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation (clean)" if adversarial
                 else "validation")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
-        ax.grid(alpha=0.3)
     for column, label, marker in (("robust_val_accuracy", "validation (PGD)", "^-"),
                                   ("fgsm_val_accuracy", "validation (FGSM)", "v--")):
         if history and column in history[0]:
             acc_ax.plot(epochs, [row[column] for row in history], marker, label=label)
+    if with_lr:
+        lr_ax = axes[2]
+        lr_ax.plot(epochs, [row["lr"] for row in history], "o-", color="C2")
+        lr_ax.set_title("Learning rate (at the end of each epoch)")
+        lr_ax.set_yscale("log" if min(row["lr"] for row in history) > 0 else "linear")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        if 0 < len(epochs) <= 15:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(epochs, default=1) - 0.5, max(epochs, default=1) + 0.5)  # one epoch: an axis around it
+        ax.grid(alpha=0.3)
     loss_ax.legend()
     acc_ax.legend()
+    if len(epochs) == 1:
+        figure.suptitle("One epoch: each curve is a single point", fontsize=10)
     return figure
 
 
@@ -163,18 +177,24 @@ def eps_label(eps: float, colour: bool) -> str:
 
 
 def robustness_curve(entries: Sequence[RobustnessEntry], clean_accuracy: float, *, colour: bool) -> Figure:
-    """Accuracy against eps, one line per attack, with the clean accuracy as reference."""
+    """Accuracy against eps, one line per attack (each its own marker) over the worst case as a wide grey band,
+    with the clean accuracy as reference."""
     figure = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = figure.subplots()
     attacks = list(dict.fromkeys(entry.attack for entry in entries))
+    markers = iter(["o", "s", "^", "v", "D", "P", "X", "*"] * 4)
     for name in attacks:
         if name == WORST_CASE and len(attacks) <= 2:
             continue  # one attack: its worst case is itself
         points = sorted((e.eps, e.accuracy) for e in entries if e.attack == name)
         steps = next(e.steps for e in entries if e.attack == name)
         label = name.upper() + (f"-{steps}" if name.startswith("pgd") else "")
-        style = {"color": "black", "linestyle": ":", "linewidth": 2.2} if name == WORST_CASE else {"linestyle": "-"}
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, **style)
+        if name == WORST_CASE:  # a wide band underneath, so an attack that equals it stays visible on top
+            ax.plot([p[0] for p in points], [p[1] for p in points], color="black", alpha=0.25, linewidth=7,
+                    solid_capstyle="round", label=label, zorder=1)
+        else:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=next(markers), linestyle="-",
+                    label=label, zorder=3)
     ax.axhline(clean_accuracy, color="grey", linestyle="--", linewidth=1, label="clean")
     eps_values = sorted({e.eps for e in entries})
     ax.set_xticks(eps_values, labels=[eps_label(e, colour) for e in eps_values])
@@ -210,7 +230,7 @@ def prediction_grid(
         ax.imshow(picture, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         wrong = labels[i] != predictions[i]
         ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[predictions[i]]}",
-                     fontsize=8, color=WRONG if wrong else RIGHT)
+                     fontsize=9, color=WRONG if wrong else RIGHT)
         if wrong:
             ax.axis("on")
             ax.set_xticks([])
@@ -224,14 +244,19 @@ def prediction_grid(
 
 def adversarial_figure(examples: dict[str, np.ndarray], class_names: Sequence[str], *, colour: bool) -> Figure:
     """Clean images with their predictions, then for each attack the perturbation
-    (scaled to full contrast, grey = 0) and the adversarial image with its prediction.
+    (amplified to full contrast, grey = 0, as the title says) and the adversarial image with its prediction.
+    Only images classified correctly without attack are shown (all of them when none is).
 
     Args:
         examples: ``clean`` ``(M, C, H, W)`` in [0, 1], ``labels`` and
             ``clean_pred`` ``(M,)``, ``eps``, and per attack ``adv_<name>``
             ``(M, C, H, W)`` and ``pred_<name>`` ``(M,)``.
     """
-    clean, labels, clean_pred = examples["clean"], examples["labels"], examples["clean_pred"]
+    right = examples["clean_pred"] == examples["labels"]
+    keep = right if right.any() else np.ones_like(right)  # (none right: show them all, wrong in red)
+    shown = {key: value[keep] if np.ndim(value) and len(value) == len(right) else value
+             for key, value in examples.items()}
+    clean, labels, clean_pred = shown["clean"], shown["labels"], shown["clean_pred"]
     eps = float(examples["eps"])
     attacks = [key[4:] for key in examples if key.startswith("adv_")]
     n = len(clean)
@@ -242,20 +267,23 @@ def adversarial_figure(examples: dict[str, np.ndarray], class_names: Sequence[st
     def panel(ax, picture: np.ndarray, title: str, wrong: bool) -> None:
         shown, cmap = _as_display(picture)
         ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=7, color=WRONG if wrong else "black")
+        ax.set_title(title, fontsize=9, color=WRONG if wrong else "black")
         ax.axis("off")
 
     for i in range(n):
         panel(axes[0, i], clean[i], f"clean: {class_names[clean_pred[i]]}", clean_pred[i] != labels[i])
     for a, name in enumerate(attacks):
-        adv, pred = examples[f"adv_{name}"], examples[f"pred_{name}"]
+        adv, pred = shown[f"adv_{name}"], shown[f"pred_{name}"]
         delta = adv - clean
         scale = max(float(np.abs(delta).max()), 1e-12)
         for i in range(n):
             panel(axes[1 + 2 * a, i], 0.5 + 0.5 * delta[i] / scale, f"{name.upper()} perturbation", False)
             panel(axes[2 + 2 * a, i], adv[i], f"{name.upper()}: {class_names[pred[i]]}", pred[i] != labels[i])
+    skipped = int((~right).sum()) if right.any() else 0
     figure.suptitle(
-        f"Adversarial examples at eps = {eps_label(eps, colour)} (red = misclassified)", fontsize=10,
+        f"Adversarial examples at eps = {eps_label(eps, colour)} (red = misclassified); perturbations amplified "
+        "to full contrast, grey = 0" + (f"; {skipped} image(s) already wrong without attack left out" if skipped
+                                        else ""), fontsize=10,
     )
     return figure
 
