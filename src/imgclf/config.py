@@ -357,6 +357,18 @@ def resolve_options(kind: str, name: str, defaults: dict[str, Any], given: dict[
     return resolved
 
 
+def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one mapping of dotted keys, the inverse of :func:`set_dotted`:
+    ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (model options flatten too; an empty mapping stays a value)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     """Set ``values["train"]["epochs"] = value`` for ``key="train.epochs"``.
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from imgclf.config import MAX_SEED, load_config, read_yaml_mapping
+from imgclf.config import MAX_SEED, dotted, load_config, read_yaml_mapping
 from imgclf.errors import UsageError
 from imgclf.run_folder import RunFolder, atomic_write_text
 
@@ -143,17 +143,6 @@ class SweepSpec:
     text: str
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (model options flatten too)."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def load_sweep(path: str | Path, *, trials: int | None = None, storage: str | None = None,
                out: str | Path | None = None, seed: int | None = None) -> SweepSpec:
     """Read and validate a sweep file; the keyword arguments override it.
@@ -193,7 +182,7 @@ def load_sweep(path: str | Path, *, trials: int | None = None, storage: str | No
     if not isinstance(values["search"], dict) or not values["search"]:
         raise UsageError("sweep key 'search' must map at least one setting (e.g. train.lr) to its range")
     search = [Dimension.parse(str(key), spec) for key, spec in values["search"].items()]
-    base = _flatten(base)
+    base = dotted(base)
     load_config(None, {**base, **{d.key: d.example() for d in search}})  # raises on a bad key
     trials = values["trials"] if trials is None else trials
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:

@@ -212,17 +212,6 @@ def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
     return cards
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one mapping of dotted names (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``)."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _shown(value: Any) -> str:
     """A setting's value as written in YAML (a list of scalars joined by commas)."""
     if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
@@ -235,19 +224,21 @@ def _shown(value: Any) -> str:
 def config_settings(config_text: str) -> dict[str, str] | None:
     """Every setting of a ``config.yaml`` by dotted name (``train.lr``), its value as written, in file order;
     None when the text is not a mapping of settings (a damaged file is shown as it is)."""
+    from imgclf.config import dotted
+
     try:
         values = yaml.safe_load(config_text)
     except yaml.YAMLError:
         return None
-    return {key: _shown(value) for key, value in _flatten(values).items()} if isinstance(values, dict) else None
+    return {key: _shown(value) for key, value in dotted(values).items()} if isinstance(values, dict) else None
 
 
 def changed_settings(config_text: str) -> list[tuple[str, str]]:
     """The settings of a ``config.yaml`` that differ from imgclf's defaults, as ``(dotted name, value as
     written)``, in file order; [] when the text is not a mapping of settings."""
-    from imgclf.config import RunConfig, config_to_dict
+    from imgclf.config import RunConfig, config_to_dict, dotted
 
-    defaults = {key: _shown(value) for key, value in _flatten(config_to_dict(RunConfig())).items()}
+    defaults = {key: _shown(value) for key, value in dotted(config_to_dict(RunConfig())).items()}
     return [(key, value) for key, value in (config_settings(config_text) or {}).items() if defaults.get(key) != value]
 
 
