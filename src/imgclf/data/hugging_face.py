@@ -220,10 +220,13 @@ def scan_hf_dataset(path: Path, *, image_column: str | None = None, label_column
         The listing: each file a :class:`imgclf.data.folder.StoredImage` named ``PATH[split][row]``.
 
     Raises:
-        UsageError: ``datasets`` is not installed; the data set cannot be loaded; a column is missing or
-            holds no images; no train split; a split of unknown Parquet files; labels that are not
-            whole numbers, text or ClassLabel indices; fewer than two classes with training images.
+        UsageError: The path does not exist; ``datasets`` is not installed; the data set cannot be loaded;
+            a column is missing or holds no images; no train split; a split of unknown Parquet files;
+            labels that are not whole numbers, text or ClassLabel indices; fewer than two classes with
+            training images.
     """
+    if not path.exists():
+        raise UsageError(f"Hugging Face data set {str(path)!r} does not exist")
     datasets = _import_datasets()
     saved = path.is_dir() and any((path / marker).is_file() for marker in SAVED_MARKERS)
     tables, files = _saved_splits(path, datasets) if saved else _parquet_splits(path, datasets)

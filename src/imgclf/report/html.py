@@ -109,18 +109,11 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
 
 
 def _telling_calibration(metrics: Metrics) -> EpsCalibration | None:
-    """The newest evaluation's calibration at the training eps where it was evaluated, else at the smallest
-    eps above 0 (where the model is wrong on some images and right on others), or None."""
-    latest = metrics.latest
-    if latest is None:
+    """The newest evaluation's calibration at the eps of the headline numbers (:func:`telling_eps`), or None."""
+    eps, latest = telling_eps(metrics), metrics.latest
+    if eps is None or latest is None:
         return None
-    attacked = [c for c in latest.calibration if c.eps > 0]
-    trained = metrics.training.adversarial if metrics.training else None
-    if trained is not None:
-        same = [c for c in attacked if abs(c.eps - trained.eps) < 1e-9]
-        if same:
-            return same[0]
-    return min(attacked, key=lambda c: c.eps, default=None)
+    return next((c for c in latest.calibration if abs(c.eps - eps) < 1e-9), None)
 
 
 def _calibration_rows(metrics: Metrics, colour: bool) -> list[dict[str, object]]:
