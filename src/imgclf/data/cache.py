@@ -16,20 +16,15 @@ Deleting the folder is always safe.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgclf.errors import UsageError
-
-if TYPE_CHECKING:
-    from imgclf.data.folder import ImageSource
 
 FORMAT = "imgclf-decoded/1"
 
@@ -40,30 +35,6 @@ def cache_root() -> Path:
         return Path(os.environ["IMGCLF_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "imgclf" / "decoded"
-
-
-def folder_key(
-    files: dict[str, list[tuple[ImageSource, int]]],
-    class_names: list[str],
-    *,
-    image_size: int | None,
-    channels: int | None,
-) -> str:
-    """A hex digest identifying the decoded result of these files and settings."""
-    digest = hashlib.sha256()
-    digest.update(f"{FORMAT}\n{image_size}\n{channels}\n{json.dumps(class_names)}\n".encode())
-    for split in sorted(files):
-        for path, label in files[split]:
-            if not isinstance(path, Path):  # an image stored in a data set's files
-                digest.update(f"{split}\0{path}\0{label}\0{path.state}\n".encode())
-                continue
-            try:
-                stat = path.stat()
-                state = f"{stat.st_size}\0{stat.st_mtime_ns}"
-            except OSError as error:  # a dangling or looping link: decoding skips it and lists why
-                state = f"unreadable {error.errno}"
-            digest.update(f"{split}\0{path.absolute()}\0{label}\0{state}\n".encode())
-    return digest.hexdigest()[:32]
 
 
 class CacheEntry:

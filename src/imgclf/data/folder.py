@@ -16,7 +16,9 @@ The decoded arrays are cached (see :mod:`imgclf.data.cache`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 import warnings
 from collections import Counter
@@ -30,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from imgclf.data.builtin import Pools
-from imgclf.data.cache import CacheEntry, folder_key
+from imgclf.data.cache import FORMAT, CacheEntry
 from imgclf.errors import UsageError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -204,6 +206,30 @@ def scan_folder(root: Path) -> ImageFiles:
             f"holding image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     return ImageFiles(root, class_names, files, notes)
+
+
+def folder_key(
+    files: dict[str, list[tuple[ImageSource, int]]],
+    class_names: list[str],
+    *,
+    image_size: int | None,
+    channels: int | None,
+) -> str:
+    """A hex digest identifying the decoded result of these files and settings."""
+    digest = hashlib.sha256()
+    digest.update(f"{FORMAT}\n{image_size}\n{channels}\n{json.dumps(class_names)}\n".encode())
+    for split in sorted(files):
+        for path, label in files[split]:
+            if not isinstance(path, Path):  # an image stored in a data set's files
+                digest.update(f"{split}\0{path}\0{label}\0{path.state}\n".encode())
+                continue
+            try:
+                stat = path.stat()
+                state = f"{stat.st_size}\0{stat.st_mtime_ns}"
+            except OSError as error:  # a dangling or looping link: decoding skips it and lists why
+                state = f"unreadable {error.errno}"
+            digest.update(f"{split}\0{path.absolute()}\0{label}\0{state}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def _to_8bit_grey(image: Image.Image) -> Image.Image:
