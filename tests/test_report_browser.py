@@ -19,7 +19,8 @@ VIEWPORTS = {"laptop": (1366, 900), "phone": (390, 844)}
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "digits"
-    assert main(["run", "--epochs", "3", "--out", str(out), "--quiet"]) == 0
+    assert main(["run", "--model", "simple-cnn", "--epochs", "3", "--corruption-stage", "on", "--corruption-examples",
+                 "60", "--out", str(out), "--quiet"]) == 0
     return out / "report.html"
 
 
@@ -45,10 +46,20 @@ def test_report_loads_every_figure_without_errors(report, viewport, tmp_path):
             "img", "els => els.map(e => ({alt: e.alt, ok: e.complete && e.naturalWidth > 0,"
                    " w: e.getBoundingClientRect().width, h: e.getBoundingClientRect().height}))")
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        sections = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('h2')].map(h => {
+            const found = []; let e = h.nextElementSibling;
+            while (e && e.tagName !== 'H2') { found.push(...e.querySelectorAll('img')); e = e.nextElementSibling; }
+            const readable = Math.min(360, window.innerWidth - 40);  // figures at least this wide on screen
+            return [h.textContent, found.filter(i => i.complete && i.naturalWidth > 0
+                                                 && i.getBoundingClientRect().width >= readable).length];
+        }))""")
         shot = tmp_path / f"report-{viewport}.png"
         page.screenshot(path=str(shot), full_page=viewport == "phone")
         browser.close()
     assert len(images) >= 6, images
+    for section in ("Clean test metrics", "Robustness under attack", "Robustness to common corruptions",
+                    "Calibration", "What the model looks at"):  # each with its figures, loaded and readable
+        assert sections.get(section, 0) >= 1, (section, sections)
     assert all(image["ok"] and image["w"] > 0 and image["h"] > 0 for image in images), images
     assert errors == []
     assert overflow <= 1, f"the page is {overflow}px wider than the {viewport} screen"

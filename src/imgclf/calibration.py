@@ -222,10 +222,8 @@ def calibration_under_attack(model: torch.nn.Module, images: torch.Tensor, eps: 
     if images.ndim != 5 or images.shape[0] != len(radii) or images.shape[1] != len(labels):
         raise ValueError(f"images must be (E, N, C, H, W) for {len(radii)} eps and {len(labels)} labels, got "
                          f"{tuple(images.shape)}")
-    device = next(model.parameters(), torch.empty(0)).device
-    found = []
-    for radius, batch in zip(radii, images, strict=True):
-        logits = torch.cat([model(batch[i:i + batch_size].to(device)).float().cpu()
-                            for i in range(0, len(batch), batch_size)])
-        found.append(EpsCalibration(radius, calibration_metrics(logits, labels, bins=bins)))
-    return found
+    from imgclf.evaluation import logits_of
+
+    return [EpsCalibration(radius, calibration_metrics(logits_of(model, batch, batch_size=batch_size), labels,
+                                                       bins=bins))
+            for radius, batch in zip(radii, images, strict=True)]

@@ -247,6 +247,33 @@ def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
                "with its non-differentiable or random parts replaced by the identity, where they can be found)")
 
 
+def _severities(text: str) -> list[int]:
+    from imgclf.corruptions.registry import parse_severities
+
+    try:
+        return list(parse_severities(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_corruption_flags(parser: argparse.ArgumentParser, *, stage: bool) -> None:
+    from imgclf.corruptions.registry import CORRUPTIONS, GROUPS
+
+    group = parser.add_argument_group("common corruptions")
+    if stage:
+        _flag(group, "--corruption-stage", dest="corruption.stage", metavar="WHEN",
+              help="evaluate under the common corruptions after the attacks: auto runs the stage where it is "
+                   "estimated to cost under a fifth of the attack stage, and says so where it does not")
+    _flag(group, "--corruptions", dest="corruption.corruptions", metavar="NAMES",
+          help=f"all, groups ({', '.join(GROUPS)}) or comma-separated names: {', '.join(CORRUPTIONS)}")
+    _flag(group, "--severities", dest="corruption.severities", metavar="LIST", parse=_severities,
+          help="severities from 1 to 5, as 1:5, 3 or 1,3,5")
+    _flag(group, "--corruption-examples", dest="corruption.examples", metavar="N|all", parse=_count_or_all,
+          help="evaluate a seeded stratified subset of N test images")
+    _flag(group, "--baseline", dest="corruption.baseline", metavar="RUN",
+          help="a run folder evaluated under the same corruptions: adds the mCE and relative mCE against it")
+
+
 def _preset(text: str) -> list[str]:
     return [text]  # validated with the other attack names in imgclf.config.validate
 
@@ -313,6 +340,8 @@ def _pipeline_commands(command: Command) -> None:
         _add_common(p)
     _add_attack_flags(run)
     _add_attack_flags(train)  # recorded in config.yaml for later `imgclf attack`
+    _add_corruption_flags(run, stage=True)
+    _add_corruption_flags(train, stage=True)
     lr_find = command("lr-find", "the learning-rate range test: the training loss as the learning rate rises, "
                                  "a figure, and a suggested learning rate", """
         imgclf lr-find --dataset mnist --model simple-cnn
@@ -346,7 +375,14 @@ def _pipeline_commands(command: Command) -> None:
         imgclf attack --model exported/model.pt2 --dataset mnist --eps 0.1 --out runs/exported
         torchrun --nproc_per_node 2 -m imgclf attack runs/mnist --preset full --eps 0.3
     """)
-    for p in (evaluate, attack):
+    corrupt = command("corrupt", "accuracy and calibration under the 15 common corruptions (noise, blur, weather, "
+                                 "digital) at severities 1 to 5, with the mean corruption error and mCE", """
+        imgclf corrupt runs/cifar
+        imgclf corrupt runs/cifar --corruptions noise,fog --severities 3:5 --corruption-examples all
+        imgclf corrupt runs/cifar-flip-crop --baseline runs/cifar          # mCE and relative mCE against it
+        imgclf corrupt --model torchvision:resnet18 --weights r18.pth --dataset cifar10 --image-size 32
+    """)
+    for p in (evaluate, attack, corrupt):
         p.add_argument("run_dir", metavar="RUN", nargs="?",
                        help="a run folder; or none, with --model and --dataset: a new evaluation-only run folder")
         p.add_argument("--out", metavar="DIR", help="with --model: the new run folder (default "
@@ -357,6 +393,7 @@ def _pipeline_commands(command: Command) -> None:
         _flag(p, "--seed", dest="seed", metavar="N", help="seeds everything")
         _add_common(p)
     _add_attack_flags(attack)
+    _add_corruption_flags(corrupt, stage=False)
     report = command("report", "write figures and report.html from a run folder", "imgclf report runs/mnist")
     report.add_argument("run_dir", metavar="RUN", help="a run folder")
     compare = command("compare", "several runs in one report: metrics, robustness against eps, training curves", """
@@ -381,6 +418,26 @@ def _model_file_commands(command: Command) -> None:
     predict.add_argument("--top-k", type=_positive, default=1, metavar="K", help="classes per image (default 1)")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     predict.add_argument("--batch-size", type=_positive, default=256, help=argparse.SUPPRESS)
+
+    explain = command("explain", "where the model looks: Grad-CAM heat maps (saliency for models without a suitable "
+                                 "convolution), on fixed test images for the report, or on image files", """
+        imgclf explain runs/cifar                          # clean and adversarial test images, into the report
+        imgclf explain runs/cifar --eps 8/255 --layer body.layer3.1.conv2
+        imgclf explain runs/linnaeus photos/ --out photos-gradcam.png
+    """)
+    explain.add_argument("run_dir", metavar="RUN", help="a run folder")
+    explain.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="*",
+                         help="image files and folders of your own (default: the run's fixed test images)")
+    explain.add_argument("--eps", metavar="EPS", help="the adversarial examples' eps, one the newest evaluation "
+                                                      "attacked at (default: the report's headline eps)")
+    explain.add_argument("--method", choices=("auto", "grad-cam", "saliency"), default="auto",
+                         help="auto: Grad-CAM where the model has a convolution with an output of at least 4x4, "
+                              "saliency otherwise")
+    explain.add_argument("--layer", metavar="NAME", help="Grad-CAM's layer, a module name of the model "
+                                                         "(default: the last such convolution)")
+    explain.add_argument("--out", metavar="FILE.png", help="with IMAGES: the figure (default "
+                                                           "explain-<time>.png in the current folder)")
+    _add_common(explain)
 
     export = command("export", "export a trained model to ONNX, TorchScript or torch.export (.pt2), checked on "
                                "real test images", """
@@ -609,6 +666,40 @@ def _predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"imgclf: {len(failed)} of {len(results)} file(s) could not be predicted", file=sys.stderr)
         return 1
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if args.images:
+        import time
+
+        from imgclf.explanations import explain_files
+
+        if args.eps is not None:
+            raise UsageError("--eps applies to the run's test images; drop it with IMAGES (your files are "
+                             "explained as they are)")
+        out = args.out or f"explain-{time.strftime('%Y%m%d-%H%M%S')}.png"
+        path, failed = explain_files(args.run_dir, args.images, out=out, method=args.method, layer=args.layer)
+        for file, problem in failed:
+            print(f"imgclf: {file}: {problem} (left out)", file=sys.stderr)
+        print(f"figure: {path}")
+        return 1 if failed else 0
+    if args.out:
+        raise UsageError("--out applies with IMAGES; the run's explanations go into its report")
+    eps = None
+    if args.eps is not None:
+        from imgclf.settings import parse_eps
+
+        try:
+            (eps,) = [value.value for value in parse_eps(args.eps)]
+        except (UsageError, ValueError):
+            raise UsageError(f"--eps must be one radius in pixel units such as 8/255 or 0.1, got {args.eps!r}"
+                             ) from None
+    from imgclf.pipeline import Run
+
+    run = Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet)
+    run.explain(eps=eps, method=args.method, layer=args.layer)
+    run.report()
     return 0
 
 
@@ -885,6 +976,8 @@ def _evaluate_and_report(run: Any, command: str, *, clean: bool = False) -> None
         run.evaluate()
     if command == "attack":
         run.attack()  # added to the run's evaluations; the earlier ones stay
+    if command == "corrupt" and main_process:
+        run.corrupt()
     if main_process:
         run.report()
 
@@ -925,7 +1018,8 @@ def _compare(args: argparse.Namespace) -> int:
 #: The handler of every subcommand.
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run_or_train, "train": _run_or_train, "lr-find": _lr_find, "evaluate": _stage, "attack": _stage,
-    "report": _report, "compare": _compare, "predict": _predict, "export": _export, "activations": _activations,
+    "corrupt": _stage, "report": _report, "compare": _compare, "predict": _predict, "explain": _explain,
+    "export": _export, "activations": _activations,
     "mlp-numpy": _mlp_numpy, "features": _features, "fit-features": _fit_features, "sweep": _sweep,
     "data": _data_check, "datasets": _listing(_list_datasets), "models": _listing(_list_models),
     "attacks": _listing(_list_attacks),
@@ -935,7 +1029,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 def _in_flag_terms(message: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     """``message`` with each setting the user gave by a flag named by that flag (``train.epochs`` ->
     ``--epochs``); settings from a YAML file keep their key, which is what the file holds."""
-    if args.command not in ("run", "train", "lr-find", "evaluate", "attack", "export", "features"):
+    if args.command not in ("run", "train", "lr-find", "evaluate", "attack", "corrupt", "export", "features"):
         return message
     flags = _flag_names(parser, args.command)
     for key in sorted((k for k in vars(args) if "." in k or k in ("seed", "device")), key=len, reverse=True):

@@ -1,7 +1,7 @@
 """Every setting of a run, as dataclasses, read from YAML and flags and checked once.
 
 A run's configuration is a :class:`RunConfig` with one section per pipeline
-stage (``data``, ``model``, ``train``, ``eval``, ``attack``, ``adversarial``) plus
+stage (``data``, ``model``, ``train``, ``eval``, ``attack``, ``adversarial``, ``corruption``) plus
 ``seed`` and ``device``.
 It is built from three layers, later ones winning: the defaults below, a YAML
 file (``--config run.yaml``), and command-line flags (dotted keys such as
@@ -27,6 +27,7 @@ import yaml
 
 from imgclf.attacks import ATTACK_PRESETS, ATTACKS, NORMS, expand_attacks, targetable_attacks
 from imgclf.constraints import CountOrAll, Interval, Options, OrWord, check_fields, setting
+from imgclf.corruptions.registry import corruption_choices
 from imgclf.data.augment import AugmentSetting
 from imgclf.defenses import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
 from imgclf.errors import UsageError, unknown_choice
@@ -39,6 +40,9 @@ BAD_FILES = ("skip", "error")
 TEST_FROM = ("train", "val")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+#: When ``imgclf run`` evaluates under the common corruptions: auto (where the stage is estimated to cost under a
+#: fifth of the attack stage), on, off. ``imgclf corrupt RUN`` runs it on any run.
+CORRUPTION_STAGE = ("auto", "on", "off")
 
 #: The largest seed: NumPy, scikit-learn and torch all take seeds in [0, 2**32 - 1].
 MAX_SEED = 2**32 - 1
@@ -148,6 +152,19 @@ class AttackConfig:
 
 
 @dataclass
+class CorruptionConfig:
+    """Common corruptions (:mod:`imgclf.corruptions`): which, at which severities, on how many test images."""
+
+    stage: str = setting("auto", Options("corruption stage", CORRUPTION_STAGE))  # in `imgclf run`: auto, on, off
+    corruptions: list[str] = setting(default_factory=lambda: ["all"],
+                                     constraint=Options("corruption", corruption_choices, each=True))
+    severities: list[int] = setting(default_factory=lambda: [1, 2, 3, 4, 5],
+                                    constraint=Options("severity", (1, 2, 3, 4, 5), each=True))  # "1:5" on the CLI
+    examples: int | str = setting(200, CountOrAll())  # seeded stratified test subset, or "all" (cost: see README)
+    baseline: str | None = None  # a run folder evaluated under the same corruptions: mCE and relative mCE
+
+
+@dataclass
 class AdversarialConfig:
     """Adversarial training (:mod:`imgclf.defenses`); its norm is ``attack.norm``."""
 
@@ -177,12 +194,13 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     seed: int = setting(0, Interval(int, 0, MAX_SEED))  # NumPy, scikit-learn and torch all take it
     device: str = setting("auto", Options("device", DEVICES))
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-             "attack": AttackConfig, "adversarial": AdversarialConfig}
+             "attack": AttackConfig, "adversarial": AdversarialConfig, "corruption": CorruptionConfig}
 
 def section_class(name: str) -> type:
     """The dataclass of configuration section ``name`` (``"train"`` -> :class:`TrainConfig`).

@@ -39,6 +39,15 @@ def predict_logits(
     return torch.cat(outputs)
 
 
+@torch.no_grad()
+def logits_of(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
+    """``model``'s logits for ``images`` in batches: ``float32`` ``(N, C, H, W)`` in ``[0, 1]`` on any device in,
+    ``float32`` ``(N, K)`` on the CPU out. Batches go to the model's device; the caller chooses its mode."""
+    device = next(model.parameters(), torch.empty(0)).device
+    return torch.cat([model(images[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
 def loss_and_accuracy(
     model: torch.nn.Module, split: ImageSplit, *, batch_size: int, device: torch.device
 ) -> tuple[float, float]:

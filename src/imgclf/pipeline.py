@@ -29,12 +29,19 @@ from imgclf.attacks import RobustnessResult, robustness
 from imgclf.calibration import EpsCalibration, calibrate, calibration_under_attack
 from imgclf.checkpoint import external_model, load_model, model_info, save_external, save_model
 from imgclf.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config
+from imgclf.corruptions.evaluation import (
+    CorruptionEvaluation,
+    against_baseline,
+    corruption_robustness,
+    corruption_samples,
+)
+from imgclf.corruptions.registry import parse_corruptions, parse_severities
 from imgclf.data import DataSplits, load_data, stratified_subset
 from imgclf.data.augment import per_image
 from imgclf.data.loading import dataset_stem
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError, first_line
-from imgclf.evaluation import EvalResult, evaluate, predict_logits
+from imgclf.evaluation import EvalResult, evaluate, logits_of, predict_logits
 from imgclf.models import create_model
 from imgclf.models.sources import native_image_size, normalization, parse_source
 from imgclf.record import SCHEMA_VERSION, AdversarialTraining, AttackRecord, DataCounts, Training, read_metrics, section
@@ -540,6 +547,148 @@ class Run:
             self._log_attack(result)
         return result
 
+    def corrupt(self, *, corruptions: list[str] | str | None = None, severities: list[int] | str | None = None,
+                examples: int | str | None = None, baseline: str | Path | None = None) -> CorruptionEvaluation:
+        """Accuracy and ECE under the common corruptions at each severity, on a seeded stratified test subset
+        (:func:`imgclf.corruptions.corruption_robustness`), with the mCE and relative mCE against a baseline run.
+
+        Each argument given replaces the configured ``corruption`` setting of that name for this call only;
+        None keeps the configured one.
+
+        Args:
+            corruptions: ``"all"``, groups or names (``["noise", "fog"]``). severities: ``"1:5"``, ``[1, 3, 5]``.
+            examples: Test images, or ``"all"``. baseline: A run folder already evaluated under these
+                corruptions and severities on the same test images (``imgclf corrupt BASELINE`` first).
+
+        Writes ``metrics.json`` ``corruptions`` (replacing an earlier one) and ``corruptions.npz`` (one test
+        image under every corruption and severity, for the report).
+
+        Raises:
+            UsageError: On an unknown corruption or severity, images the corruptions cannot take, or a
+                baseline that is not comparable.
+        """
+        folder, data, config = self._folder(), self.data, self.config
+        chosen = config.corruption
+        try:
+            names = parse_corruptions(chosen.corruptions if corruptions is None else corruptions)
+            levels = parse_severities(chosen.severities if severities is None else severities)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        count = chosen.examples if examples is None else examples
+        labels = data.test.labels
+        rows = stratified_subset(labels.numpy(), None if count == "all" else int(count), config.seed)
+        baseline = chosen.baseline if baseline is None else baseline
+        earlier = _corruption_baseline(baseline, self.metrics.dataset) if baseline else None
+        self.model.eval()
+        self.log(f"common corruptions: {len(names)} corruption(s) x severities {', '.join(map(str, levels))} on "
+                 f"{len(rows)} test images")
+        with tqdm(desc="corruptions", unit="corruption", leave=False, disable=True if self.quiet else None,
+                  dynamic_ncols=True) as bar:
+
+            def advance(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            images = data.test.float_images(rows)
+            try:
+                result = corruption_robustness(
+                    self.model.to(self.device), images, labels[torch.as_tensor(rows)], corruptions=names,
+                    severities=levels, seed=config.seed, indices=rows.tolist(), batch_size=config.eval.batch_size,
+                    bins=config.eval.calibration_bins, progress=advance)
+                if earlier is not None:
+                    result = against_baseline(result, earlier, name=str(baseline))
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+        if earlier is not None and (earlier.n != result.n or (earlier.settings.get("seed") != config.seed
+                                                              and result.n < len(labels))):
+            raise UsageError(f"the baseline {str(baseline)!r} was evaluated on {earlier.n} test images with seed "
+                             f"{earlier.settings.get('seed')}, this run on {result.n} with seed {config.seed}: not "
+                             "the same images; evaluate both with the same seed, or both with --corruption-examples "
+                             "all")
+        from datetime import UTC, datetime
+
+        result.settings["model"] = model_fingerprint(self.model)
+        result.finished = datetime.now(UTC).isoformat(timespec="seconds")
+        grid = corruption_samples(images[0], corruptions=names, severities=levels, seed=config.seed,
+                                  index=int(rows[0]))
+        with torch.no_grad():
+            predicted = self.model(grid.flatten(0, 1).to(self.device)).argmax(1).cpu()  # (K * (S + 1),)
+        folder.write_arrays(record.CORRUPTION_SAMPLES, images=grid.numpy(), label=np.asarray(int(labels[rows[0]])),
+                            predictions=predicted.view(grid.shape[:2]).numpy(), corruptions=np.array(names),
+                            severities=np.array(levels))
+        if read_metrics(folder.path).corruptions is not None:
+            self.log("replacing the earlier corruption evaluation in metrics.json")
+        folder.update_metrics({"corruptions": section(result), "timing": {"corruption_seconds": result.seconds}})
+        self._log_corruptions(result)
+        return result
+
+    def _log_corruptions(self, result: CorruptionEvaluation) -> None:
+        for name in result.corruptions:
+            accuracies = "  ".join(f"{result.accuracy(name, s):.3f}" for s in result.severities)
+            self.log(f"{name:>15}: accuracy by severity {accuracies}  (mean error {result.errors[name]:.4f})")
+        against = "" if result.mce is None or result.relative_mce is None else \
+            f"; against {result.baseline}: mCE {100 * result.mce:.1f}%, relative mCE {100 * result.relative_mce:.1f}%"
+        self.log(f"mean corruption error {result.mean_error:.4f} (clean error {1 - result.clean_accuracy:.4f}, "
+                 f"n={result.n}, {result.seconds:.0f} s){against}")
+
+    def explain(self, *, eps: float | None = None, method: str = "auto", layer: str | None = None,
+                count: int = 8) -> Path:
+        """What the model looks at (:func:`imgclf.explanations.explain`: Grad-CAM, or saliency where Grad-CAM
+        does not apply) on ``count`` fixed test images, clean and adversarial, for the report.
+
+        The images are the first ``count`` of the newest robustness evaluation's subset that the model
+        classifies correctly, with their worst-case adversarial examples at ``eps`` (default: the eps of the
+        report's headline numbers, the training eps where there is one); without an evaluation, the first test
+        images, clean only. Each map explains the class the model predicts for that image.
+
+        Writes ``explanations.npz``; returns its path.
+
+        Raises:
+            UsageError: On an eps the evaluation did not attack at, an unknown method or layer, or Captum
+                missing.
+        """
+        from imgclf.explanations import explain
+        from imgclf.report.html import telling_eps
+
+        folder, data, metrics = self._folder(), self.data, self.metrics
+        latest = metrics.latest
+        stored_path = record.evaluation_folder(folder.path, latest.key) / record.ADVERSARIAL_IMAGES if latest else None
+        arrays: dict[str, Any] = {}
+        if stored_path is not None and stored_path.is_file():
+            stored = torch.load(stored_path, map_location="cpu", weights_only=True)
+            radii = [float(e) for e in stored["eps"]]
+            chosen = telling_eps(metrics) if eps is None else float(eps)
+            if chosen is None or not any(abs(r - chosen) < 1e-6 for r in radii):  # (stored as float32)
+                shown = ", ".join(f"{r:g}" for r in radii)
+                raise UsageError(f"the newest evaluation attacked at eps {shown}; choose one of them (or attack at "
+                                 f"{eps} first)" if eps is not None else f"no eps above 0 in the newest evaluation "
+                                 f"({shown}) to explain adversarial examples at; attack at one first")
+            at = next(i for i, r in enumerate(radii) if abs(r - chosen) < 1e-6)
+            positions = stored["test_positions"].numpy()
+            clean = data.test.float_images(positions)
+            right = (logits_of(self.model, clean).argmax(1) == stored["labels"]).numpy()
+            rows = np.flatnonzero(right)[:count] if right.any() else np.arange(min(count, len(positions)))
+            clean, adversarial = clean[rows], stored["images"][at][rows].float()
+            labels, positions = stored["labels"][rows], positions[rows]
+            arrays["eps"] = np.float64(chosen)
+        else:
+            positions = np.arange(min(count, len(data.test.labels)))
+            clean, adversarial, labels = data.test.float_images(positions), None, data.test.labels[positions]
+        self.model.eval()
+        before = explain(self.model, clean.to(self.device), method=method, layer=layer)
+        arrays.update(clean=clean.numpy(), labels=labels.numpy(), clean_pred=before.targets.numpy(),
+                      clean_maps=before.maps.numpy(), test_positions=np.asarray(positions),
+                      method=np.array(before.method), layer=np.array(before.layer or ""))
+        if adversarial is not None:
+            after = explain(self.model, adversarial.to(self.device), method=method, layer=layer)
+            arrays.update(adversarial=adversarial.numpy(), adversarial_pred=after.targets.numpy(),
+                          adversarial_maps=after.maps.numpy())
+        folder.write_arrays(record.EXPLANATIONS, **arrays)
+        where = f" ({before.layer})" if before.layer else ""
+        self.log(f"explanations: {before.method}{where} on {len(clean)} test images"
+                 + (f", clean and adversarial at eps {float(arrays['eps']):g}" if adversarial is not None else ""))
+        return folder.file(record.EXPLANATIONS)
+
     def _with_attack_changes(self, changes: dict[str, Any]) -> Settings:
         values = config_to_dict(self.config)
         values["attack"].update(changes)
@@ -563,12 +712,64 @@ class Run:
 
     def finish(self, *, attack: bool = True) -> EvalResult:
         """The stages after training, in order: :meth:`evaluate`, :meth:`attack` (unless ``attack`` is
-        False) and :meth:`report`; returns the clean evaluation."""
+        False), :meth:`corrupt` (as ``corruption.stage`` says: see :meth:`_corruption_wanted`), :meth:`explain`
+        and :meth:`report`; returns the clean evaluation."""
         evaluation = self.evaluate()
+        attack_seconds = None
         if attack:
-            self.attack()
+            attack_seconds = self.attack().seconds
+        if self._corruption_wanted(attack_seconds):
+            self.corrupt()
+        try:
+            self.explain()
+        except (UsageError, RuntimeError, ValueError) as error:  # a heat map is not worth the finished run's report
+            self.log.warn(f"warning: no explanations in the report: {first_line(error)}")
         self.report()
         return evaluation
+
+    def _corruption_wanted(self, attack_seconds: float | None) -> bool:
+        """Whether :meth:`finish` runs the corruption stage: always with ``corruption.stage`` ``on`` (where the
+        images are at least 8x8), never with ``off``; with ``auto`` where the stage's estimated cost (its
+        corruptions and forward passes timed on 4 test images, scaled to the subset) is under a fifth of the
+        attack stage's seconds. A skipped stage is logged with the command that runs it."""
+        stage, size = self.config.corruption.stage, self.data.spec.image_size
+        if stage == "off":
+            return False
+        if min(size) < 8:
+            self.log(f"note: common corruptions skipped: they need images of at least 8x8 pixels, these are {size}")
+            return False
+        if stage == "on":
+            return True
+        if not attack_seconds:
+            self.log("note: common corruptions skipped (no attack stage to weigh them against); run them with "
+                     "imgclf corrupt RUN or --corruption-stage on")
+            return False
+        estimate = self._corruption_cost()
+        if estimate >= attack_seconds / 5:
+            self.log(f"note: common corruptions skipped: estimated {estimate:.0f} s, more than a fifth of the attack "
+                     f"stage's {attack_seconds:.0f} s; run them with imgclf corrupt {self._folder().path} (or "
+                     "--corruption-stage on, or fewer --corruption-examples)")
+            return False
+        return True
+
+    def _corruption_cost(self) -> float:
+        """Estimated seconds of :meth:`corrupt` with the configured settings: every corruption and severity, and
+        the forward passes, timed on 4 test images and scaled to the subset."""
+        import time
+
+        from imgclf.corruptions.apply import corrupt
+
+        chosen = self.config.corruption
+        names, levels = parse_corruptions(chosen.corruptions), parse_severities(chosen.severities)
+        total = len(self.data.test.labels) if chosen.examples == "all" else \
+            min(int(chosen.examples), len(self.data.test.labels))
+        probe = self.data.test.float_images(np.arange(min(4, total)))
+        start = time.perf_counter()
+        with torch.no_grad():
+            for name in names:
+                for severity in levels:
+                    self.model(corrupt(probe, name, severity, seed=self.config.seed).to(self.device))
+        return (time.perf_counter() - start) * total / len(probe)
 
     def report(self) -> Path:
         """Figures and ``report.html`` from what the folder holds (and, with ``train.tensorboard``,
@@ -839,6 +1040,27 @@ def _save_evaluation(folder: RunFolder, key: str, asked: dict[str, Any], result:
     raw[record.EVALUATIONS] = [*kept, section(evaluation)]
     raw.setdefault("timing", {})["attack_seconds"] = result.seconds
     folder.write_json(record.METRICS, raw)
+
+
+def _corruption_baseline(path: str | Path, dataset: str) -> CorruptionEvaluation:
+    """The corruption evaluation of the baseline run ``path``, which must be of ``dataset``.
+
+    Raises:
+        UsageError: If ``path`` is not a run folder, is of another data set, or holds no corruption evaluation.
+    """
+    folder = Path(path)
+    if not (folder / record.METRICS).is_file():
+        raise UsageError(f"--baseline {str(path)!r} is not a run folder with a metrics.json; give a run folder "
+                         "evaluated under the same corruptions")
+    metrics = read_metrics(folder)
+    if metrics.dataset != dataset:
+        raise UsageError(f"the baseline {str(path)!r} is a run on {metrics.dataset!r}, this one on {dataset!r}: "
+                         "corruption errors are only comparable on the same data")
+    evaluation = metrics.corruptions
+    if evaluation is None:
+        raise UsageError(f"the baseline {str(path)!r} has no corruption evaluation; run imgclf corrupt {path} "
+                         "first, with the same corruptions, severities and examples")
+    return evaluation
 
 
 def tensorboard_results(folder: RunFolder, config: RunConfig) -> None:

@@ -25,6 +25,8 @@ Layout (every file optional until its stage has run)::
         adversarial.npz    clean and adversarial images with predictions (for the report)
         adversarial.pt     the worst-case adversarial images with their test positions
         batches/           per-batch results committed while it runs (resume after a kill); removed at the end
+      corruptions.npz      one test image under every corruption and severity, with predictions (for the report)
+      explanations.npz     Grad-CAM or saliency maps of fixed test images, clean and adversarial (for the report)
       bad_files.txt        image files skipped, with the reason
       log.txt              everything printed during the run
       figures/*.png        written by the report stage
@@ -44,6 +46,7 @@ from typing import Any
 
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry
 from imgclf.calibration import Calibration, EpsCalibration
+from imgclf.corruptions.evaluation import CorruptionEvaluation
 from imgclf.errors import UsageError
 from imgclf.metrics import ClassificationMetrics
 
@@ -65,6 +68,8 @@ TRAIN_STATE = "train_state.pt"
 SAMPLES = "samples.npz"
 ADVERSARIAL_EXAMPLES = "adversarial.npz"
 ADVERSARIAL_IMAGES = "adversarial.pt"
+CORRUPTION_SAMPLES = "corruptions.npz"
+EXPLANATIONS = "explanations.npz"
 BAD_FILES = "bad_files.txt"
 LOG = "log.txt"
 FIGURES = "figures"
@@ -220,6 +225,7 @@ class Metrics:
         evaluations: The robustness evaluations, oldest first (:class:`Evaluation`); :attr:`robustness`
             and :attr:`attack` are the newest one's of the kept model (:meth:`current`). timing: Seconds
             per stage.
+        corruptions: Accuracy and calibration under the common corruptions, or None.
     """
 
     schema_version: int = 1
@@ -237,6 +243,7 @@ class Metrics:
     clean: ClassificationMetrics | None = None
     calibration: Calibration | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
+    corruptions: CorruptionEvaluation | None = None
     timing: dict[str, float] = field(default_factory=dict)
 
     def current(self, evaluation: Evaluation) -> bool:

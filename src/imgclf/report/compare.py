@@ -148,13 +148,16 @@ def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_da
         clean = run.metrics.clean
         worst = run.worst_case()
         seconds = run.metrics.timing.get("train_seconds")
-        calibration = run.metrics.calibration
+        calibration, corrupted = run.metrics.calibration, run.metrics.corruptions
         rows.append({
             "name": run.name, "path": str(run.path), "model": run.metrics.model, "training": run.training,
             "accuracy": percent(clean.accuracy if clean else None),
             "macro_f1": f"{clean.macro_f1:.4f}" if clean else "–",
             "ece": percent(calibration.test.ece if calibration else None),
             "ece_scaled": percent(calibration.test_scaled.ece if calibration else None),
+            "corruption_error": percent(corrupted.mean_error if corrupted else None),
+            "mce": "–" if corrupted is None or corrupted.mce is None else
+                   f"{percent(corrupted.mce)} ({Path(corrupted.baseline or '').name})",
             "robust": [percent(worst.get(eps)) for eps in eps_values],
             "train_time": "–" if seconds is None else f"{seconds:.0f} s",
             "warnings": run.metrics.attack.warnings if run.metrics.attack else [],
@@ -164,6 +167,9 @@ def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_da
                         "macro_f1": clean.macro_f1 if clean else None,
                         "ece": calibration.test.ece if calibration else None,
                         "ece_temperature_scaled": calibration.test_scaled.ece if calibration else None,
+                        "mean_corruption_error": corrupted.mean_error if corrupted else None,
+                        "mce": corrupted.mce if corrupted else None,
+                        "relative_mce": corrupted.relative_mce if corrupted else None,
                         "worst_case_robust_accuracy": worst,
                         "train_seconds": seconds})
     colour = all(run.colour for run in runs)  # 8/255 only where every run is of colour images

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
@@ -21,8 +22,11 @@ from imgclf.record import WORST_CASE, Evaluation, Metrics, ModelInfo, read_metri
 from imgclf.report.plots import (
     adversarial_figure,
     confusion_matrix_figure,
+    corruption_figure,
+    corruption_samples_figure,
     embed_figures,
     eps_label,
+    explanation_figure,
     lr_finder_figure,
     prediction_grid,
     reliability_figure,
@@ -91,6 +95,23 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
             panels.append((f"Worst-case adversarial images, eps {eps_label(telling.eps, colour)}", telling.metrics,
                            None))
         figures["reliability"] = reliability_figure(panels)
+    corrupted = metrics.corruptions
+    if corrupted is not None and corrupted.entries:
+        names, levels = corrupted.corruptions, corrupted.severities
+        table = np.array([[np.nan if (a := corrupted.accuracy(n, s)) is None else a for s in levels] for n in names])
+        figures["corruptions"] = corruption_figure(table, [_corruption_title(n) for n in names], levels,
+                                                   corrupted.clean_accuracy)
+        grid = folder.read_arrays(record.CORRUPTION_SAMPLES)
+        if grid is not None and {"images", "label", "predictions", "corruptions", "severities"} <= set(grid):
+            figures["corruption_samples"] = corruption_samples_figure(
+                grid["images"], int(grid["label"]), grid["predictions"],
+                [_corruption_title(str(n)) for n in grid["corruptions"]], [int(v) for v in grid["severities"]],
+                class_names)
+    explained = folder.read_arrays(record.EXPLANATIONS)
+    if explained is not None and {"clean", "labels", "clean_pred", "clean_maps", "method"} <= set(explained):
+        eps = float(explained["eps"]) if "eps" in explained else None
+        figures["explanations"] = explanation_figure(explained, class_names,
+                                                     eps_text=eps_label(eps, colour) if eps is not None else "")
     for evaluation in metrics.evaluations:  # oldest first; the newest also under the plain names
         newest = evaluation is metrics.latest
         if evaluation.robustness:
@@ -106,6 +127,42 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
             if newest:
                 figures["adversarial"] = figure
     return figures
+
+
+def _corruption_title(name: str) -> str:
+    """A corruption's title (``Gaussian noise``), or its name where it is not registered here."""
+    from imgclf.corruptions.registry import CORRUPTIONS
+
+    return CORRUPTIONS[name].title if name in CORRUPTIONS else name
+
+
+def _corruption_view(metrics: Metrics) -> dict[str, object] | None:
+    """What the report shows of the corruption evaluation: per corruption its accuracy by severity, mean
+    error, mean ECE and (with a baseline) corruption error; or None without one."""
+    c = metrics.corruptions
+    if c is None or not c.entries:
+        return None
+    rows = []
+    for name in c.corruptions:
+        entries = [e for e in c.entries if e.corruption == name]
+        rows.append({"title": _corruption_title(name), "accuracy": {e.severity: percent(e.accuracy) for e in entries},
+                     "error": percent(c.errors.get(name)), "ece": percent(sum(e.ece for e in entries) / len(entries)),
+                     "ce": percent(c.corruption_errors[name]) if name in c.corruption_errors else None})
+    return {"rows": rows, "severities": c.severities, "n": c.n, "clean": percent(c.clean_accuracy),
+            "mean_error": percent(c.mean_error), "clean_error": percent(1 - c.clean_accuracy),
+            "baseline": c.baseline, "mce": percent(c.mce), "relative_mce": percent(c.relative_mce),
+            "seconds": c.seconds, "whole_split": metrics.clean is not None and c.n == metrics.clean.n,
+            "seed": c.settings.get("seed")}
+
+
+def _explanation_view(folder: RunFolder, colour: bool) -> dict[str, object] | None:
+    """What the report says of the heat maps: the method, its layer and the eps, or None without them."""
+    arrays = folder.read_arrays(record.EXPLANATIONS)
+    if arrays is None or "method" not in arrays:
+        return None
+    eps = float(arrays["eps"]) if "eps" in arrays else None
+    return {"method": str(arrays["method"]), "layer": str(arrays.get("layer", "")), "n": len(arrays["labels"]),
+            "eps": eps_label(eps, colour) if eps is not None else None}
 
 
 def _telling_calibration(metrics: Metrics) -> EpsCalibration | None:
@@ -185,6 +242,11 @@ def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
         cards.append({"label": "balanced accuracy", "value": percent(clean.balanced_accuracy)})
     if metrics.calibration is not None:
         cards.append({"label": "ECE (calibration error)", "value": percent(metrics.calibration.test.ece)})
+    if metrics.corruptions is not None and metrics.corruptions.entries:
+        cards.append({"label": f"mean corruption error ({len(metrics.corruptions.corruptions)} corruptions)",
+                      "value": percent(metrics.corruptions.mean_error)})
+        if metrics.corruptions.mce is not None:
+            cards.append({"label": "mCE against the baseline", "value": percent(metrics.corruptions.mce)})
     attacks = metrics.attacks()
     eps = telling_eps(metrics)
     if eps is not None:
@@ -280,6 +342,8 @@ def write_report(folder: RunFolder) -> Path:
         clean_n=metrics.clean.n if metrics.clean else None,
         calibration=metrics.calibration,
         calibration_rows=_calibration_rows(metrics, colour),
+        corruptions=_corruption_view(metrics),
+        explanation=_explanation_view(folder, colour),
         evaluations=[_evaluation_view(e, colour, metrics.clean.n if metrics.clean else None,
                                       current=metrics.current(e))
                      for e in reversed(metrics.evaluations)],  # newest first

@@ -333,3 +333,118 @@ def importance_figure(importances: dict[str, float]) -> Figure:
     ax.set_title("Parameter importances")
     ax.grid(alpha=0.3, axis="x")
     return figure
+
+
+def corruption_figure(accuracy: np.ndarray, corruptions: Sequence[str], severities: Sequence[int],
+                      clean_accuracy: float) -> Figure:
+    """Accuracy under common corruptions: a heat map of corruption (rows) by severity (columns), each cell
+    labelled in percent, beside the mean over the corruptions per severity with the clean accuracy.
+
+    Args:
+        accuracy: ``(K, S)`` fractions in ``[0, 1]`` (NaN where not evaluated).
+        corruptions: The ``K`` row labels. severities: The ``S`` column labels.
+        clean_accuracy: On the same images uncorrupted, in ``[0, 1]``.
+    """
+    k, s = accuracy.shape
+    figure = Figure(figsize=(7.5, 1.2 + 0.32 * k), layout="constrained")
+    heat_ax, mean_ax = figure.subplots(1, 2, width_ratios=[1.6, 1])
+    shown = heat_ax.imshow(100 * accuracy, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for row in range(k):
+        for column in range(s):
+            value = accuracy[row, column]
+            if np.isfinite(value):
+                heat_ax.text(column, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=9)
+    heat_ax.set_xticks(range(s), [str(v) for v in severities], fontsize=9)
+    heat_ax.set_yticks(range(k), list(corruptions), fontsize=9)
+    heat_ax.set_xlabel("severity", fontsize=9)
+    heat_ax.set_title("Top-1 accuracy (%)", fontsize=10)
+    figure.colorbar(shown, ax=heat_ax, shrink=0.6, pad=0.02).ax.tick_params(labelsize=8)
+    means = np.nanmean(accuracy, axis=0)
+    mean_ax.plot(list(severities), 100 * means, "o-", color="#2c3e50", label="mean over corruptions")
+    mean_ax.fill_between(list(severities), 100 * np.nanmin(accuracy, axis=0), 100 * np.nanmax(accuracy, axis=0),
+                         color="#95a5a6", alpha=0.3, linewidth=0, label="range over corruptions")
+    mean_ax.axhline(100 * clean_accuracy, color=RIGHT, linestyle="--", linewidth=1.2, label="clean")
+    mean_ax.set_xticks(list(severities))
+    mean_ax.set_ylim(0, 100)
+    mean_ax.set_xlabel("severity", fontsize=9)
+    mean_ax.set_ylabel("top-1 accuracy (%)", fontsize=9)
+    mean_ax.set_title("Mean over corruptions", fontsize=10)
+    mean_ax.tick_params(labelsize=8)
+    mean_ax.grid(alpha=0.3)
+    mean_ax.legend(fontsize=8, loc="lower left")
+    return figure
+
+
+def corruption_samples_figure(images: np.ndarray, label: int, predictions: np.ndarray, corruptions: Sequence[str],
+                              severities: Sequence[int], class_names: Sequence[str]) -> Figure:
+    """One test image under every corruption: a row per corruption, the clean image then each severity, each
+    titled with the prediction (red where wrong).
+
+    Args:
+        images: ``float32`` ``(K, S + 1, C, H, W)`` in ``[0, 1]``. label: The true class.
+        predictions: ``int`` ``(K, S + 1)``.
+    """
+    k, columns = images.shape[:2]
+    figure = Figure(figsize=(1.15 * columns + 1.2, 1.2 * k + 0.5), layout="constrained")
+    axes = np.asarray(figure.subplots(k, columns, squeeze=False))
+    for row in range(k):
+        for column in range(columns):
+            ax = axes[row, column]
+            picture, cmap = _as_display(images[row, column])
+            ax.imshow(picture, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            predicted = int(predictions[row, column])
+            ax.set_title(class_names[predicted] if predicted < len(class_names) else str(predicted), fontsize=9,
+                         color=RIGHT if predicted == label else WRONG, pad=2)
+            if row == 0:
+                ax.set_xlabel("clean" if column == 0 else f"severity {severities[column - 1]}", fontsize=9)
+                ax.xaxis.set_label_position("top")
+                ax.xaxis.labelpad = 12
+            if column == 0:
+                ax.set_ylabel(corruptions[row], fontsize=9)
+    true = class_names[label] if label < len(class_names) else str(label)
+    figure.suptitle(f"One test image (true class: {true}) under each corruption; predictions above each image",
+                    fontsize=10)
+    return figure
+
+
+def explanation_figure(arrays: dict[str, np.ndarray], class_names: Sequence[str], *, eps_text: str = "",
+                       titles: Sequence[str] | None = None) -> Figure:
+    """Test images and where the model looks: per column one image; rows the clean image with its prediction,
+    its heat map over it, then (where given) the adversarial image and its heat map. Predictions in red where
+    wrong.
+
+    Args:
+        arrays: ``clean`` ``(N, C, H, W)`` in ``[0, 1]``, ``labels``, ``clean_pred`` ``(N,)``, ``clean_maps``
+            ``(N, H, W)`` in ``[0, 1]``, ``method`` and ``layer`` (strings); optionally ``adversarial``,
+            ``adversarial_pred`` and ``adversarial_maps``.
+        eps_text: The adversarial examples' eps as the report writes it.
+        titles: A title per column (file names) above the predictions, or None.
+    """
+    clean, labels = arrays["clean"], arrays["labels"]
+    stages = [("clean", clean, arrays["clean_pred"], arrays["clean_maps"])]
+    if "adversarial" in arrays:
+        stages.append((f"adversarial{' eps ' + eps_text if eps_text else ''}", arrays["adversarial"],
+                       arrays["adversarial_pred"], arrays["adversarial_maps"]))
+    n = len(clean)
+    figure = Figure(figsize=(max(4.0, 1.3 * n), 1.45 * 2 * len(stages) + 0.5), layout="constrained")
+    axes = np.asarray(figure.subplots(2 * len(stages), n, squeeze=False))
+    for s, (what, images, predictions, maps) in enumerate(stages):
+        for i in range(n):
+            picture, cmap = _as_display(images[i])
+            name = class_names[predictions[i]] if predictions[i] < len(class_names) else str(predictions[i])
+            top, bottom = axes[2 * s, i], axes[2 * s + 1, i]
+            top.imshow(picture, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            title = f"{what}:\n{name}" if i == 0 and len(stages) > 1 else name
+            if titles is not None:
+                title = f"{titles[i][:18]}\n{name}"
+            top.set_title(title, fontsize=9, color=WRONG if predictions[i] != labels[i] else "black")
+            bottom.imshow(picture, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            bottom.imshow(maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            for ax in (top, bottom):
+                ax.axis("off")
+    how = f"Grad-CAM at {arrays.get('layer', '')}" if str(arrays["method"]) == "grad-cam" else \
+        "input-gradient saliency"
+    figure.suptitle(f"Where the model looks ({how}; red = most), for the class it predicts", fontsize=10)
+    return figure
