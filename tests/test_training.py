@@ -115,6 +115,47 @@ def test_the_fast_recipe_is_a_preset_under_file_and_flags(tmp_path):
     assert (config.train.epochs, config.train.lr, config.train.label_smoothing) == (3, 0.1, 0.2)
 
 
+def _rates(config: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every optimizer step of ``config``'s schedule."""
+    from imgclf.training import build_schedule
+
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=config.lr)
+    schedule = build_schedule(optimizer, config, steps_per_epoch)
+    rates = []
+    for _ in range(config.epochs * steps_per_epoch):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def test_the_cyclic_and_milestone_schedules_follow_their_definitions():
+    import numpy as np
+
+    rates = _rates(TrainConfig(epochs=10, lr=5e-3, schedule="cyclic"), steps_per_epoch=10)
+    # Wong et al.'s MNIST code: lr(t) = interp(t, [0, epochs * 2 // 5, epochs], [0, lr, 0]) at t = epoch + (i + 1) / n
+    expected = [float(np.interp((k + 1) / 10, [0, 4, 10], [0, 5e-3, 0])) for k in range(100)]
+    assert rates == pytest.approx(expected, abs=1e-12)
+    rates = _rates(TrainConfig(epochs=100, lr=0.01, schedule="step", milestones=[55, 75, 90]), steps_per_epoch=2)
+    assert [rates[2 * e] for e in (54, 55, 74, 75, 89, 90)] == pytest.approx([1e-2, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5])
+
+
+@pytest.mark.parametrize(("recipe", "model", "adversarial", "parameters"), [
+    ("fgsm-rs-mnist", "fast-mnist-cnn", "fgsm-rs", 166_406), ("pgd-mnist", "madry-cnn", "pgd", 3_274_634),
+    ("trades-mnist", "trades-cnn", "trades", 312_202)])
+def test_the_papers_mnist_recipes_build_their_papers_networks(recipe, model, adversarial, parameters):
+    from imgclf.config import load_config
+    from imgclf.models import create_model
+
+    config = load_config(None, {"recipe": recipe})
+    assert (config.data.dataset, config.model.name, config.adversarial.recipe, config.adversarial.eps) == \
+        ("mnist", model, adversarial, "0.3")
+    assert config.model.mean == [0.0] and config.model.std == [1.0]  # the papers feed raw [0, 1] pixels
+    network = create_model(model, channels=1, image_size=(28, 28), num_classes=10, mean=[0.0], std=[1.0])
+    assert sum(p.numel() for p in network.parameters() if p.requires_grad) == parameters
+    assert network(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_mixed_precision_resolves_per_device_and_trains_in_bf16(digits):
     from imgclf.training import autocast_dtype
 

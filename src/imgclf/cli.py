@@ -163,6 +163,10 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(group, "--nesterov", dest="train.nesterov", help="Nesterov momentum for SGD")
     _flag(group, "--weight-decay", dest="train.weight_decay", metavar="WD")
     _flag(group, "--schedule", dest="train.schedule", metavar="NAME", help="learning-rate schedule, per batch")
+    _flag(group, "--milestones", dest="train.milestones", metavar="EPOCHS",
+          help="with --schedule step: multiply the learning rate by --step-gamma at these epochs, e.g. 55,75,90")
+    _flag(group, "--step-gamma", dest="train.step_gamma", metavar="FACTOR",
+          help="with --schedule step: the factor at each step")
     _flag(group, "--label-smoothing", dest="train.label_smoothing", metavar="S")
     _flag(group, "--ema", dest="train.ema", metavar="DECAY",
           help="validate and keep an exponential moving average of the weights, e.g. 0.999; 0 is off")

@@ -1,11 +1,11 @@
-"""The stages of a run (train, evaluate, attack, report) and :class:`Run`, which holds them together.
+"""The stages of a run (train, evaluate, attack, corrupt, explain, report) and :class:`Run`, which holds them
+together.
 
 :class:`Run` is the Python API and the one place that chains the stages:
 ``Run.train(config)`` makes a run folder and trains; ``Run.open(path)``
 rebuilds a finished one from its folder (configuration, saved split indices,
-model); ``.evaluate()``, ``.attack()`` and ``.report()`` each write their part
-of the folder (see :mod:`imgclf.record`), and ``.finish()`` runs the three in
-order. ``imgclf run``, the stage commands, sweeps and feature extraction all go
+model); ``.evaluate()``, ``.attack()``, ``.corrupt()``, ``.explain()`` and ``.report()`` each write their
+part of the folder (see :mod:`imgclf.record`), and ``.finish()`` runs them in order. ``imgclf run``, the stage commands, sweeps and feature extraction all go
 through it.
 """
 

@@ -112,7 +112,9 @@ def build_schedule(
       :data:`MIN_ONECYCLE_STEPS` steps has no room for a warm-up (and torch's
       schedule divides by zero at exactly 4): it gets the cosine decay.
     * ``cosine``: cosine decay from ``lr`` to 0 over all steps.
-    * ``step``: multiply by ``step_gamma`` every ``step_epochs`` epochs.
+    * ``cyclic``: linearly from 0 up to ``lr`` at epoch ``2 * epochs // 5``, then down to 0 at the end (the
+      triangle of Wong et al. 2020's ``--lr-type cyclic``, Smith 2017).
+    * ``step``: multiply by ``step_gamma`` every ``step_epochs`` epochs, or at each of ``milestones``.
     * ``constant``: none.
     """
     total = config.epochs * steps_per_epoch
@@ -121,6 +123,17 @@ def build_schedule(
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=0.25)
     if config.schedule in ("cosine", "onecycle"):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if config.schedule == "cyclic":
+        peak = max(1, 2 * config.epochs // 5) * steps_per_epoch  # in optimizer steps
+
+        def triangle(step: int) -> float:  # the factor after ``step`` steps, for the next one
+            done = step + 1
+            return done / peak if done <= peak else max(0.0, (total - done) / max(1, total - peak))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, triangle)
+    if config.schedule == "step" and config.milestones:
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[m * steps_per_epoch for m in sorted(config.milestones)], gamma=config.step_gamma)
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config.step_epochs * steps_per_epoch, gamma=config.step_gamma

@@ -51,11 +51,9 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int = 0,
         raise ValueError(f"indices must give one number per image, got {len(indices)} for {len(images)}")
     function = CORRUPTIONS[name].load()
     pixels = np.round(images.detach().float().cpu().numpy().clip(0, 1) * 255) / 255  # (N, C, H, W)
-    out = np.empty(pixels.shape, dtype=np.float32)
-    for i, (image, index) in enumerate(zip(pixels, indices, strict=True)):
-        hwc = np.ascontiguousarray(image.transpose(1, 2, 0), dtype=np.float64)  # (C, H, W) -> (H, W, C)
-        result = function(hwc, severity, image_generator(seed, name, severity, int(index)))
-        if result.shape != hwc.shape:
-            raise RuntimeError(f"corruption {name!r} changed the image's shape from {hwc.shape} to {result.shape}")
-        out[i] = np.floor(np.clip(result, 0, 1) * 255 + 1e-6).transpose(2, 0, 1) / 255  # (H, W, C) -> (C, H, W)
-    return torch.from_numpy(out).to(images.device)
+    batch = np.ascontiguousarray(pixels.transpose(0, 2, 3, 1), dtype=np.float64)  # -> (N, H, W, C)
+    result = function(batch, severity, [image_generator(seed, name, severity, int(i)) for i in indices])
+    if result.shape != batch.shape:
+        raise RuntimeError(f"corruption {name!r} changed the images' shape from {batch.shape} to {result.shape}")
+    out = np.floor(np.clip(result, 0, 1) * 255 + 1e-6).transpose(0, 3, 1, 2) / 255  # (N, H, W, C) -> (N, C, H, W)
+    return torch.from_numpy(out.astype(np.float32)).to(images.device)

@@ -1,8 +1,10 @@
 """The fifteen common corruptions of Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to
 Common Corruptions and Perturbations" (ICLR 2019), with the parameters of CIFAR-10-C.
 
-Every function takes one image ``(H, W, C)`` float64 in ``[0, 1]`` (``C`` 1 or 3, any size), a severity
-1 to 5 and a NumPy generator, and returns the corrupted image, same shape (clipped by the caller). At
+Every function takes a batch ``(N, H, W, C)`` float64 in ``[0, 1]`` (``C`` 1 or 3, any size), a severity
+1 to 5 and one NumPy generator per image (each image's random draws come from its own, so an image is
+corrupted the same way in any batch), and returns the corrupted batch, same shape (clipped by the caller);
+the arithmetic runs on the whole batch where the corruption allows. At
 32x32 and below the parameters are those the CIFAR-10-C files were made with (the benchmark's
 ``make_cifar_c.py``); on larger images every parameter measured in pixels (blur radii, the glass-blur
 neighbourhood, the elastic displacement, the frost texture's scale) is multiplied by ``min(H, W) / 32``,
@@ -31,6 +33,7 @@ import functools
 import importlib.util
 import io
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,23 +50,33 @@ from imgclf.corruptions.registry import REFERENCE_SIZE
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def _scale(image: np.ndarray) -> float:
-    """How much larger than CIFAR-10's 32 pixels the image's shorter side is (1 for 32 pixels or less)."""
-    return max(1.0, min(image.shape[:2]) / REFERENCE_SIZE)
+Batch = np.ndarray  # (N, H, W, C) float64
+Generators = Sequence[np.random.Generator]  # one per image
 
 
-def _grey(image: np.ndarray) -> np.ndarray:
-    """``(H, W, 1)``: the luma of a colour image, a grey image as it is."""
-    return image if image.shape[2] == 1 else (image @ LUMA)[..., None]
+def _scale(images: Batch) -> float:
+    """How much larger than CIFAR-10's 32 pixels the images' shorter side is (1 for 32 pixels or less)."""
+    return max(1.0, min(images.shape[1:3]) / REFERENCE_SIZE)
+
+
+def _grey(images: np.ndarray) -> np.ndarray:
+    """``(..., H, W, 1)``: the luma of colour images, grey ones as they are."""
+    return images if images.shape[-1] == 1 else (images @ LUMA)[..., None]
+
+
+def _each(function: Callable[[np.ndarray, np.random.Generator], np.ndarray], images: Batch,
+          rngs: Generators) -> Batch:
+    """``function(image, rng)`` of each image ``(H, W, C)`` with its generator, stacked."""
+    return np.stack([function(image, rng) for image, rng in zip(images, rngs, strict=True)])
 
 
 def _per_channel(image: np.ndarray, filter_2d) -> np.ndarray:
     return np.stack([filter_2d(image[..., k]) for k in range(image.shape[2])], axis=-1)
 
 
-def _gaussian(image: np.ndarray, sigma: float, *, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
-    """A Gaussian blur of each channel (scikit-image's ``filters.gaussian`` defaults)."""
-    return ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0), mode=mode, truncate=truncate)
+def _gaussian(images: Batch, sigma: float, *, mode: str = "nearest", truncate: float = 4.0) -> Batch:
+    """A Gaussian blur of each image's channels (scikit-image's ``filters.gaussian`` defaults)."""
+    return ndimage.gaussian_filter(images, sigma=(0, sigma, sigma, 0), mode=mode, truncate=truncate)
 
 
 def _to_pil(image: np.ndarray) -> Image.Image:
@@ -76,80 +89,81 @@ def _from_pil(picture: Image.Image, channels: int) -> np.ndarray:
     return pixels[..., None] if channels == 1 else pixels
 
 
-def _clipped_zoom(image: np.ndarray, factor: float) -> np.ndarray:
-    """The centre ``1 / factor`` of the image zoomed back to the image's size: bilinear with the corners
-    kept (``scipy.ndimage.zoom(order=1)``, computed with PyTorch, which is faster on small images)."""
-    h, w = image.shape[:2]
+def _clipped_zoom(images: Batch, factor: float) -> Batch:
+    """The centre ``1 / factor`` of each image zoomed back to the image's size: bilinear with the corners
+    kept (``scipy.ndimage.zoom(order=1)`` per image, computed with PyTorch on the whole batch)."""
+    h, w = images.shape[1:3]
     ch, cw = int(np.ceil(h / factor)), int(np.ceil(w / factor))
     top, left = (h - ch) // 2, (w - cw) // 2
-    crop = torch.from_numpy(np.ascontiguousarray(image[top:top + ch, left:left + cw].transpose(2, 0, 1)))[None]
+    crop = torch.from_numpy(np.ascontiguousarray(images[:, top:top + ch, left:left + cw].transpose(0, 3, 1, 2)))
     zoomed = F.interpolate(crop, size=(round(ch * factor), round(cw * factor)), mode="bilinear",
-                           align_corners=True)[0].numpy().transpose(1, 2, 0)  # (1, C, H', W') -> (H', W', C)
-    trim_top, trim_left = (zoomed.shape[0] - h) // 2, (zoomed.shape[1] - w) // 2
-    return zoomed[trim_top:trim_top + h, trim_left:trim_left + w]
+                           align_corners=True).numpy().transpose(0, 2, 3, 1)  # (N, C, H', W') -> (N, H', W', C)
+    trim_top, trim_left = (zoomed.shape[1] - h) // 2, (zoomed.shape[2] - w) // 2
+    return zoomed[:, trim_top:trim_top + h, trim_left:trim_left + w]
 
 
-def _motion_blur(image: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
+def _motion_blur(images: Batch, radius: float, sigma: float, angles: np.ndarray) -> Batch:
     """ImageMagick's motion blur: a one-sided line of ``2 * ceil(radius) + 1`` Gaussian weights (``sigma``
-    pixels) along ``angle`` degrees, pixels outside the image repeating the edge."""
+    pixels) along each image's angle (``(N,)`` degrees), pixels outside the image repeating the edge."""
     width = 2 * math.ceil(radius) + 1
     weights = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
     weights /= weights.sum()
-    h, w = image.shape[:2]
-    rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
-    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    blurred = np.zeros_like(image)
+    n, h, w = images.shape[:3]
+    which, rows, cols = np.arange(n)[:, None, None], np.arange(h)[None, :, None], np.arange(w)[None, None, :]
+    radians = np.radians(np.asarray(angles, dtype=np.float64))[:, None, None]  # (N, 1, 1)
+    blurred = np.zeros_like(images)
     for i, weight in enumerate(weights):
-        dx, dy = math.ceil(i * cos - 0.5), math.ceil(i * sin - 0.5)
-        blurred += weight * image[np.clip(rows + dy, 0, h - 1), np.clip(cols + dx, 0, w - 1)]
+        dx, dy = np.ceil(i * np.cos(radians) - 0.5).astype(int), np.ceil(i * np.sin(radians) - 0.5).astype(int)
+        blurred += weight * images[which, np.clip(rows + dy, 0, h - 1), np.clip(cols + dx, 0, w - 1)]
     return blurred
 
 
-def _plasma_fractal(size: int, decay: float, rng: np.random.Generator) -> np.ndarray:
-    """A ``(size, size)`` diamond-square height map in ``[0, 1]`` (``size`` a power of two); the random
-    displacement shrinks by ``decay`` at each halving of the step."""
-    heights = np.zeros((size, size))
+def _plasma_fractal(size: int, decay: float, rngs: Generators) -> np.ndarray:
+    """``(N, size, size)`` diamond-square height maps in ``[0, 1]`` (``size`` a power of two), one per
+    generator; the random displacement shrinks by ``decay`` at each halving of the step."""
+    heights = np.zeros((len(rngs), size, size))
     step, wibble = size, 100.0
 
-    def displaced(mean_of_four: np.ndarray) -> np.ndarray:
-        return mean_of_four / 4 + wibble * rng.uniform(-wibble, wibble, mean_of_four.shape)
+    def displaced(mean_of_four: np.ndarray) -> np.ndarray:  # (N, a, b)
+        noise = np.stack([rng.uniform(-wibble, wibble, mean_of_four.shape[1:]) for rng in rngs])
+        return mean_of_four / 4 + wibble * noise
 
     while step >= 2:
         half = step // 2
-        corners = heights[0:size:step, 0:size:step]
-        square = corners + np.roll(corners, -1, axis=0)
-        square += np.roll(square, -1, axis=1)
-        heights[half:size:step, half:size:step] = displaced(square)  # the centre of each square
-        centres = heights[half:size:step, half:size:step]
-        corners = heights[0:size:step, 0:size:step]
-        across = centres + np.roll(centres, 1, axis=0) + corners + np.roll(corners, -1, axis=1)
-        heights[0:size:step, half:size:step] = displaced(across)  # the middle of each top edge
-        down = centres + np.roll(centres, 1, axis=1) + corners + np.roll(corners, -1, axis=0)
-        heights[half:size:step, 0:size:step] = displaced(down)  # the middle of each left edge
+        corners = heights[:, 0:size:step, 0:size:step]
+        square = corners + np.roll(corners, -1, axis=1)
+        square += np.roll(square, -1, axis=2)
+        heights[:, half:size:step, half:size:step] = displaced(square)  # the centre of each square
+        centres = heights[:, half:size:step, half:size:step]
+        corners = heights[:, 0:size:step, 0:size:step]
+        across = centres + np.roll(centres, 1, axis=1) + corners + np.roll(corners, -1, axis=2)
+        heights[:, 0:size:step, half:size:step] = displaced(across)  # the middle of each top edge
+        down = centres + np.roll(centres, 1, axis=2) + corners + np.roll(corners, -1, axis=1)
+        heights[:, half:size:step, 0:size:step] = displaced(down)  # the middle of each left edge
         step //= 2
         wibble /= decay
-    heights -= heights.min()
-    return heights / heights.max()
+    heights -= heights.min(axis=(1, 2), keepdims=True)
+    return heights / heights.max(axis=(1, 2), keepdims=True)
 
 
 # Noise ----------------------------------------------------------------------------------------------------
 
-def gaussian_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def gaussian_noise(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Additive Gaussian noise of standard deviation 0.04 to 0.10."""
     sigma = [0.04, 0.06, 0.08, 0.09, 0.10][severity - 1]
-    return image + rng.normal(scale=sigma, size=image.shape)
+    return images + np.stack([rng.normal(scale=sigma, size=images.shape[1:]) for rng in rngs])
 
 
-def shot_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def shot_noise(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Poisson (photon) noise: ``Poisson(x * rate) / rate`` with rate 500 down to 50."""
     rate = [500, 250, 100, 75, 50][severity - 1]
-    return rng.poisson(image * rate) / rate
+    return _each(lambda image, rng: rng.poisson(image * rate), images, rngs) / rate
 
 
-def impulse_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def impulse_noise(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Salt-and-pepper noise on 1% to 7% of the values (scikit-image's ``random_noise``)."""
     amount = [0.01, 0.02, 0.03, 0.05, 0.07][severity - 1]
-    return random_noise(image, mode="s&p", amount=amount, rng=rng)
+    return _each(lambda image, rng: random_noise(image, mode="s&p", amount=amount, rng=rng), images, rngs)
 
 
 # Blur -----------------------------------------------------------------------------------------------------
@@ -169,11 +183,11 @@ def _disk(radius: float, alias_blur: float) -> np.ndarray:
     return ndimage.correlate1d(disk, gauss, axis=1, mode="mirror")
 
 
-def defocus_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def defocus_blur(images: Batch, severity: int, rngs: Generators) -> Batch:
     """A disk (out-of-focus) blur of radius 0.3 to 1.5 pixels at 32x32."""
     radius, alias_blur = [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)][severity - 1]
-    kernel = _disk(radius * _scale(image), alias_blur)
-    return _per_channel(image, lambda plane: ndimage.correlate(plane, kernel, mode="mirror"))
+    kernel = _disk(radius * _scale(images), alias_blur)
+    return ndimage.correlate(images, kernel[None, :, :, None], mode="mirror")  # each image's channels alone
 
 
 def _take_neighbours(pixels: np.ndarray, targets: tuple[np.ndarray, np.ndarray],
@@ -193,58 +207,60 @@ def _take_neighbours(pixels: np.ndarray, targets: tuple[np.ndarray, np.ndarray],
     return pixels
 
 
-def glass_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def glass_blur(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Frosted glass: a Gaussian blur, each pixel replaced by a random neighbour's (once or twice), blurred
     again."""
     sigma, delta, iterations = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)][severity - 1]
-    scale = _scale(image)
+    scale = _scale(images)
     sigma, delta = sigma * scale, max(1, round(delta * scale))
-    h, w, c = image.shape
-    pixels = np.floor(_gaussian(image, sigma) * 255 + 1e-6) / 255  # 8-bit, as the benchmark's uint8 array
+    h, w = images.shape[1:3]
+    pixels = np.floor(_gaussian(images, sigma) * 255 + 1e-6) / 255  # 8-bit, as the benchmark's uint8 arrays
     grid = np.meshgrid(np.arange(h - delta, delta, -1), np.arange(w - delta, delta, -1), indexing="ij")
     ys, xs = grid[0].ravel(), grid[1].ravel()  # the pixels visited, in raster order from the bottom right
     for _ in range(iterations):
-        dx, dy = rng.integers(-delta, delta, size=(2, len(ys)))  # each in [-delta, delta)
-        sources = np.minimum(ys + dy, h - 1), np.minimum(xs + dx, w - 1)
-        _take_neighbours(pixels, (ys, xs), sources, in_order=delta > 1)
+        for image, rng in zip(pixels, rngs, strict=True):  # (each a view: changed in place)
+            dx, dy = rng.integers(-delta, delta, size=(2, len(ys)))  # each in [-delta, delta)
+            sources = np.minimum(ys + dy, h - 1), np.minimum(xs + dx, w - 1)
+            _take_neighbours(image, (ys, xs), sources, in_order=delta > 1)
     return _gaussian(pixels, sigma)
 
 
-def motion_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def motion_blur(images: Batch, severity: int, rngs: Generators) -> Batch:
     """A camera shake: motion blur of radius 6 to 9 pixels (at 32x32) at a random angle in ``[-45, 45)``
     degrees."""
     radius, sigma = [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)][severity - 1]
-    scale = _scale(image)
-    blurred = _motion_blur(image, radius * scale, sigma * scale, rng.uniform(-45, 45))
+    scale = _scale(images)
+    angles = np.array([rng.uniform(-45, 45) for rng in rngs])
+    blurred = _motion_blur(images, radius * scale, sigma * scale, angles)
     return np.round(blurred * 255) / 255  # through an 8-bit image, as the benchmark's PNG
 
 
-def zoom_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """The mean of the image and its centre zoomed by 1.00, 1.01, ... up to 1.05 to 1.25."""
+def zoom_blur(images: Batch, severity: int, rngs: Generators) -> Batch:
+    """The mean of each image and its centre zoomed by 1.00, 1.01, ... up to 1.05 to 1.25."""
     top = [1.06, 1.11, 1.16, 1.21, 1.26][severity - 1]
     factors = np.arange(1, top, 0.01)
-    total = image.copy()
+    total = images.copy()
     for factor in factors:
-        total += _clipped_zoom(image, factor)
+        total += _clipped_zoom(images, factor)
     return total / (len(factors) + 1)
 
 
 # Weather --------------------------------------------------------------------------------------------------
 
-def snow(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def snow(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Falling snow: a thresholded noise layer, zoomed and motion-blurred, over a whitened image."""
     mean, std, zoom, threshold, radius, sigma, keep = [
         (0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
         (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)][severity - 1]
-    scale = _scale(image)
-    layer = rng.normal(loc=mean, scale=std, size=(*image.shape[:2], 1))
+    scale = _scale(images)
+    layer = np.stack([rng.normal(loc=mean, scale=std, size=(*images.shape[1:3], 1)) for rng in rngs])
     layer = _clipped_zoom(layer, zoom)
     layer[layer < threshold] = 0
-    layer = np.round(np.clip(layer, 0, 1) * 255) / 255  # an 8-bit grey image, as the benchmark's PNG
-    layer = _motion_blur(layer, radius * scale, sigma * scale, rng.uniform(-135, -45))
+    layer = np.round(np.clip(layer, 0, 1) * 255) / 255  # 8-bit grey images, as the benchmark's PNG
+    layer = _motion_blur(layer, radius * scale, sigma * scale, np.array([rng.uniform(-135, -45) for rng in rngs]))
     layer = np.round(layer * 255) / 255
-    whitened = np.maximum(image, _grey(image) * 1.5 + 0.5)
-    return keep * image + (1 - keep) * whitened + layer + np.rot90(layer, k=2)
+    whitened = np.maximum(images, _grey(images) * 1.5 + 0.5)
+    return keep * images + (1 - keep) * whitened + layer + np.rot90(layer, k=2, axes=(1, 2))
 
 
 @functools.lru_cache(maxsize=1)
@@ -281,43 +297,47 @@ def _frost_texture(index: int, factor: float, min_side: int) -> np.ndarray:
     return resized[0].numpy().transpose(1, 2, 0)  # (3, H', W') -> (H', W', 3)
 
 
-def frost(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def frost(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Ice on the lens: the image dimmed and a random crop of a frost photograph added."""
     keep, add = [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)][severity - 1]
-    h, w = image.shape[:2]
-    texture = _frost_texture(int(rng.integers(5)), 0.2 * _scale(image), max(h, w))
-    top, left = rng.integers(0, texture.shape[0] - h), rng.integers(0, texture.shape[1] - w)
-    crop = texture[top:top + h, left:left + w]
-    return keep * image + add * (_grey(crop) if image.shape[2] == 1 else crop)
+    h, w = images.shape[1:3]
+
+    def crop(rng: np.random.Generator) -> np.ndarray:
+        texture = _frost_texture(int(rng.integers(5)), 0.2 * _scale(images), max(h, w))
+        top, left = rng.integers(0, texture.shape[0] - h), rng.integers(0, texture.shape[1] - w)
+        return texture[top:top + h, left:left + w]
+
+    crops = np.stack([crop(rng) for rng in rngs])  # (N, H, W, 3)
+    return keep * images + add * (_grey(crops) if images.shape[3] == 1 else crops)
 
 
-def fog(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def fog(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Fog: a plasma-fractal haze added and the contrast lowered."""
     strength, decay = [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)][severity - 1]
-    h, w = image.shape[:2]
+    h, w = images.shape[1:3]
     size = 1 << (max(h, w) - 1).bit_length()  # the smallest power of two >= the longer side
-    peak = image.max()
-    hazy = image + strength * _plasma_fractal(size, decay, rng)[:h, :w, None]
+    peak = images.max(axis=(1, 2, 3), keepdims=True)  # (N, 1, 1, 1): each image's brightest value
+    hazy = images + strength * _plasma_fractal(size, decay, rngs)[:, :h, :w, None]
     return hazy * peak / (peak + strength)
 
 
-def brightness(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def brightness(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Brighter: 0.05 to 0.3 added to the value channel in HSV (to the grey level of a grey image)."""
     shift = [0.05, 0.1, 0.15, 0.2, 0.3][severity - 1]
-    if image.shape[2] == 1:
-        return image + shift
-    hsv = skcolor.rgb2hsv(image)
+    if images.shape[3] == 1:
+        return images + shift
+    hsv = skcolor.rgb2hsv(images)
     hsv[..., 2] = np.clip(hsv[..., 2] + shift, 0, 1)
     return skcolor.hsv2rgb(hsv)
 
 
 # Digital --------------------------------------------------------------------------------------------------
 
-def contrast(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def contrast(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Lower contrast: each channel's distance from its mean times 0.75 down to 0.15."""
     factor = [0.75, 0.5, 0.4, 0.3, 0.15][severity - 1]
-    means = image.mean(axis=(0, 1), keepdims=True)
-    return (image - means) * factor + means
+    means = images.mean(axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
+    return (images - means) * factor + means
 
 
 def _affine_warp(image: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -331,9 +351,13 @@ def _affine_warp(image: np.ndarray, source: np.ndarray, target: np.ndarray) -> n
     return _per_channel(image, lambda plane: ndimage.affine_transform(plane, matrix, offset, order=1, mode="mirror"))
 
 
-def elastic(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def elastic(images: Batch, severity: int, rngs: Generators) -> Batch:
     """An elastic deformation: a small random affine warp, then a smooth random displacement field."""
-    side = REFERENCE_SIZE * _scale(image)  # 32 up to CIFAR-10's size
+    return _each(lambda image, rng: _elastic(image, severity, rng), images, rngs)
+
+
+def _elastic(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    side = REFERENCE_SIZE * _scale(image[None])  # 32 up to CIFAR-10's size
     alpha, sigma, affine = [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05),
                             (0.1, 0.03, 0.03)][severity - 1]
     alpha, sigma, affine = alpha * side, sigma * side, affine * side
@@ -349,19 +373,28 @@ def elastic(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.nd
     return _per_channel(warped, lambda plane: ndimage.map_coordinates(plane, coordinates, order=1, mode="reflect"))
 
 
-def pixelate(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def pixelate(images: Batch, severity: int, rngs: Generators) -> Batch:
     """Box-downsampled to 0.95 down to 0.65 of the size and box-upsampled back."""
     ratio = [0.95, 0.9, 0.85, 0.75, 0.65][severity - 1]
-    h, w, c = image.shape
-    small = _to_pil(image).resize((int(w * ratio), int(h * ratio)), Image.Resampling.BOX)
-    return _from_pil(small.resize((w, h), Image.Resampling.BOX), c)
+    h, w, c = images.shape[1:]
+
+    def one(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        small = _to_pil(image).resize((int(w * ratio), int(h * ratio)), Image.Resampling.BOX)
+        return _from_pil(small.resize((w, h), Image.Resampling.BOX), c)
+
+    return _each(one, images, rngs)
 
 
-def jpeg(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def jpeg(images: Batch, severity: int, rngs: Generators) -> Batch:
     """JPEG compression (Pillow) at quality 80 down to 40."""
     quality = [80, 65, 58, 50, 40][severity - 1]
-    buffer = io.BytesIO()
-    _to_pil(image).save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as compressed:
-        return _from_pil(compressed.convert("L" if image.shape[2] == 1 else "RGB"), image.shape[2])
+    channels = images.shape[3]
+
+    def one(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        buffer = io.BytesIO()
+        _to_pil(image).save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as compressed:
+            return _from_pil(compressed.convert("L" if channels == 1 else "RGB"), channels)
+
+    return _each(one, images, rngs)

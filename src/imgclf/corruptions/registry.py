@@ -1,9 +1,9 @@
 """The corruption registry: every common corruption, its group, and where its function lives.
 
-A corruption is a function of one image, ``(H, W, C)`` float64 in ``[0, 1]`` with ``C`` 1 (grey) or 3
-(colour), a severity from 1 to 5 and a NumPy random generator, returning an image of the same shape
-(values outside ``[0, 1]`` are clipped afterwards); :func:`imgclf.corruptions.corrupt` applies one to a
-batch. Each is declared below with its function as ``"module:name"``, imported on first use, so that
+A corruption is a function of a batch of images, ``(N, H, W, C)`` float64 in ``[0, 1]`` with ``C`` 1 (grey)
+or 3 (colour), a severity from 1 to 5 and one NumPy random generator per image (each image's draws from its
+own), returning images of the same shape (values outside ``[0, 1]`` are clipped afterwards);
+:func:`imgclf.corruptions.corrupt` applies one, seeding the generators. Each is declared below with its function as ``"module:name"``, imported on first use, so that
 everything that lists or checks corruptions (the CLI's choices, the configuration's validation, the
 report, the tests that loop over every corruption) reads :data:`CORRUPTIONS` without importing torch or
 SciPy. A corruption of one's own is added with :func:`register_corruption`.
@@ -29,7 +29,7 @@ REFERENCE_SIZE = 32
 #: The benchmark's groups of corruptions.
 GROUPS = ("noise", "blur", "weather", "digital")
 
-CorruptionFunction = Callable[["np.ndarray", int, "np.random.Generator"], "np.ndarray"]
+CorruptionFunction = Callable[["np.ndarray", int, "Sequence[np.random.Generator]"], "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class CorruptionSpec:
         name: The name on the command line and in ``metrics.json`` (``gaussian-noise``).
         title: The name in figures and tables (``Gaussian noise``).
         group: One of :data:`GROUPS`, as the benchmark groups them.
-        function: ``"module:name"`` of ``(image, severity, rng) -> image``, or the function itself.
+        function: ``"module:name"`` of ``(images, severity, rngs) -> images``, or the function itself.
     """
 
     name: str

@@ -120,6 +120,12 @@ for _entry in (
                 "heads": (3, "attention heads (width / heads = 64 per head)"),
                 "mlp_ratio": (2, "MLP hidden size = mlp_ratio * width"),
                 "dropout": (0.0, "in the attention and MLP blocks")}),
+    ModelEntry("madry-cnn", "Madry et al.'s MNIST network (ICLR 2018): 5x5 convs 32 and 64 with 2x2 max-pooling, "
+               "dense 1024", "imgclf.models.mnist_robust:madry_cnn", 4, {}),
+    ModelEntry("trades-cnn", "TRADES's SmallCNN for MNIST (Zhang et al. 2019): 3x3 convs 32, 32, 64, 64, dense 200, "
+               "200", "imgclf.models.mnist_robust:trades_cnn", 14, {"dropout": (0.5, "after the first dense layer")}),
+    ModelEntry("fast-mnist-cnn", "the MNIST network of fast adversarial training (Wong et al. 2020): 4x4 stride-2 "
+               "convs 16 and 32, dense 100", "imgclf.models.mnist_robust:fast_mnist_cnn", 4, {}),
     ModelEntry("fast-cnn", "airbench-style residual-free net with a whitening first layer (Jordan 2024), for 32 px "
                "images", "imgclf.models.fast:fast_cnn", 16,
                {"widths": ((64, 256, 256), "filters of the three conv groups"),
