@@ -53,19 +53,20 @@ def test_saliency_is_the_largest_absolute_input_gradient_over_the_channels():
     assert torch.allclose(found.maps, expected / expected.flatten(1).amax(1)[:, None, None], atol=1e-6)
 
 
-@pytest.mark.parametrize(("name", "layer"), [("mlp", None), ("vit", None), ("simple-cnn", "body.3"),
-                                              ("torchvision:resnet18", "body.layer2.1.conv2")])
+@pytest.mark.parametrize(("name", "layer"), [("mlp", None), ("vit", None), ("simple-cnn", "body.5"),
+                                              ("resnet18", "body.layer4"), ("torchvision:resnet18", "body.layer2")])
 def test_the_layer_chosen_for_each_kind_of_model(name, layer):
-    # a ViT's one convolution cuts patches; torchvision's ResNet-18 at 32 px ends at 1x1: layer2 is the last >= 4x4
+    # the last block's output (simple-cnn: its second pooling); a ViT's one convolution cuts patches;
+    # torchvision's ResNet-18 at 32 px ends at 1x1, and layer2 is its last stage of at least 4x4
     assert grad_cam_layer(_model(name), torch.rand(1, 3, 32, 32)) == layer
 
 
 def test_bad_requests_name_the_choices():
     from imgclf.errors import UsageError
 
-    with pytest.raises(UsageError, match="no layer 'body.99'; its convolutions are: body.0, body.3"):
+    with pytest.raises(UsageError, match="no layer 'body.99'; its convolutions are: body.0, body.3 "):
         explain(_model("simple-cnn"), torch.rand(1, 3, 32, 32), layer="body.99")
-    with pytest.raises(UsageError, match="Grad-CAM needs a convolutional layer"):
+    with pytest.raises(UsageError, match="Grad-CAM needs a convolutional feature map"):
         explain(_model("mlp"), torch.rand(1, 3, 32, 32), method="grad-cam")
     with pytest.raises(UsageError, match="unknown explanation method 'lime'"):
         explain(_model("mlp"), torch.rand(1, 3, 32, 32), method="lime")
@@ -78,8 +79,9 @@ def test_imgclf_explain_on_a_run_and_on_files(tmp_path, capsys):
     assert main(["run", "--model", "simple-cnn", "--epochs", "1", "--attack", "fgsm", "--eps", "0,0.1,0.3",
                  "--n-examples", "40", "--out", str(run), "--quiet"]) == 0
     arrays = np.load(run / "explanations.npz")
-    assert str(arrays["method"]) == "grad-cam" and float(arrays["eps"]) == pytest.approx(0.1, abs=1e-6) or \
-        float(arrays["eps"]) == pytest.approx(0.3, abs=1e-6)
+    assert str(arrays["method"]) == "grad-cam" and float(arrays["eps"]) in (pytest.approx(0.1, abs=1e-6),
+                                                                            pytest.approx(0.3, abs=1e-6))
+    assert len(set(arrays["labels"].tolist())) == len(arrays["labels"]), "one image per class"
     assert arrays["clean_maps"].shape == arrays["adversarial_maps"].shape == (len(arrays["labels"]), 8, 8)
     assert (arrays["clean_pred"] == arrays["labels"]).all(), "fixed images the model gets right"
     assert "What the model looks at" in (run / "report.html").read_text()

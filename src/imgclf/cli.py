@@ -435,10 +435,11 @@ def _model_file_commands(command: Command) -> None:
     explain.add_argument("--eps", metavar="EPS", help="the adversarial examples' eps, one the newest evaluation "
                                                       "attacked at (default: the report's headline eps)")
     explain.add_argument("--method", choices=("auto", "grad-cam", "saliency"), default="auto",
-                         help="auto: Grad-CAM where the model has a convolution with an output of at least 4x4, "
-                              "saliency otherwise")
-    explain.add_argument("--layer", metavar="NAME", help="Grad-CAM's layer, a module name of the model "
-                                                         "(default: the last such convolution)")
+                         help="auto: Grad-CAM where the model has a convolutional feature map of at least 4x4, "
+                              "saliency otherwise (MLPs, transformers)")
+    explain.add_argument("--layer", metavar="NAME", help="Grad-CAM's layer, a module name of the model with a 4-D "
+                                                         "output (default: the last convolutional block's output "
+                                                         "of at least 4x4)")
     explain.add_argument("--out", metavar="FILE.png", help="with IMAGES: the figure (default "
                                                            "explain-<time>.png in the current folder)")
     _add_common(explain)

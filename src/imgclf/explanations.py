@@ -46,9 +46,11 @@ class Explanation:
 
 
 def grad_cam_layer(model: torch.nn.Module, images: torch.Tensor) -> str | None:
-    """The layer Grad-CAM uses by default: the name of the last ``Conv2d`` (in the order the forward pass runs
-    them) whose output is at least 4x4 on ``images``; None for a model without one, or with attention layers
-    (a transformer).
+    """The layer Grad-CAM uses by default: the last module (in the order the forward pass finishes them) that
+    runs once per pass and gives a feature map of at least 4x4, among those after the first convolution: the
+    output of the last convolutional block, activation and pooling included (a ResNet stage, a VGG-style
+    block's pooling), as Grad-CAM is usually applied. None for a model without a convolution, or with
+    attention layers (a transformer).
 
     Args:
         images: ``(N, C, H, W)`` on the model's device: one forward pass finds the output sizes.
@@ -56,23 +58,28 @@ def grad_cam_layer(model: torch.nn.Module, images: torch.Tensor) -> str | None:
     modules = dict(model.named_modules())
     if any(isinstance(m, torch.nn.MultiheadAttention) for m in modules.values()):
         return None
-    sizes: dict[str, tuple[int, ...]] = {}  # in the order the forward pass runs the convolutions
+    finished: list[tuple[str, tuple[int, ...]]] = []  # (name, output shape), in the order the modules finish
 
     def recorder(name: str):
-        def record(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            sizes.setdefault(name, tuple(output.shape[2:]))
+        def record(_module: torch.nn.Module, _inputs: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor):
+                finished.append((name, tuple(output.shape)))
         return record
 
-    hooks = [module.register_forward_hook(recorder(name))
-             for name, module in modules.items() if isinstance(module, torch.nn.Conv2d)]
+    hooks = [module.register_forward_hook(recorder(name)) for name, module in modules.items() if name]
     try:
         with torch.no_grad():
             model(images[:1])
     finally:
         for hook in hooks:
             hook.remove()
-    wide = [name for name, size in sizes.items() if min(size) >= 4]
-    return wide[-1] if wide else None
+    calls = {name: sum(n == name for n, _ in finished) for name, _ in finished}
+    first_conv = next((i for i, (name, _) in enumerate(finished) if isinstance(modules[name], torch.nn.Conv2d)), None)
+    if first_conv is None:
+        return None
+    maps = [name for name, shape in finished[first_conv:]
+            if len(shape) == 4 and min(shape[2:]) >= 4 and calls[name] == 1]
+    return maps[-1] if maps else None
 
 
 def _captum():
@@ -113,11 +120,12 @@ def explain(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor 
     modules = dict(model.named_modules())
     if layer is not None and layer not in modules:
         raise UsageError(f"the model has no layer {layer!r}; its convolutions are: "
-                         f"{', '.join(n for n, m in modules.items() if isinstance(m, torch.nn.Conv2d)) or 'none'}")
+                         f"{', '.join(n for n, m in modules.items() if isinstance(m, torch.nn.Conv2d)) or 'none'} "
+                         "(any module name of model.named_modules() with a 4-D output will do)")
     chosen = layer if layer is not None else grad_cam_layer(model, images)
     if method == "grad-cam" and chosen is None:
-        raise UsageError("Grad-CAM needs a convolutional layer with an output of at least 4x4 and this model has "
-                         "none (or is a transformer); name one with --layer, or use the saliency method")
+        raise UsageError("Grad-CAM needs a convolutional feature map of at least 4x4 and this model has none (or "
+                         "is a transformer); name a layer with --layer, or use the saliency method")
     use_cam = method == "grad-cam" or (method == "auto" and chosen is not None)
     in_place = [m for m in model.modules() if getattr(m, "inplace", None) is True]
     for module in in_place:  # an in-place activation would overwrite the layer output Grad-CAM reads

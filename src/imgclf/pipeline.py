@@ -5,8 +5,8 @@ together.
 ``Run.train(config)`` makes a run folder and trains; ``Run.open(path)``
 rebuilds a finished one from its folder (configuration, saved split indices,
 model); ``.evaluate()``, ``.attack()``, ``.corrupt()``, ``.explain()`` and ``.report()`` each write their
-part of the folder (see :mod:`imgclf.record`), and ``.finish()`` runs them in order. ``imgclf run``, the stage commands, sweeps and feature extraction all go
-through it.
+part of the folder (see :mod:`imgclf.record`), and ``.finish()`` runs them in order. ``imgclf run``, the
+stage commands, sweeps and feature extraction all go through it.
 """
 
 from __future__ import annotations
@@ -579,6 +579,12 @@ class Run:
         rows = stratified_subset(labels.numpy(), None if count == "all" else int(count), config.seed)
         baseline = chosen.baseline if baseline is None else baseline
         earlier = _corruption_baseline(baseline, self.metrics.dataset) if baseline else None
+        if earlier is not None and (earlier.n != len(rows) or (earlier.settings.get("seed") != config.seed
+                                                               and len(rows) < len(labels))):
+            raise UsageError(f"the baseline {str(baseline)!r} was evaluated on {earlier.n} test images with seed "
+                             f"{earlier.settings.get('seed')}, this run on {len(rows)} with seed {config.seed}: not "
+                             "the same images; evaluate both with the same seed, or both with --corruption-examples "
+                             "all")
         self.model.eval()
         self.log(f"common corruptions: {len(names)} corruption(s) x severities {', '.join(map(str, levels))} on "
                  f"{len(rows)} test images")
@@ -599,12 +605,6 @@ class Run:
                     result = against_baseline(result, earlier, name=str(baseline))
             except ValueError as error:
                 raise UsageError(str(error)) from None
-        if earlier is not None and (earlier.n != result.n or (earlier.settings.get("seed") != config.seed
-                                                              and result.n < len(labels))):
-            raise UsageError(f"the baseline {str(baseline)!r} was evaluated on {earlier.n} test images with seed "
-                             f"{earlier.settings.get('seed')}, this run on {result.n} with seed {config.seed}: not "
-                             "the same images; evaluate both with the same seed, or both with --corruption-examples "
-                             "all")
         from datetime import UTC, datetime
 
         result.settings["model"] = model_fingerprint(self.model)
@@ -636,10 +636,11 @@ class Run:
         """What the model looks at (:func:`imgclf.explanations.explain`: Grad-CAM, or saliency where Grad-CAM
         does not apply) on ``count`` fixed test images, clean and adversarial, for the report.
 
-        The images are the first ``count`` of the newest robustness evaluation's subset that the model
-        classifies correctly, with their worst-case adversarial examples at ``eps`` (default: the eps of the
-        report's headline numbers, the training eps where there is one); without an evaluation, the first test
-        images, clean only. Each map explains the class the model predicts for that image.
+        The images are ``count`` of the newest robustness evaluation's subset that the model classifies
+        correctly, one per class in turn (the first of each class, then the second, ...), with their worst-case
+        adversarial examples at ``eps`` (default: the eps of the report's headline numbers, the training eps
+        where there is one); without an evaluation, test images chosen the same way, clean only. Each map
+        explains the class the model predicts for that image.
 
         Writes ``explanations.npz``; returns its path.
 
@@ -667,12 +668,13 @@ class Run:
             positions = stored["test_positions"].numpy()
             clean = data.test.float_images(positions)
             right = (logits_of(self.model, clean).argmax(1) == stored["labels"]).numpy()
-            rows = np.flatnonzero(right)[:count] if right.any() else np.arange(min(count, len(positions)))
+            rows = _one_per_class(np.flatnonzero(right) if right.any() else np.arange(len(positions)),
+                                  stored["labels"].numpy(), count)
             clean, adversarial = clean[rows], stored["images"][at][rows].float()
             labels, positions = stored["labels"][rows], positions[rows]
             arrays["eps"] = np.float64(chosen)
         else:
-            positions = np.arange(min(count, len(data.test.labels)))
+            positions = _one_per_class(np.arange(len(data.test.labels)), data.test.labels.numpy(), count)
             clean, adversarial, labels = data.test.float_images(positions), None, data.test.labels[positions]
         self.model.eval()
         before = explain(self.model, clean.to(self.device), method=method, layer=layer)
@@ -730,7 +732,7 @@ class Run:
     def _corruption_wanted(self, attack_seconds: float | None) -> bool:
         """Whether :meth:`finish` runs the corruption stage: always with ``corruption.stage`` ``on`` (where the
         images are at least 8x8), never with ``off``; with ``auto`` where the stage's estimated cost (its
-        corruptions and forward passes timed on 4 test images, scaled to the subset) is under a fifth of the
+        corruptions and forward passes timed on 8 test images, scaled to the subset) is under a fifth of the
         attack stage's seconds. A skipped stage is logged with the command that runs it."""
         stage, size = self.config.corruption.stage, self.data.spec.image_size
         if stage == "off":
@@ -754,7 +756,8 @@ class Run:
 
     def _corruption_cost(self) -> float:
         """Estimated seconds of :meth:`corrupt` with the configured settings: every corruption and severity, and
-        the forward passes, timed on 4 test images and scaled to the subset."""
+        the forward passes, timed on 8 test images (after one untimed pass on one image, which loads what the
+        corruptions load once) and scaled to the subset."""
         import time
 
         from imgclf.corruptions.apply import corrupt
@@ -763,9 +766,11 @@ class Run:
         names, levels = parse_corruptions(chosen.corruptions), parse_severities(chosen.severities)
         total = len(self.data.test.labels) if chosen.examples == "all" else \
             min(int(chosen.examples), len(self.data.test.labels))
-        probe = self.data.test.float_images(np.arange(min(4, total)))
-        start = time.perf_counter()
+        probe = self.data.test.float_images(np.arange(min(8, total)))
         with torch.no_grad():
+            for name in names:
+                corrupt(probe[:1], name, levels[-1], seed=self.config.seed)
+            start = time.perf_counter()
             for name in names:
                 for severity in levels:
                     self.model(corrupt(probe, name, severity, seed=self.config.seed).to(self.device))
@@ -1040,6 +1045,16 @@ def _save_evaluation(folder: RunFolder, key: str, asked: dict[str, Any], result:
     raw[record.EVALUATIONS] = [*kept, section(evaluation)]
     raw.setdefault("timing", {})["attack_seconds"] = result.seconds
     folder.write_json(record.METRICS, raw)
+
+
+def _one_per_class(rows: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """``count`` of ``rows`` (positions into ``labels``), one per class in turn: each class's first row in class
+    order, then each class's second, and so on."""
+    classes = labels[rows]
+    rank = np.zeros(len(rows), dtype=np.int64)  # (len(rows),): each row's place among the rows of its class
+    for value in np.unique(classes):
+        rank[classes == value] = np.arange(np.sum(classes == value))
+    return rows[np.lexsort((classes, rank))][:count]
 
 
 def _corruption_baseline(path: str | Path, dataset: str) -> CorruptionEvaluation:

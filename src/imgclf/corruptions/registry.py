@@ -3,10 +3,11 @@
 A corruption is a function of a batch of images, ``(N, H, W, C)`` float64 in ``[0, 1]`` with ``C`` 1 (grey)
 or 3 (colour), a severity from 1 to 5 and one NumPy random generator per image (each image's draws from its
 own), returning images of the same shape (values outside ``[0, 1]`` are clipped afterwards);
-:func:`imgclf.corruptions.corrupt` applies one, seeding the generators. Each is declared below with its function as ``"module:name"``, imported on first use, so that
-everything that lists or checks corruptions (the CLI's choices, the configuration's validation, the
-report, the tests that loop over every corruption) reads :data:`CORRUPTIONS` without importing torch or
-SciPy. A corruption of one's own is added with :func:`register_corruption`.
+:func:`imgclf.corruptions.corrupt` applies one, seeding the generators. Each is declared below with its
+function as ``"module:name"``, imported on first use, so that everything that lists or checks corruptions
+(the CLI's choices, the configuration's validation, the report, the tests that loop over every corruption)
+reads :data:`CORRUPTIONS` without importing torch or SciPy. A corruption of one's own is added with
+:func:`register_corruption`.
 
 This module imports no torch.
 """

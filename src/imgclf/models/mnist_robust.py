@@ -46,6 +46,7 @@ def trades_cnn(*, channels: int, image_size: tuple[int, int], num_classes: int, 
     h, w = (((side - 4) // 2 - 4) // 2 for side in image_size)  # 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4
     if min(h, w) < 1:
         raise UsageError(f"trades-cnn needs images of at least 14x14 pixels, got {image_size}")
+    head = nn.Linear(200, num_classes)
     body = nn.Sequential(
         nn.Conv2d(channels, 32, 3), nn.ReLU(),
         nn.Conv2d(32, 32, 3), nn.ReLU(),
@@ -56,14 +57,14 @@ def trades_cnn(*, channels: int, image_size: tuple[int, int], num_classes: int, 
         nn.Flatten(),  # -> (B, 64 * h * w)
         nn.Linear(64 * h * w, 200), nn.ReLU(), nn.Dropout(dropout),
         nn.Linear(200, 200), nn.ReLU(),
-        nn.Linear(200, num_classes),
+        head,
     )
     for module in body:
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.Conv2d) and module.bias is not None:
             nn.init.kaiming_normal_(module.weight)
             nn.init.zeros_(module.bias)
-    nn.init.zeros_(body[-1].weight)
-    nn.init.zeros_(body[-1].bias)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
     return body
 
 
