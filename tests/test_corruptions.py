@@ -259,7 +259,8 @@ def test_imgclf_corrupt_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["corrupt", str(run), "--severities", "0:9"])
     assert "integers from 1 to 5" in capsys.readouterr().err
-    assert main(["corrupt", str(run), "--severities", "1:3", "--baseline", str(base)]) == 2
+    assert main(["corrupt", str(run), "--severities", "1:3", "--corruption-examples", "60",
+                 "--baseline", str(base)]) == 2
     assert "no result for gaussian-noise at severity 2" in capsys.readouterr().err
     other = tmp_path / "other"
     assert main(["train", "--model", "mlp", "--epochs", "1", "--seed", "1", "--out", str(other), "--quiet"]) == 0
