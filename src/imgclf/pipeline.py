@@ -28,7 +28,7 @@ from imgclf import record
 from imgclf.attacks import RobustnessResult, robustness
 from imgclf.calibration import EpsCalibration, calibrate, calibration_under_attack
 from imgclf.checkpoint import external_model, load_model, model_info, save_external, save_model
-from imgclf.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config
+from imgclf.config import CorruptionConfig, RunConfig, config_from_dict, config_to_dict, dump_config, load_config
 from imgclf.corruptions.evaluation import (
     CorruptionEvaluation,
     against_baseline,
@@ -731,9 +731,10 @@ class Run:
 
     def _corruption_wanted(self, attack_seconds: float | None) -> bool:
         """Whether :meth:`finish` runs the corruption stage: always with ``corruption.stage`` ``on`` (where the
-        images are at least 8x8), never with ``off``; with ``auto`` where the stage's estimated cost (its
-        corruptions and forward passes timed on 8 test images, scaled to the subset) is under a fifth of the
-        attack stage's seconds. A skipped stage is logged with the command that runs it."""
+        images are at least 8x8), never with ``off``; with ``auto`` where any other ``corruption`` setting
+        differs from its default (the stage was asked for), else where its estimated cost (its corruptions and
+        forward passes timed on 8 test images, scaled to the subset) is under a fifth of the attack stage's
+        seconds. A skipped stage is logged with the command that runs it."""
         stage, size = self.config.corruption.stage, self.data.spec.image_size
         if stage == "off":
             return False
@@ -742,6 +743,8 @@ class Run:
             return False
         if stage == "on":
             return True
+        if self.config.corruption != dataclasses.replace(CorruptionConfig(), stage=stage):
+            return True  # corruptions, severities, examples or a baseline set: asked for
         if not attack_seconds:
             self.log("note: common corruptions skipped (no attack stage to weigh them against); run them with "
                      "imgclf corrupt RUN or --corruption-stage on")
