@@ -161,7 +161,7 @@ class CorruptionConfig:
                                      constraint=Options("corruption", corruption_choices, each=True))
     severities: list[int] = setting(default_factory=lambda: [1, 2, 3, 4, 5],
                                     constraint=Options("severity", (1, 2, 3, 4, 5), each=True))  # "1:5" on the CLI
-    examples: int | str = setting(200, CountOrAll())  # seeded stratified test subset, or "all" (cost: see README)
+    examples: int | str = setting(100, CountOrAll())  # seeded stratified test subset, or "all" (cost: see README)
     baseline: str | None = None  # a run folder evaluated under the same corruptions: mCE and relative mCE
 
 

@@ -732,9 +732,8 @@ class Run:
     def _corruption_wanted(self, attack_seconds: float | None) -> bool:
         """Whether :meth:`finish` runs the corruption stage: always with ``corruption.stage`` ``on`` (where the
         images are at least 8x8), never with ``off``; with ``auto`` where any other ``corruption`` setting
-        differs from its default (the stage was asked for), else where its estimated cost (its corruptions and
-        forward passes timed on 8 test images, scaled to the subset) is under a fifth of the attack stage's
-        seconds. A skipped stage is logged with the command that runs it."""
+        differs from its default (the stage was asked for), else where its estimated cost
+        (:meth:`_corruption_cost`) is under a fifth of the attack stage's seconds. A skipped stage is logged with the command that runs it."""
         stage, size = self.config.corruption.stage, self.data.spec.image_size
         if stage == "off":
             return False
@@ -759,8 +758,9 @@ class Run:
 
     def _corruption_cost(self) -> float:
         """Estimated seconds of :meth:`corrupt` with the configured settings: every corruption and severity, and
-        the forward passes, timed on 8 test images (after one untimed pass on one image, which loads what the
-        corruptions load once) and scaled to the subset."""
+        the forward passes, timed on 8 and on 24 test images (after one untimed pass on one image, which loads
+        what the corruptions load once) and extrapolated linearly to the subset, so that the cost of each call
+        is not counted as a cost of each image."""
         import time
 
         from imgclf.corruptions.apply import corrupt
@@ -769,15 +769,22 @@ class Run:
         names, levels = parse_corruptions(chosen.corruptions), parse_severities(chosen.severities)
         total = len(self.data.test.labels) if chosen.examples == "all" else \
             min(int(chosen.examples), len(self.data.test.labels))
-        probe = self.data.test.float_images(np.arange(min(8, total)))
-        with torch.no_grad():
-            for name in names:
-                corrupt(probe[:1], name, levels[-1], seed=self.config.seed)
+        small, large = min(8, total), min(24, total)
+        probe = self.data.test.float_images(np.arange(large))
+
+        def seconds(count: int) -> float:
             start = time.perf_counter()
             for name in names:
                 for severity in levels:
-                    self.model(corrupt(probe, name, severity, seed=self.config.seed).to(self.device))
-        return (time.perf_counter() - start) * total / len(probe)
+                    self.model(corrupt(probe[:count], name, severity, seed=self.config.seed).to(self.device))
+            return time.perf_counter() - start
+
+        with torch.no_grad():
+            for name in names:
+                corrupt(probe[:1], name, levels[-1], seed=self.config.seed)
+            first, second = seconds(small), seconds(large)
+        per_image = max(second - first, 0.0) / (large - small) if large > small else second / large
+        return max(first - small * per_image, 0.0) + total * per_image
 
     def report(self) -> Path:
         """Figures and ``report.html`` from what the folder holds (and, with ``train.tensorboard``,
