@@ -733,7 +733,8 @@ class Run:
         """Whether :meth:`finish` runs the corruption stage: always with ``corruption.stage`` ``on`` (where the
         images are at least 8x8), never with ``off``; with ``auto`` where any other ``corruption`` setting
         differs from its default (the stage was asked for), else where its estimated cost
-        (:meth:`_corruption_cost`) is under a fifth of the attack stage's seconds. A skipped stage is logged with the command that runs it."""
+        (:meth:`_corruption_cost`) is under a fifth of the attack stage's seconds. A skipped stage is logged
+        with the command that runs it."""
         stage, size = self.config.corruption.stage, self.data.spec.image_size
         if stage == "off":
             return False
