@@ -16,6 +16,9 @@ def runs(tmp_path_factory):
     assert main(["run", *COMMON, "--out", str(root / "standard")]) == 0
     assert main(["run", *COMMON, "--adversarial", "pgd", "--adv-eps", "0.1", "--adv-steps", "3",
                  "--out", str(root / "robust")]) == 0
+    corruptions = ["--corruptions", "noise,fog", "--severities", "2,4", "--corruption-examples", "80", "--quiet"]
+    assert main(["corrupt", str(root / "standard"), *corruptions]) == 0
+    assert main(["corrupt", str(root / "robust"), *corruptions, "--baseline", str(root / "standard")]) == 0
     return root
 
 
@@ -45,12 +48,15 @@ def test_compare_puts_both_runs_in_one_report(runs, capsys):
         assert row["worst_case_robust_accuracy"] == worst and row["test_accuracy"] == saved["clean"]["accuracy"]
         assert row["ece"] == saved["calibration"]["test"]["ece"]
         assert row["ece_temperature_scaled"] == saved["calibration"]["test_scaled"]["ece"]
+        assert row["mean_corruption_error"] == saved["corruptions"]["mean_error"]
+        assert row["mce"] == saved["corruptions"]["mce"]  # None for the standard run, its own baseline-less one
     robust_gain = summary[1]["worst_case_robust_accuracy"]["0.1"] - summary[0]["worst_case_robust_accuracy"]["0.1"]
     assert robust_gain > 0.1  # the robust run is more robust, as the report shows
     html = (out / "compare.html").read_text()
     table = html[html.index("<h2>Metrics</h2>"):]
     assert table[:table.index("</table>")].count("<tr><td><code>") == 2  # one row per run
-    assert "robust acc. eps 0.2" in html and "ECE (after temperature" in html
+    assert "robust acc. eps 0.2" in html and "ECE (after temperature" in html and "mean corruption error" in html
+    assert summary[1]["mce"] > 0 and f"{100 * summary[1]['mce']:.2f}% (standard)" in html
     assert (out / "figures" / "robustness.png").stat().st_size > 0 and (out / "figures" / "validation.png").is_file()
     # the settings that differ, one column per run; the shared ones are left out
     differing = html[html.index("<h2>Settings that differ</h2>"):html.index("<h2>Accuracy against eps</h2>")]
