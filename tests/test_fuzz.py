@@ -237,6 +237,8 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(pipeline.Run, "resume", classmethod(stop))
     monkeypatch.setattr(pipeline.Run, "attack", stop)
     monkeypatch.setattr(pipeline.Run, "evaluate", stop)
+    monkeypatch.setattr(pipeline.Run, "corrupt", stop)
+    monkeypatch.setattr(pipeline.Run, "explain", stop)
     monkeypatch.setattr(pipeline, "run", stop)
     import imgclf.export
     import imgclf.features.runs
@@ -245,6 +247,9 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(imgclf.sweep, "_prepare_out", stop)  # after the sweep file is read and checked
     monkeypatch.setattr(imgclf.features.runs, "fit_classifier_run", stop)
     monkeypatch.setattr(imgclf.export, "export_model", stop)
+    import imgclf.explanations
+
+    monkeypatch.setattr(imgclf.explanations, "explain_files", stop)
 
 
 @seed(16)
