@@ -152,7 +152,8 @@ def test_an_existing_run_folder_is_never_overwritten(run_dir, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'; valid choices:"),
-    (["run", "--model", "vgg"], "unknown model 'vgg'; valid choices: cnn, fast-cnn, keras-cnn, mlp, preact-resnet18"),
+    (["run", "--model", "vgg"],
+     "unknown model 'vgg'; valid choices: cnn, fast-cnn, fast-mnist-cnn, keras-cnn, madry-cnn, mlp, preact-resnet18"),
     (["run", "--attack", "cw"],
      "unknown attack (--attack) 'cw'; valid choices: apgd-ce, apgd-ce-t, apgd-dlr, apgd-t, fab-t, fgsm, "
      "full, pgd"),
