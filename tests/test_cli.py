@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory):
 
 def test_run_writes_every_promised_file(run_dir):
     for name in ("config.yaml", "model.safetensors", "model.json", "history.csv", "metrics.json",
-                 "splits.npz", "samples.npz", "report.html", "log.txt"):
+                 "splits.npz", "samples.npz", "explanations.npz", "report.html", "log.txt"):
         assert (run_dir / name).is_file(), name
     (evaluation,) = (run_dir / "evaluations").iterdir()
     assert {p.name for p in evaluation.iterdir()} == {"adversarial.npz", "adversarial.pt"}
@@ -49,7 +49,8 @@ def test_run_metrics_are_complete_and_honest(run_dir):
     assert set(clean) >= {"accuracy", "macro_f1", "balanced_accuracy", "per_class", "confusion_matrix"}
     assert np.array(clean["confusion_matrix"]).shape == (10, 10)
     assert set(clean["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
-    assert set(metrics["timing"]) == {"train_seconds", "eval_seconds", "attack_seconds"}
+    ran = {"corruption_seconds"} if "corruptions" in metrics else set()  # (auto: where it costs under a fifth)
+    assert set(metrics["timing"]) == {"train_seconds", "eval_seconds", "attack_seconds"} | ran
     assert {"imgclf", "torch", "torchvision", "device", "num_threads"} <= set(metrics["environment"])
     (evaluation,) = metrics["evaluations"]
     rows = evaluation["robustness"]
