@@ -44,7 +44,7 @@ def check(metrics: dict, seconds: float, limit: float, min_accuracy: float) -> l
         problems.append(f"took {seconds:.0f} s > {limit:.0f} s")
     if clean < min_accuracy:
         problems.append(f"accuracy {clean:.4f} < {min_accuracy}")
-    rows = {(r["attack"], r["eps"]): r for r in metrics["robustness"]}
+    rows = {(r["attack"], r["eps"]): r for r in metrics["evaluations"][-1]["robustness"]}
     eps_values = sorted({eps for _, eps in rows})
     for eps in eps_values:
         if rows[("pgd", eps)]["accuracy"] > rows[("fgsm", eps)]["accuracy"]:
@@ -75,13 +75,17 @@ def main() -> int:
         for i, (name, job_args, limit, min_accuracy) in enumerate(jobs):
             seconds, metrics = run_job(job_args, work / f"job{i}")
             problems = check(metrics, seconds, limit, min_accuracy)
-            rob = {(r["attack"], r["eps"]): r["accuracy"] for r in metrics["robustness"]}
+            evaluation = metrics["evaluations"][-1]  # the run's one robustness evaluation
+            rob = {(r["attack"], r["eps"]): r["accuracy"] for r in evaluation["robustness"]}
             largest = max(eps for _, eps in rob)
-            print(f"{name}\n  wall {seconds:.1f} s (train {metrics['timing']['train_seconds']:.1f} s, "
-                  f"attack {metrics['timing']['attack_seconds']:.1f} s)  test accuracy "
+            timing = metrics["timing"]
+            corruption = f", corruptions {timing['corruption_seconds']:.1f} s" if "corruption_seconds" in timing else \
+                ", corruptions skipped"
+            print(f"{name}\n  wall {seconds:.1f} s (train {timing['train_seconds']:.1f} s, attack "
+                  f"{timing['attack_seconds']:.1f} s{corruption})  test accuracy "
                   f"{metrics['clean']['accuracy']:.4f}  FGSM/PGD at eps {largest:g}: "
                   f"{rob[('fgsm', largest)]:.3f}/{rob[('pgd', largest)]:.3f} "
-                  f"(n={metrics['attack']['n']})  {'OK' if not problems else 'MISSED: ' + '; '.join(problems)}")
+                  f"(n={evaluation['attack']['n']})  {'OK' if not problems else 'MISSED: ' + '; '.join(problems)}")
             failed |= bool(problems)
     finally:
         shutil.rmtree(work, ignore_errors=True)
