@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, epilog=_examples(examples),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    for add_commands in (_pipeline_commands, _model_file_commands, _foundation_commands, _listing_commands):
+    for add_commands in (_pipeline_commands, _stage_commands, _model_file_commands, _foundation_commands,
+                         _listing_commands):
         add_commands(command)
     return parser
 
@@ -317,7 +318,7 @@ Command = Callable[[str, str, str], argparse.ArgumentParser]
 
 
 def _pipeline_commands(command: Command) -> None:
-    """run, train, evaluate, attack, report and compare."""
+    """run, train and lr-find."""
     run = command("run", "train, evaluate, attack and write the report, in one run folder", """
         imgclf run
         imgclf run --dataset mnist --model simple-cnn --epochs 1 --out runs/mnist
@@ -364,6 +365,9 @@ def _pipeline_commands(command: Command) -> None:
     _add_train_flags(lr_find)
     _add_common(lr_find)
 
+
+def _stage_commands(command: Command) -> None:
+    """evaluate, attack and corrupt (of a run or of any model), report and compare."""
     evaluate = command("evaluate", "clean test metrics of a trained run, or of any model on a data set", """
         imgclf evaluate runs/mnist
         imgclf evaluate --model py:my_models.py:Net --weights net.safetensors --dataset mnist --out runs/net

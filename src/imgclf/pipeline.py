@@ -578,7 +578,8 @@ class Run:
         labels = data.test.labels
         rows = stratified_subset(labels.numpy(), None if count == "all" else int(count), config.seed)
         baseline = chosen.baseline if baseline is None else baseline
-        earlier = _corruption_baseline(baseline, self.metrics.dataset) if baseline else None
+        metrics = self.metrics
+        earlier = _corruption_baseline(baseline, metrics.dataset) if baseline else None
         if earlier is not None and (earlier.n != len(rows) or (earlier.settings.get("seed") != config.seed
                                                                and len(rows) < len(labels))):
             raise UsageError(f"the baseline {str(baseline)!r} was evaluated on {earlier.n} test images with seed "
@@ -616,7 +617,7 @@ class Run:
         folder.write_arrays(record.CORRUPTION_SAMPLES, images=grid.numpy(), label=np.asarray(int(labels[rows[0]])),
                             predictions=predicted.view(grid.shape[:2]).numpy(), corruptions=np.array(names),
                             severities=np.array(levels))
-        if read_metrics(folder.path).corruptions is not None:
+        if metrics.corruptions is not None:
             self.log("replacing the earlier corruption evaluation in metrics.json")
         folder.update_metrics({"corruptions": section(result), "timing": {"corruption_seconds": result.seconds}})
         self._log_corruptions(result)
