@@ -44,19 +44,27 @@ def test_kl_divergence_matches_torch(digits):
     assert torch.allclose(kl_divergence(clean, clean), torch.zeros(16), atol=1e-6)
 
 
-def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_uniform_start(digits):
-    """Against a direct transcription of Wong et al.'s Algorithm 1 with the same random start."""
+@pytest.mark.parametrize("clip_start", [True, False])
+def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_uniform_start(digits, clip_start):
+    """Against a direct transcription of Wong et al.'s Algorithm 1 with the same random start (their
+    MNIST code takes the gradient at the unclamped start, ``clip_start=False``)."""
     model = _model(digits).eval()
     images, labels = _batch(digits)
-    eps = 0.1
-    adversary = Adversary(model, recipe="fgsm-rs", eps=eps, seed=5)
+    eps = 0.3
+    adversary = Adversary(model, recipe="fgsm-rs", eps=eps, seed=5, options={"clip_start": clip_start})
     ours = adversary.perturb(images, labels)
     noise = torch.rand(images.shape, generator=generator(5))
-    start = (images + (2 * noise - 1) * eps).clamp(0, 1).requires_grad_(True)
+    start = images + (2 * noise - 1) * eps
+    start = (start.clamp(0, 1) if clip_start else start).requires_grad_(True)
     (grad,) = torch.autograd.grad(F.cross_entropy(model(start), labels), start)
     delta = (start + 1.25 * eps * grad.sign() - images).clamp(-eps, eps)
     reference = (images + delta).clamp(0, 1)
     assert torch.allclose(ours, reference, atol=1e-6)
+    assert (ours - images).abs().max() <= eps + 1e-6 and ours.min() >= 0 and ours.max() <= 1
+    if clip_start:  # the same as one PGD step of 1.25 eps from a random start
+        same = pgd(model, images, labels, eps=eps, alpha=1.25 * eps, steps=1, early_stop=False,
+                   generator=generator(5))
+        assert torch.allclose(ours, same, atol=1e-6)
 
 
 @pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "trades"])

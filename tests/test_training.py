@@ -151,6 +151,7 @@ def test_the_papers_mnist_recipes_build_their_papers_networks(recipe, model, adv
     assert (config.data.dataset, config.model.name, config.adversarial.recipe, config.adversarial.eps) == \
         ("mnist", model, adversarial, "0.3")
     assert config.model.mean == [0.0] and config.model.std == [1.0]  # the papers feed raw [0, 1] pixels
+    assert config.adversarial.clip_start is (recipe != "fgsm-rs-mnist")  # Wong et al.'s MNIST start is unclamped
     network = create_model(model, channels=1, image_size=(28, 28), num_classes=10, mean=[0.0], std=[1.0])
     assert sum(p.numel() for p in network.parameters() if p.requires_grad) == parameters
     assert network(torch.rand(2, 1, 28, 28)).shape == (2, 10)

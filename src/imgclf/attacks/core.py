@@ -187,20 +187,24 @@ def project_linf(adversarial: torch.Tensor, images: torch.Tensor, eps: float) ->
     return project(adversarial, images, eps, "linf")
 
 
-def random_point(images: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
-    """A random point of the eps ball around ``images``, clamped to ``[0, 1]``.
+def random_point(images: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None, *,
+                 clip: bool = True) -> torch.Tensor:
+    """A random point of the eps ball around ``images``, clamped to ``[0, 1]`` unless ``clip`` is False.
 
     L-inf: ``x + U(-eps, eps)`` per pixel. L2: a uniformly random direction
     scaled to ``eps * U(0, 1)``. Drawn on ``generator``'s device, then moved.
+    The same draws are made whether or not the point is clipped.
     """
     draw_on = generator.device if generator is not None else images.device
     if norm == "linf":
         noise = torch.rand(images.shape, generator=generator, device=draw_on, dtype=images.dtype).to(images.device)
-        return (images + (2 * noise - 1) * eps).clamp_(0.0, 1.0)
-    direction = torch.randn(images.shape, generator=generator, device=draw_on, dtype=images.dtype)
-    radius = torch.rand((images.shape[0], 1, 1, 1), generator=generator, device=draw_on, dtype=images.dtype)
-    delta = (direction / per_example_norm(direction, "l2").clamp_min(1e-12) * radius * eps).to(images.device)
-    return (images + delta).clamp_(0.0, 1.0)
+        point = images + (2 * noise - 1) * eps
+    else:
+        direction = torch.randn(images.shape, generator=generator, device=draw_on, dtype=images.dtype)
+        radius = torch.rand((images.shape[0], 1, 1, 1), generator=generator, device=draw_on, dtype=images.dtype)
+        point = images + (direction / per_example_norm(direction, "l2").clamp_min(1e-12) * radius * eps).to(
+            images.device)
+    return point.clamp_(0.0, 1.0) if clip else point
 
 
 def fooled(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:

@@ -34,7 +34,7 @@ class Adversary:
         steps: Attack steps; None for the recipe's default (FGSM-RS: always 1).
         alpha: Step size in pixel units; None for the recipe's default, scaled with the warmed-up eps.
         options: The recipe's own hyperparameters by name (``beta`` for TRADES,
-            ``overfit_drop`` for FGSM-RS); others are ignored.
+            ``overfit_drop`` and ``clip_start`` for FGSM-RS); others are ignored.
         warmup_steps: Optimizer steps over which eps rises linearly from ``eps / warmup_steps`` to ``eps``.
         seed: Seeds the random starts (on ``device``).
         device: Where the random starts are drawn.
