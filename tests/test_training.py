@@ -136,6 +136,16 @@ def test_the_cyclic_and_milestone_schedules_follow_their_definitions():
     # Wong et al.'s MNIST code: lr(t) = interp(t, [0, epochs * 2 // 5, epochs], [0, lr, 0]) at t = epoch + (i + 1) / n
     expected = [float(np.interp((k + 1) / 10, [0, 4, 10], [0, 5e-3, 0])) for k in range(100)]
     assert rates == pytest.approx(expected, abs=1e-12)
+    # Wong et al.'s CIFAR-10 code: torch's CyclicLR from 0 to 0.2 and back, half the steps each way; each step
+    # takes the rate CyclicLR reaches after it, as the MNIST script's lr(epoch + (i + 1) / n) does
+    rates = _rates(TrainConfig(epochs=3, lr=0.2, schedule="cyclic", cyclic_peak=0.5), steps_per_epoch=8)
+    cyclic = torch.optim.lr_scheduler.CyclicLR(torch.optim.SGD([torch.zeros(1)], lr=0.2), base_lr=0.0, max_lr=0.2,
+                                               step_size_up=12, step_size_down=12)
+    expected = []
+    for _ in range(24):
+        cyclic.step()
+        expected.append(cyclic.get_last_lr()[0])
+    assert rates == pytest.approx(expected, abs=1e-9)
     rates = _rates(TrainConfig(epochs=100, lr=0.01, schedule="step", milestones=[55, 75, 90]), steps_per_epoch=2)
     assert [rates[2 * e] for e in (54, 55, 74, 75, 89, 90)] == pytest.approx([1e-2, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5])
 
@@ -155,6 +165,20 @@ def test_the_papers_mnist_recipes_build_their_papers_networks(recipe, model, adv
     network = create_model(model, channels=1, image_size=(28, 28), num_classes=10, mean=[0.0], std=[1.0])
     assert sum(p.numel() for p in network.parameters() if p.requires_grad) == parameters
     assert network(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_fgsm_rs_cifar10_recipe_is_wong_et_als():
+    from imgclf.config import load_config
+
+    config = load_config(None, {"recipe": "fgsm-rs-cifar10", "data.dataset": "../shared/data/cifar10-jpg"})
+    assert config.data.dataset.endswith("cifar10-jpg")  # flags and the config file override the recipe
+    assert (config.model.name, config.train.epochs, config.train.batch_size, config.train.lr) == \
+        ("preact-resnet18", 15, 128, 0.2)
+    assert (config.train.schedule, config.train.cyclic_peak, config.data.augment) == ("cyclic", 0.5, "flip-crop")
+    assert (config.adversarial.recipe, config.adversarial.eps, config.adversarial.clip_start) == \
+        ("fgsm-rs", "8/255", True)
+    assert config.adversarial.alpha == pytest.approx(10 / 255)
+
 
 
 def test_mixed_precision_resolves_per_device_and_trains_in_bf16(digits):

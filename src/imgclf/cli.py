@@ -167,6 +167,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
           help="with --schedule step: multiply the learning rate by --step-gamma at these epochs, e.g. 55,75,90")
     _flag(group, "--step-gamma", dest="train.step_gamma", metavar="FACTOR",
           help="with --schedule step: the factor at each step")
+    _flag(group, "--cyclic-peak", dest="train.cyclic_peak", metavar="SHARE",
+          help="with --schedule cyclic: the share of training steps after which the learning rate peaks")
     _flag(group, "--label-smoothing", dest="train.label_smoothing", metavar="S")
     _flag(group, "--ema", dest="train.ema", metavar="DECAY",
           help="validate and keep an exponential moving average of the weights, e.g. 0.999; 0 is off")

@@ -104,6 +104,7 @@ class TrainConfig:
     step_epochs: int = setting(5, _POSITIVE)  # `step` schedule: multiply lr by step_gamma every this many epochs
     milestones: list[int] | None = None  # `step` schedule: at these epochs (each in [1, epochs]) instead
     step_gamma: float = setting(0.1, Interval(float, 0, None, "neither"))
+    cyclic_peak: float = setting(0.4, Interval(float, 0, 1, "neither"))  # `cyclic`: the peak's share of all steps
     label_smoothing: float = setting(0.0, Interval(float, 0, 1, "left"))
     channels_last: bool = True  # NHWC memory format for weights and batches (faster convolutions)
     ema: float = setting(0.0, Interval(float, 0, 1, "left"))  # decay of a moving average of the weights; 0: off
@@ -215,7 +216,7 @@ def section_class(name: str) -> type:
 
 #: Named presets of settings, applied under the YAML file and the flags (``--recipe NAME``).
 SETTING_PRESETS: dict[str, dict[str, Any]] = {
-    # The published robust-MNIST anchors, each as its paper's code trained (the README's "Measured results" gives
+    # The published robust-training anchors, each as its paper's code trained (the README's "Measured results" gives
     # the source of every value and where imgclf differs: the 80/20 train/val split, the checkpoint picked by
     # robust validation accuracy).
     "fgsm-rs-mnist": {  # Wong, Rice and Kolter 2020, MNIST/train_mnist.py
@@ -225,6 +226,14 @@ SETTING_PRESETS: dict[str, dict[str, Any]] = {
         "train.weight_decay": 0.0, "train.schedule": "cyclic",
         "adversarial.recipe": "fgsm-rs", "adversarial.eps": "0.3", "adversarial.alpha": 0.375,
         "adversarial.clip_start": False, "adversarial.warmup_epochs": 0.0, "attack.eps": ["0", "0.1", "0.2", "0.3"],
+    },
+    "fgsm-rs-cifar10": {  # Wong, Rice and Kolter 2020, CIFAR10/train_fgsm.py
+        "data.dataset": "cifar10", "data.augment": "flip-crop",
+        "model.name": "preact-resnet18", "model.mean": [0.4914, 0.4822, 0.4465], "model.std": [0.2471, 0.2435, 0.2616],
+        "train.epochs": 15, "train.batch_size": 128, "train.optimizer": "sgd", "train.lr": 0.2, "train.momentum": 0.9,
+        "train.nesterov": False, "train.weight_decay": 5e-4, "train.schedule": "cyclic", "train.cyclic_peak": 0.5,
+        "adversarial.recipe": "fgsm-rs", "adversarial.eps": "8/255", "adversarial.alpha": 10 / 255,
+        "adversarial.warmup_epochs": 0.0, "attack.eps": ["0", "2/255", "4/255", "8/255"],
     },
     "pgd-mnist": {  # Madry et al. 2018, the MNIST challenge's config.json and train.py
         "data.dataset": "mnist",
