@@ -5,19 +5,18 @@ adversarially trained ``simple-cnn`` and at eps 0.1 for a standard one, robust a
 points of the reference per attack and in the worst case, and imgclf's wall time at most 0.5 times the
 reference's.
 
-Both libraries attack the model in eval mode on the CPU with the standard version's settings: APGD-CE
-(100 steps), APGD-T (9 target classes, 100 steps), FAB-T (9 target classes, 100 steps) and Square
-(5,000 queries, p_init 0.8), L-inf. torchattacks runs each attack alone (per-attack accuracy and time)
-and then the four as a ``MultiAttack`` (the worst case and the ensemble's time, each attack on the
-examples still robust). torchattacks' own ``AutoAttack(version="standard")`` is timed too, for the
-record: it runs APGD, APGD-T and FAB with 10 steps, not the standard 100, and is weaker for it.
-imgclf runs the ensemble twice, in one ``robustness`` call each (which also counts the model's forward
-and backward passes): every attack on every correct example (the per-attack rows, against
-torchattacks' attacks alone) and as a cascade (``--cascade``: the worst case and the ensemble's time,
-against the ``MultiAttack``). ``--ensemble-only`` runs just the two ensembles, ``--per-attack-only`` just
-the attacks alone. Times are wall-clock
-seconds and, as this machine's speed drifts, also the process's CPU seconds. Needs
-``pip install torchattacks``.
+Both libraries attack the model in eval mode on the CPU (``--device cuda``: the GPU) with the standard
+version's settings: APGD-CE (100 steps), APGD-T (9 target classes, 100 steps), FAB-T (9 target classes,
+100 steps) and Square (5,000 queries, p_init 0.8), L-inf. torchattacks runs each attack alone
+(per-attack accuracy and time) and then the four as a ``MultiAttack`` (the worst case and the ensemble's
+time, each attack on the examples still robust). torchattacks' own ``AutoAttack(version="standard")`` is
+timed too, for the record: it runs APGD, APGD-T and FAB with 10 steps, not the standard 100, and is
+weaker for it. imgclf runs the ensemble twice, in one ``robustness`` call each (which also counts the
+model's forward and backward passes): every attack on every correct example (the per-attack rows,
+against torchattacks' attacks alone) and as a cascade (``--cascade``: the worst case and the ensemble's
+time, against the ``MultiAttack``). ``--ensemble-only`` runs just the two ensembles,
+``--per-attack-only`` just the attacks alone. Times are wall-clock seconds and, as this machine's speed
+drifts, also the process's CPU seconds. Needs ``pip install torchattacks``.
 
 Usage::
 
@@ -50,11 +49,11 @@ import torch
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
-def train(out: Path, robust: bool) -> Path:
+def train(out: Path, robust: bool, device: str) -> Path:
     extra = ["--adversarial", "fgsm-rs", "--adv-eps", "0.3", "--epochs", "6", "--batch-size", "128", "--lr", "5e-3"] \
         if robust else ["--epochs", "1"]
     subprocess.run([sys.executable, "-m", "imgclf", "train", "--dataset", "mnist", "--model", "simple-cnn", *extra,
-                    "--out", str(out), "--quiet"], check=True)
+                    "--device", device, "--out", str(out), "--quiet"], check=True)
     return out
 
 
@@ -114,7 +113,7 @@ def ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, b
 
     began, cpu = time.perf_counter(), time.process_time()
     result = robustness(model, x, y, attacks=[AttackSpec(name) for name in ATTACKS], eps_values=[eps],
-                        device=torch.device("cpu"), batch_size=batch, run_checks=False, cascade=cascade)
+                        device=x.device, batch_size=batch, run_checks=False, cascade=cascade)
     total, cpu = time.perf_counter() - began, time.process_time() - cpu
     rows = {}
     label = "imgclf cascade" if cascade else "imgclf alone"
@@ -137,6 +136,7 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both libraries attack")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--ensemble-only", action="store_true",
                       help="only the ensembles (imgclf --cascade, torchattacks MultiAttack): the worst case and "
@@ -150,8 +150,10 @@ def main() -> int:
     from imgclf import load_model
 
     torch.set_num_threads(args.threads)
-    x, y = test_images(args.examples)
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+    x, y = (tensor.to(args.device) for tensor in test_images(args.examples))
+    where = torch.cuda.get_device_name() if x.is_cuda else f"{platform.processor() or platform.machine()}, " \
+        f"{args.threads} threads"
+    print(f"{where}, torch {torch.__version__}; "
           f"MNIST, first {len(x)} test images, batch {args.batch_size}", flush=True)
     met = True
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,8 +161,8 @@ def main() -> int:
                                         ("fgsm-rs simple-cnn", args.robust_run, 0.3, True)):
             if ("robust" if robust else "standard") not in args.models.split(","):
                 continue
-            path = run or train(Path(tmp) / label.split()[0], robust)
-            model = load_model(path).eval()
+            path = run or train(Path(tmp) / label.split()[0], robust, args.device)
+            model = load_model(path).eval().to(args.device)
             print(f"{label} ({path}), eps {eps}: clean accuracy {accuracy(model, x, y):.4f}", flush=True)
             alone = ours(model, x, y, eps, args.batch_size, cascade=False) if "per-attack" in parts else {}
             cascade = ours(model, x, y, eps, args.batch_size, cascade=True) if "ensemble" in parts else {}
