@@ -6,7 +6,7 @@ test images: imgclf's robust accuracy within 1 point of torchattacks' and ART's,
 and its wall time at most 0.8 times the faster of the two.
 
 All three attack the same model (loaded from an imgclf run folder, in eval
-mode, on the CPU) with the same images, settings and batch size; each is
+mode, on the CPU or with ``--device cuda`` the GPU) with the same images, settings and batch size; each is
 timed after one warm-up batch. Needs ``pip install torchattacks
 adversarial-robustness-toolbox``.
 
@@ -66,6 +66,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where all three attack")
     args = parser.parse_args()
 
     import torchattacks
@@ -78,8 +79,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or train(args.dataset, Path(tmp) / "run")
-        model = load_model(run, device="cpu").eval()
-    x, y = test_images(args.dataset, args.examples)
+        model = load_model(run, device=args.device).eval()
+    x, y = (tensor.to(args.device) for tensor in test_images(args.dataset, args.examples))
     bs, eps, alpha, steps = args.batch_size, args.eps, args.alpha, args.steps
 
     def accuracy(images: torch.Tensor) -> float:
@@ -88,7 +89,7 @@ def main() -> int:
                        for i in range(0, len(y), 512)) / len(y)
 
     def ours(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(0)
+        gen = torch.Generator(x.device).manual_seed(0)
         return torch.cat([pgd(model, images[i:i + bs], labels[i:i + bs], eps=eps, alpha=alpha, steps=steps,
                               generator=gen) for i in range(0, len(images), bs)])
 
@@ -98,17 +99,20 @@ def main() -> int:
         return torch.cat([ta(images[i:i + bs], labels[i:i + bs]) for i in range(0, len(images), bs)])
 
     classifier = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                                   nb_classes=int(model(x[:1]).shape[1]), clip_values=(0.0, 1.0), device_type="cpu")
+                                   nb_classes=int(model(x[:1]).shape[1]), clip_values=(0.0, 1.0),
+                                   device_type="gpu" if x.is_cuda else "cpu")
     art_pgd = ProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=alpha, max_iter=steps,
                                        num_random_init=1, batch_size=bs, verbose=False)
 
     def theirs_art(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(art_pgd.generate(images.numpy(), labels.numpy()))
+        return torch.from_numpy(art_pgd.generate(images.cpu().numpy(), labels.cpu().numpy())).to(images.device)
 
     implementations = {"imgclf": ours, "torchattacks": theirs_torchattacks, "ART": theirs_art}
     for fn in implementations.values():
         fn(x[:bs], y[:bs])  # warm-up
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+    where = torch.cuda.get_device_name() if x.is_cuda else f"{platform.processor() or platform.machine()}, " \
+        f"{args.threads} threads"
+    print(f"{where}, torch {torch.__version__}; "
           f"{args.dataset}, {len(x)} test images, PGD-{steps} L-inf eps {eps} step {alpha}, batch {bs}")
     print(f"clean accuracy {accuracy(x):.4f}")
     rows = {}

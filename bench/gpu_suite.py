@@ -14,7 +14,9 @@ Parts (``--parts``, in this order; default all):
 * ``paths``: the same short ResNet-18 training in fp32, bf16, fp16 with the gradient scaler, bf16 with
   channels-last, bf16 channels-last with ``--compile``, and bf16 under DDP with NCCL over every GPU
   (``torchrun``): test accuracy and training images per second of each.
-* ``attacks``: ``bench/autoattack_reference.py --device cuda`` (imgclf's ensemble against torchattacks).
+* ``attacks``: ``bench/attack_speed.py --device cuda`` (PGD against torchattacks and ART) and
+  ``bench/autoattack_reference.py --device cuda`` (the AutoAttack ensemble against torchattacks); each
+  prints its own table (needs the wheels of torchattacks and the Adversarial Robustness Toolbox).
 
 Every training and attack is an ``imgclf`` command, printed before it runs; the numbers are read back from
 its run folder's ``metrics.json``. The results go to ``--out``/``gpu-suite.json`` too.
@@ -23,9 +25,12 @@ its run folder's ``metrics.json``. The results go to ``--out``/``gpu-suite.json`
 training on 64 images for one epoch, 8 attacked images, no ``torchrun``, ``attacks`` skipped. It measures
 nothing.
 
-Usage (data: MNIST under ``$IMGCLF_DATA_DIR``, CIFAR-10 as ``--cifar``, an image folder or the built-in)::
+Usage (data: MNIST under ``$IMGCLF_DATA_DIR``, CIFAR-10 as ``--cifar``, an image folder or the built-in).
+On a GPU machine without a network, ``bench/gpu_pack.sh`` packs the data and wheels here into ``.gpu/``
+(33 MB) and ``bench/gpu_unpack.sh ARGS`` unpacks them there and runs this script with ``ARGS``::
 
     PYTHONPATH=src IMGCLF_DATA_DIR=data python bench/gpu_suite.py --cifar data/cifar10-jpg --out gpu-results
+    bash bench/gpu_unpack.sh --parts fast,fgsm-rs --out /tmp/suite      # on the GPU machine, .gpu/ carried
     IMGCLF_DATA_DIR=../shared/data python bench/gpu_suite.py --scale tiny --cifar ../shared/data/cifar10-jpg \\
         --device cpu --out /tmp/gpu-suite-check
 """
@@ -143,10 +148,11 @@ class Suite:
                          "images_per_second": round(images / metrics["timing"]["train_seconds"])})
 
     def attacks(self) -> None:
-        command = [sys.executable, str(Path(__file__).parent / "autoattack_reference.py"), "--device", self.device]
-        print("$", " ".join(command), flush=True)
-        code = subprocess.run(command).returncode
-        self.record({"part": "attacks", "targets_met": code == 0})
+        for script in ("attack_speed.py", "autoattack_reference.py"):
+            command = [sys.executable, str(Path(__file__).parent / script), "--device", self.device]
+            print("$", " ".join(command), flush=True)
+            code = subprocess.run(command).returncode
+            self.record({"part": "attacks", "benchmark": script, "targets_met": code == 0})
 
 
 def main() -> int:
