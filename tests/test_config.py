@@ -46,6 +46,11 @@ def test_unknown_keys_and_bad_values_name_the_setting_and_the_choices():
         config_from_dict({"optimizer": "sgd"})
     with pytest.raises(UsageError, match=r"data.val_fraction must be a number in \(0, 1\), got 1.5"):
         config_from_dict({"data": {"val_fraction": 1.5}})
+    with pytest.raises(UsageError, match=r"got \[55, 75, 90\]: give --milestones for the epochs you train"):
+        load_config(None, {"recipe": "trades-mnist", "train.epochs": 10})  # the recipe's milestones are of 100
+    assert load_config(None, {"recipe": "trades-mnist", "train.epochs": 10, "train.milestones": [6, 8, 9]})
+    with pytest.raises(UsageError, match=r"train.cyclic_peak must be a number in \(0, 1\), got 1.0"):
+        config_from_dict({"train": {"cyclic_peak": 1.0}})
 
 
 def test_flags_override_the_yaml_file_and_the_dump_reads_back(tmp_path):

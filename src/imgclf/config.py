@@ -540,7 +540,8 @@ def validate(config: RunConfig) -> None:
     if train.milestones is not None and (not train.milestones or not all(1 <= m <= train.epochs
                                                                           for m in train.milestones)):
         raise UsageError(f"train.milestones must be epochs from 1 to train.epochs ({train.epochs}), got "
-                         f"{train.milestones}")
+                         f"{train.milestones}: give --milestones for the epochs you train (a recipe's, such as "
+                         "trades-mnist's 55,75,90 of 100, hold for its own epochs only)")
     if adversarial.enabled and (train.mixup or train.cutmix):
         raise UsageError("adversarial training needs hard labels: drop --mixup/--cutmix or --adversarial")
     from imgclf.data.builtin import DATASETS
