@@ -31,7 +31,7 @@ def test_the_gpu_suite_runs_every_part_on_the_cpu_at_its_tiny_scale(tmp_path):
     env = {**os.environ, "IMGCLF_DATA_DIR": str(mnist), "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_suite.py"), "--scale", "tiny", "--device", "cpu",
                            "--cifar", str(_cifar_like(tmp_path)), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((out / "gpu-suite.json").read_text())
     assert [row["part"] for row in rows] == ["fast", "fgsm-rs", "mnist", "mnist", *["paths"] * 5]
