@@ -139,10 +139,11 @@ def test_the_cyclic_and_milestone_schedules_follow_their_definitions():
     # Wong et al.'s CIFAR-10 code: torch's CyclicLR from 0 to 0.2 and back, half the steps each way; each step
     # takes the rate CyclicLR reaches after it, as the MNIST script's lr(epoch + (i + 1) / n) does
     rates = _rates(TrainConfig(epochs=3, lr=0.2, schedule="cyclic", cyclic_peak=0.5), steps_per_epoch=8)
-    cyclic = torch.optim.lr_scheduler.CyclicLR(torch.optim.SGD([torch.zeros(1)], lr=0.2), base_lr=0.0, max_lr=0.2,
-                                               step_size_up=12, step_size_down=12)
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    cyclic = torch.optim.lr_scheduler.CyclicLR(reference, base_lr=0.0, max_lr=0.2, step_size_up=12, step_size_down=12)
     expected = []
     for _ in range(24):
+        reference.step()
         cyclic.step()
         expected.append(cyclic.get_last_lr()[0])
     assert rates == pytest.approx(expected, abs=1e-9)
