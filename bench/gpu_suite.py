@@ -94,7 +94,9 @@ class Suite:
     def record(self, row: dict) -> None:
         self.rows.append(row)
         print("  " + json.dumps(row), flush=True)
-        (self.out / "gpu-suite.json").write_text(json.dumps(self.rows, indent=1) + "\n")
+        partial = self.out / "gpu-suite.json.partial"  # written whole, then renamed: never a half-written file
+        partial.write_text(json.dumps(self.rows, indent=1) + "\n")
+        partial.replace(self.out / "gpu-suite.json")
 
     def fast(self) -> None:
         sys.path.insert(0, str(Path(__file__).parent))
@@ -139,7 +141,7 @@ class Suite:
             name = f"path-{index}"
             launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                         "-m"] if "DDP" in label else None
-            metrics = self.train(name, *base, *flags, launcher=launcher)
+            self.train(name, *base, *flags, launcher=launcher)
             self.imgclf("evaluate", str(self.out / name), "--device", self.device, "--quiet")
             metrics = json.loads((self.out / name / "metrics.json").read_text())
             images = metrics["data"]["train"] * metrics["training"]["epochs_run"]
