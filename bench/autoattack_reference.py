@@ -162,6 +162,17 @@ def square_seeds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     return means["imgclf"] - means["torchattacks"]
 
 
+def seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; anything else is an argparse error naming the expected form."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds (0,1,2), got {text!r}") from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    return seeds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--standard-run", type=Path, help="a standard simple-cnn MNIST run (default: train one)")
@@ -177,7 +188,7 @@ def main() -> int:
                            "the time ratio, without the per-attack runs")
     only.add_argument("--per-attack-only", action="store_true",
                       help="only each attack alone on every correct example, in both libraries")
-    only.add_argument("--square-seeds", metavar="LIST",
+    only.add_argument("--square-seeds", metavar="LIST", type=seed_list,
                       help="only Square, in both libraries, once per seed of the comma-separated list")
     args = parser.parse_args()
     parts = {"ensemble"} if args.ensemble_only else {"per-attack"} if args.per_attack_only else {
@@ -201,8 +212,7 @@ def main() -> int:
             model = load_model(path).eval().to(args.device)
             print(f"{label} ({path}), eps {eps}: clean accuracy {accuracy(model, x, y):.4f}", flush=True)
             if args.square_seeds:
-                gap = square_seeds(model, x, y, eps, args.batch_size,
-                                   [int(seed) for seed in args.square_seeds.split(",")])
+                gap = square_seeds(model, x, y, eps, args.batch_size, args.square_seeds)
                 print(f"  gap of the Square means {100 * gap:+.2f} points (target: within 0.5)", flush=True)
                 met = met and abs(gap) <= 0.005
                 continue
