@@ -74,6 +74,18 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
                    for i in range(0, len(labels), 500)) / len(labels)
 
 
+def torchattacks_square(model: torch.nn.Module, eps: float, *, seed: int):
+    """torchattacks' Square at the standard version's settings: L-inf, 5,000 queries, p_init 0.8, one restart."""
+    import torchattacks
+
+    return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, seed=seed)
+
+
+def in_batches(attack, x: torch.Tensor, y: torch.Tensor, batch: int) -> torch.Tensor:
+    """A torchattacks attack's adversarial images of ``x``, ``batch`` images per call."""
+    return torch.cat([attack(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
+
+
 def reference(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int, *,
               parts: set[str]) -> dict[str, tuple[float, float, float]]:
     """torchattacks: each attack alone (``"per-attack"`` in ``parts``), the four as a ``MultiAttack`` and its
@@ -85,8 +97,7 @@ def reference(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
         "apgd-t": torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=10, seed=0),
         "fab-t": torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True,
                                   n_classes=10, seed=0),
-        "square": torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8,
-                                      seed=0),
+        "square": torchattacks_square(model, eps, seed=0),
     }
     # The standard ensemble at the standard settings: torchattacks' AutoAttack class runs APGD, APGD-T and FAB
     # with their default of 10 steps (torchattacks 3.5), so the ensemble is composed here from the attacks above.
@@ -100,7 +111,7 @@ def reference(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     rows = {}
     for name, attack in attacks.items():
         began, cpu = time.perf_counter(), time.process_time()
-        adversarial = torch.cat([attack(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
+        adversarial = in_batches(attack, x, y, batch)
         rows[name] = (accuracy(model, adversarial, y), time.perf_counter() - began, time.process_time() - cpu)
         print(f"  torchattacks {name:>10}: robust accuracy {rows[name][0]:.4f}  {rows[name][1]:7.1f} s "
               f"({rows[name][2]:7.1f} CPU s)", flush=True)
@@ -136,8 +147,6 @@ def square_seeds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
                  seeds: list[int]) -> float:
     """Square (5,000 queries) alone in both libraries, once per seed; prints each run and the means, and
     returns the gap of the means in accuracy (imgclf minus torchattacks)."""
-    import torchattacks
-
     from imgclf.attacks import AttackSpec, robustness
 
     found: dict[str, list[float]] = {"imgclf": [], "torchattacks": []}
@@ -148,10 +157,8 @@ def square_seeds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         found["imgclf"].append(next(e.accuracy for e in result.entries if e.attack == "square"))
         print(f"  seed {seed}: imgclf       square robust accuracy {found['imgclf'][-1]:.4f}  "
               f"{time.perf_counter() - began:7.1f} s", flush=True)
-        attack = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8,
-                                     seed=seed)
         began = time.perf_counter()
-        adversarial = torch.cat([attack(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
+        adversarial = in_batches(torchattacks_square(model, eps, seed=seed), x, y, batch)
         found["torchattacks"].append(accuracy(model, adversarial, y))
         print(f"  seed {seed}: torchattacks square robust accuracy {found['torchattacks'][-1]:.4f}  "
               f"{time.perf_counter() - began:7.1f} s", flush=True)

@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from imgclf.run_folder import atomic_write_text
+
 PARTS = ("fast", "fgsm-rs", "mnist", "paths", "attacks")
 #: Per scale: extra flags of every training, the attacked images, MNIST epochs, the paths' epochs and model,
 #: Square's queries (None: the preset's 5,000).
@@ -94,9 +96,7 @@ class Suite:
     def record(self, row: dict) -> None:
         self.rows.append(row)
         print("  " + json.dumps(row), flush=True)
-        partial = self.out / "gpu-suite.json.partial"  # written whole, then renamed: never a half-written file
-        partial.write_text(json.dumps(self.rows, indent=1) + "\n")
-        partial.replace(self.out / "gpu-suite.json")
+        atomic_write_text(self.out / "gpu-suite.json", json.dumps(self.rows, indent=1) + "\n")
 
     def fast(self) -> None:
         sys.path.insert(0, str(Path(__file__).parent))
