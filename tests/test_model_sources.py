@@ -272,6 +272,8 @@ def test_evaluate_robustness_on_any_module_returns_plain_tables_html_and_a_run_f
     assert read_metrics(out).latest.worst_case()[-1].accuracy == report.worst_case[0.1]
     with pytest.raises(imgclf.UsageError, match=r"\[0, 1\]"):
         imgclf.evaluate_robustness(model, images * 255, labels)
+    with pytest.raises(imgclf.UsageError, match="no images to evaluate"):
+        imgclf.evaluate_robustness(model, images[:0], labels[:0])
 
 
 def test_a_run_whose_model_code_is_gone_says_so_in_one_line(own_weights, tmp_path, capsys):

@@ -144,12 +144,14 @@ def evaluate_robustness(
         A :class:`RobustnessReport`.
 
     Raises:
-        UsageError: On an unknown attack, a bad eps or norm, or images and labels that do not match.
+        UsageError: On an unknown attack, a bad eps or norm, no images, or images and labels that do not match.
     """
     if images.ndim != 4 or images.dtype != torch.float32 or labels.shape != images.shape[:1]:
         raise UsageError(f"images must be float32 (N, C, H, W) and labels (N,), got {images.dtype} "
                          f"{tuple(images.shape)} and {tuple(labels.shape)}")
-    if len(images) and (float(images.min()) < 0 or float(images.max()) > 1):
+    if not len(images):
+        raise UsageError("no images to evaluate: images and labels are empty")
+    if float(images.min()) < 0 or float(images.max()) > 1:
         raise UsageError("images must be in [0, 1] (pixel space; normalization belongs inside the model)")
     eps_values = None if eps is None else [eps] if isinstance(eps, int | float | str) else list(eps)
     values = {"attack": {"attacks": list(attacks), "norm": norm, "steps": steps, "restarts": restarts,
@@ -166,7 +168,7 @@ def evaluate_robustness(
              "forwards_per_example": e.forwards_per_example, "backwards_per_example": e.backwards_per_example,
              "seconds": e.seconds}
             for e in result.entries]
-    classes = int(labels.max()) + 1 if len(labels) else 0
+    classes = int(labels.max()) + 1
     names = list(class_names) if class_names is not None else [str(k) for k in range(classes)]
     return RobustnessReport(rows, result.checks, result.clean_accuracy, result.n, result.skipped, result, names,
                             norm)
