@@ -16,7 +16,9 @@ model's forward and backward passes): every attack on every correct example (the
 against torchattacks' attacks alone) and as a cascade (``--cascade``: the worst case and the ensemble's
 time, against the ``MultiAttack``). ``--ensemble-only`` runs just the two ensembles,
 ``--per-attack-only`` just the attacks alone, and ``--square-seeds 0,1,2`` just Square in both libraries,
-once per seed (Square is a random search: one run of each is not enough to compare them). Times are
+once per seed (Square is a random search: one run of each is not enough to compare them);
+``--square-full-window`` with it lets torchattacks' squares reach the last row and column of the image, which
+its corner draw (as AutoAttack's) never does and imgclf's does. Times are
 wall-clock seconds and, as this machine's speed drifts, also the process's CPU seconds.
 Needs ``pip install torchattacks``.
 
@@ -25,12 +27,14 @@ Usage::
     IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py
     IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py --standard-run runs/mnist \\
         --robust-run runs/mnist-robust --examples 1000
-    IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py --standard-run runs/mnist \
+    IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py --standard-run runs/mnist \\
         --robust-run runs/mnist-robust --examples 1000 --ensemble-only
-    IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py --standard-run runs/mnist \
+    IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py --standard-run runs/mnist \\
         --robust-run runs/mnist-robust --examples 1000 --per-attack-only
-    IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py --standard-run runs/mnist \
+    IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py --standard-run runs/mnist \\
         --models standard --examples 1000 --square-seeds 0,1,2
+    IMGCLF_DATA_DIR=../shared/data python bench/autoattack_reference.py --standard-run runs/mnist \\
+        --models standard --examples 1000 --square-seeds 0 --square-full-window
 
 Without ``--standard-run`` / ``--robust-run`` the models are trained first with ``imgclf train``
 (standard: 1 epoch; robust: ``fgsm-rs`` at eps 0.3, 6 epochs; a few minutes). Prints one table per
@@ -74,11 +78,22 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
                    for i in range(0, len(labels), 500)) / len(labels)
 
 
-def torchattacks_square(model: torch.nn.Module, eps: float, *, seed: int):
-    """torchattacks' Square at the standard version's settings: L-inf, 5,000 queries, p_init 0.8, one restart."""
+def torchattacks_square(model: torch.nn.Module, eps: float, *, seed: int, full_window: bool = False):
+    """torchattacks' Square at the standard version's settings: L-inf, 5,000 queries, p_init 0.8, one restart.
+
+    ``full_window``: a square may also cover the last row and column, as imgclf's may. torchattacks draws the
+    corner from ``[0, H - s)`` (``random_int``, as AutoAttack's code), so a square never reaches them and they
+    keep their first stripes' values; this draws it from ``[0, H - s]`` instead, nothing else changed.
+    """
     import torchattacks
 
-    return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, seed=seed)
+    attack = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, seed=seed)
+    if full_window:
+        def random_int(low: int = 0, high: int = 1, shape: tuple[int, ...] = (1,)) -> torch.Tensor:
+            return (low + (high - low + 1) * torch.rand(shape).to(attack.device)).long()
+
+        attack.random_int = random_int
+    return attack
 
 
 def in_batches(attack, x: torch.Tensor, y: torch.Tensor, batch: int) -> torch.Tensor:
@@ -144,9 +159,10 @@ def ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, b
 
 
 def square_seeds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int,
-                 seeds: list[int]) -> float:
+                 seeds: list[int], *, full_window: bool = False) -> float:
     """Square (5,000 queries) alone in both libraries, once per seed; prints each run and the means, and
-    returns the gap of the means in accuracy (imgclf minus torchattacks)."""
+    returns the gap of the means in accuracy (imgclf minus torchattacks). ``full_window``: see
+    :func:`torchattacks_square`."""
     from imgclf.attacks import AttackSpec, robustness
 
     found: dict[str, list[float]] = {"imgclf": [], "torchattacks": []}
@@ -158,7 +174,7 @@ def square_seeds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         print(f"  seed {seed}: imgclf       square robust accuracy {found['imgclf'][-1]:.4f}  "
               f"{time.perf_counter() - began:7.1f} s", flush=True)
         began = time.perf_counter()
-        adversarial = in_batches(torchattacks_square(model, eps, seed=seed), x, y, batch)
+        adversarial = in_batches(torchattacks_square(model, eps, seed=seed, full_window=full_window), x, y, batch)
         found["torchattacks"].append(accuracy(model, adversarial, y))
         print(f"  seed {seed}: torchattacks square robust accuracy {found['torchattacks'][-1]:.4f}  "
               f"{time.perf_counter() - began:7.1f} s", flush=True)
@@ -197,7 +213,12 @@ def main() -> int:
                       help="only each attack alone on every correct example, in both libraries")
     only.add_argument("--square-seeds", metavar="LIST", type=seed_list,
                       help="only Square, in both libraries, once per seed of the comma-separated list")
+    parser.add_argument("--square-full-window", action="store_true",
+                        help="with --square-seeds: let torchattacks' squares reach the last row and column too, "
+                             "as imgclf's do")
     args = parser.parse_args()
+    if args.square_full_window and not args.square_seeds:
+        parser.error("--square-full-window needs --square-seeds")
     parts = {"ensemble"} if args.ensemble_only else {"per-attack"} if args.per_attack_only else {
         "ensemble", "per-attack"}
 
@@ -219,7 +240,8 @@ def main() -> int:
             model = load_model(path).eval().to(args.device)
             print(f"{label} ({path}), eps {eps}: clean accuracy {accuracy(model, x, y):.4f}", flush=True)
             if args.square_seeds:
-                gap = square_seeds(model, x, y, eps, args.batch_size, args.square_seeds)
+                gap = square_seeds(model, x, y, eps, args.batch_size, args.square_seeds,
+                                   full_window=args.square_full_window)
                 print(f"  gap of the Square means {100 * gap:+.2f} points (target: within 0.5)", flush=True)
                 met = met and abs(gap) <= 0.005
                 continue
