@@ -29,6 +29,7 @@ import torch
 from imgclf.attacks.robust_accuracy import robustness
 from imgclf.attacks.spec import AttackSpec
 from imgclf.data.loading import stratified_subset
+from imgclf.defenses.validation import RobustValidation
 from imgclf.errors import UsageError
 from imgclf.pipeline import Run
 
@@ -39,7 +40,7 @@ PROBE_SEED = 1
 
 def probe_rows(labels: np.ndarray, *, excluded: int, seed: int, examples: int) -> np.ndarray:
     """Positions in the validation split of the probe's images: a stratified ``examples`` of those left
-    after the robust validation's subset (``stratified_subset(labels, excluded, seed)``) is removed.
+    after the robust validation's subset (:meth:`RobustValidation.rows`) is removed.
 
     Args:
         labels: ``int64`` ``(N,)`` validation labels.
@@ -51,9 +52,9 @@ def probe_rows(labels: np.ndarray, *, excluded: int, seed: int, examples: int) -
         ``int64`` positions, sorted.
     """
     used = np.zeros(len(labels), dtype=bool)
-    used[stratified_subset(labels, excluded, seed)] = True
+    used[RobustValidation.rows(labels, examples=excluded, seed=seed)] = True
     rest = np.flatnonzero(~used)
-    return np.sort(rest[stratified_subset(labels[rest], examples, PROBE_SEED)])
+    return rest[stratified_subset(labels[rest], examples, PROBE_SEED)]  # both sorted: so is the result
 
 
 def probe(path: str, *, eps: float, examples: int, batch_size: int) -> str:

@@ -8,6 +8,7 @@ more attacks on the same subset (FGSM-RS's guard compares FGSM with PGD).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from imgclf.attacks.projected_gradient import pgd
@@ -33,10 +34,16 @@ class RobustValidation:
 
     def __init__(self, split: ImageSplit, *, examples: int, eps: float, norm: str, steps: int, seed: int,
                  device: torch.device, batch_size: int = 512):
-        rows = stratified_subset(split.labels.numpy(), examples, seed)
+        rows = self.rows(split.labels.numpy(), examples=examples, seed=seed)
         self.images = split.float_images(rows).to(device)
         self.labels = split.labels[torch.as_tensor(rows)].to(device)
         self.eps, self.norm, self.steps, self.seed, self.batch_size = eps, norm, steps, seed, batch_size
+
+    @staticmethod
+    def rows(labels: np.ndarray, *, examples: int, seed: int) -> np.ndarray:
+        """Sorted ``int64`` positions in the validation split (labels ``(N,)``) of the subset that robust
+        validation attacks: stratified, ``examples`` of them (all if fewer), drawn with ``seed``."""
+        return stratified_subset(labels, examples, seed)
 
     def __call__(self, model: torch.nn.Module, *, extra: tuple[str, ...] = ()) -> dict[str, float]:
         """``{"robust_val_accuracy": ...}`` (PGD) and ``"<attack>_val_accuracy"`` for each registered
