@@ -8,7 +8,9 @@ during training did not use (the ``adversarial.val_examples`` stratified subset 
 that decide the worst case of the AutoAttack ensemble on the MNIST anchors (README, "The published
 anchors"). Runs with the same data set, seed and ``--val-fraction`` share their validation split and
 so get the same images; runs of different seeds are probed on their own held-out images. Prints one
-line per run: clean, APGD-CE and worst-case robust accuracy on those images, and the seconds.
+line per run: clean, APGD-CE and worst-case robust accuracy on those images, and the seconds; given
+several runs, a last line names the one with the highest worst case (the first of a tie), the choice a
+validation split exists for (README, "The published anchors": the best of eight seeds).
 
 Usage::
 
@@ -57,8 +59,9 @@ def probe_rows(labels: np.ndarray, *, excluded: int, seed: int, examples: int) -
     return rest[stratified_subset(labels[rest], examples, PROBE_SEED)]  # both sorted: so is the result
 
 
-def probe(path: str, *, eps: float, examples: int, batch_size: int) -> str:
-    """One run's line: clean, APGD-CE and worst-case (APGD-CE then Square) accuracy on its probe images.
+def probe(path: str, *, eps: float, examples: int, batch_size: int) -> tuple[str, float]:
+    """One run's line: clean, APGD-CE and worst-case (APGD-CE then Square) accuracy on its probe images,
+    and that worst case (a fraction in [0, 1]).
 
     Raises:
         UsageError: If ``path`` is not a run folder imgclf can open, or no validation image is left.
@@ -79,9 +82,10 @@ def probe(path: str, *, eps: float, examples: int, batch_size: int) -> str:
                         eps_values=[eps], device=run.device, batch_size=batch_size, seed=0, run_checks=False,
                         cascade=True)
     accuracy = {e.attack: e.accuracy for e in result.entries}
-    return (f"{path}: {len(rows)} validation images, clean {result.clean_accuracy:.4f}, APGD-CE "
+    line = (f"{path}: {len(rows)} validation images, clean {result.clean_accuracy:.4f}, APGD-CE "
             f"{accuracy['apgd-ce']:.4f}, then Square: worst case {accuracy['worst-case']:.4f} at eps {eps:g} "
             f"({time.perf_counter() - start:.0f} s)")
+    return line, accuracy["worst-case"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,12 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.eps <= 0 or args.examples < 1 or args.batch_size < 1:
         parser.error("--eps must be > 0, --examples and --batch-size >= 1")
+    worst = {}
     try:
         for path in args.runs:
-            print(probe(path, eps=args.eps, examples=args.examples, batch_size=args.batch_size), flush=True)
+            line, worst[path] = probe(path, eps=args.eps, examples=args.examples, batch_size=args.batch_size)
+            print(line, flush=True)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if len(worst) > 1:
+        best = max(worst, key=worst.__getitem__)  # the first of a tie
+        print(f"highest worst case: {best} ({worst[best]:.4f}, of {len(worst)} runs)")
     return 0
 
 

@@ -40,6 +40,15 @@ def test_the_probe_attacks_a_trained_run_and_refuses_a_folder_that_is_not_one(tm
     assert found, line
     clean, apgd, worst = map(float, found.groups())
     assert 0 <= worst <= apgd <= clean <= 1
+    other = tmp_path / "other"  # another seed: the last line names the run with the higher worst case
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--adversarial", "fgsm-rs", "--adv-eps", "0.1",
+                 "--robust-val-examples", "100", "--seed", "1", "--out", str(other), "--quiet"]) == 0
+    capsys.readouterr()
+    assert probe.main([str(run), str(other), "--eps", "0.1", "--examples", "30"]) == 0
+    *lines, last = capsys.readouterr().out.strip().splitlines()
+    worsts = {line.split(": ")[0]: float(re.search(r"worst case (\S+)", line).group(1)) for line in lines}
+    best = max(worsts, key=worsts.__getitem__)
+    assert last == f"highest worst case: {best} ({worsts[best]:.4f}, of 2 runs)"
     assert probe.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
