@@ -10,7 +10,8 @@ anchors"). Runs with the same data set, seed and ``--val-fraction`` share their 
 so get the same images; runs of different seeds are probed on their own held-out images. Prints one
 line per run: clean, APGD-CE and worst-case robust accuracy on those images, and the seconds; given
 several runs, a last line names the one with the highest worst case (the first of a tie), the choice a
-validation split exists for (README, "The published anchors": the best of eight seeds).
+validation split exists for (README, "The published anchors": the best of 17 trainings under four
+settings).
 
 Usage::
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.eps <= 0 or args.examples < 1 or args.batch_size < 1:
         parser.error("--eps must be > 0, --examples and --batch-size >= 1")
-    worst = {}
+    worst: dict[str, float] = {}
     try:
         for path in args.runs:
             line, worst[path] = probe(path, eps=args.eps, examples=args.examples, batch_size=args.batch_size)
