@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--eps must be > 0, --examples and --batch-size >= 1")
     worst: dict[str, float] = {}
     try:
-        for path in args.runs:
+        for path in dict.fromkeys(args.runs):  # a run given twice is probed once
             line, worst[path] = probe(path, eps=args.eps, examples=args.examples, batch_size=args.batch_size)
             print(line, flush=True)
     except UsageError as error:
