@@ -115,3 +115,19 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     assert one["best_val_accuracy"] > 0.9 and abs(one["best_val_accuracy"] - two["best_val_accuracy"]) < 0.04
     log = (double / "log.txt").read_text()
     assert log.count("epoch   8/8") == 1  # only rank 0 writes
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="this torch build has no gloo backend")
+def test_every_process_leaves_the_gloo_group_when_it_exits(tmp_path):
+    # A gloo group left to the interpreter's teardown aborted a process now and then ("terminate called without an
+    # active exception", exit -6); the group must be gone before teardown, whatever order the processes end in.
+    script = tmp_path / "join.py"  # the check registered first runs last, after anything imgclf registered
+    script.write_text("import atexit\nimport torch.distributed as d\n"
+                      "atexit.register(lambda: print('left' if not d.is_initialized() else 'still in', flush=True))\n"
+                      "from imgclf.distributed import Distributed\nDistributed.from_env()\n")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["left", "left"], done.stdout

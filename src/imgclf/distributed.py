@@ -6,13 +6,17 @@ permutation of the training set every epoch and trains on its own interleaved
 share of it (equal shares, so every process takes the same number of steps);
 PyTorch's ``DistributedDataParallel`` averages the gradients; training loss and
 accuracy are summed over the processes; validation runs on the whole
-validation split in every process. Only rank 0 prints and writes files.
+validation split in every process. Only rank 0 prints and writes files. A process
+that joined the group leaves it when it exits (a gloo group left to the
+interpreter's teardown can abort the process: "terminate called without an
+active exception").
 ``train.batch_size`` is per process, as in PyTorch's own DDP examples. The
 backend is NCCL on GPUs and gloo on CPUs.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +47,7 @@ class Distributed:
             if backend == "nccl":
                 torch.cuda.set_device(local)
             tdist.init_process_group(backend=backend)
+            atexit.register(_leave_process_group)
         return cls(tdist.get_rank(), tdist.get_world_size(), local)
 
     @property
@@ -94,3 +99,11 @@ class Distributed:
             tdist.all_reduce(totals)
         loss, right, count = totals.tolist()
         return loss, right, int(count)
+
+
+def _leave_process_group() -> None:
+    """Destroy the default process group if it is still there (registered at exit by :meth:`Distributed.from_env`)."""
+    import torch.distributed as tdist
+
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
