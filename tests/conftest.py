@@ -13,6 +13,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IMGCLF_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
+needs_gloo = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this torch build has no gloo backend")
 
 
 def shared_data(*parts: str) -> Path:

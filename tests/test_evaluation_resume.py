@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+from conftest import needs_gloo
 from imgclf.cli import main
 
 ATTACK = ["--attack", "pgd,apgd-ce", "--eps", "0.05,0.1", "--attack-batch-size", "16"]
@@ -70,8 +71,7 @@ def test_an_evaluation_killed_mid_way_continues_to_the_uninterrupted_numbers(dig
     assert not list(stopped.glob("evaluations/*/batches"))  # cleared once the evaluation is saved whole
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="this torch build has no gloo backend")
+@needs_gloo
 def test_two_gloo_processes_share_an_evaluation_and_merge_it_into_one_processs_numbers(digits_run, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     shutil.copytree(digits_run, single)

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
+from conftest import needs_gloo
 from imgclf.checkpoint import load_model
 from imgclf.cli import main
 
@@ -97,8 +97,7 @@ def test_a_finished_run_extends_to_more_epochs_with_a_new_schedule(tmp_path, cap
     assert "stopped after epoch 5 of its 7; resume it to 7 first" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="this torch build has no gloo backend")
+@needs_gloo
 def test_two_gloo_processes_train_like_one(tmp_path):
     common = ["--dataset", "digits", "--model", "simple-cnn", "--epochs", "8", "--quiet"]
     single = tmp_path / "single"
@@ -117,8 +116,7 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     assert log.count("epoch   8/8") == 1  # only rank 0 writes
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="this torch build has no gloo backend")
+@needs_gloo
 def test_every_process_leaves_the_gloo_group_when_it_exits(tmp_path):
     # A gloo group left to the interpreter's teardown aborted a process now and then ("terminate called without an
     # active exception", exit -6); the group must be gone before teardown, whatever order the processes end in.
