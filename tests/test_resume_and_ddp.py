@@ -121,11 +121,11 @@ def test_every_process_leaves_the_gloo_group_when_it_exits(tmp_path):
     # A gloo group left to the interpreter's teardown aborted a process now and then ("terminate called without an
     # active exception", exit -6); the group must be gone before teardown, whatever order the processes end in.
     script = tmp_path / "join.py"  # the check registered first runs last, after anything imgclf registered
-    script.write_text("import atexit\nimport torch.distributed as d\n"
-                      "atexit.register(lambda: print('left' if not d.is_initialized() else 'still in', flush=True))\n"
+    script.write_text("import atexit, os\nimport torch.distributed as d\n"  # one write per process: lines stay whole
+                      "atexit.register(lambda: os.write(1, b'left\\n' if not d.is_initialized() else b'still in\\n'))\n"
                       "from imgclf.distributed import Distributed\nDistributed.from_env()\n")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script)], env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["left", "left"], done.stdout
+    assert done.stdout.splitlines() == ["left", "left"], done.stdout
