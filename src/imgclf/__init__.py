@@ -17,6 +17,7 @@ Public API (imported lazily, so ``imgclf --version`` stays fast)::
     imgclf.evaluate(model, split, class_names, device=...)  clean metrics
     imgclf.attacks.fgsm / imgclf.attacks.pgd / imgclf.attacks.robustness / imgclf.attacks.register_attack
     imgclf.defenses.register_recipe    a new adversarial training recipe
+    imgclf.trust_code()                import the py: code that run folders and config files name (trusted files only)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _EXPORTS = {
     "UsageError": "imgclf.errors",
     "evaluate_robustness": "imgclf.robustness",
     "RobustnessReport": "imgclf.robustness",
+    "trust_code": "imgclf.trust",
 }
 
 _SUBPACKAGES = ("attacks", "defenses", "models", "data", "report")

@@ -24,6 +24,7 @@ from imgclf.errors import UsageError, first_line
 from imgclf.models import ImageClassifier, Normalize, create_model, resolve_options
 from imgclf.record import MODEL_FORMAT, SCHEMA_VERSION, read_model_record
 from imgclf.run_folder import atomic_write_bytes, atomic_write_text
+from imgclf.trust import check_named_code
 
 
 def model_info(
@@ -105,16 +106,19 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
     return dataclasses.asdict(read_model_record(info_path))
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", trust_code: bool = False) -> torch.nn.Module:
     """Load a model from a run folder or a ``model.safetensors`` file.
 
     A model of a library or of the user's code (``timm:``, ``torchvision:``, ``py:``) is rebuilt from
     ``model.json`` (its module must be importable); an exported model evaluated in a run folder is read from
-    its copy there. Nothing is unpickled.
+    its copy there. Nothing is unpickled, and a ``py:`` model's code is imported only with ``trust_code``
+    (or where this process was told to trust it: :mod:`imgclf.trust`).
 
     Args:
         path: A run folder, or a ``.safetensors`` file with its ``.json`` beside it.
         device: Where to put the model.
+        trust_code: Import the Python code a ``py:`` model names, and load a ``.pt2`` copy that holds
+            pickled payloads: only for a folder from someone you trust.
 
     Returns:
         The model in eval mode. Input: ``float32`` ``(B, C, H, W)`` in
@@ -122,18 +126,20 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> torch
         ``(B, K)``. Class names are in :func:`read_model_info`.
 
     Raises:
-        UsageError: If the files are missing, not imgclf's, do not match, or the model's code cannot be
-            imported.
+        UsageError: If the files are missing, not imgclf's, do not match, the model's code cannot be
+            imported, or it names code (or pickled payloads) that is not trusted.
     """
     weights, info_path = _paths(path)
     info = read_model_info(path)
+    check_named_code(info["model"], str(info_path), allowed=trust_code)
     channels, height, width = info["input_shape"]
     norm = info["normalization"]
     source = info["source"]
     if source.get("file"):  # an exported model: its copy in the run folder
         from imgclf.models.sources import load_exported
 
-        exported = load_exported(source.get("kind", ""), info_path.parent / Path(source["file"]).name)
+        exported = load_exported(source.get("kind", ""), info_path.parent / Path(source["file"]).name,
+                                 trust_code=trust_code)
         model = ImageClassifier(Normalize(norm["mean"], norm["std"]), exported) if source.get("normalize") \
             else exported
         return model.to(device)

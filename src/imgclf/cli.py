@@ -306,14 +306,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=_examples(examples),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = sub.add_parser(name, help=help_text, description=help_text, epilog=_examples(examples),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name in _READS_MODELS:
+            parser.add_argument("--trust-code", action="store_true",
+                                help="import the Python code (py:FILE:CLASS) that a run folder or config file "
+                                     "names, and load .pt2 files that hold pickled objects: only for files from "
+                                     "someone you trust (a model you name with --model needs no flag)")
+        return parser
 
     for add_commands in (_pipeline_commands, _stage_commands, _model_file_commands, _foundation_commands,
                          _listing_commands):
         add_commands(command)
     return parser
 
+
+#: The commands that read a model or a configuration from a file, and so take ``--trust-code``.
+_READS_MODELS = frozenset({"run", "train", "lr-find", "evaluate", "attack", "corrupt", "explain", "predict", "export",
+                           "features", "sweep"})
 
 #: ``command(name, help, examples)`` adds a subcommand with its help and examples and returns its parser.
 Command = Callable[[str, str, str], argparse.ArgumentParser]
@@ -1049,6 +1059,18 @@ def _in_flag_terms(message: str, args: argparse.Namespace, parser: argparse.Argu
     return message
 
 
+def _grant_trust(args: argparse.Namespace) -> None:
+    """What this call trusts (:mod:`imgclf.trust`): the ``py:`` model given with ``--model``, and with
+    ``--trust-code`` whatever the files it reads name."""
+    from imgclf.trust import is_user_code, trust_code
+
+    if getattr(args, "trust_code", False):
+        trust_code()
+    named = getattr(args, "model.name", None)
+    if is_user_code(named):
+        trust_code(named)
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen subcommand; returns the exit status."""
     return HANDLERS[args.command](args)
@@ -1062,6 +1084,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _grant_trust(args)
         return dispatch(args)
     except UsageError as error:
         print(f"imgclf: error: {_in_flag_terms(str(error), args, parser)}", file=sys.stderr)

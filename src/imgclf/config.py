@@ -32,6 +32,7 @@ from imgclf.data.augment import AugmentSetting
 from imgclf.defenses import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
 from imgclf.errors import UsageError, unknown_choice
 from imgclf.settings import resolve
+from imgclf.trust import check_named_code
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "cyclic", "step", "constant")
@@ -446,20 +447,23 @@ def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None, *,
+                trust_code: bool = False) -> RunConfig:
     """Read a YAML file (optional), apply dotted-key overrides, and validate.
 
     Args:
         path: A YAML file with the sections of :class:`RunConfig`, or None for
             the defaults.
         overrides: ``{"train.epochs": 3, ...}``, applied after the file.
+        trust_code: Accept a ``py:`` model that the file names (see :mod:`imgclf.trust`); a ``py:`` model
+            in ``overrides`` is the caller's own and needs no opt-in.
 
     Returns:
         The validated configuration.
 
     Raises:
-        UsageError: If the file is missing or not valid YAML, or any value is
-            invalid.
+        UsageError: If the file is missing or not valid YAML, any value is
+            invalid, or the file names Python code that is not trusted.
     """
     values: dict[str, Any] = {}
     overrides = dict(overrides or {})
@@ -469,6 +473,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not path.is_file():
             raise UsageError(f"config file {str(path)!r} does not exist")
         values = read_yaml_mapping(path, "config file")
+        model = values.get("model")
+        if isinstance(model, dict) and "model.name" not in overrides:
+            check_named_code(model.get("name"), f"config file {str(path)!r}", allowed=trust_code)
     recipe = recipe or values.pop("recipe", None)
     if recipe is not None:
         if not isinstance(recipe, str) or recipe not in SETTING_PRESETS:

@@ -50,6 +50,7 @@ from imgclf.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 from imgclf.runtime import environment, seed_everything, select_device
 from imgclf.settings import Settings, resolve
 from imgclf.training import TrainResult, fit
+from imgclf.trust import is_user_code, trust_code
 
 if TYPE_CHECKING:
     from imgclf.lr_finder import LRFinderResult
@@ -232,7 +233,7 @@ class Run:
 
     @classmethod
     def resume(cls, path: str | Path, *, epochs: int | str | None = None, quiet: bool = False,
-               overrides: dict[str, Any] | None = None) -> Run:
+               overrides: dict[str, Any] | None = None, trust_code: bool = False) -> Run:
         """Continue a run from its last training state (``train_state.pt``), e.g. after ``kill -9``, or
         extend a finished run to ``epochs`` epochs.
 
@@ -246,6 +247,7 @@ class Run:
 
         Args:
             epochs: The run's new number of epochs, a whole number or its text (None: its own).
+            trust_code: As for :meth:`open`: import the code of a ``py:`` model that ``config.yaml`` names.
 
         Raises:
             UsageError: If ``path`` is not a run folder or holds no training state; if ``epochs`` is
@@ -257,11 +259,11 @@ class Run:
         if not state_path.is_file():
             raise UsageError(f"{str(path)!r} holds no {record.TRAIN_STATE}: it stopped before its first epoch ended; "
                              "start it again instead")
-        planned = load_config(folder.config_path).train.epochs
+        planned = load_config(folder.config_path, trust_code=trust_code).train.epochs
         overrides = dict(overrides or {})
         if epochs is not None:
             overrides["train.epochs"] = epochs
-        settings, device, data = _reload(folder, overrides)
+        settings, device, data = _reload(folder, overrides, trust_code=trust_code)
         log = RunLog(folder, quiet=quiet)
         model = _model_for(settings.config, data, device)
         state = _load_train_state(state_path, device)
@@ -338,20 +340,26 @@ class Run:
                    dist=dist)
 
     @classmethod
-    def open(cls, path: str | Path, *, overrides: dict[str, Any] | None = None, quiet: bool = False) -> Run:
+    def open(cls, path: str | Path, *, overrides: dict[str, Any] | None = None, quiet: bool = False,
+             trust_code: bool = False) -> Run:
         """Rebuild a run from its folder: configuration (with ``overrides``, dotted keys such as
         ``attack.eps``), the same data splits, and the trained model in eval mode.
 
         A new ``attack.norm`` without new eps values takes that norm's default eps.
 
+        Args:
+            trust_code: Import the Python code of a ``py:`` model that the folder names (and load a ``.pt2``
+                copy with pickled payloads): only for a folder from someone you trust (:mod:`imgclf.trust`).
+
         Raises:
-            UsageError: If ``path`` is not a run folder, an override is invalid, or the data cannot be loaded.
+            UsageError: If ``path`` is not a run folder, an override is invalid, the data cannot be loaded,
+                or the folder names code that is not trusted.
         """
         dist = Distributed.from_env()
         folder = RunFolder.open(path)
-        settings, device, data = _reload(folder, overrides)
+        settings, device, data = _reload(folder, overrides, trust_code=trust_code)
         device = dist.device(device)
-        model = load_model(folder.path, device=device)
+        model = load_model(folder.path, device=device, trust_code=trust_code)
         log = RunLog(folder if dist.is_main else None, quiet=quiet or not dist.is_main)
         return cls(folder, settings, data, model, device, log=log, quiet=quiet or not dist.is_main, dist=dist)
 
@@ -818,12 +826,13 @@ def report_folder(path: str | Path) -> Path:
     return report
 
 
-def _reload(folder: RunFolder, overrides: dict[str, Any] | None) -> tuple[Settings, torch.device, DataSplits]:
+def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: bool = False
+            ) -> tuple[Settings, torch.device, DataSplits]:
     """A run folder's settings (with ``overrides``), device, and the very data splits it trained on."""
     overrides = dict(overrides or {})
     if "attack.norm" in overrides and "attack.eps" not in overrides:
         overrides["attack.eps"] = None
-    config = load_config(folder.config_path, overrides)
+    config = load_config(folder.config_path, overrides, trust_code=trust_code)
     seed_everything(config.seed)
     device = select_device(config.device)
     data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))
@@ -890,6 +899,8 @@ def _prepare(config: RunConfig, out: str | Path | None, quiet: bool
     dist = Distributed.from_env()
     if out is not None and dist.is_main:
         RunFolder.check_available(out)
+    if is_user_code(config.model.name):  # named by the caller (a file naming it was checked when read)
+        trust_code(config.model.name)
     log = RunLog(quiet=quiet or not dist.is_main)
     seed_everything(config.seed)
     device = dist.device(select_device(config.device))

@@ -74,11 +74,17 @@ class Classifier:
         return int(channels), int(height), int(width)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> Classifier:
+    def load(cls, path: str | Path, *, device: str | torch.device | None = None,
+             trust_code: bool = False) -> Classifier:
         """Load a run folder, ``*.safetensors``, ``*.onnx`` or exported TorchScript file.
 
+        Args:
+            trust_code: Import the code of a ``py:`` model the folder names, and load a ``.pt2`` file with
+                pickled payloads (:mod:`imgclf.trust`).
+
         Raises:
-            UsageError: If the path is none of these or its metadata is missing.
+            UsageError: If the path is none of these, its metadata is missing, or it names code that is
+                not trusted.
         """
         path = Path(path)
         if (path.suffix == ".onnx" and not path.is_dir()) or (path.is_file() and export_info_path(path).is_file()):
@@ -91,13 +97,14 @@ class Classifier:
             if kind in ("onnx", "torchscript", "pt2"):
                 from imgclf.models.sources import load_exported
 
-                return cls(_torch_forward(load_exported(kind, path), torch.device("cpu")), info, kind)
+                module = load_exported(kind, path, trust_code=trust_code)
+                return cls(_torch_forward(module, torch.device("cpu")), info, kind)
             raise UsageError(f"{str(info_path)!r} names no export format imgclf knows (onnx, torchscript, pt2)")
         from imgclf.checkpoint import load_model, read_model_info
         from imgclf.runtime import select_device
 
         target = select_device("auto") if device is None else torch.device(device)
-        model = load_model(path, device=target)
+        model = load_model(path, device=target, trust_code=trust_code)
         return cls(_torch_forward(model, target), read_model_info(path), "pytorch")
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:

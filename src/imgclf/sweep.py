@@ -44,6 +44,7 @@ import yaml
 from imgclf.config import MAX_SEED, dotted, load_config, read_yaml_mapping
 from imgclf.errors import UsageError
 from imgclf.run_folder import RunFolder, atomic_write_text
+from imgclf.trust import check_named_code
 
 #: What a sweep file may hold, with defaults.
 SWEEP_KEYS: dict[str, Any] = {"study": None, "trials": 20, "out": None, "storage": None, "seed": 0, "pruner": "median",
@@ -183,6 +184,9 @@ def load_sweep(path: str | Path, *, trials: int | None = None, storage: str | No
         raise UsageError("sweep key 'search' must map at least one setting (e.g. train.lr) to its range")
     search = [Dimension.parse(str(key), spec) for key, spec in values["search"].items()]
     base = dotted(base)
+    named = [base.get("model.name"), *(c for d in search if d.key == "model.name" for c in d.choices or ())]
+    for name in named:  # the sweep file's models are the file's word, not the caller's
+        check_named_code(name, f"sweep file {str(path)!r}")
     load_config(None, {**base, **{d.key: d.example() for d in search}})  # raises on a bad key
     trials = values["trials"] if trials is None else trials
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
