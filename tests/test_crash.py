@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from imgclf import record
@@ -89,3 +91,73 @@ def test_kill_9_at_random_moments_leaves_complete_files_and_resumes_bit_identica
             finish = imgclf("report", str(out))
             assert finish.wait(timeout=600) == 0, finish.communicate()
         assert_every_file_complete(out)
+
+
+EXTEND_BASE = ["train", "--model", "mlp", "--epochs", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def extension(tmp_path_factory) -> tuple[Path, Path, float]:
+    """A finished two-epoch run, and a copy of it extended to four epochs without a stop (with its time)."""
+    root = tmp_path_factory.mktemp("extend")
+    base = root / "base"
+    done = imgclf(*EXTEND_BASE, "--out", str(base))
+    assert done.wait(timeout=600) == 0, done.communicate()
+    whole = root / "whole"
+    shutil.copytree(base, whole)
+    began = time.perf_counter()
+    done = imgclf("train", "--resume", str(whole), "--epochs", "4", "--quiet")
+    assert done.wait(timeout=600) == 0, done.communicate()
+    return base, whole, time.perf_counter() - began
+
+
+@pytest.mark.slow
+def test_kill_9_during_an_extension_resumes_to_the_weights_of_one_never_stopped(extension, tmp_path):
+    """``train --resume RUN --epochs 4`` killed at random moments (``config.yaml`` already says 4 while the
+    training state is still the 2-epoch run's, or the other way round), then ``train --resume RUN``."""
+    base, whole, seconds = extension
+    expected = load_file(str(whole / record.WEIGHTS))
+    rng = random.Random(32)
+    for k, moment in enumerate(sorted(rng.uniform(0.1, 1.0) * seconds for _ in range(KILLS))):
+        out = tmp_path / f"killed-{k}"
+        shutil.copytree(base, out)
+        process = imgclf("train", "--resume", str(out), "--epochs", "4", "--quiet")
+        time.sleep(moment)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        assert_every_file_complete(out)
+        resumed = imgclf("train", "--resume", str(out), "--quiet")
+        assert resumed.wait(timeout=600) == 0, resumed.communicate()
+        weights = load_file(str(out / record.WEIGHTS))
+        epochs = yaml.safe_load((out / record.CONFIG).read_text())["train"]["epochs"]
+        if epochs == 4:  # killed after config.yaml recorded the extension: it went on to the end
+            assert all(torch.equal(weights[key], expected[key]) for key in expected), f"kill at {moment:.1f} s"
+        else:  # killed before: the run is the finished 2-epoch run, untouched
+            assert all(torch.equal(weights[key], value) for key, value in load_file(str(base / record.WEIGHTS)).items())
+        assert_every_file_complete(out)
+
+
+def test_an_extension_on_a_disk_that_fills_up_resumes_to_the_weights_of_one_never_stopped(extension, tmp_path):
+    """The disk fills during the first added epoch's writes (history and model written, the training state
+    not): one line, and ``train --resume`` on a freed disk ends where an extension never stopped ends."""
+    from test_edges import small_disk
+
+    base, whole, _ = extension
+    with small_disk(tmp_path / "small-disk", "2m") as small:
+        out = small / "run"
+        shutil.copytree(base, out)
+        state_size = (out / record.TRAIN_STATE).stat().st_size
+        free = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+        filler = small / "filler"
+        filler.write_bytes(b"\0" * max(0, free - state_size // 2))  # room for small files, not for the state
+        extended = imgclf("train", "--resume", str(out), "--epochs", "4", "--quiet")
+        _, err = extended.communicate(timeout=600)
+        assert extended.returncode == 1, err
+        assert "No space left on device" in err and "imgclf train --resume" in err and "Traceback" not in err
+        assert_every_file_complete(out)
+        filler.unlink()
+        resumed = imgclf("train", "--resume", str(out), "--quiet")
+        assert resumed.wait(timeout=600) == 0, resumed.communicate()
+        weights = load_file(str(out / record.WEIGHTS))
+        expected = load_file(str(whole / record.WEIGHTS))
+        assert all(torch.equal(weights[key], expected[key]) for key in expected)

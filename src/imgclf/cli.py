@@ -1094,8 +1094,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as error:  # the machine's refusal: a full disk, a read-only folder, a path through a file
         where = f" ({error.filename})" if error.filename else ""
-        print(f"imgclf: error: {error.strerror or error}{where}; nothing was overwritten (files are written "
-              "atomically)", file=sys.stderr)
+        print(f"imgclf: error: {error.strerror or error}{where}; each file is written whole or not at all, so the "
+              "run folder keeps its last complete state: make room and run the command again (a training run "
+              "goes on with imgclf train --resume RUN)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)

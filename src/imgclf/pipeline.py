@@ -268,9 +268,13 @@ class Run:
         model = _model_for(settings.config, data, device)
         state = _load_train_state(state_path, device)
         run = cls(folder, settings, data, model, device, log=log, quiet=quiet)
+        # The training state is the record of what was trained: a config.yaml longer than its plan is an
+        # extension stopped before its first epoch was saved, which goes on from the state as it is.
+        saved_plan = state.get("epochs")  # (None in the states of earlier releases)
+        planned = saved_plan if isinstance(saved_plan, int) and saved_plan >= 1 else planned
         done, finished = state["epoch"], state["epoch"] >= planned or state["stopped_early"]
         epochs = settings.config.train.epochs  # `epochs` checked as the setting it is
-        extend = "train.epochs" in overrides and (epochs != planned or (finished and epochs > done))
+        extend = epochs != planned or ("train.epochs" in overrides and finished and epochs > done)
         if extend:
             _check_extension(folder, path, done=done, planned=planned, epochs=epochs, finished=finished)
         folder.remove_temporary_files()  # left by a write that a kill interrupted

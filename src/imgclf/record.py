@@ -333,6 +333,8 @@ class TrainState:
         best_state: The kept weights. history, best_epoch, best_val_accuracy, best_robust_val_accuracy,
             seconds: The result so far. adversary: The adversary's step and random state.
         optimizer_steps: Steps logged to TensorBoard so far. schema_version: :data:`SCHEMA_VERSION`.
+        epochs: The run's length when the state was saved (None in states of earlier releases): a
+            ``config.yaml`` that asks for more records an extension that has not yet saved an epoch.
     """
 
     epoch: int
@@ -354,6 +356,7 @@ class TrainState:
     adversary: dict[str, Any] | None = None
     optimizer_steps: int = 0
     schema_version: int = SCHEMA_VERSION
+    epochs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The state as the plain dict ``torch.save`` writes (tensors are not copied)."""

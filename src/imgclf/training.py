@@ -347,12 +347,12 @@ class _Loop:
         """The weights validated and kept: the moving average when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
-    def state(self, result: TrainResult, *, epoch: int, stale: int, stop: bool,
+    def state(self, result: TrainResult, *, epoch: int, epochs: int, stale: int, stop: bool,
               best_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
-        """The whole training state after ``epoch`` (:class:`imgclf.record.TrainState` as a dict of tensors and
-        plain values; :meth:`restore` reads it)."""
+        """The whole training state after ``epoch`` of ``epochs`` (:class:`imgclf.record.TrainState` as a dict of
+        tensors and plain values; :meth:`restore` reads it)."""
         return TrainState(
-            epoch=epoch, stale=stale, stopped_early=stop,
+            epoch=epoch, epochs=epochs, stale=stale, stopped_early=stop,
             model=_clone_state(self.model), optimizer=self.optimizer.state_dict(),
             schedule=self.schedule.state_dict() if self.schedule is not None else None,
             ema=self.ema.state_dict() if self.ema is not None else None,
@@ -630,7 +630,8 @@ def _train_epochs(loop: _Loop, model: nn.Module, data: DataSplits, config: Train
                     f"{result.best_epoch} (robust val accuracy {result.best_robust_val_accuracy:.4f})")
                 stop = True
         if on_epoch is not None:
-            on_epoch(result, loop.state(result, epoch=epoch, stale=stale, stop=stop, best_state=best_state))
+            on_epoch(result, loop.state(result, epoch=epoch, epochs=config.epochs, stale=stale, stop=stop,
+                                         best_state=best_state))
         if stop:
             result.stopped_early = True
             if not result.catastrophic_overfitting:
