@@ -16,6 +16,7 @@ import torch
 
 from conftest import needs_gloo
 from imgclf.cli import main
+from imgclf.pipeline import BatchFiles
 
 ATTACK = ["--attack", "pgd,apgd-ce", "--eps", "0.05,0.1", "--attack-batch-size", "16"]
 
@@ -63,7 +64,14 @@ def test_an_evaluation_killed_mid_way_continues_to_the_uninterrupted_numbers(dig
     committed = list(stopped.glob("evaluations/*/batches/*.pt"))
     assert len(committed) >= 12 and "evaluations" not in json.loads((stopped / "metrics.json").read_text())
     for unit in committed:  # every committed unit is whole (atomic writes)
-        assert set(torch.load(unit, weights_only=True)) >= {"hit", "keep", "adv", "forwards"}
+        assert set(BatchFiles(unit.parent).load(unit.stem)) >= {"hit", "keep", "adv", "forwards"}
+    # Damage two units: zeroed bytes inside one (a bad disk block), an empty result with a valid checksum in
+    # the other. Neither is trusted: both are run again.
+    damaged = bytearray(committed[0].read_bytes())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 64] = bytes(64)
+    committed[0].write_bytes(bytes(damaged))
+    assert BatchFiles(committed[0].parent).load(committed[0].stem) is None
+    BatchFiles(committed[1].parent).save(committed[1].stem, {})
     done = subprocess.run([*command[:-1], str(stopped)], env=_env(1), timeout=600, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{len(committed)} batch(es) were committed before it stopped" in done.stdout

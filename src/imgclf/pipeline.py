@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import pickle
 import sys
@@ -89,8 +90,10 @@ class RunLog:
 
 class BatchFiles:
     """The units an evaluation has finished (:class:`imgclf.attacks.robust_accuracy.BatchStore`), one file
-    each in ``RUN/evaluations/KEY/batches/``: written atomically (``torch.save``), read with
-    ``weights_only=True``. A unit file that cannot be read is run again (its result is the same)."""
+    each in ``RUN/evaluations/KEY/batches/``: written atomically, the SHA-256 of the ``torch.save`` payload
+    (64 hex digits and a newline) before the payload, read with ``weights_only=True``. A unit file whose
+    checksum fails (a damaged disk block, a file changed by hand) or that cannot be read is run again
+    (its result is the same)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -100,7 +103,10 @@ class BatchFiles:
         if not path.is_file():
             return None
         try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            digest, _, payload = path.read_bytes().partition(b"\n")
+            if hashlib.sha256(payload).hexdigest().encode() != digest:
+                return None
+            loaded = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
             return None
         return loaded if isinstance(loaded, dict) else None
@@ -108,7 +114,8 @@ class BatchFiles:
     def save(self, name: str, result: dict[str, Any]) -> None:
         buffer = io.BytesIO()
         torch.save(result, buffer)
-        atomic_write_bytes(self.folder / f"{name}.pt", buffer.getvalue())
+        payload = buffer.getvalue()
+        atomic_write_bytes(self.folder / f"{name}.pt", hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
     def count(self) -> int:
         """Units committed so far."""

@@ -192,6 +192,21 @@ class BatchStore(Protocol):
     def save(self, name: str, result: dict[str, Any]) -> None: ...
 
 
+def _unit_fits(unit: dict[str, Any], rows: int, image_shape: tuple[int, ...]) -> bool:
+    """Whether a stored unit is one of ``rows`` examples of images ``image_shape``: bool masks ``hit``,
+    ``reached``, ``keep`` and integer ``pred`` of ``(rows,)``, ``adv`` of ``(keep.sum(), *image_shape)``, and
+    whole pass counts (a unit that is not is run again)."""
+    masks = [unit.get(key) for key in ("hit", "reached", "keep")]
+    pred, adv = unit.get("pred"), unit.get("adv")
+    if not all(isinstance(m, torch.Tensor) and m.dtype == torch.bool and tuple(m.shape) == (rows,) for m in masks):
+        return False
+    if not (isinstance(pred, torch.Tensor) and tuple(pred.shape) == (rows,) and not pred.is_floating_point()):
+        return False
+    kept = int(masks[2].sum())  # type: ignore[union-attr]
+    return (isinstance(adv, torch.Tensor) and tuple(adv.shape) == (kept, *image_shape) and adv.is_floating_point()
+            and all(isinstance(unit.get(key), int) and unit[key] >= 0 for key in ("forwards", "backwards")))
+
+
 def unit_seed(seed: int, batch: int) -> int:
     """The seed of one unit's generator: ``seed`` for the first batch, a well-mixed derivative for the others."""
     if batch == 0:
@@ -383,7 +398,7 @@ class _Evaluation:
         """One batch of one attack at one eps: loaded from the store where it was committed, else run."""
         if self.store is not None:
             stored = self.store.load(name)
-            if stored is not None:
+            if stored is not None and _unit_fits(stored, len(rows), tuple(self.images.shape[1:])):
                 return {**stored, "stored": True}
         forwards, backwards = self.counter.forwards, self.counter.backwards
         gen = generator(unit_seed(self.seed, batch), self.images.device)
