@@ -1062,8 +1062,9 @@ def _in_flag_terms(message: str, args: argparse.Namespace, parser: argparse.Argu
 def _grant_trust(args: argparse.Namespace) -> None:
     """What this call trusts (:mod:`imgclf.trust`): the ``py:`` model given with ``--model``, and with
     ``--trust-code`` whatever the files it reads name."""
-    from imgclf.trust import is_user_code, trust_code
+    from imgclf.trust import forget_trust, is_user_code, trust_code
 
+    forget_trust()  # one call, one grant (main may run several commands in one process)
     if getattr(args, "trust_code", False):
         trust_code()
     named = getattr(args, "model.name", None)

@@ -40,6 +40,7 @@ from imgclf.corruptions.registry import parse_corruptions, parse_severities
 from imgclf.data import DataSplits, load_data, stratified_subset
 from imgclf.data.augment import per_image
 from imgclf.data.loading import dataset_stem
+from imgclf.defenses import warmup_reached
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError, first_line
 from imgclf.evaluation import EvalResult, evaluate, logits_of, predict_logits
@@ -235,6 +236,14 @@ class Run:
                 atomic_write_text(folder.config_path, dump_config(settings.config))
                 _save_range_test(folder, found)
         run = cls(folder, settings, data, model, device, log=log, quiet=quiet)
+        if settings.train_eps is not None:
+            eps = settings.train_eps.value
+            reached = warmup_reached(eps, config.adversarial.warmup_epochs, config.train.epochs, config.train.epochs)
+            if reached < eps:
+                log.warn(f"warning: the eps warm-up ({config.adversarial.warmup_epochs:g} epochs) outlasts the "
+                         f"{config.train.epochs} epoch(s) of training: the training eps reaches {reached:.4g}, not "
+                         f"{eps:.4g}; metrics.json records it as training.adversarial.kept_eps (give more --epochs "
+                         "or a shorter --eps-warmup)")
         run.train_result = run._fit(dist, env=env, after_epoch=after_epoch)
         return run
 
@@ -511,7 +520,11 @@ class Run:
         labels = data.test.labels
         rows = stratified_subset(labels.numpy(), settings.examples, config.seed)
         self.model.eval()
+        surrogate = load_model(config.attack.surrogate, device=self.device) \
+            if config.attack.surrogate and dist.is_main else None
         asked = _evaluation_settings(settings, len(rows), self.model)
+        if surrogate is not None:  # another surrogate is another transfer check: another evaluation
+            asked["surrogate"] = model_fingerprint(surrogate)
         key = record.evaluation_key(asked)
         earlier = None
         if dist.is_main and folder is not None:
@@ -542,8 +555,6 @@ class Run:
             committed = store.count() if store is not None else 0
             if committed:
                 self.log(f"continuing evaluation {key}: {committed} batch(es) were committed before it stopped")
-            surrogate = load_model(config.attack.surrogate, device=self.device) \
-                if config.attack.surrogate and dist.is_main else None
             try:
                 result = robustness(
                     self.model, data.test.float_images(rows), labels[torch.as_tensor(rows)],
@@ -1022,8 +1033,11 @@ def _training_metrics(config: RunConfig, settings: Settings, result: TrainResult
     """``metrics.json``'s ``training`` and ``timing`` sections after training (``fingerprint``: the kept model's)."""
     adversarial = None
     if settings.train_eps is not None:
-        adversarial = AdversarialTraining(config.adversarial.recipe, settings.train_eps.value, config.attack.norm,
-                                          result.best_robust_val_accuracy, result.catastrophic_overfitting)
+        eps = settings.train_eps.value
+        kept_eps = warmup_reached(eps, config.adversarial.warmup_epochs, config.train.epochs, result.best_epoch)
+        adversarial = AdversarialTraining(config.adversarial.recipe, eps, config.attack.norm,
+                                          result.best_robust_val_accuracy, result.catastrophic_overfitting,
+                                          kept_eps=kept_eps)
     training = Training(result.best_epoch, result.best_val_accuracy, epochs=config.train.epochs,
                         epochs_run=len(result.history), stopped_early=result.stopped_early, processes=processes,
                         adversarial=adversarial, model_fingerprint=fingerprint)

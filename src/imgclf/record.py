@@ -98,13 +98,16 @@ class DataCounts:
 
 @dataclass
 class AdversarialTraining:
-    """``training.adversarial``: the recipe, its radius in pixel units, and what the robust validation found."""
+    """``training.adversarial``: the recipe, its radius in pixel units, and what the robust validation found;
+    ``kept_eps`` is the largest eps the kept model was trained at (less than ``eps`` where the eps warm-up
+    had not ended by the kept epoch; None in runs of earlier releases)."""
 
     recipe: str
     eps: float
     norm: str
     best_robust_val_accuracy: float | None
     catastrophic_overfitting: str | None = None
+    kept_eps: float | None = None
 
 
 @dataclass

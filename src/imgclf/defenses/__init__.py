@@ -25,13 +25,13 @@ from imgclf.defenses.recipes import (
 from imgclf.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from imgclf.defenses.adversary import Adversary, warmup_steps
+    from imgclf.defenses.adversary import Adversary, warmup_reached, warmup_steps
     from imgclf.defenses.fgsm_rs import catastrophic_overfitting
     from imgclf.defenses.trades import kl_divergence, trades_adversarial, trades_loss
     from imgclf.defenses.validation import RobustValidation
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "imgclf.defenses.adversary": ("Adversary", "warmup_steps"),
+    "imgclf.defenses.adversary": ("Adversary", "warmup_reached", "warmup_steps"),
     "imgclf.defenses.fgsm_rs": ("catastrophic_overfitting",),
     "imgclf.defenses.trades": ("kl_divergence", "trades_adversarial", "trades_loss"),
     "imgclf.defenses.validation": ("RobustValidation",),
@@ -53,5 +53,6 @@ __all__ = [
     "register_recipe",
     "trades_adversarial",
     "trades_loss",
+    "warmup_reached",
     "warmup_steps",
 ]

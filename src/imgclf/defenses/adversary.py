@@ -103,6 +103,13 @@ class Adversary:
         self.generator.set_state(state["generator"].cpu())
 
 
+def warmup_reached(eps: float, warmup_epochs: float | None, epochs: int, epochs_trained: int) -> float:
+    """The largest training eps after ``epochs_trained`` of ``epochs`` epochs under the eps warm-up (``eps`` once
+    the warm-up is over; less where it lasts longer than the epochs trained), in the units of ``eps``."""
+    share = DEFAULT_WARMUP_SHARE * epochs if warmup_epochs is None else warmup_epochs
+    return eps if share <= 0 else eps * min(1.0, epochs_trained / share)
+
+
 def warmup_steps(warmup_epochs: float | None, epochs: int, steps_per_epoch: int) -> int:
     """Optimizer steps of the eps warm-up: ``warmup_epochs`` (None: 20% of the
     epochs) times the steps per epoch, rounded up."""
