@@ -49,6 +49,12 @@ CORRUPTION_STAGE = ("auto", "on", "off")
 MAX_SEED = 2**32 - 1
 
 _POSITIVE = Interval(int, 1, None)
+# Ceilings: a value past them is a typo, not a plan (--steps 99999999999999999999 would run for ever in silence).
+_EPOCHS = Interval(int, 1, 100_000)
+_STEPS = Interval(int, 1, 100_000)  # attack and training-attack iterations
+_MAX_COUNT = 100_000_000
+_COUNT = Interval(int, 1, _MAX_COUNT)  # examples
+_BATCH = Interval(int, 1, 1_000_000)
 _NON_NEGATIVE = Interval(float, 0, None)
 _FRACTION = Interval(float, 0, 1, "neither")
 
@@ -69,7 +75,7 @@ class DataConfig:
     val_fraction: float = setting(0.2, _FRACTION)  # held out of train when the data set has no val split
     test_fraction: float = setting(0.2, _FRACTION)  # held out when the data set has no test split
     test_from: str = setting("train", Options("test-split source", TEST_FROM))  # the split that gives it up
-    train_examples: int | None = setting(None, _POSITIVE)  # seeded stratified subset of train; None: all
+    train_examples: int | None = setting(None, _COUNT)  # seeded stratified subset of train; None: all
     augment: str = setting("none", AugmentSetting())  # presets and torchvision policies joined by +
     balance: str = setting("none", Options("class balancing", BALANCING))  # counter class imbalance in training
     bad_files: str = setting("skip", Options("bad-files policy", BAD_FILES))  # skip (and list) or stop at bad files
@@ -93,8 +99,8 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation settings."""
 
-    epochs: int = setting(10, _POSITIVE)
-    batch_size: int = setting(64, _POSITIVE)
+    epochs: int = setting(10, _EPOCHS)
+    batch_size: int = setting(64, _BATCH)
     optimizer: str = setting("adamw", Options("optimizer", OPTIMIZERS))
     # peak for onecycle, initial for the others; "auto": the learning-rate range test's suggestion (`lr-find`)
     lr: float | str = setting(2e-3, OrWord(Interval(float, 0, None, "neither"), "auto"))
@@ -102,7 +108,7 @@ class TrainConfig:
     nesterov: bool = True  # SGD only
     weight_decay: float = setting(5e-4, _NON_NEGATIVE)
     schedule: str = setting("onecycle", Options("schedule", SCHEDULES))  # stepped once per batch
-    step_epochs: int = setting(5, _POSITIVE)  # `step` schedule: multiply lr by step_gamma every this many epochs
+    step_epochs: int = setting(5, _EPOCHS)  # `step` schedule: multiply lr by step_gamma every this many epochs
     milestones: list[int] | None = None  # `step` schedule: at these epochs (each in [1, epochs]) instead
     step_gamma: float = setting(0.1, Interval(float, 0, None, "neither"))
     cyclic_peak: float = setting(0.4, Interval(float, 0, 1, "neither"))  # `cyclic`: the peak's share of all steps
@@ -112,10 +118,10 @@ class TrainConfig:
     mixup: float = setting(0.0, _NON_NEGATIVE)  # MixUp alpha (Zhang et al. 2018); 0: off
     cutmix: float = setting(0.0, _NON_NEGATIVE)  # CutMix alpha (Yun et al. 2019); 0: off; with mixup, one per batch
     grad_clip: float = setting(0.0, _NON_NEGATIVE)  # clip the global gradient norm to this; 0: off
-    freeze_epochs: int = setting(0, Interval(int, 0, None))  # train only the classifier head for this many epochs
+    freeze_epochs: int = setting(0, Interval(int, 0, 100_000))  # train only the classifier head for this many epochs
     backbone_lr_scale: float = setting(1.0, Interval(float, 0, 1, "right"))  # backbone lr = this x the head's
     freeze_bn: bool = False  # while frozen, the backbone's BatchNorm layers keep their running statistics
-    early_stopping: int = setting(0, Interval(int, 0, None))  # stop after this many epochs without progress; 0: off
+    early_stopping: int = setting(0, Interval(int, 0, 100_000))  # stop after this many epochs without progress; 0: off
     amp: str = setting("auto", Options("mixed precision", AMP_MODES))  # auto: bf16 on CUDA where supported
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
     tensorboard: bool = False  # also log to RUN/tensorboard (scalars, figures, hyperparameters)
@@ -126,7 +132,7 @@ class EvalConfig:
     """Clean evaluation settings."""
 
     tta: bool = False  # test-time augmentation: average the logits of each image and its mirror
-    batch_size: int = setting(512, _POSITIVE)
+    batch_size: int = setting(512, _BATCH)
     calibration_bins: int = setting(15, Interval(int, 2, 100))  # confidence bins of ECE, MCE, reliability diagrams
 
 
@@ -142,14 +148,14 @@ class AttackConfig:
                                  constraint=Options("attack", lambda: (*ATTACKS, *ATTACK_PRESETS), each=True))
     norm: str = setting("linf", Options("norm", NORMS))  # the norm that bounds the perturbation
     eps: list[str] | None = None  # pixel units, e.g. ["0", "8/255"], "0:8/255:2/255"; None: by channels and norm
-    examples: int | str | None = setting(1000, CountOrAll())  # seeded stratified test subset, or "all"
-    steps: int | None = setting(None, _POSITIVE)  # iterations; None: each attack's default (PGD 20, APGD 100)
+    examples: int | str | None = setting(1000, CountOrAll(_MAX_COUNT))  # seeded stratified test subset, or "all"
+    steps: int | None = setting(None, _STEPS)  # iterations; None: each attack's default (PGD 20, APGD 100)
     alpha: float | None = setting(None, Interval(float, 0, None, "neither"))  # PGD step (pixel units)
-    restarts: int = setting(1, _POSITIVE)  # random restarts of PGD, APGD and FAB
+    restarts: int = setting(1, Interval(int, 1, 1_000))  # random restarts of PGD, APGD and FAB
     random_start: bool = True  # PGD starts at a random point of the eps ball
     target: str | None = None  # random | least-likely | a class name or index: targeted attacks
-    queries: int = setting(5000, _POSITIVE)  # Square's query budget per example
-    batch_size: int = setting(256, _POSITIVE)
+    queries: int = setting(5000, Interval(int, 1, 10_000_000))  # Square's query budget per example
+    batch_size: int = setting(256, _BATCH)
     surrogate: str | None = None  # a run folder whose model the transfer check attacks; None: found in the model
     cascade: bool = False  # each attack only on what the earlier ones failed on (AutoAttack's way; cumulative rows)
 
@@ -163,7 +169,7 @@ class CorruptionConfig:
                                      constraint=Options("corruption", corruption_choices, each=True))
     severities: list[int] = setting(default_factory=lambda: [1, 2, 3, 4, 5],
                                     constraint=Options("severity", (1, 2, 3, 4, 5), each=True))  # "1:5" on the CLI
-    examples: int | str = setting(100, CountOrAll())  # seeded stratified test subset, or "all" (cost: see README)
+    examples: int | str = setting(100, CountOrAll(_MAX_COUNT))  # seeded stratified subset or "all" (cost: README)
     baseline: str | None = None  # a run folder evaluated under the same corruptions: mCE and relative mCE
 
 
@@ -173,12 +179,12 @@ class AdversarialConfig:
 
     recipe: str = setting("none", Options("adversarial training recipe", recipe_choices))
     eps: str | None = None  # training radius in pixel units (0.3, 8/255); None: the largest attack eps
-    steps: int | None = setting(None, _POSITIVE)  # attack steps; None: the recipe's default (fgsm-rs always 1)
+    steps: int | None = setting(None, _STEPS)  # attack steps; None: the recipe's default (fgsm-rs always 1)
     alpha: float | None = setting(None, Interval(float, 0, None, "neither"))  # step size; None: the recipe's
     beta: float = setting(DEFAULT_BETA, _NON_NEGATIVE)  # TRADES: weight of the KL term
     warmup_epochs: float | None = setting(None, _NON_NEGATIVE)  # eps rises from 0 over these; None: 20% of them
-    val_examples: int = setting(1000, _POSITIVE)  # fixed validation subset whose robust accuracy picks the checkpoint
-    val_steps: int = setting(10, _POSITIVE)  # PGD steps of that robust validation
+    val_examples: int = setting(1000, _COUNT)  # fixed validation subset whose robust accuracy picks the checkpoint
+    val_steps: int = setting(10, _STEPS)  # PGD steps of that robust validation
     overfit_drop: float = setting(OVERFIT_DROP, Interval(float, 0, 1, "right"))  # fgsm-rs guard: PGD val fall
     clip_start: bool = True  # fgsm-rs: clamp the random start to [0, 1] before its gradient (False: Wong's MNIST code)
 

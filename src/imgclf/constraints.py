@@ -142,16 +142,20 @@ class Options(Constraint):
 
 @dataclass(frozen=True)
 class CountOrAll(Constraint):
-    """A positive integer, or ``"all"``."""
+    """A positive integer up to ``maximum``, or ``"all"``."""
+
+    maximum: int | None = None
 
     def accepts(self, value: Any) -> bool:
-        return value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        return value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                                  and (self.maximum is None or value <= self.maximum))
 
     def describe(self) -> str:
-        return "a positive integer or 'all'"
+        return ("a positive integer or 'all'" if self.maximum is None
+                else f"a positive integer up to {self.maximum:,} or 'all'")
 
     def invalid_values(self) -> list[Any]:
-        return [0, -3, "some"]
+        return [0, -3, "some", *([self.maximum + 1] if self.maximum is not None else [])]
 
 
 @dataclass(frozen=True)
