@@ -308,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=help_text, description=help_text, epilog=_examples(examples),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name in _OPENS_RUNS:
+            parser.add_argument("--changed-data", action="store_true",
+                                help="go on where the run's data set changed since it began (images added, removed "
+                                     "or replaced); the report says what changed")
         if name in _READS_MODELS:
             parser.add_argument("--trust-code", action="store_true",
                                 help="import the Python code (py:FILE:CLASS) that a run folder or config file "
@@ -324,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 #: The commands that read a model or a configuration from a file, and so take ``--trust-code``.
 _READS_MODELS = frozenset({"run", "train", "lr-find", "evaluate", "attack", "corrupt", "explain", "predict", "export",
                            "features", "sweep"})
+
+#: The commands that open a run folder with its data, and so take ``--changed-data``.
+_OPENS_RUNS = frozenset({"evaluate", "attack", "corrupt", "explain", "export", "features"})
 
 #: ``command(name, help, examples)`` adds a subcommand with its help and examples and returns its parser.
 Command = Callable[[str, str, str], argparse.ArgumentParser]
@@ -718,7 +725,7 @@ def _explain(args: argparse.Namespace) -> int:
                              ) from None
     from imgclf.pipeline import Run
 
-    run = Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet)
+    run = Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet, changed_data=args.changed_data)
     run.explain(eps=eps, method=args.method, layer=args.layer)
     run.report()
     return 0
@@ -732,7 +739,7 @@ def _export(args: argparse.Namespace) -> int:
     from imgclf.export import FORMATS, export_model
     from imgclf.pipeline import Run
 
-    loaded = Run.open(args.run_dir, overrides=_overrides(args))
+    loaded = Run.open(args.run_dir, overrides=_overrides(args), changed_data=args.changed_data)
     out = Path(args.out) if args.out else loaded.path / f"model{FORMATS[args.export_format]}"
     test = loaded.data.test
     rows = stratified_subset(test.labels.numpy(), max(2, args.examples), loaded.config.seed)
@@ -808,13 +815,15 @@ def _features(args: argparse.Namespace) -> int:
     from imgclf.pipeline import Run
 
     if args.list_layers:
-        for name in layer_names(Run.open(args.run_dir, overrides=_overrides(args)).model):
+        opened = Run.open(args.run_dir, overrides=_overrides(args), changed_data=args.changed_data)
+        for name in layer_names(opened.model):
             print(name)
         return 0
     if not args.out:
         raise UsageError("give --out FILE for the features (or --list-layers to see the layers)")
     out = feature_path(args.out)  # refuses an existing file before any work
-    data = features_from_run(args.run_dir, layer=args.layer, batch_size=args.batch_size, overrides=_overrides(args))
+    data = features_from_run(args.run_dir, layer=args.layer, batch_size=args.batch_size, overrides=_overrides(args),
+                             changed_data=args.changed_data)
     path = save_features(data, out)
     print(f"wrote {path}: {data.width} features per image from layer {args.layer} "
           f"({len(data.train_y)} train, {len(data.val_y)} val, {len(data.test_y)} test)")
@@ -983,7 +992,7 @@ def _stage(args: argparse.Namespace) -> int:
         load_config(config_file, _overrides(args))
     from imgclf.pipeline import Run
 
-    opened = Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet)
+    opened = Run.open(args.run_dir, overrides=_overrides(args), quiet=args.quiet, changed_data=args.changed_data)
     _evaluate_and_report(opened, args.command)
     return 0
 

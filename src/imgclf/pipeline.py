@@ -361,7 +361,7 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path, *, overrides: dict[str, Any] | None = None, quiet: bool = False,
-             trust_code: bool = False) -> Run:
+             trust_code: bool = False, changed_data: bool = False) -> Run:
         """Rebuild a run from its folder: configuration (with ``overrides``, dotted keys such as
         ``attack.eps``), the same data splits, and the trained model in eval mode.
 
@@ -370,14 +370,16 @@ class Run:
         Args:
             trust_code: Import the Python code of a ``py:`` model that the folder names (and load a ``.pt2``
                 copy with pickled payloads): only for a folder from someone you trust (:mod:`imgclf.trust`).
+            changed_data: Go on where the data set changed since the run began (images added, removed or
+                replaced); ``metrics.json``'s ``data_notes`` and the report then say what changed.
 
         Raises:
-            UsageError: If ``path`` is not a run folder, an override is invalid, the data cannot be loaded,
-                or the folder names code that is not trusted.
+            UsageError: If ``path`` is not a run folder, an override is invalid, the data cannot be loaded or
+                changed (without ``changed_data``), or the folder names code that is not trusted.
         """
         dist = Distributed.from_env()
         folder = RunFolder.open(path)
-        settings, device, data = _reload(folder, overrides, trust_code=trust_code)
+        settings, device, data = _reload(folder, overrides, trust_code=trust_code, changed_data=changed_data)
         device = dist.device(device)
         model = load_model(folder.path, device=device, trust_code=trust_code)
         log = RunLog(folder if dist.is_main else None, quiet=quiet or not dist.is_main)
@@ -848,9 +850,14 @@ def report_folder(path: str | Path) -> Path:
     return report
 
 
-def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: bool = False
-            ) -> tuple[Settings, torch.device, DataSplits]:
-    """A run folder's settings (with ``overrides``), device, and the very data splits it trained on."""
+def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: bool = False,
+            changed_data: bool = False) -> tuple[Settings, torch.device, DataSplits]:
+    """A run folder's settings (with ``overrides``), device, and the very data splits it trained on.
+
+    Raises:
+        UsageError: If the data set changed since the run began (:func:`_data_changes`), unless ``changed_data``
+            accepts it; the change is then added to ``metrics.json``'s ``data_notes``, which the report shows.
+    """
     overrides = dict(overrides or {})
     if "attack.norm" in overrides and "attack.eps" not in overrides:
         overrides["attack.eps"] = None
@@ -858,6 +865,15 @@ def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: 
     seed_everything(config.seed)
     device = select_device(config.device)
     data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))
+    changes = _data_changes(folder, data)
+    if changes and not changed_data:
+        raise UsageError(f"the data of {str(folder.path)!r} changed since the run began: {'; '.join(changes)}; "
+                         "evaluate it on the data it was trained on, or pass --changed-data to go on (the report "
+                         "then says so)")
+    if changes:
+        notes = read_metrics(folder.path).data_notes
+        added = [f"evaluated on changed data: {change}" for change in changes]
+        folder.update_metrics({"data_notes": notes + [note for note in added if note not in notes]})
     spec = data.spec
     return resolve(config, channels=spec.channels, class_names=list(spec.class_names)), device, data
 
@@ -1137,12 +1153,37 @@ def tensorboard_results(folder: RunFolder, config: RunConfig) -> None:
 
 
 def _save_splits(folder: RunFolder, data: DataSplits) -> None:
+    """``splits.npz``: per split its pool and positions, its fingerprint (:meth:`ImageSplit.fingerprint`)
+    and its images per class."""
     arrays = {}
     for name in ("train", "val", "test"):
         split = getattr(data, name)
         arrays[f"{name}_pool"] = np.array(split.source)
         arrays[f"{name}_indices"] = split.indices
+        arrays[f"{name}_fingerprint"] = np.array(split.fingerprint())
+        arrays[f"{name}_class_counts"] = np.bincount(split.labels.numpy(), minlength=data.spec.num_classes)
     folder.write_arrays(record.SPLITS, **arrays)
+
+
+def _data_changes(folder: RunFolder, data: DataSplits) -> list[str]:
+    """How the splits loaded now differ from those ``splits.npz`` recorded when the run began, one line each
+    (empty where they are the same, or the folder is of a release that recorded no fingerprints)."""
+    arrays = folder.read_arrays(record.SPLITS) or {}
+    changes = []
+    for name in ("train", "val", "test"):
+        saved = arrays.get(f"{name}_fingerprint")
+        split = getattr(data, name)
+        if saved is None or str(saved) == split.fingerprint():
+            continue
+        counts = arrays.get(f"{name}_class_counts")
+        now = np.bincount(split.labels.numpy(), minlength=data.spec.num_classes)
+        if counts is not None and counts.shape == now.shape and not np.array_equal(counts, now):
+            moved = [f"{data.spec.class_names[k]} {int(counts[k])} -> {int(now[k])}"
+                     for k in np.flatnonzero(counts != now)[:3]]
+            changes.append(f"the {name} split's labels changed ({', '.join(moved)} images)")
+        else:
+            changes.append(f"the {name} split's images changed (the same positions now hold other pixels)")
+    return changes
 
 
 def _load_splits(folder: RunFolder) -> dict[str, tuple[str, np.ndarray]] | None:
@@ -1157,7 +1198,7 @@ def _load_splits(folder: RunFolder) -> dict[str, tuple[str, np.ndarray]] | None:
     if arrays is None:
         return None
     path = str(folder.file(record.SPLITS))
-    splits = {}
+    splits: dict[str, tuple[str, np.ndarray]] = {}
     for name in ("train", "val", "test"):
         pool, positions = arrays.get(f"{name}_pool"), arrays.get(f"{name}_indices")
         if pool is None or positions is None:
@@ -1174,6 +1215,10 @@ def _load_splits(folder: RunFolder) -> dict[str, tuple[str, np.ndarray]] | None:
             problem = f"{name}_indices repeats positions"
         elif name != "val" and not len(positions):
             problem = f"the {name} split is empty"
+        else:
+            problem = next((f"the {name} split shares positions with the {other} split" for other, (o_pool, o_rows)
+                            in splits.items() if o_pool == str(pool) and np.intersect1d(o_rows, positions).size),
+                           None)
         if problem:
             raise UsageError(f"{path!r}: {problem}; restore it, or train the run again")
         splits[name] = (str(pool), positions.astype(np.int64))

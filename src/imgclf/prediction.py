@@ -11,7 +11,6 @@ its error in its own result; the others are still predicted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from imgclf.data.folder import DECODE_ERRORS, decode_image, list_image_files
 from imgclf.errors import UsageError
-from imgclf.record import read_model_record
+from imgclf.record import load_json, read_model_record
 
 
 @dataclass
@@ -92,7 +91,7 @@ class Classifier:
             if not info_path.is_file():
                 raise UsageError(f"{str(path)!r} has no metadata file {info_path.name} beside it")
             read_model_record(info_path)  # the model fields, checked
-            info = json.loads(info_path.read_bytes().decode("utf-8"))
+            info = load_json(info_path, "export the model again")
             kind = info.get("export_format")
             if kind in ("onnx", "torchscript", "pt2"):
                 from imgclf.models.sources import load_exported

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +250,18 @@ class Metrics:
     corruptions: CorruptionEvaluation | None = None
     timing: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Raises ValueError for a record this release cannot trust: a newer schema, or class names that
+        disagree with the number of classes or with the confusion matrix."""
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version} is newer than this imgclf reads "
+                             f"({SCHEMA_VERSION}): upgrade imgclf to read this run folder")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class_names for num_classes {self.num_classes}")
+        matrix = self.clean.confusion_matrix if self.clean is not None else []
+        if matrix and (len(matrix) != self.num_classes or any(len(row) != self.num_classes for row in matrix)):
+            raise ValueError(f"the clean confusion matrix is not {self.num_classes} x {self.num_classes}")
+
     def current(self, evaluation: Evaluation) -> bool:
         """Whether ``evaluation`` is of the run's kept model: False for one made before training was
         extended (its settings name another model fingerprint than ``training``'s)."""
@@ -384,6 +397,29 @@ class TrainState:
         return cls(**{key: value for key, value in raw.items() if key in names})
 
 
+def load_json(file: Path, remedy: str) -> Any:
+    """The JSON value in ``file``, read as UTF-8.
+
+    Args:
+        file: A file of the run folder (or an export's metadata), which must exist.
+        remedy: What the user can do about a bad file, appended to the message.
+
+    Raises:
+        UsageError: If the path is not a regular file, cannot be read, is not UTF-8 JSON, or nests too deep
+            for Python to read (a file made to crash its reader); the message names the file.
+    """
+    if not file.is_file():
+        raise UsageError(f"{str(file)!r} is not a regular file; {remedy}")
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{str(file)!r} is not valid JSON ({error}); {remedy}") from None
+    except RecursionError:
+        raise UsageError(f"{str(file)!r} nests its values too deep to be imgclf's; {remedy}") from None
+    except OSError as error:
+        raise UsageError(f"{str(file)!r} cannot be read ({error.strerror or error}); {remedy}") from None
+
+
 def read_model_record(file: str | Path) -> ModelInfo:
     """``model.json`` as :class:`ModelInfo`.
 
@@ -392,10 +428,7 @@ def read_model_record(file: str | Path) -> ModelInfo:
             missing or of the wrong type.
     """
     file = Path(file)
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{str(file)!r} is not valid JSON ({error})") from None
+    raw = load_json(file, "restore it from the run that saved the model")
     if not isinstance(raw, dict) or raw.get("format") != MODEL_FORMAT:
         shown = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise UsageError(f"{str(file)!r} is not an imgclf model file (format {shown!r})")
@@ -447,13 +480,9 @@ def read_metrics(path: str | Path) -> Metrics:
     """
     path = Path(path)
     file = path / METRICS if path.is_dir() else path
-    if not file.is_file():
+    if not file.exists() and not file.is_symlink():
         return Metrics(schema_version=SCHEMA_VERSION)
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{str(file)!r} is not valid JSON ({error}); restore it or run the stage that wrote it "
-                         "again") from None
+    raw = load_json(file, "restore it or run the stage that wrote it again")
     if not isinstance(raw, dict):
         raise UsageError(f"{str(file)!r} must hold a JSON object of sections, got {type(raw).__name__}")
     return _build(Metrics, with_evaluations(raw), str(file), "")
@@ -514,8 +543,41 @@ def _value(value: Any, annotation: Any, file: str, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"{file!r}: {where} must be a number, got {value!r:.60}")
-        return float(value)
+        return _in_range(float(value), file, where)
     if annotation in (int, str, bool) and not isinstance(value, annotation) or \
             (annotation is int and isinstance(value, bool)):
         raise UsageError(f"{file!r}: {where} must be {annotation.__name__}, got {value!r:.60}")
+    if annotation is int and value < 0:  # every integer of the record is a count, an index or a seed
+        raise UsageError(f"{file!r}: {where} must be a count >= 0, got {value}")
     return value
+
+
+#: Numbers of the record that are fractions in [0, 1] (accuracies, rates, calibration errors, bin edges).
+_FRACTIONS = frozenset({"accuracy", "best_val_accuracy", "best_robust_val_accuracy", "macro_f1", "balanced_accuracy",
+                        "top5_accuracy", "clean_accuracy", "success_rate", "target_success_rate", "ece", "mce",
+                        "confidence", "lower", "upper", "per_class", "precision", "recall", "f1"})
+#: Fractions that are NaN where nothing was there to count (no correct example to fool, no validation split).
+_MAY_BE_NAN = frozenset({"success_rate", "target_success_rate", "best_val_accuracy", "accuracy", "clean_accuracy"})
+#: Numbers that may be below 0 (a relative corruption error can be).
+_SIGNED = frozenset({"relative_mce", "corruption_errors"})
+
+
+def _in_range(number: float, file: str, where: str) -> float:
+    """``number`` checked for the range its field allows: finite, a fraction where :data:`_FRACTIONS` says,
+    never below 0 but where :data:`_SIGNED` says; NaN only in :data:`_MAY_BE_NAN`, and only inside an
+    evaluation (a run's own clean accuracy is never NaN)."""
+    name = re.findall(r"[\w-]+", where)[-1] if re.findall(r"[\w-]+", where) else where
+    if name.isdigit():  # a list's item: its list's name (per_class[3])
+        name = re.sub(r"\[\d+\]$", "", where).rsplit(".", 1)[-1]
+    if math.isnan(number):
+        if name in _MAY_BE_NAN and not where.startswith("clean."):
+            return number
+        raise UsageError(f"{file!r}: {where} is NaN; restore the file or run the stage that wrote it again")
+    if math.isinf(number):
+        raise UsageError(f"{file!r}: {where} is infinite; restore the file or run the stage that wrote it again")
+    if name in _FRACTIONS and not 0.0 <= number <= 1.0:
+        raise UsageError(f"{file!r}: {where} must be a fraction in [0, 1], got {number:g}; restore the file or run "
+                         "the stage that wrote it again")
+    if number < 0 and not any(signed in where for signed in _SIGNED):
+        raise UsageError(f"{file!r}: {where} must be >= 0, got {number:g}")
+    return number

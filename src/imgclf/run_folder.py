@@ -163,13 +163,9 @@ class RunFolder:
             UsageError: If the file is not UTF-8 JSON, naming it.
         """
         path = self.file(name)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             return default
-        try:
-            return json.loads(path.read_bytes().decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise UsageError(f"{str(path)!r} is not valid JSON ({error}); restore it, or delete it and run the "
-                             "stage that wrote it again") from None
+        return record.load_json(path, "restore it, or delete it and run the stage that wrote it again")
 
     def update_metrics(self, updates: dict[str, Any]) -> dict[str, Any]:
         """Merge ``updates`` into ``metrics.json`` (dict values merge one level deep)."""

@@ -126,6 +126,17 @@ class ImageSplit:
         """Images as ``float32`` ``(N, C, H, W)`` in ``[0, 1]`` (optionally only ``rows``)."""
         return self.uint8_images(rows).float().div_(255.0)
 
+    def fingerprint(self) -> str:
+        """The SHA-256 (hex) of the split's labels and image bytes, in order: what a run folder records, so that
+        later stages can tell the data set changed under them (images added, removed, replaced or relabelled)."""
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.labels.numpy(), dtype=np.int64).tobytes())
+        for first in range(0, len(self), 4096):  # in chunks: a split on disk is never read whole into memory
+            rows = np.arange(first, min(first + 4096, len(self)))
+            digest.update(self.uint8_images(rows).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def subset(self, rows: np.ndarray) -> ImageSplit:
         """The split restricted to ``rows`` (positions in this split)."""
         rows_t = torch.as_tensor(rows, dtype=torch.long)

@@ -130,15 +130,18 @@ def extract_features(model: nn.Module, split: ImageSplit, *, layer: str = PENULT
 
 
 def features_from_run(run_dir: str | Path, *, layer: str = PENULTIMATE, batch_size: int = 512,
-                      overrides: dict | None = None) -> FeatureSet:
+                      overrides: dict | None = None, changed_data: bool = False) -> FeatureSet:
     """Extract ``layer``'s features of every split of a run folder's data (the very splits it used).
 
+    Args:
+        changed_data: Go on where the data set changed since the run began (see :meth:`imgclf.Run.open`).
+
     Raises:
-        UsageError: If the folder is not a run, its data cannot be loaded, or the layer is unknown.
+        UsageError: If the folder is not a run, its data cannot be loaded or changed, or the layer is unknown.
     """
     from imgclf.pipeline import Run
 
-    loaded = Run.open(run_dir, overrides=overrides)
+    loaded = Run.open(run_dir, overrides=overrides, changed_data=changed_data)
     return _feature_set(
         loaded.data, lambda split: extract_features(loaded.model, split, layer=layer, device=loaded.device,
                                                     batch_size=batch_size),
