@@ -113,6 +113,8 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, full: bool) -> None:
     _flag(group, "--image-root", dest="data.image_root", metavar="DIR",
           help="labels file: the folder its relative paths start from (default: the file's folder)")
     _flag(group, "--path-column", dest="data.path_column", metavar="NAME", help="labels file: the column of paths")
+    _flag(group, "--paths-outside-root", dest="data.paths_outside_root",
+          help="labels file: read paths that leave the image root (absolute ones, or through ..)")
     _flag(group, "--label-column", dest="data.label_column", metavar="NAME",
           help="labels file or Hugging Face data set: the column of labels")
     _flag(group, "--image-column", dest="data.image_column", metavar="NAME",

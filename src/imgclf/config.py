@@ -67,6 +67,7 @@ class DataConfig:
     # Hugging Face data set on disk (a save_to_disk folder, a .parquet file or a folder of them)
     image_root: str | None = None  # labels file: the folder its relative paths start from; None: the file's folder
     path_column: str | None = None  # labels file: the column of image paths; None: path, file, image, id, ...
+    paths_outside_root: bool = False  # labels file: allow paths that leave the image root (absolute, or via ..)
     image_column: str | None = None  # Hugging Face data set: the column of images; None: the Image feature's
     label_column: str | None = None  # labels file, HF data set: the column of labels; None: ClassLabel, label, ...
     data_dir: str | None = None  # None: $IMGCLF_DATA_DIR, else the per-user cache folder

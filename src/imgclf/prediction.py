@@ -191,7 +191,7 @@ def predict(
 
     for result in results:
         path = Path(str(result.file))
-        if not path.is_file():
+        if not path.exists():
             result.error = "no such file"
             continue
         try:

@@ -19,7 +19,9 @@ import contextlib
 import hashlib
 import io
 import json
+import errno
 import os
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -55,6 +57,12 @@ def _class_dirs(folder: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
     except OSError as error:
         raise UsageError(f"image folder {str(folder)!r} cannot be read: {error.strerror or error}") from None
+
+
+def _inside_data(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` is part of the data set at ``root``: a real folder, or a link that resolves inside
+    ``root`` (a link elsewhere is not followed)."""
+    return not folder.is_symlink() or folder.resolve().is_relative_to(root.resolve())
 
 
 def list_image_files(folder: Path, unreadable: list[str] | None = None) -> list[Path]:
@@ -113,22 +121,43 @@ class StoredImage:
 ImageSource = Path | StoredImage
 
 
+def require_regular_file(path: Path) -> None:
+    """Refuse anything but a regular file (after links): reading a FIFO blocks until a writer comes, a device
+    such as ``/dev/zero`` never ends, a socket cannot be read at all.
+
+    Raises:
+        OSError: Saying what the path is instead (``not a regular file (a FIFO)``), or that it does not exist.
+    """
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+                if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+        raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+
+
 def read_image_bytes(source: ImageSource) -> bytes:
     """The encoded bytes of an image file or stored image.
 
     Raises:
-        OSError: The file cannot be read, or the stored row has no image.
+        OSError: The file cannot be read or is not a regular file, or the stored row has no image.
     """
-    return source.read_bytes() if isinstance(source, Path) else source.read()
+    if isinstance(source, Path):
+        require_regular_file(source)
+        return source.read_bytes()
+    return source.read()
 
 
 def open_image(source: ImageSource) -> Image.Image:
     """Pillow's lazy image of a file or stored image (use as a context manager).
 
     Raises:
-        OSError, UnidentifiedImageError: As :func:`PIL.Image.open`, and OSError when a stored row has no image.
+        OSError, UnidentifiedImageError: As :func:`PIL.Image.open`, OSError for a path that is not a regular
+            file, and OSError when a stored row has no image.
     """
-    return Image.open(source if isinstance(source, Path) else io.BytesIO(source.read()))
+    if isinstance(source, Path):
+        require_regular_file(source)
+        return Image.open(source)
+    return Image.open(io.BytesIO(source.read()))
 
 
 @dataclass
@@ -183,10 +212,19 @@ def scan_folder(root: Path) -> ImageFiles:
     if not split_dirs:
         split_dirs = {"train": root}
     notes: list[str] = []
-    class_names = [p.name for p in _class_dirs(split_dirs["train"])]
+    outside = [str(p) for folder in split_dirs.values() for p in [folder, *_class_dirs(folder)]
+               if not _inside_data(p, root)]
+    if outside:  # (a class folder linking to / would walk the whole file system)
+        notes.append(f"{len(outside)} folder(s) link outside {str(root)!r} and are not followed: "
+                     f"{', '.join(outside[:3])}")
+        split_dirs = {name: folder for name, folder in split_dirs.items() if _inside_data(folder, root)}
+        if "train" not in split_dirs:
+            raise UsageError(f"the train folder of {str(root)!r} links outside it; imgclf reads images inside the "
+                             "data set only: copy or move them there")
+    class_names = [p.name for p in _class_dirs(split_dirs["train"]) if _inside_data(p, root)]
     files: dict[str, list[tuple[ImageSource, int]]] = {}
     for split, folder in split_dirs.items():
-        present = [p.name for p in _class_dirs(folder)]
+        present = [p.name for p in _class_dirs(folder) if _inside_data(p, root)]
         extra = sorted(set(present) - set(class_names))
         if extra:
             raise UsageError(

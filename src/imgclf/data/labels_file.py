@@ -19,6 +19,7 @@ or undecodable go through the same bad-file policy as an image folder's.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from imgclf.data.folder import IMAGE_EXTENSIONS, ImageFiles, ImageSource
@@ -99,6 +100,12 @@ def _locate(root: Path, name: str) -> Path:
     return path
 
 
+def _inside(file: Path, root: Path) -> bool:
+    """Whether ``file`` lies under ``root`` as written (``..`` resolved lexically, so a data folder that is
+    itself a link still works)."""
+    return os.path.normpath(os.path.abspath(file)).startswith(os.path.normpath(os.path.abspath(root)) + os.sep)
+
+
 def sort_classes(labels: set[str]) -> list[str]:
     """Class names sorted as numbers when every label is an integer (so 10 follows 9), else as text."""
     if all(label.lstrip("-").isdigit() for label in labels):
@@ -108,6 +115,7 @@ def sort_classes(labels: set[str]) -> list[str]:
 
 def scan_labels_file(
     path: Path, *, image_root: Path | None = None, path_column: str | None = None, label_column: str | None = None,
+    paths_outside_root: bool = False,
 ) -> ImageFiles:
     """List the images and labels a labels file names, without decoding them.
 
@@ -117,6 +125,8 @@ def scan_labels_file(
         path_column, label_column: Column names (matched exactly, else without case); None: the
             first of :data:`PATH_COLUMNS` / :data:`LABEL_COLUMNS` in the header, else, for a file of
             exactly two columns, the first and the second.
+        paths_outside_root: Read paths that leave the image root (absolute ones, or through ``..``);
+            without it such a row is refused, so that a labels file cannot make imgclf read files elsewhere.
 
     Returns:
         The listing; class names are the distinct labels, sorted (as numbers when all are integers).
@@ -124,8 +134,9 @@ def scan_labels_file(
 
     Raises:
         UsageError: The file cannot be read or parsed, a column is missing, a row lacks a path or
-            a label, a split value is unknown, the image root is not a folder, most listed files do
-            not exist (the wrong image root), or fewer than two classes have training images.
+            a label, a split value is unknown, the image root is not a folder, a path leaves the image
+            root (without ``paths_outside_root``), most listed files do not exist (the wrong image
+            root), or fewer than two classes have training images.
     """
     header, rows = _read_rows(path)
     root = (image_root if image_root is not None else path.parent).expanduser()
@@ -162,6 +173,10 @@ def scan_labels_file(
                 raise UsageError(f"{where}: unknown split {cells[split_at]!r}; valid values: "
                                  f"{', '.join(SPLIT_VALUES)}")
         file = _locate(root, name)
+        if not paths_outside_root and not _inside(file, root):
+            raise UsageError(f"{where}: {name!r} leaves the image root {str(root)!r}; imgclf reads a labels file's "
+                             "images inside its root only: move them there, set --image-root, or pass "
+                             "--paths-outside-root to read them where they are")
         if file in seen:
             repeated += 1
             continue

@@ -87,7 +87,8 @@ def dataset_stem(dataset: str) -> str:
 
 
 def scan_images(path: Path, *, image_root: Path | None = None, path_column: str | None = None,
-                label_column: str | None = None, image_column: str | None = None) -> ImageFiles:
+                label_column: str | None = None, image_column: str | None = None,
+                paths_outside_root: bool = False) -> ImageFiles:
     """The listing of a labels file (:func:`imgclf.data.labels_file.scan_labels_file`), a Hugging Face data
     set on disk (:func:`imgclf.data.hugging_face.scan_hf_dataset`) or an image folder
     (:func:`imgclf.data.folder.scan_folder`), told apart by the path's suffix and contents.
@@ -106,7 +107,8 @@ def scan_images(path: Path, *, image_root: Path | None = None, path_column: str 
         raise UsageError(f"{', '.join(wrong)} appl{'ies' if len(wrong) == 1 else 'y'} to {' or '.join(readers)}, "
                          f"not to {layout} ({str(path)!r})")
     if layout == "a labels file":
-        return scan_labels_file(path, image_root=image_root, path_column=path_column, label_column=label_column)
+        return scan_labels_file(path, image_root=image_root, path_column=path_column, label_column=label_column,
+                                paths_outside_root=paths_outside_root)
     if layout == "a Hugging Face data set":
         return scan_hf_dataset(path, image_column=image_column, label_column=label_column)
     return scan_folder(path)
@@ -125,7 +127,7 @@ def _load_pools(config: DataConfig) -> tuple[str, Pools, list[tuple[str, str]], 
     listing = scan_images(Path(name).expanduser() if data_file else folder,
                           image_root=Path(config.image_root) if config.image_root is not None else None,
                           path_column=config.path_column, label_column=config.label_column,
-                          image_column=config.image_column)
+                          image_column=config.image_column, paths_outside_root=config.paths_outside_root)
     pools, bad, notes = load_image_files(listing, image_size=config.image_size, channels=config.channels,
                                          bad_files=config.bad_files, cache=config.cache)
     return str(Path(name)), pools, bad, notes
