@@ -245,7 +245,7 @@ def external_model(model: ModelConfig, spec: DatasetSpec, environment: dict[str,
         if model.weights is not None:
             record["weights"] = str(Path(model.weights).resolve())
     network.eval()
-    _check_outputs(network, spec)
+    check_outputs(network, spec, name=model.name)
     if exported_file is None:
         info = model_info(network, model.name, model.options, spec, environment, source=record)
     else:
@@ -261,19 +261,40 @@ def _exported_suffix(path: Path) -> str:
     return ".torchscript.pt" if path.name.endswith(".torchscript.pt") else path.suffix.lower()
 
 
-def _check_outputs(network: torch.nn.Module, spec: DatasetSpec) -> None:
-    """One forward pass on two blank images: the model must take the data's shape and give ``(2, K)``."""
-    probe = torch.zeros(2, *spec.input_shape)
+def check_outputs(network: torch.nn.Module, spec: DatasetSpec, *, name: str, gradients: bool = False) -> None:
+    """One forward pass on two blank images, in eval mode (the module's mode is restored): the model must take
+    the data's shape and give finite logits ``(2, K)``; with ``gradients``, logits that autograd can follow
+    back to the parameters (a model to train).
+
+    Args:
+        name: The model as the user named it, for the messages.
+
+    Raises:
+        UsageError: Naming the model and what it did wrong (an option that builds no working network, such
+            as ``filters=0``, fails here).
+    """
+    probe = torch.zeros(2, *spec.input_shape, device=next(network.parameters(), torch.zeros(0)).device)
+    was_training = network.training
+    network.eval()
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(gradients):
             out = network(probe)
-    except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        raise UsageError(f"the model cannot take the data's images of shape {list(spec.input_shape)} "
-                         f"({first_line(error)}); set --image-size and --channels to what it expects") from None
+    except (RuntimeError, ValueError, TypeError, IndexError, ZeroDivisionError) as error:
+        raise UsageError(f"the model {name} cannot take the data's images of shape {list(spec.input_shape)} "
+                         f"({type(error).__name__}: {first_line(error)}); check its --model-option values, or set "
+                         "--image-size and --channels to what it expects") from None
+    finally:
+        network.train(was_training)
     if not isinstance(out, torch.Tensor) or out.shape != (2, spec.num_classes):
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UsageError(f"the model gives {shape} for 2 images; it must give logits [2, {spec.num_classes}], one "
-                         f"per class of {spec.name}")
+        raise UsageError(f"the model {name} gives {shape} for 2 images; it must give logits [2, {spec.num_classes}], "
+                         f"one per class of {spec.name}")
+    if not bool(torch.isfinite(out).all()):
+        raise UsageError(f"the model {name} gives NaN or infinite logits for blank images; it is broken (its "
+                         "weights, or a division in its forward pass)")
+    if gradients and not out.requires_grad:
+        raise UsageError(f"the logits of the model {name} do not depend on any parameter autograd can follow (does "
+                         "its forward run under torch.no_grad(), or detach?); it cannot be trained")
 
 
 def save_external(folder: Path, network: torch.nn.Module, info: dict[str, Any], exported: Path | None) -> None:

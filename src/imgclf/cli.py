@@ -19,7 +19,7 @@ import yaml
 
 from imgclf import __version__
 from imgclf.config import MAX_SEED
-from imgclf.errors import ExportMismatchError, UsageError
+from imgclf.errors import ExportMismatchError, UsageError, first_line
 
 S = argparse.SUPPRESS
 
@@ -1113,6 +1113,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as error:  # imgclf never exits from inside a command: the user's model code did
+        print(f"imgclf: error: the model's code called sys.exit({error.code!r}) during `imgclf {args.command}`; "
+              "the command stopped there (what was saved before is kept)", file=sys.stderr)
+        return 1
+    except Exception as error:
+        from imgclf.models.sources import user_code_frame
+
+        where = user_code_frame(error)
+        if where is None:  # imgclf's own failure: its traceback is what a bug report needs
+            raise
+        print(f"imgclf: error: the model's code raised {type(error).__name__} ({where}): "
+              f"{first_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ back with ``--config`` to repeat the run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -419,7 +420,30 @@ def resolve_options(kind: str, name: str, defaults: dict[str, Any], given: dict[
         else:
             raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be of type {type(default).__name__} "
                              f"(default {default!r})")
+        _check_sign(kind, name, key, resolved[key], default)
     return resolved
+
+
+def _check_sign(kind: str, name: str, key: str, value: Any, default: Any) -> None:
+    """A count whose default is positive (filters, widths, units, heads) must stay positive, and a number whose
+    default is not negative (a dropout rate, a scale) must stay finite and not negative.
+
+    Raises:
+        UsageError: Naming the option, the value and what is valid.
+    """
+    counts = value if isinstance(default, tuple) and isinstance(value, tuple) else (value,)
+    for item in counts:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be a finite number")
+        positive = isinstance(item, int) and isinstance(default, int | tuple) and not isinstance(default, bool) and \
+            all(isinstance(d, int) and d >= 1 for d in (default if isinstance(default, tuple) else (default,)))
+        if positive and item < 1:
+            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be a positive integer (default "
+                             f"{default!r})")
+        if item < 0 and isinstance(default, int | float) and not isinstance(default, bool) and default >= 0:
+            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be >= 0 (default {default!r})")
 
 
 def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

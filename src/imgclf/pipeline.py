@@ -28,7 +28,7 @@ from tqdm import tqdm
 from imgclf import record
 from imgclf.attacks import RobustnessResult, robustness
 from imgclf.calibration import EpsCalibration, calibrate, calibration_under_attack
-from imgclf.checkpoint import external_model, load_model, model_info, save_external, save_model
+from imgclf.checkpoint import check_outputs, external_model, load_model, model_info, save_external, save_model
 from imgclf.config import CorruptionConfig, RunConfig, config_from_dict, config_to_dict, dump_config, load_config
 from imgclf.corruptions.evaluation import (
     CorruptionEvaluation,
@@ -1007,6 +1007,7 @@ def _model_for(config: RunConfig, data: DataSplits, device: torch.device,
         if fresh and log is not None:
             log(f"--weights {config.model.weights}: every layer but the classifier head ({', '.join(fresh)}), "
                 f"which starts fresh for {spec.num_classes} classes")
+    check_outputs(model, spec, name=config.model.name, gradients=True)
     return model.to(device)
 
 

@@ -265,15 +265,33 @@ def import_user_module(module_name: str) -> Any:
             except BaseException:
                 del sys.modules[unique]
                 raise
+            USER_CODE_FILES.add(str(path))
             return module
         if os.getcwd() not in sys.path:
             sys.path.append(os.getcwd())
-        return importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
+        if getattr(module, "__file__", None):
+            USER_CODE_FILES.add(str(Path(module.__file__).resolve()))
+        return module
     except UsageError:
         raise
-    except (ImportError, SyntaxError, AttributeError, NameError, TypeError, ValueError, OSError) as error:
+    except (Exception, SystemExit) as error:  # the user's module may raise anything while it is imported
         raise UsageError(f"cannot import {module_name!r} ({type(error).__name__}: {first_line(error)}); the "
                          "module must be importable here (put its folder on PYTHONPATH or give its .py file)") from None
+
+
+#: The files of the user's modules imported in this process (``py:`` sources), for :func:`user_code_frame`.
+USER_CODE_FILES: set[str] = set()
+
+
+def user_code_frame(error: BaseException) -> str | None:
+    """Where in the user's own code (a ``py:`` source's module) ``error`` was raised, as ``FILE, line N``, or
+    None when no frame of its traceback is in such code."""
+    import traceback
+
+    inside = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if str(Path(frame.filename).resolve()) in USER_CODE_FILES]
+    return f"{Path(inside[-1].filename).name}, line {inside[-1].lineno}" if inside else None
 
 
 def _import(name: str, message: str) -> Any:
