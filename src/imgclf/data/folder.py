@@ -16,10 +16,10 @@ The decoded arrays are cached (see :mod:`imgclf.data.cache`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
-import errno
 import os
 import stat
 import warnings
