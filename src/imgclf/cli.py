@@ -1120,10 +1120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         from imgclf.models.sources import user_code_frame
 
-        where = user_code_frame(error)
-        if where is None:  # imgclf's own failure: its traceback is what a bug report needs
+        frame = user_code_frame(error)
+        if frame is None:  # imgclf's own failure: its traceback is what a bug report needs
             raise
-        print(f"imgclf: error: the model's code raised {type(error).__name__} ({where}): "
+        print(f"imgclf: error: the model's code raised {type(error).__name__} ({frame}): "
               f"{first_line(error)}", file=sys.stderr)
         return 1
 

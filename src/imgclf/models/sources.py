@@ -270,8 +270,9 @@ def import_user_module(module_name: str) -> Any:
         if os.getcwd() not in sys.path:
             sys.path.append(os.getcwd())
         module = importlib.import_module(module_name)
-        if getattr(module, "__file__", None):
-            USER_CODE_FILES.add(str(Path(module.__file__).resolve()))
+        file = getattr(module, "__file__", None)
+        if file:
+            USER_CODE_FILES.add(str(Path(file).resolve()))
         return module
     except UsageError:
         raise

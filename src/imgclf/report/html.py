@@ -8,6 +8,8 @@ It renders what the earlier stages saved (``metrics.json`` read through
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 
 from imgclf import record
 from imgclf.calibration import CalibrationMetrics, EpsCalibration
+from imgclf.errors import UsageError, first_line
 from imgclf.record import WORST_CASE, Evaluation, Metrics, ModelInfo, read_metrics, read_model_record
 from imgclf.report.plots import (
     adversarial_figure,
@@ -79,13 +82,15 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
     if metrics.clean:
         figures["confusion_matrix"] = confusion_matrix_figure(metrics.clean.confusion_matrix, class_names)
     samples = folder.read_arrays(record.SAMPLES)
-    if samples is not None and len(samples["labels"]):
-        figures["predictions"] = prediction_grid(samples["images"], samples["labels"], samples["predictions"],
-                                                 class_names, title="Random test images (wrong predictions in red)")
-    if samples is not None and len(samples["error_labels"]):
-        figures["mistakes"] = prediction_grid(samples["error_images"], samples["error_labels"],
-                                              samples["error_predictions"], class_names,
-                                              title="Misclassified test images")
+    samples_file = folder.file(record.SAMPLES)
+    if samples is not None and len(_array(samples, "labels", samples_file)):
+        figures["predictions"] = _drawn(samples_file, lambda: prediction_grid(
+            samples["images"], _labels(samples["labels"], class_names), _labels(samples["predictions"], class_names),
+            class_names, title="Random test images (wrong predictions in red)"))
+    if samples is not None and len(_array(samples, "error_labels", samples_file)):
+        figures["mistakes"] = _drawn(samples_file, lambda: prediction_grid(
+            samples["error_images"], _labels(samples["error_labels"], class_names),
+            _labels(samples["error_predictions"], class_names), class_names, title="Misclassified test images"))
     if metrics.calibration is not None:
         c = metrics.calibration
         panels: list[tuple[str, CalibrationMetrics, CalibrationMetrics | None]] = [
@@ -103,15 +108,17 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
                                                    corrupted.clean_accuracy)
         grid = folder.read_arrays(record.CORRUPTION_SAMPLES)
         if grid is not None and {"images", "label", "predictions", "corruptions", "severities"} <= set(grid):
-            figures["corruption_samples"] = corruption_samples_figure(
-                grid["images"], int(grid["label"]), grid["predictions"],
-                [_corruption_title(str(n)) for n in grid["corruptions"]], [int(v) for v in grid["severities"]],
-                class_names)
+            figures["corruption_samples"] = _drawn(folder.file(record.CORRUPTION_SAMPLES), lambda: (
+                corruption_samples_figure(grid["images"], int(grid["label"]), _labels(grid["predictions"], class_names),
+                                          [_corruption_title(str(n)) for n in grid["corruptions"]],
+                                          [int(v) for v in grid["severities"]], class_names)))
     explained = folder.read_arrays(record.EXPLANATIONS)
     if explained is not None and {"clean", "labels", "clean_pred", "clean_maps", "method"} <= set(explained):
         eps = float(explained["eps"]) if "eps" in explained else None
-        figures["explanations"] = explanation_figure(explained, class_names,
-                                                     eps_text=eps_label(eps, colour) if eps is not None else "")
+        figures["explanations"] = _drawn(folder.file(record.EXPLANATIONS), lambda: explanation_figure(
+            {**explained, "labels": _labels(explained["labels"], class_names),
+             "clean_pred": _labels(explained["clean_pred"], class_names)}, class_names,
+            eps_text=eps_label(eps, colour) if eps is not None else ""))
     for evaluation in metrics.evaluations:  # oldest first; the newest also under the plain names
         newest = evaluation is metrics.latest
         if evaluation.robustness:
@@ -122,11 +129,48 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
         where = RunFolder(record.evaluation_folder(folder.path, evaluation.key))
         adversarial = where.read_arrays(record.ADVERSARIAL_EXAMPLES)
         if adversarial is not None and any(key.startswith("adv_") for key in adversarial):
-            figure = adversarial_figure(adversarial, class_names, colour=colour)
+            figure = _drawn(where.file(record.ADVERSARIAL_EXAMPLES),
+                            functools.partial(adversarial_figure, adversarial, class_names, colour=colour))
             figures[f"adversarial-{evaluation.key}"] = figure
             if newest:
                 figures["adversarial"] = figure
     return figures
+
+
+def _drawn(file: Path, draw: Callable[[], Figure]) -> Figure:
+    """The figure ``draw`` makes from ``file``'s arrays.
+
+    Raises:
+        UsageError: If the arrays have the wrong shapes or values for it (a damaged or foreign file), naming
+            the file.
+    """
+    try:
+        return draw()
+    except (ValueError, IndexError, KeyError, TypeError) as error:
+        raise UsageError(f"{str(file)!r} holds arrays of the wrong shape or values ({type(error).__name__}: "
+                         f"{first_line(error)}); delete it and run the stage that wrote it again") from None
+
+
+def _array(arrays: dict[str, np.ndarray], key: str, file: Path) -> np.ndarray:
+    """``arrays[key]``, one dimension or more.
+
+    Raises:
+        UsageError: If the file lacks it or holds a scalar there."""
+    value = arrays.get(key)
+    if value is None or value.ndim == 0:
+        raise UsageError(f"{str(file)!r} lacks the array {key!r}; delete it and run the stage that wrote it again")
+    return value
+
+
+def _labels(values: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """Class indices read from a file, checked to be integers in ``[0, K)``.
+
+    Raises:
+        ValueError: Otherwise (:func:`_drawn` names the file).
+    """
+    if values.dtype.kind not in "iu" or (values.size and (values.min() < 0 or values.max() >= len(class_names))):
+        raise ValueError(f"class indices must be integers in [0, {len(class_names)})")
+    return values
 
 
 def _corruption_title(name: str) -> str:
@@ -158,7 +202,7 @@ def _corruption_view(metrics: Metrics) -> dict[str, object] | None:
 def _explanation_view(folder: RunFolder, colour: bool) -> dict[str, object] | None:
     """What the report says of the heat maps: the method, its layer and the eps, or None without them."""
     arrays = folder.read_arrays(record.EXPLANATIONS)
-    if arrays is None or "method" not in arrays:
+    if arrays is None or not {"method", "labels"} <= set(arrays):
         return None
     eps = float(arrays["eps"]) if "eps" in arrays else None
     return {"method": str(arrays["method"]), "layer": str(arrays.get("layer", "")), "n": len(arrays["labels"]),
