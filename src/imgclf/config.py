@@ -106,7 +106,7 @@ class TrainConfig:
     optimizer: str = setting("adamw", Options("optimizer", OPTIMIZERS))
     # peak for onecycle, initial for the others; "auto": the learning-rate range test's suggestion (`lr-find`)
     lr: float | str = setting(2e-3, OrWord(Interval(float, 0, None, "neither"), "auto"))
-    momentum: float = setting(0.9, _NON_NEGATIVE)  # SGD only
+    momentum: float = setting(0.9, Interval(float, 0, 1, "left"))  # SGD only
     nesterov: bool = True  # SGD only
     weight_decay: float = setting(5e-4, _NON_NEGATIVE)
     schedule: str = setting("onecycle", Options("schedule", SCHEDULES))  # stepped once per batch
@@ -525,13 +525,37 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     return config_from_dict(values)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last silently,
+    so ``epochs: 1`` then ``epochs: 2`` would train 2 epochs without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (PyYAML's own text quotes the line over several)."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    return f"{problem}" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     """The mapping at the top of a UTF-8 YAML file (an empty file is an empty mapping).
 
-    Only plain YAML is read (``yaml.safe_load``): tags that would build Python objects are refused.
+    Only plain YAML is read (a ``yaml.SafeLoader``): tags that would build Python objects are refused, and
+    so is a key given twice in one mapping.
 
     Raises:
-        UsageError: If the file cannot be read, is not UTF-8, is not valid YAML, or holds
+        UsageError: If the file cannot be read, is not UTF-8, is not valid YAML, repeats a key, or holds
             something other than a mapping; the message names the file.
     """
     try:
@@ -541,9 +565,9 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise UsageError(f"{what} {str(path)!r} is not UTF-8 text; save it as UTF-8 YAML") from None
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader: plain YAML only)
     except yaml.YAMLError as error:
-        raise UsageError(f"{what} {str(path)!r} is not valid YAML: {error}") from None
+        raise UsageError(f"{what} {str(path)!r} is not valid YAML: {_yaml_problem(error)}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise UsageError(f"{what} {str(path)!r} must hold a mapping of settings, got {type(loaded).__name__}")
     return loaded or {}
@@ -580,6 +604,15 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"train.milestones must be epochs from 1 to train.epochs ({train.epochs}), got "
                          f"{train.milestones}: give --milestones for the epochs you train (a recipe's, such as "
                          "trades-mnist's 55,75,90 of 100, hold for its own epochs only)")
+    if train.optimizer != "sgd" and train.momentum != TrainConfig.momentum:
+        raise UsageError(f"train.momentum applies to SGD only; {train.optimizer} keeps its own moment estimates: "
+                         "drop --momentum or use --optimizer sgd")
+    if train.freeze_epochs > train.epochs:
+        raise UsageError(f"train.freeze_epochs ({train.freeze_epochs}) is more than train.epochs ({train.epochs}); "
+                         "freeze at most every epoch (a linear probe) or train more epochs")
+    if not config.data.dataset.strip():
+        raise UsageError("data.dataset is empty; give a built-in data set (imgclf datasets), an image folder, or "
+                         "a labels file")
     if adversarial.enabled and (train.mixup or train.cutmix):
         raise UsageError("adversarial training needs hard labels: drop --mixup/--cutmix or --adversarial")
     from imgclf.data.builtin import DATASETS

@@ -275,7 +275,7 @@ class Run:
         if not state_path.is_file():
             raise UsageError(f"{str(path)!r} holds no {record.TRAIN_STATE}: it stopped before its first epoch ended; "
                              "start it again instead")
-        planned = load_config(folder.config_path, trust_code=trust_code).train.epochs
+        planned = _run_config(folder, None, trust_code=trust_code).train.epochs
         overrides = dict(overrides or {})
         if epochs is not None:
             overrides["train.epochs"] = epochs
@@ -850,6 +850,20 @@ def report_folder(path: str | Path) -> Path:
     return report
 
 
+def _run_config(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: bool) -> RunConfig:
+    """A run folder's ``config.yaml`` with ``overrides``.
+
+    Raises:
+        UsageError: If it is missing or empty (a run folder always writes it whole: an empty one is damaged,
+            not the defaults), or invalid.
+    """
+    path = folder.config_path
+    if not path.is_file() or path.stat().st_size == 0:
+        raise UsageError(f"{str(path)!r} is missing or empty; restore it from a copy of the run (its settings "
+                         "cannot be guessed)")
+    return load_config(path, overrides, trust_code=trust_code)
+
+
 def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: bool = False,
             changed_data: bool = False) -> tuple[Settings, torch.device, DataSplits]:
     """A run folder's settings (with ``overrides``), device, and the very data splits it trained on.
@@ -861,7 +875,7 @@ def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: 
     overrides = dict(overrides or {})
     if "attack.norm" in overrides and "attack.eps" not in overrides:
         overrides["attack.eps"] = None
-    config = load_config(folder.config_path, overrides, trust_code=trust_code)
+    config = _run_config(folder, overrides, trust_code=trust_code)
     seed_everything(config.seed)
     device = select_device(config.device)
     data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))

@@ -243,6 +243,15 @@ def scan_folder(root: Path) -> ImageFiles:
             f"no images found in {str(split_dirs['train'])!r}: expected one sub-folder per class "
             f"holding image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
+    trained = sorted({label for _, label in files["train"]})
+    if len(trained) < len(class_names):  # a class folder without training images is no class to learn
+        empty = [name for k, name in enumerate(class_names) if k not in trained]
+        notes.append(f"{len(empty)} class folder(s) of the train split hold no image and are left out: "
+                     f"{', '.join(empty[:5])}")
+        new_label = {old: new for new, old in enumerate(trained)}
+        class_names = [class_names[k] for k in trained]
+        files = {split: [(path, new_label[label]) for path, label in listed if label in new_label]
+                 for split, listed in files.items()}
     return ImageFiles(root, class_names, files, notes)
 
 
