@@ -40,6 +40,15 @@ def _quiet_torch():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_trust_carried_over():
+    """What one test trusted (:mod:`imgclf.trust`) is forgotten before the next: each is a new process's view."""
+    from imgclf.trust import forget_trust
+
+    yield
+    forget_trust()
+
+
 @pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
     """An image folder with 3 classes of 12 PNG/JPEG images each, plus clutter."""

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, first_line
 from imgclf.models.registry import get_entry, resolve_options
 
 
@@ -161,4 +161,11 @@ class ExportedGraph(ModeNeutral):
         self.program = program
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x)
+        """Raises UsageError where the program's guards refuse the input's shape (a program exported for one
+        batch size), saying how to export it."""
+        try:
+            return self.program(x)
+        except AssertionError as error:  # torch.export's shape guards fail with AssertionError
+            raise UsageError(f"the exported program refuses input of shape {list(x.shape)} ({first_line(error)}); "
+                             "export it with a dynamic batch dimension (torch.export.Dim), as imgclf export "
+                             "does") from None
