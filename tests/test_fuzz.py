@@ -350,3 +350,146 @@ def test_random_sweep_files_end_in_one_line(tmp_path_factory, monkeypatch, stand
         assert isinstance(error, UsageError), (document, repr(error))
         assert "\n" not in str(error), (document, str(error))
     assert argv
+
+
+# -- values of a run folder's JSON files: ranges, types, nesting ----------------------------------------------
+
+RANGE_BREAKERS = st.one_of(st.sampled_from([-1, -0.5, 1.5, 7.5, 10**30, -10**30, float("nan"), float("inf"),
+                                            float("-inf"), 999, 0, True, "0.5", None, [], {}]),
+                           st.integers(1, 3000).map(lambda depth: ("nested", depth)),
+                           st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**70, 2**70))
+
+
+@seed(19)
+@FUZZ
+@given(name=st.sampled_from([record.METRICS, record.MODEL_INFO]), choice=st.integers(0, 10**6),
+       value=RANGE_BREAKERS, command=st.sampled_from(["evaluate", "report", "predict", "attack"]))
+def test_run_folder_json_values_out_of_range_end_in_one_line(trained_run, image_file, tmp_path_factory, name,
+                                                            choice, value, command):
+    """One value of ``metrics.json`` or ``model.json`` (a number where a number is, most often) replaced by one
+    outside its range, of another type, or nested thousands deep."""
+    run = tmp_path_factory.mktemp("values") / "run"
+    shutil.copytree(trained_run, run)
+    tree = json.loads((run / name).read_text())
+    slots = list(_slots(tree))
+    numbers = [(parent, key) for parent, key in slots if isinstance(parent[key], int | float)]
+    parent, key = (numbers or slots)[choice % len(numbers or slots)]
+    parent[key] = "__nested__" if isinstance(value, tuple) else value
+    text = json.dumps(tree)  # (Python's json writes NaN and Infinity, as imgclf's files may)
+    if isinstance(value, tuple):  # written as text: neither Hypothesis nor json can print thousands of levels
+        text = text.replace('"__nested__"', "[" * value[1] + "0.5" + "]" * value[1])
+    (run / name).write_text(text)
+    before = snapshot(run)
+    template, writes = COMMANDS[command]
+    argv = [part.format(run=run, image=image_file) for part in template]
+    status, err = run_cli(argv)
+    assert_clean_ending(status, err, [*argv, f"({name}: {key!r} = {value!r:.80})"])
+    after = snapshot(run)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
+               and k.split("/")[0] not in writes | {record.LOG} and not k.startswith(record.FIGURES)}
+    assert not changed, (argv, name, changed)
+    shutil.rmtree(run.parent)
+
+
+# -- model sources named by a run folder ------------------------------------------------------------------------
+
+PLANTED = "imgclf_fuzz_planted"
+SOURCES = st.one_of(
+    st.sampled_from([f"py:{PLANTED}.py:Net", f"py:{PLANTED}:Net", "py:timeit:timeit", "py:os:system",
+                     "py:builtins:exec", "py:subprocess:run", "timm:resnet18", "torchvision:resnet18",
+                     "evil.pt2", "../../etc/passwd.onnx", "model.pt", "mlp", "simple-cnn", "py:", "py::", ""]),
+    ARGV_TEXT.map(lambda text: f"py:{text}"), ARGV_TEXT)
+OPTIONS = st.one_of(st.just({}), st.fixed_dictionaries({"stmt": st.just("open('PLANTED-RAN', 'w')"),
+                                                       "number": st.just(1)}),
+                    st.dictionaries(st.sampled_from(["hidden", "depth", "args", "command", "stmt"]), SCALARS,
+                                    max_size=2))
+
+
+@seed(20)
+@FUZZ
+@given(source=SOURCES, options=OPTIONS, where=st.sampled_from(["model.json", "config.yaml", "both"]),
+       command=st.sampled_from(["evaluate", "report", "predict", "attack", "resume"]))
+def test_model_sources_in_run_folders_never_run_code(trained_run, image_file, tmp_path_factory, monkeypatch,
+                                                     source, options, where, command):
+    """A run folder shared by someone hostile names any model source with any options: without
+    ``--trust-code`` no code of theirs runs (a planted module and ``timeit``'s statement leave marker files)."""
+    work = tmp_path_factory.mktemp("sources")
+    monkeypatch.chdir(work)
+    (work / f"{PLANTED}.py").write_text("open('PLANTED-IMPORTED', 'w')\n")
+    run = work / "run"
+    shutil.copytree(trained_run, run)
+    if where in ("model.json", "both"):
+        info = json.loads((run / record.MODEL_INFO).read_text())
+        info.update(model=source, options=options)
+        (run / record.MODEL_INFO).write_text(json.dumps(info))
+    if where in ("config.yaml", "both"):
+        config = yaml.safe_load((run / record.CONFIG).read_text())
+        config["model"] = {"name": source, "options": options}
+        (run / record.CONFIG).write_text(yaml.safe_dump(config))
+    template, _ = COMMANDS[command]
+    argv = [part.format(run=run, image=image_file) for part in template]
+    status, err = run_cli(argv)
+    assert_clean_ending(status, err, [*argv, f"({where}: {source!r} {options!r})"])
+    assert not (work / "PLANTED-IMPORTED").exists() and not (work / "PLANTED-RAN").exists(), (argv, source)
+    import sys
+
+    assert PLANTED not in sys.modules
+    shutil.rmtree(work)
+
+
+# -- labels-file paths -------------------------------------------------------------------------------------------
+
+LABEL_PATHS = st.one_of(
+    st.sampled_from(["images/a0.png", "images/b0.png", "./images/a1.png", "images/../images/b1.png",
+                     "../outside.png", "../../../../etc/passwd", "/etc/passwd", "/dev/zero", "images/pipe.png",
+                     "images/link-out.png", "images", "", " ", "images/missing.png", "~/x.png", "images/a0"]),
+    ARGV_TEXT)
+
+
+@seed(21)
+@FUZZ
+@given(paths=st.lists(st.tuples(LABEL_PATHS, st.sampled_from(["a", "b"])), min_size=1, max_size=6),
+       command=st.sampled_from(["data", "load"]))
+def test_labels_file_paths_end_in_one_line_and_stay_inside_the_root(tmp_path_factory, monkeypatch, paths, command):
+    """A labels file whose rows name any path: a path leaving the image root is refused (never opened), a
+    FIFO or a device is a bad file (never a hang), and every other row reads or is listed as bad."""
+    import csv
+
+    from PIL import Image
+
+    work = tmp_path_factory.mktemp("labels")
+    monkeypatch.chdir(work)
+    images = work / "data" / "images"
+    images.mkdir(parents=True)
+    for name in ("a", "b"):
+        for i in range(3):
+            Image.new("L", (8, 8), 60 if name == "a" else 200).save(images / f"{name}{i}.png")
+    os.mkfifo(images / "pipe.png")
+    (work / "outside.png").write_bytes((images / "a0.png").read_bytes())
+    (images / "link-out.png").symlink_to(work / "outside.png")
+    rows = [("images/a0.png", "a"), ("images/b0.png", "b"), *paths]  # two classes at least, then the fuzz
+    labels = work / "data" / "labels.csv"
+    with labels.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("path", "label"), *rows])
+    if command == "data":  # (its status 1 says the check found problems, which it prints on stdout)
+        argv = ["data", "check", str(labels)]
+        status, err = run_cli(argv)
+        if status == 1 and not err:
+            status = 0
+    else:
+        from imgclf.config import DataConfig
+        from imgclf.data import load_data
+        from imgclf.errors import UsageError
+
+        argv = ["load_data", str(labels)]
+        try:
+            load_data(DataConfig(dataset=str(labels), image_size=8, cache=False), seed=0)
+            status, err = 0, ""
+        except UsageError as error:
+            status, err = 2, f"imgclf: error: {error}"
+    assert_clean_ending(status, err, [*argv, repr(paths)])
+    leaving = [p for p, _ in paths if p.strip() and not os.path.normpath(os.path.join(images.parent, p)).startswith(
+        str(images.parent) + os.sep)]
+    if leaving:  # refused before anything was read (for that, or for an earlier bad row)
+        assert status == 2, (paths, err)
+    shutil.rmtree(work)
