@@ -72,7 +72,9 @@ def test_own_class_with_weights_is_evaluated_attacked_reopened_and_predicts(own_
     image = tmp_path / "digit.png"
     Image.fromarray((x[0, 0] * 255).byte().numpy()).save(image)
     capsys.readouterr()
-    assert main(["predict", str(out), str(image), "--format", "json"]) == 0
+    assert main(["predict", str(out), str(image), "--format", "json"]) == 2  # the folder names code: an opt-in
+    assert "--trust-code" in capsys.readouterr().err
+    assert main(["predict", str(out), str(image), "--format", "json", "--trust-code"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["classes"] == [str(int(y[0]))]
 
 
@@ -288,6 +290,6 @@ def test_a_run_whose_model_code_is_gone_says_so_in_one_line(own_weights, tmp_pat
     sys.modules.pop(next(name for name in sys.modules if name.startswith("imgclf_user_")
                          and getattr(sys.modules[name], "__file__", "") == str(code)), None)
     capsys.readouterr()
-    assert main(["attack", str(out), "--attack", "fgsm", "--eps", "0.1", "--n-examples", "10"]) == 2
+    assert main(["attack", str(out), "--attack", "fgsm", "--eps", "0.1", "--n-examples", "10", "--trust-code"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"no Python file {str(code)!r}" in err, err

@@ -93,6 +93,8 @@ def test_a_finished_run_extends_to_more_epochs_with_a_new_schedule(tmp_path, cap
     assert "finished training already (epoch 5)" in capsys.readouterr().out
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("\n  epochs: 5\n", "\n  epochs: 7\n"))  # as if stopped after 5 of 7
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    torch.save({**state, "epochs": 7}, run / "train_state.pt")  # (the training state records the plan too)
     assert main(["train", "--resume", str(run), "--epochs", "9"]) == 2
     assert "stopped after epoch 5 of its 7; resume it to 7 first" in capsys.readouterr().err
 

@@ -48,9 +48,9 @@ def test_every_declared_default_is_valid_and_the_cli_help_shows_range_and_defaul
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "an integer >= 1; default 10" in help_text  # --epochs, from TrainConfig.epochs
-    assert describe_field(AttackConfig, "examples") == "a positive integer or 'all'; default 1000"
-    assert "a positive integer or 'all'; default 1000" in " ".join(
+    assert "an integer in [1, 100000]; default 10" in help_text  # --epochs, from TrainConfig.epochs
+    assert describe_field(AttackConfig, "examples") == "a positive integer up to 100,000,000 or 'all'; default 1000"
+    assert "a positive integer up to 100,000,000 or 'all'; default 1000" in " ".join(
         _help(capsys, ["attack", "--help"]).split())
 
 

@@ -203,6 +203,11 @@ class Run:
         """
         dist, log, device, data, settings = _prepare(config, out, quiet)
         config, spec = settings.config, data.spec
+        learned = int(np.unique(data.train.labels.numpy()).size)
+        if learned < spec.num_classes:
+            raise UsageError(f"the training split has no image of {spec.num_classes - learned} of the "
+                             f"{spec.num_classes} classes ({len(data.train)} images after holding out val and "
+                             "test); lower --test-fraction or --val-fraction, or raise --train-examples")
         model = _model_for(config, data, device, log)
         env = environment(device)
         folder = None

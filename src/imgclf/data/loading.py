@@ -280,8 +280,7 @@ def split_indices(
 
     Raises:
         UsageError: ``test_from="val"`` where the data set has a test split or no val split;
-            a split that would be empty, ``train_examples`` above the training images left, or a
-            training split without some class of the data set.
+            a split that would be empty, or ``train_examples`` above the training images left.
     """
     train_pos = np.arange(len(labels["train"]), dtype=np.int64)
     val_pos = np.arange(len(labels["val"]), dtype=np.int64) if "val" in labels else None
@@ -310,11 +309,5 @@ def split_indices(
             raise UsageError(f"--train-examples {train_examples} is more than the {len(train_pos)} training images "
                              "left after the val and test splits; give at most that, or drop the flag to use them all")
         train_pos = train_pos[stratified_subset(labels["train"][train_pos], train_examples, seed + 2)]
-    classes = np.unique(labels["train"])
-    missing = np.setdiff1d(classes, labels["train"][train_pos])
-    if missing.size:
-        raise UsageError(f"the training split would have no image of {missing.size} of the {classes.size} classes "
-                         f"(after holding out val and test: {len(train_pos)} images left); lower --test-fraction "
-                         "or --val-fraction, or raise --train-examples")
     result["train"] = ("train", train_pos)
     return result
