@@ -4,6 +4,7 @@ are skipped, with the reason shown, where that folder is absent."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,25 @@ def _no_trust_carried_over():
 
     yield
     forget_trust()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A real run folder (digits, an MLP, 2 epochs, FGSM on 20 images) that a module's tests copy."""
+    from imgclf.cli import main
+
+    out = tmp_path_factory.mktemp("edges") / "run"
+    assert main(["run", "--model", "mlp", "--epochs", "2", "--attack", "fgsm", "--eps", "0,0.1", "--n-examples", "20",
+                 "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture
+def copy(run_dir, tmp_path) -> Path:
+    """A copy of :func:`run_dir` that a test may damage."""
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    return target
 
 
 @pytest.fixture

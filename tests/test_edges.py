@@ -43,21 +43,6 @@ def one_line_error(capsys, argv: list[str], status: int = 2) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("edges") / "run"
-    assert main(["run", "--model", "mlp", "--epochs", "2", "--attack", "fgsm", "--eps", "0,0.1", "--n-examples", "20",
-                 "--out", str(out), "--quiet"]) == 0
-    return out
-
-
-@pytest.fixture
-def copy(run_dir, tmp_path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(run_dir, target)
-    return target
-
-
 # -- configuration files and flags ----------------------------------------------------------------
 
 @pytest.mark.parametrize(("text", "message"), [

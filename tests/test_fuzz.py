@@ -160,17 +160,23 @@ def test_corrupted_run_files_end_in_one_line(trained_run, image_file, tmp_path_f
     shutil.copytree(trained_run, run)
     target = run / name
     target.write_bytes(apply(target.read_bytes()))
+    run_on_damaged_folder(run, command, image_file, f"({name}: {how})")
+
+
+def run_on_damaged_folder(run: Path, command: str, image: Path, damage: str) -> None:
+    """``COMMANDS[command]`` on ``run``: a clean ending (:func:`assert_clean_ending`), and no file changed but
+    those the command owns; then the folder is removed."""
     before = snapshot(run)
     template, writes = COMMANDS[command]
-    argv = [part.format(run=run, image=image_file) for part in template]
+    argv = [part.format(run=run, image=image) for part in template]
     status, err = run_cli(argv)
-    assert_clean_ending(status, err, [*argv, f"({name}: {how})"])
+    assert_clean_ending(status, err, [*argv, damage])
     after = snapshot(run)
     owned = writes | {record.LOG}
     changed = {key for key in before.keys() | after.keys()
                if before.get(key) != after.get(key) and key.split("/")[0] not in owned
                and not key.startswith(record.FIGURES)}
-    assert not changed, (argv, name, how, changed)
+    assert not changed, (argv, damage, changed)
     shutil.rmtree(run.parent)
 
 
@@ -379,16 +385,7 @@ def test_run_folder_json_values_out_of_range_end_in_one_line(trained_run, image_
     if isinstance(value, tuple):  # written as text: neither Hypothesis nor json can print thousands of levels
         text = text.replace('"__nested__"', "[" * value[1] + "0.5" + "]" * value[1])
     (run / name).write_text(text)
-    before = snapshot(run)
-    template, writes = COMMANDS[command]
-    argv = [part.format(run=run, image=image_file) for part in template]
-    status, err = run_cli(argv)
-    assert_clean_ending(status, err, [*argv, f"({name}: {key!r} = {value!r:.80})"])
-    after = snapshot(run)
-    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
-               and k.split("/")[0] not in writes | {record.LOG} and not k.startswith(record.FIGURES)}
-    assert not changed, (argv, name, changed)
-    shutil.rmtree(run.parent)
+    run_on_damaged_folder(run, command, image_file, f"({name}: {key!r} = {value!r:.80})")
 
 
 # -- model sources named by a run folder ------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -63,21 +62,6 @@ class FailsLater(Net):
             raise KeyError("late failure")
         return self.linear(x.flatten(1))
 '''
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trust") / "run"
-    assert main(["run", "--model", "mlp", "--epochs", "1", "--attack", "fgsm", "--eps", "0,0.1", "--n-examples", "20",
-                 "--corruption-stage", "off", "--out", str(out), "--quiet"]) == 0
-    return out
-
-
-@pytest.fixture
-def copy(run_dir, tmp_path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(run_dir, target)
-    return target
 
 
 @pytest.fixture
