@@ -384,7 +384,8 @@ class Run:
         """
         dist = Distributed.from_env()
         folder = RunFolder.open(path)
-        settings, device, data = _reload(folder, overrides, trust_code=trust_code, changed_data=changed_data)
+        settings, device, data = _reload(folder, overrides, trust_code=trust_code, changed_data=changed_data,
+                                         writes=dist.is_main)
         device = dist.device(device)
         model = load_model(folder.path, device=device, trust_code=trust_code)
         log = RunLog(folder if dist.is_main else None, quiet=quiet or not dist.is_main)
@@ -870,8 +871,11 @@ def _run_config(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_co
 
 
 def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: bool = False,
-            changed_data: bool = False) -> tuple[Settings, torch.device, DataSplits]:
+            changed_data: bool = False, writes: bool = True) -> tuple[Settings, torch.device, DataSplits]:
     """A run folder's settings (with ``overrides``), device, and the very data splits it trained on.
+
+    Args:
+        writes: This process writes the folder (rank 0 under torchrun).
 
     Raises:
         UsageError: If the data set changed since the run began (:func:`_data_changes`), unless ``changed_data``
@@ -889,7 +893,7 @@ def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: 
         raise UsageError(f"the data of {str(folder.path)!r} changed since the run began: {'; '.join(changes)}; "
                          "evaluate it on the data it was trained on, or pass --changed-data to go on (the report "
                          "then says so)")
-    if changes:
+    if changes and writes:
         notes = read_metrics(folder.path).data_notes
         added = [f"evaluated on changed data: {change}" for change in changes]
         folder.update_metrics({"data_notes": notes + [note for note in added if note not in notes]})

@@ -566,7 +566,7 @@ def _in_range(number: float, file: str, where: str) -> float:
     """``number`` checked for the range its field allows: finite, a fraction where :data:`_FRACTIONS` says,
     never below 0 but where :data:`_SIGNED` says; NaN only in :data:`_MAY_BE_NAN`, and only inside an
     evaluation (a run's own clean accuracy is never NaN)."""
-    name = re.findall(r"[\w-]+", where)[-1] if re.findall(r"[\w-]+", where) else where
+    name = (re.findall(r"[\w-]+", where) or [where])[-1]
     if name.isdigit():  # a list's item: its list's name (per_class[3])
         name = re.sub(r"\[\d+\]$", "", where).rsplit(".", 1)[-1]
     if math.isnan(number):
