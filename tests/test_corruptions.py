@@ -272,13 +272,39 @@ def test_the_run_stage_follows_its_setting(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--model", "mlp", "--epochs", "1", "--attack", "fgsm", "--eps", "0,0.1", "--n-examples", "20",
                  "--out", str(out)]) == 0
-    assert "common corruptions skipped: estimated" in capsys.readouterr().out  # 20 attacked images cost little
+    assert "common corruptions skipped: the images are 8x8, under the 16x16 auto runs it on" in \
+        capsys.readouterr().out
     assert "corruptions" not in json.loads((out / "metrics.json").read_text())
     on = tmp_path / "on"
     assert main(["run", "--model", "mlp", "--epochs", "1", "--attack", "fgsm", "--eps", "0,0.1", "--n-examples", "20",
                  "--corruptions", "blur", "--severities", "3", "--corruption-examples", "30",  # asked for: it runs
                  "--out", str(on), "--quiet"]) == 0
     assert json.loads((on / "metrics.json").read_text())["corruptions"]["n"] == 30
+
+
+def test_the_auto_rule_is_the_work_alone():
+    from imgclf.corruptions.registry import auto_skips
+
+    assert auto_skips(images=100, shape=(1, 28, 28), corruptions=15, severities=5) is None  # MNIST: 6 million
+    assert auto_skips(images=100, shape=(3, 64, 64), corruptions=15, severities=5) is None  # 92 million
+    assert "under the 16x16" in auto_skips(images=100, shape=(1, 8, 8), corruptions=15, severities=5)
+    assert "207 million values" in auto_skips(images=100, shape=(3, 96, 96), corruptions=15, severities=5)
+
+
+def test_the_same_command_runs_the_same_stages_on_a_busy_machine(tiny_folder, tmp_path, monkeypatch):
+    """``imgclf run`` twice on the same data, the second time with a clock that makes every measured second
+    ten times longer: the same stages, corruptions included, both times."""
+    import time
+
+    argv = ["run", "--dataset", str(tiny_folder), "--image-size", "16", "--model", "mlp", "--epochs", "1",
+            "--attack", "fgsm", "--eps", "0,8/255", "--n-examples", "9", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "calm")]) == 0
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: 10 * real())
+    assert main([*argv, "--out", str(tmp_path / "busy")]) == 0
+    calm, busy = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("calm", "busy"))
+    assert set(calm) == set(busy) and "corruptions" in calm
+    assert calm["corruptions"]["entries"] == busy["corruptions"]["entries"]
 
 
 def test_the_registry_loads_without_torch():

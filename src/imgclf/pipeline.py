@@ -36,7 +36,7 @@ from imgclf.corruptions.evaluation import (
     corruption_robustness,
     corruption_samples,
 )
-from imgclf.corruptions.registry import parse_corruptions, parse_severities
+from imgclf.corruptions.registry import auto_skips, parse_corruptions, parse_severities
 from imgclf.data import DataSplits, load_data, stratified_subset
 from imgclf.data.augment import per_image
 from imgclf.data.loading import dataset_stem
@@ -756,10 +756,9 @@ class Run:
         False), :meth:`corrupt` (as ``corruption.stage`` says: see :meth:`_corruption_wanted`), :meth:`explain`
         and :meth:`report`; returns the clean evaluation."""
         evaluation = self.evaluate()
-        attack_seconds = None
         if attack:
-            attack_seconds = self.attack().seconds
-        if self._corruption_wanted(attack_seconds):
+            self.attack()
+        if self._corruption_wanted(attack):
             self.corrupt()
         try:
             self.explain()
@@ -768,12 +767,12 @@ class Run:
         self.report()
         return evaluation
 
-    def _corruption_wanted(self, attack_seconds: float | None) -> bool:
+    def _corruption_wanted(self, attack: bool) -> bool:
         """Whether :meth:`finish` runs the corruption stage: always with ``corruption.stage`` ``on`` (where the
         images are at least 8x8), never with ``off``; with ``auto`` where any other ``corruption`` setting
-        differs from its default (the stage was asked for), else where its estimated cost
-        (:meth:`_corruption_cost`) is under a fifth of the attack stage's seconds. A skipped stage is logged
-        with the command that runs it."""
+        differs from its default (the stage was asked for), else where there is an attack stage and the work
+        is within :func:`imgclf.corruptions.registry.auto_skips`'s rule. A skipped stage is logged with the
+        reason and the command that runs it."""
         stage, size = self.config.corruption.stage, self.data.spec.image_size
         if stage == "off":
             return False
@@ -782,49 +781,21 @@ class Run:
             return False
         if stage == "on":
             return True
-        if self.config.corruption != dataclasses.replace(CorruptionConfig(), stage=stage):
+        chosen = self.config.corruption
+        if chosen != dataclasses.replace(CorruptionConfig(), stage=stage):
             return True  # corruptions, severities, examples or a baseline set: asked for
-        if not attack_seconds:
-            self.log("note: common corruptions skipped (no attack stage to weigh them against); run them with "
-                     "imgclf corrupt RUN or --corruption-stage on")
+        remedy = f"run them with imgclf corrupt {self._folder().path} or --corruption-stage on"
+        if not attack:
+            self.log(f"note: common corruptions skipped (no attack stage in this run); {remedy}")
             return False
-        estimate = self._corruption_cost()
-        if estimate >= attack_seconds / 5:
-            self.log(f"note: common corruptions skipped: estimated {estimate:.0f} s, more than a fifth of the attack "
-                     f"stage's {attack_seconds:.0f} s; run them with imgclf corrupt {self._folder().path} (or "
-                     "--corruption-stage on, or fewer --corruption-examples)")
+        total = len(self.data.test) if chosen.examples == "all" else min(int(chosen.examples), len(self.data.test))
+        why = auto_skips(images=total, shape=self.data.spec.input_shape,
+                         corruptions=len(parse_corruptions(chosen.corruptions)),
+                         severities=len(parse_severities(chosen.severities)))
+        if why is not None:
+            self.log(f"note: common corruptions skipped: {why}; {remedy}")
             return False
         return True
-
-    def _corruption_cost(self) -> float:
-        """Estimated seconds of :meth:`corrupt` with the configured settings: every corruption and severity, and
-        the forward passes, timed on 8 and on 24 test images (after one untimed pass on one image, which loads
-        what the corruptions load once) and extrapolated linearly to the subset, so that the cost of each call
-        is not counted as a cost of each image."""
-        import time
-
-        from imgclf.corruptions.apply import corrupt
-
-        chosen = self.config.corruption
-        names, levels = parse_corruptions(chosen.corruptions), parse_severities(chosen.severities)
-        total = len(self.data.test.labels) if chosen.examples == "all" else \
-            min(int(chosen.examples), len(self.data.test.labels))
-        small, large = min(8, total), min(24, total)
-        probe = self.data.test.float_images(np.arange(large))
-
-        def seconds(count: int) -> float:
-            start = time.perf_counter()
-            for name in names:
-                for severity in levels:
-                    self.model(corrupt(probe[:count], name, severity, seed=self.config.seed).to(self.device))
-            return time.perf_counter() - start
-
-        with torch.no_grad():
-            for name in names:
-                corrupt(probe[:1], name, levels[-1], seed=self.config.seed)
-            first, second = seconds(small), seconds(large)
-        per_image = max(second - first, 0.0) / (large - small) if large > small else second / large
-        return max(first - small * per_image, 0.0) + total * per_image
 
     def report(self) -> Path:
         """Figures and ``report.html`` from what the folder holds (and, with ``train.tensorboard``,

@@ -158,3 +158,32 @@ def parse_severities(text: str | Sequence[int]) -> tuple[int, ...]:
     if not values or any(v not in SEVERITIES for v in values):
         raise ValueError(f"severities must be integers from 1 to 5, as 1:5, 3 or 1,3,5; got {text!r}")
     return tuple(sorted(set(values)))
+
+
+#: ``--corruption-stage auto`` runs the stage on images at least this many pixels on a side (below it the
+#: blurs, frost and JPEG compression have too little to act on) ...
+AUTO_MIN_SIDE = 16
+#: ... that corrupt at most this many values (images x corruptions x severities x channels x height x width):
+#: the default 100 test images under all 75 corruptions and severities up to 64x64 colour (92 million).
+AUTO_MAX_VALUES = 100_000_000
+
+
+def auto_skips(*, images: int, shape: Sequence[int], corruptions: int, severities: int) -> str | None:
+    """Why ``--corruption-stage auto`` leaves the stage out of ``imgclf run``, in words, or None where it runs
+    it: a rule on the work alone (:data:`AUTO_MIN_SIDE`, :data:`AUTO_MAX_VALUES`), so the same command on the
+    same data always runs the same stages, however busy the machine.
+
+    Args:
+        images: Test images the stage would corrupt.
+        shape: ``(C, H, W)`` of each image, in pixels.
+        corruptions, severities: How many of each.
+    """
+    channels, height, width = shape
+    if min(height, width) < AUTO_MIN_SIDE:
+        return f"the images are {height}x{width}, under the {AUTO_MIN_SIDE}x{AUTO_MIN_SIDE} auto runs it on"
+    values = images * corruptions * severities * channels * height * width
+    if values > AUTO_MAX_VALUES:
+        return (f"{images} images x {corruptions * severities} corruptions and severities at {channels}x{height}x"
+                f"{width} are {values / 1e6:,.0f} million values, over the {AUTO_MAX_VALUES / 1e6:,.0f} million auto "
+                "runs")
+    return None
