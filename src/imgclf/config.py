@@ -622,6 +622,10 @@ def validate(config: RunConfig) -> None:
     given = [flag for flag, value in (("--image-root", data.image_root), ("--path-column", data.path_column),
                                       ("--label-column", data.label_column), ("--image-column", data.image_column))
              if value is not None]
+    from imgclf.data.builtin import resolve_data_dir
+    from imgclf.data.names import dataset_location
+
+    dataset_location(data.dataset, resolve_data_dir(data.data_dir), tuple(DATASETS))  # an unknown name, before torch
     if given and data.dataset in DATASETS:  # (for a path, the layout found on disk decides: data.scan_images)
         raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a labels file (--labels "
                          f"FILE.csv or .tsv) or a Hugging Face data set; {data.dataset!r} is a built-in data set")

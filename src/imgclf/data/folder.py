@@ -93,11 +93,6 @@ def list_image_files(folder: Path, unreadable: list[str] | None = None) -> list[
     return files
 
 
-def looks_like_folder(dataset: str) -> bool:
-    """True when ``dataset`` names a path rather than a registered data set."""
-    return os.sep in dataset or "/" in dataset or dataset.startswith((".", "~")) or Path(dataset).is_dir()
-
-
 @dataclass(frozen=True, eq=False)
 class StoredImage:
     """An encoded image stored inside a data set's own files (a row of a Hugging Face data set) rather than as

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgclf.data.folder import ImageFiles, StoredImage
 from imgclf.data.labels_file import LABEL_COLUMNS, SPLIT_VALUES, sort_classes
+from imgclf.data.names import PARQUET_SUFFIX
 from imgclf.errors import UsageError
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 #: Files whose presence marks a folder written by ``save_to_disk`` (a DatasetDict's, a Dataset's).
 SAVED_MARKERS = ("dataset_dict.json", "state.json")
-PARQUET_SUFFIX = ".parquet"
 #: Column names tried, in order, for the images when no column has the ``Image`` feature type.
 IMAGE_COLUMNS = ("image", "img", "picture", "photo")
 INSTALL_HINT = "pip install 'imgclf[hf]' (the datasets package)"

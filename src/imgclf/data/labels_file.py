@@ -23,10 +23,10 @@ import os
 from pathlib import Path
 
 from imgclf.data.folder import IMAGE_EXTENSIONS, ImageFiles, ImageSource
+from imgclf.data.names import LABELS_SUFFIXES
 from imgclf.errors import UsageError
 
 #: File name suffixes read as labels files, and their delimiter (None: sniffed from , ; TAB).
-LABELS_SUFFIXES = {".csv": None, ".tsv": "\t"}
 #: Column names tried, in order, when no path column is given (compared without case).
 PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "file_name", "image", "image_path",
                 "image_id", "img", "id", "fname")
@@ -37,11 +37,6 @@ SPLIT_COLUMN = "split"
 SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 #: Share of listed files that may be missing before the image root is taken to be wrong.
 MISSING_LIMIT = 0.5
-
-
-def is_labels_file(dataset: str) -> bool:
-    """True when ``dataset`` names a labels file (by its suffix, ``.csv`` or ``.tsv``)."""
-    return Path(dataset).suffix.lower() in LABELS_SUFFIXES
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:

@@ -11,10 +11,11 @@ from sklearn.model_selection import train_test_split
 
 from imgclf.data.builtin import DATASETS, Pools, fetch, resolve_data_dir
 from imgclf.data.containers import DatasetSpec, DataSplits, ImageSplit, LazyImages
-from imgclf.data.folder import ImageFiles, load_image_files, looks_like_folder, scan_folder
-from imgclf.data.hugging_face import PARQUET_SUFFIX, is_hf_dataset, scan_hf_dataset
-from imgclf.data.labels_file import is_labels_file, scan_labels_file
-from imgclf.errors import UsageError, unknown_choice
+from imgclf.data.folder import ImageFiles, load_image_files, scan_folder
+from imgclf.data.hugging_face import is_hf_dataset, scan_hf_dataset
+from imgclf.data.labels_file import scan_labels_file
+from imgclf.data.names import dataset_location, is_data_file, is_labels_file
+from imgclf.errors import UsageError
 
 if TYPE_CHECKING:
     from imgclf.config import DataConfig
@@ -73,12 +74,6 @@ LAYOUT_FLAGS = {
 }
 
 
-def is_data_file(dataset: str) -> bool:
-    """True when ``dataset`` names a file that holds a data set: a labels file (``.csv``, ``.tsv``) or a
-    Parquet file."""
-    return is_labels_file(dataset) or Path(dataset).suffix.lower() == PARQUET_SUFFIX
-
-
 def dataset_stem(dataset: str) -> str:
     """A data set's short name for run-folder and file names: a built-in name as it is, a folder's last
     part, a data file's name without its suffix (``data/labels.csv`` -> ``labels``)."""
@@ -116,15 +111,11 @@ def scan_images(path: Path, *, image_root: Path | None = None, path_column: str 
 
 def _load_pools(config: DataConfig) -> tuple[str, Pools, list[tuple[str, str]], list[str]]:
     name = config.dataset
-    if name in DATASETS:
+    location = dataset_location(name, resolve_data_dir(config.data_dir), tuple(DATASETS))
+    if location is None:
         pools = fetch(DATASETS[name], resolve_data_dir(config.data_dir), config.download)
         return name, pools, [], []
-    folder = Path(name).expanduser() if looks_like_folder(name) else resolve_data_dir(config.data_dir) / name
-    data_file = is_data_file(name)
-    if not (data_file or looks_like_folder(name) or (name and folder.is_dir())):  # a path, or in the data folder
-        raise unknown_choice("dataset", name, [*DATASETS, "PATH (an image folder or a saved Hugging Face data set)",
-                                               "FILE.csv or .tsv (a labels file)", "FILE.parquet"])
-    listing = scan_images(Path(name).expanduser() if data_file else folder,
+    listing = scan_images(location,
                           image_root=Path(config.image_root) if config.image_root is not None else None,
                           path_column=config.path_column, label_column=config.label_column,
                           image_column=config.image_column, paths_outside_root=config.paths_outside_root)
