@@ -256,9 +256,9 @@ def test_imgclf_corrupt_end_to_end(tmp_path, capsys):
     assert "is not a run folder" in capsys.readouterr().err
     assert main(["corrupt", str(run), "--corruptions", "smoke"]) == 2
     assert "unknown corruption" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["corrupt", str(run), "--severities", "0:9"])
-    assert "integers from 1 to 5" in capsys.readouterr().err
+    assert main(["corrupt", str(run), "--severities", "0:9"]) == 2
+    assert "--severities must be integers from 1 to 5, as 1:5, 3 or 1,3,5 (or a list), got '0:9'" in \
+        capsys.readouterr().err
     assert main(["corrupt", str(run), "--severities", "1:3", "--corruption-examples", "60",
                  "--baseline", str(base)]) == 2
     assert "no result for gaussian-noise at severity 2" in capsys.readouterr().err

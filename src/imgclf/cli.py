@@ -255,26 +255,17 @@ def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
                "with its non-differentiable or random parts replaced by the identity, where they can be found)")
 
 
-def _severities(text: str) -> list[int]:
-    from imgclf.corruptions.registry import parse_severities
-
-    try:
-        return list(parse_severities(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def _add_corruption_flags(parser: argparse.ArgumentParser, *, stage: bool) -> None:
     from imgclf.corruptions.registry import CORRUPTIONS, GROUPS
 
     group = parser.add_argument_group("common corruptions")
     if stage:
         _flag(group, "--corruption-stage", dest="corruption.stage", metavar="WHEN",
-              help="evaluate under the common corruptions after the attacks: auto runs the stage where it is "
-                   "estimated to cost under a fifth of the attack stage, and says so where it does not")
+              help="evaluate under the common corruptions after the attacks: auto runs the stage on images of at "
+                   "least 16x16 and at most 100 million corrupted values, and says why where it does not")
     _flag(group, "--corruptions", dest="corruption.corruptions", metavar="NAMES",
           help=f"all, groups ({', '.join(GROUPS)}) or comma-separated names: {', '.join(CORRUPTIONS)}")
-    _flag(group, "--severities", dest="corruption.severities", metavar="LIST", parse=_severities,
+    _flag(group, "--severities", dest="corruption.severities", metavar="LIST",
           help="severities from 1 to 5, as 1:5, 3 or 1,3,5")
     _flag(group, "--corruption-examples", dest="corruption.examples", metavar="N|all", parse=_count_or_all,
           help="evaluate a seeded stratified subset of N test images")

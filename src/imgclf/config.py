@@ -28,7 +28,7 @@ import yaml
 
 from imgclf.attacks import ATTACK_PRESETS, ATTACKS, NORMS, expand_attacks, targetable_attacks
 from imgclf.constraints import CountOrAll, Interval, Options, OrWord, check_fields, setting
-from imgclf.corruptions.registry import corruption_choices
+from imgclf.corruptions.registry import SeveritySetting, corruption_choices
 from imgclf.data.augment import AugmentSetting
 from imgclf.defenses import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
 from imgclf.errors import UsageError, unknown_choice
@@ -169,8 +169,7 @@ class CorruptionConfig:
     stage: str = setting("auto", Options("corruption stage", CORRUPTION_STAGE))  # in `imgclf run`: auto, on, off
     corruptions: list[str] = setting(default_factory=lambda: ["all"],
                                      constraint=Options("corruption", corruption_choices, each=True))
-    severities: list[int] = setting(default_factory=lambda: [1, 2, 3, 4, 5],
-                                    constraint=Options("severity", (1, 2, 3, 4, 5), each=True))  # "1:5" on the CLI
+    severities: str | list[int] = setting("1:5", SeveritySetting())  # as written: 1:5, 3, 1,3,5, or a list
     examples: int | str = setting(100, CountOrAll(_MAX_COUNT))  # seeded stratified subset or "all" (cost: README)
     baseline: str | None = None  # a run folder evaluated under the same corruptions: mCE and relative mCE
 

@@ -36,7 +36,7 @@ from imgclf.corruptions.evaluation import (
     corruption_robustness,
     corruption_samples,
 )
-from imgclf.corruptions.registry import auto_skips, parse_corruptions, parse_severities
+from imgclf.corruptions.registry import auto_skips
 from imgclf.data import DataSplits, load_data, stratified_subset
 from imgclf.data.augment import per_image
 from imgclf.data.loading import dataset_stem
@@ -522,7 +522,7 @@ class Run:
         given = {"attacks": attacks, "eps": eps, "examples": examples, "norm": norm, "steps": steps,
                  "alpha": alpha, "restarts": restarts, "target": target, "queries": queries}
         changes = {key: value for key, value in given.items() if value is not None}
-        settings = self._with_attack_changes(changes) if changes else self.settings
+        settings = self._with_changes("attack", changes) if changes else self.settings
         data, config, dist = self.data, settings.config, self.dist
         folder = self._folder() if dist.is_main else self.folder  # (the other ranks read it, where they have it)
         labels = data.test.labels
@@ -606,13 +606,11 @@ class Run:
                 baseline that is not comparable.
         """
         folder, data, config = self._folder(), self.data, self.config
-        chosen = config.corruption
-        try:
-            names = parse_corruptions(chosen.corruptions if corruptions is None else corruptions)
-            levels = parse_severities(chosen.severities if severities is None else severities)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        count = chosen.examples if examples is None else examples
+        given = {"corruptions": corruptions, "severities": severities, "examples": examples}
+        changes = {key: value for key, value in given.items() if value is not None}
+        settings = self._with_changes("corruption", changes) if changes else self.settings
+        names, levels, chosen = settings.corruptions, settings.severities, settings.config.corruption
+        count = chosen.examples
         labels = data.test.labels
         rows = stratified_subset(labels.numpy(), None if count == "all" else int(count), config.seed)
         baseline = chosen.baseline if baseline is None else baseline
@@ -730,10 +728,15 @@ class Run:
                  + (f", clean and adversarial at eps {float(arrays['eps']):g}" if adversarial is not None else ""))
         return folder.file(record.EXPLANATIONS)
 
-    def _with_attack_changes(self, changes: dict[str, Any]) -> Settings:
+    def _with_changes(self, section: str, changes: dict[str, Any]) -> Settings:
+        """The settings with ``changes`` to one section of the configuration, for one call (a new ``attack``
+        norm without eps takes that norm's default eps), resolved like every setting.
+
+        Raises:
+            UsageError: On an invalid value."""
         values = config_to_dict(self.config)
-        values["attack"].update(changes)
-        if "norm" in changes and "eps" not in changes:
+        values[section].update(changes)
+        if section == "attack" and "norm" in changes and "eps" not in changes:
             values["attack"]["eps"] = None
         spec = self.data.spec
         return resolve(config_from_dict(values), channels=spec.channels, class_names=list(spec.class_names))
@@ -789,9 +792,8 @@ class Run:
             self.log(f"note: common corruptions skipped (no attack stage in this run); {remedy}")
             return False
         total = len(self.data.test) if chosen.examples == "all" else min(int(chosen.examples), len(self.data.test))
-        why = auto_skips(images=total, shape=self.data.spec.input_shape,
-                         corruptions=len(parse_corruptions(chosen.corruptions)),
-                         severities=len(parse_severities(chosen.severities)))
+        why = auto_skips(images=total, shape=self.data.spec.input_shape, corruptions=len(self.settings.corruptions),
+                         severities=len(self.settings.severities))
         if why is not None:
             self.log(f"note: common corruptions skipped: {why}; {remedy}")
             return False

@@ -20,6 +20,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from imgclf.attacks import TARGET_MODES, AttackSpec, expand_attacks
+from imgclf.corruptions.registry import parse_corruptions, parse_severities
 from imgclf.errors import UsageError
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class Settings:
         target: None (untargeted), ``"random"``, ``"least-likely"``, or a class index
             (a class name is only resolved once the class names are known).
         attacks: The configured attacks, presets expanded.
+        corruptions: The common corruptions' names, groups and ``all`` expanded, in registry order.
+        severities: Their severities, ascending.
     """
 
     config: RunConfig
@@ -68,6 +71,8 @@ class Settings:
     examples: int | None
     target: str | int | None
     attacks: tuple[AttackSpec, ...]
+    corruptions: tuple[str, ...] = ()
+    severities: tuple[int, ...] = ()
 
     @property
     def eps_values(self) -> list[float]:
@@ -190,7 +195,12 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
     except ValueError as error:
         raise UsageError(str(error)) from None
     examples = None if attack.examples in (None, "all") else int(attack.examples)
-    return Settings(config, eps, train_eps, examples, target, attacks)
+    try:  # the one place corruption names and severities are parsed
+        corruptions = parse_corruptions(config.corruption.corruptions)
+        severities = parse_severities(config.corruption.severities)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return Settings(config, eps, train_eps, examples, target, attacks, corruptions, severities)
 
 
 def _train_eps(given: str | None, attack_eps: tuple[Eps, ...] | None, norm: str) -> Eps | None:

@@ -26,7 +26,7 @@ import torch
 
 from imgclf.calibration import DEFAULT_BINS, calibration_metrics
 from imgclf.corruptions.apply import corrupt
-from imgclf.corruptions.registry import SEVERITIES, corruption_names, parse_corruptions, parse_severities
+from imgclf.corruptions.registry import SEVERITIES, corruption_names
 from imgclf.evaluation import logits_of
 
 
@@ -102,6 +102,8 @@ def corruption_robustness(
         model: In eval mode (left so); ``[0, 1]`` images in, logits out. Batches go to its device.
         images: ``float32`` ``(N, C, H, W)`` in ``[0, 1]``, ``C`` 1 or 3, at least 8x8.
         labels: ``int64`` ``(N,)``.
+        corruptions: Registered names (groups and ``all`` expanded already: :func:`parse_corruptions`, or
+            :class:`imgclf.settings.Settings`'s ``corruptions``). severities: Integers from 1 to 5.
 
     Returns:
         The evaluation, without a baseline (:func:`against_baseline` adds one); ``settings`` holds the
@@ -110,8 +112,13 @@ def corruption_robustness(
     Raises:
         ValueError: On an unknown corruption or severity, or images :func:`corrupt` refuses.
     """
-    names = parse_corruptions(list(corruptions)) if corruptions is not None else corruption_names()
-    levels = parse_severities(list(severities))
+    names = tuple(corruptions) if corruptions is not None else corruption_names()
+    levels = tuple(severities)
+    unknown = [name for name in names if name not in corruption_names()] + \
+        [str(level) for level in levels if level not in SEVERITIES]
+    if unknown or not names or not levels:
+        raise ValueError(f"corruptions must be registered names ({', '.join(corruption_names())}) and severities "
+                         f"integers from 1 to 5; got {', '.join(unknown) or 'none'}")
     labels = torch.as_tensor(labels).cpu()
     if images.ndim != 4 or len(images) != len(labels) or not len(labels):
         raise ValueError(f"images must be (N, C, H, W) with one label each, got {tuple(images.shape)} and "

@@ -17,7 +17,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from imgclf.constraints import Constraint
 
 if TYPE_CHECKING:
     import numpy as np
@@ -158,6 +160,24 @@ def parse_severities(text: str | Sequence[int]) -> tuple[int, ...]:
     if not values or any(v not in SEVERITIES for v in values):
         raise ValueError(f"severities must be integers from 1 to 5, as 1:5, 3 or 1,3,5; got {text!r}")
     return tuple(sorted(set(values)))
+
+
+class SeveritySetting(Constraint):
+    """``corruption.severities``: as written (``"1:5"``, ``"3"``, ``"1,3,5"``) or a list of integers, each 1
+    to 5 (:func:`parse_severities`, which :func:`imgclf.settings.resolve` applies once)."""
+
+    def accepts(self, value: Any) -> bool:
+        try:
+            parse_severities(value)
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    def describe(self) -> str:
+        return "integers from 1 to 5, as 1:5, 3 or 1,3,5 (or a list)"
+
+    def invalid_values(self) -> list[Any]:
+        return ["0:9", "x", [0, 6]]
 
 
 #: ``--corruption-stage auto`` runs the stage on images at least this many pixels on a side (below it the
