@@ -192,10 +192,11 @@ def test_a_clean_pt2_file_loads_and_a_garbage_one_is_one_line(tmp_path, capsys):
 
 # -- 5. the data changed under a run -------------------------------------------------------------------------
 
-def test_evaluating_on_changed_data_is_refused_or_noted(tiny_folder, tmp_path, capsys):
+@pytest.mark.parametrize("memory_limit", ["8192", "0"])  # in memory, and read from the disk cache per batch
+def test_evaluating_on_changed_data_is_refused_or_noted(tiny_folder, tmp_path, capsys, memory_limit):
     run = tmp_path / "run"
     assert main(["train", "--dataset", str(tiny_folder), "--model", "mlp", "--image-size", "8", "--epochs", "1",
-                 "--out", str(run), "--quiet"]) == 0
+                 "--memory-limit", memory_limit, "--out", str(run), "--quiet"]) == 0
     capsys.readouterr()
     for i in range(4):  # images added to one class: the positions of the saved splits now name other images
         Image.new("RGB", (24, 20), (10, 200, 30)).save(tiny_folder / "circle" / f"added-{i}.png")

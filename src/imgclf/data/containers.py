@@ -128,13 +128,16 @@ class ImageSplit:
 
     def fingerprint(self) -> str:
         """The SHA-256 (hex) of the split's labels and image bytes, in order: what a run folder records, so that
-        later stages can tell the data set changed under them (images added, removed, replaced or relabelled)."""
+        later stages can tell the data set changed under them (images added, removed, replaced or relabelled).
+        A split read from disk (:class:`LazyImages`) hashes every label but the pixels of 4,096 evenly spaced
+        images only, so that opening a run does not read a large data set whole."""
         import hashlib
 
         digest = hashlib.sha256(np.ascontiguousarray(self.labels.numpy(), dtype=np.int64).tobytes())
-        for first in range(0, len(self), 4096):  # in chunks: a split on disk is never read whole into memory
-            rows = np.arange(first, min(first + 4096, len(self)))
-            digest.update(self.uint8_images(rows).contiguous().numpy().tobytes())
+        rows = np.arange(len(self)) if self.in_memory else \
+            np.unique(np.linspace(0, len(self) - 1, num=min(len(self), 4096)).round().astype(np.int64))
+        for first in range(0, len(rows), 4096):
+            digest.update(self.uint8_images(rows[first:first + 4096]).contiguous().numpy().tobytes())
         return digest.hexdigest()
 
     def subset(self, rows: np.ndarray) -> ImageSplit:
