@@ -29,7 +29,15 @@ from imgclf import record
 from imgclf.attacks import RobustnessResult, robustness
 from imgclf.calibration import EpsCalibration, calibrate, calibration_under_attack
 from imgclf.checkpoint import check_outputs, external_model, load_model, model_info, save_external, save_model
-from imgclf.config import CorruptionConfig, RunConfig, config_from_dict, config_to_dict, dump_config, load_config
+from imgclf.config import (
+    CorruptionConfig,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    set_dotted,
+)
 from imgclf.corruptions.evaluation import (
     CorruptionEvaluation,
     against_baseline,
@@ -50,7 +58,7 @@ from imgclf.record import SCHEMA_VERSION, AdversarialTraining, AttackRecord, Dat
 from imgclf.report import write_report
 from imgclf.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
 from imgclf.runtime import environment, seed_everything, select_device
-from imgclf.settings import Settings, resolve
+from imgclf.settings import Settings, norm_resets_eps, resolve
 from imgclf.training import TrainResult, fit
 from imgclf.trust import is_user_code, trust_code
 
@@ -735,9 +743,8 @@ class Run:
         Raises:
             UsageError: On an invalid value."""
         values = config_to_dict(self.config)
-        values[section].update(changes)
-        if section == "attack" and "norm" in changes and "eps" not in changes:
-            values["attack"]["eps"] = None
+        for key, value in norm_resets_eps({f"{section}.{key}": value for key, value in changes.items()}).items():
+            set_dotted(values, key, value)
         spec = self.data.spec
         return resolve(config_from_dict(values), channels=spec.channels, class_names=list(spec.class_names))
 
@@ -854,10 +861,7 @@ def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: 
         UsageError: If the data set changed since the run began (:func:`_data_changes`), unless ``changed_data``
             accepts it; the change is then added to ``metrics.json``'s ``data_notes``, which the report shows.
     """
-    overrides = dict(overrides or {})
-    if "attack.norm" in overrides and "attack.eps" not in overrides:
-        overrides["attack.eps"] = None
-    config = _run_config(folder, overrides, trust_code=trust_code)
+    config = _run_config(folder, norm_resets_eps(dict(overrides or {})), trust_code=trust_code)
     seed_everything(config.seed)
     device = select_device(config.device)
     data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imgclf.attacks import TARGET_MODES, AttackSpec, expand_attacks
 from imgclf.corruptions.registry import parse_corruptions, parse_severities
@@ -84,6 +84,15 @@ class Settings:
         if self.eps is None:
             raise ValueError("the eps values depend on the data's channels: resolve with channels=")
         return [eps.value for eps in self.eps]
+
+
+def norm_resets_eps(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` (dotted keys, ``{"attack.norm": "l2"}``) for a configuration that has its eps already:
+    a new ``attack.norm`` without ``attack.eps`` also sets ``attack.eps`` to None, so that :func:`resolve`
+    takes that norm's default list (an L-inf list is no L2 list)."""
+    if "attack.norm" in overrides and "attack.eps" not in overrides:
+        return {**overrides, "attack.eps": None}
+    return overrides
 
 
 def parse_eps(values: str | float | Sequence[str | float], norm: str = "linf") -> list[Eps]:
