@@ -864,8 +864,9 @@ def _reload(folder: RunFolder, overrides: dict[str, Any] | None, *, trust_code: 
     config = _run_config(folder, norm_resets_eps(dict(overrides or {})), trust_code=trust_code)
     seed_everything(config.seed)
     device = select_device(config.device)
-    data = load_data(config.data, seed=config.seed, indices=_load_splits(folder))
-    changes = _data_changes(folder, data)
+    saved = folder.read_arrays(record.SPLITS)  # (read once: the positions, then the fingerprints)
+    data = load_data(config.data, seed=config.seed, indices=_load_splits(folder, saved))
+    changes = _data_changes(saved or {}, data)
     if changes and not changed_data:
         raise UsageError(f"the data of {str(folder.path)!r} changed since the run began: {'; '.join(changes)}; "
                          "evaluate it on the data it was trained on, or pass --changed-data to go on (the report "
@@ -1166,10 +1167,10 @@ def _save_splits(folder: RunFolder, data: DataSplits) -> None:
     folder.write_arrays(record.SPLITS, **arrays)
 
 
-def _data_changes(folder: RunFolder, data: DataSplits) -> list[str]:
-    """How the splits loaded now differ from those ``splits.npz`` recorded when the run began, one line each
-    (empty where they are the same, or the folder is of a release that recorded no fingerprints)."""
-    arrays = folder.read_arrays(record.SPLITS) or {}
+def _data_changes(arrays: dict[str, np.ndarray], data: DataSplits) -> list[str]:
+    """How the splits loaded now differ from those ``splits.npz`` (its ``arrays``) recorded when the run began,
+    one line each (empty where they are the same, or the folder is of a release that recorded no
+    fingerprints)."""
     changes = []
     for name in ("train", "val", "test"):
         saved = arrays.get(f"{name}_fingerprint")
@@ -1187,15 +1188,15 @@ def _data_changes(folder: RunFolder, data: DataSplits) -> list[str]:
     return changes
 
 
-def _load_splits(folder: RunFolder) -> dict[str, tuple[str, np.ndarray]] | None:
-    """``splits.npz``: per split, the pool it draws from and its positions in that pool (checked
-    against the data set by :func:`imgclf.data.load_data`).
+def _load_splits(folder: RunFolder, arrays: dict[str, np.ndarray] | None
+                 ) -> dict[str, tuple[str, np.ndarray]] | None:
+    """``splits.npz`` (its ``arrays``, None where the folder has none): per split, the pool it draws from and
+    its positions in that pool (checked against the data set by :func:`imgclf.data.load_data`).
 
     Raises:
         UsageError: If the file is unreadable, lacks a split, or a split's positions are not a
             1-D array of distinct non-negative integers (the train and test splits non-empty).
     """
-    arrays = folder.read_arrays(record.SPLITS)
     if arrays is None:
         return None
     path = str(folder.file(record.SPLITS))

@@ -627,7 +627,7 @@ def check_pt2_archive(path: str | Path, *, allowed: bool = False) -> None:
     """Refuse a ``torch.export`` archive that would make ``torch.export.load`` unpickle Python objects.
 
     ``torch.export.load`` reads a payload marked ``use_pickle`` (and TorchBind or opaque constants) with
-    ``pickle``, and falls back to ``torch.load(weights_only=False)`` for a ``.pt`` member that the safe
+    ``pickle``, and falls back to an unrestricted ``torch.load`` for a ``.pt`` member that the safe
     loader refuses; either can run code that the file's maker chose. This reads the archive first, without
     unpickling anything: every ``*.json`` payload configuration must mark no payload ``use_pickle`` nor name
     a pickled constant, and every ``.pt`` member must load with ``weights_only=True``.
