@@ -214,7 +214,7 @@ def test_an_onnx_model_gets_the_black_box_attack_only_and_the_report_says_why(di
 
 
 def test_shattered_gradients_fail_a_check_even_when_pgd_alone_is_asked_for(own_weights, tmp_path):
-    from imgclf.models.sources import read_state_dict
+    from imgclf.models.weights import read_state_dict
 
     weights = tmp_path / "shattered.safetensors"  # Net's weights behind the quantizing layer: nn.Sequential's "1."
     save_file({f"1.{k}": v for k, v in read_state_dict(own_weights).items()}, str(weights))

@@ -21,14 +21,21 @@ from safetensors.torch import load_file, save
 from imgclf.config import ModelConfig
 from imgclf.data.containers import DatasetSpec
 from imgclf.errors import UsageError, first_line
-from imgclf.models import ImageClassifier, Normalize, create_model, resolve_options
-from imgclf.record import MODEL_FORMAT, SCHEMA_VERSION, read_model_record
+from imgclf.models.classifier import ImageClassifier, Normalize
+from imgclf.models.exported import load_exported
+from imgclf.models.factory import create_model
+from imgclf.models.normalization import normalization
+from imgclf.models.registry import resolve_options
+from imgclf.models.source import ModelSource
+from imgclf.models.weights import check_weights, file_digest
+from imgclf.record import MODEL_FORMAT, SCHEMA_VERSION, export_info_path, read_model_record
 from imgclf.run_folder import atomic_write_bytes, atomic_write_text
 from imgclf.trust import check_named_code
 
 
 def model_info(
-    model: torch.nn.Module, name: str, options: dict[str, Any], spec: DatasetSpec, environment: dict[str, Any],
+    model: torch.nn.Module, name: str | ModelSource, options: dict[str, Any], spec: DatasetSpec,
+    environment: dict[str, Any],
     *, source: dict[str, Any] | None = None, initial_weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON metadata saved beside the weights (normalization as the model applies it).
@@ -48,7 +55,7 @@ def model_info(
     return {
         "schema_version": SCHEMA_VERSION,
         "format": MODEL_FORMAT,
-        "model": name,
+        "model": name if isinstance(name, str) else name.name,
         "options": resolve_options(name, options),
         "dataset": spec.name,
         "num_classes": spec.num_classes,
@@ -136,8 +143,6 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", trust_co
     norm = info["normalization"]
     source = info["source"]
     if source.get("file"):  # an exported model: its copy in the run folder
-        from imgclf.models.sources import load_exported
-
         exported = load_exported(source.get("kind", ""), info_path.parent / Path(source["file"]).name,
                                  trust_code=trust_code)
         model = ImageClassifier(Normalize(norm["mean"], norm["std"]), exported) if source.get("normalize") \
@@ -167,35 +172,13 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", trust_co
     return model.to(device).eval()
 
 
-def check_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], file: str) -> None:
-    """Check loaded weights against the model they are for, before they are copied in.
-
-    Args:
-        state: The tensors read from ``file``.
-        expected: The model's own state dict (names, shapes and dtypes to match).
-
-    Raises:
-        UsageError: If a tensor has another dtype than the model's (integers where floats belong,
-            which ``load_state_dict`` would silently convert), or a floating tensor holds NaN or
-            infinity (a model broken by a diverged training run or a damaged file).
-    """
-    for key, tensor in state.items():
-        wanted = expected.get(key)
-        if wanted is not None and tensor.dtype != wanted.dtype:
-            raise UsageError(f"weights in {file!r}: {key} is {str(tensor.dtype).removeprefix('torch.')}, the model "
-                             f"needs {str(wanted.dtype).removeprefix('torch.')}; the file is not this model's")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise UsageError(f"weights in {file!r}: {key} holds NaN or infinite values; the model is broken "
-                             "(a training run that diverged, or a damaged file): train it again")
-
-
 def external_model(model: ModelConfig, spec: DatasetSpec, environment: dict[str, Any]
                    ) -> tuple[torch.nn.Module, dict[str, Any], Path | None]:
     """A model imgclf did not train, ready to evaluate on ``spec``'s images, with its ``model.json``.
 
     An architecture (registered, ``timm:``, ``torchvision:``, ``py:``) is built and given ``model.weights``
     (or the library's ``pretrained`` weights); an exported file (``.pt2``, TorchScript, ``.onnx``) is read
-    whole. Normalization follows :func:`imgclf.models.sources.normalization` and is applied inside the
+    whole. Normalization follows :func:`imgclf.models.normalization.normalization` and is applied inside the
     model, so eps stays in pixel units; an exported imgclf model (with its ``FILE.json``) holds its own.
 
     Args:
@@ -211,9 +194,7 @@ def external_model(model: ModelConfig, spec: DatasetSpec, environment: dict[str,
         UsageError: If the model cannot be built or read, its weights do not fit, it has no weights at all,
             or it does not map the data's images to one output per class.
     """
-    from imgclf.models.sources import file_digest, load_exported, normalization, parse_source
-
-    source = parse_source(model.name)
+    source = model.source
     mean, std, origin = normalization(model, channels=spec.channels, data_mean=spec.mean, data_std=spec.std)
     record: dict[str, Any] = {"kind": source.kind, "given": model.name, "normalization": origin}
     exported_file = None
@@ -223,8 +204,6 @@ def external_model(model: ModelConfig, spec: DatasetSpec, environment: dict[str,
                              "--weights and --model-option")
         exported_file = Path(source.target)
         body = load_exported(source.kind, exported_file)
-        from imgclf.prediction import export_info_path
-
         own = export_info_path(exported_file)
         wrap = model.mean is not None or not own.is_file()
         if not wrap:  # imgclf's export: the normalization is inside, as its FILE.json says
@@ -239,7 +218,7 @@ def external_model(model: ModelConfig, spec: DatasetSpec, environment: dict[str,
             raise UsageError(f"--model {model.name} has no weights to evaluate: give --weights FILE"
                              + (" or --model-option pretrained=true" if source.kind in ("timm", "torchvision")
                                 else "") + ", or train it with imgclf run")
-        network = create_model(model.name, channels=spec.channels, image_size=spec.image_size,
+        network = create_model(source, channels=spec.channels, image_size=spec.image_size,
                                num_classes=spec.num_classes, mean=mean, std=std, options=model.options,
                                weights=model.weights)
         if model.weights is not None:
@@ -247,7 +226,7 @@ def external_model(model: ModelConfig, spec: DatasetSpec, environment: dict[str,
     network.eval()
     check_outputs(network, spec, name=model.name)
     if exported_file is None:
-        info = model_info(network, model.name, model.options, spec, environment, source=record)
+        info = model_info(network, source, model.options, spec, environment, source=record)
     else:
         info = {"schema_version": SCHEMA_VERSION, "format": MODEL_FORMAT, "model": model.name, "options": {},
                 "dataset": spec.name, "num_classes": spec.num_classes, "class_names": list(spec.class_names),

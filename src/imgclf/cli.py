@@ -944,7 +944,7 @@ def _check_hub_first(overrides: dict[str, Any]) -> None:
     """``--model timm:NAME|torchvision:NAME --model-option pretrained=true`` without a network and without the
     weights in the cache: one line before anything is imported (the library itself imports torch)."""
     from imgclf.config import ModelConfig
-    from imgclf.models.sources import check_pretrained
+    from imgclf.models.hub import check_pretrained
 
     name = overrides.get("model.name")
     if isinstance(name, str) and overrides.get("model.options.pretrained") is True:
@@ -1109,7 +1109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "the command stopped there (what was saved before is kept)", file=sys.stderr)
         return 1
     except Exception as error:
-        from imgclf.models.sources import user_code_frame
+        from imgclf.models.user_code import user_code_frame
 
         frame = user_code_frame(error)
         if frame is None:  # imgclf's own failure: its traceback is what a bug report needs

@@ -16,7 +16,7 @@ back with ``--config`` to repeat the run.
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,12 +26,14 @@ from typing import Any
 
 import yaml
 
-from imgclf.attacks import ATTACK_PRESETS, ATTACKS, NORMS, expand_attacks, targetable_attacks
+from imgclf.attacks.registry import ATTACK_PRESETS, ATTACKS, NORMS, expand_attacks, targetable_attacks
 from imgclf.constraints import CountOrAll, Interval, Options, OrWord, check_fields, setting
 from imgclf.corruptions.registry import SeveritySetting, corruption_choices
 from imgclf.data.augment import AugmentSetting
-from imgclf.defenses import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
+from imgclf.defenses.recipes import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
 from imgclf.errors import UsageError, unknown_choice
+from imgclf.models.registry import resolve_options as model_options
+from imgclf.models.source import ModelSource, parse_source
 from imgclf.settings import resolve
 from imgclf.trust import check_named_code
 
@@ -95,6 +97,16 @@ class ModelConfig:
     weights: str | None = None  # the architecture's weights: .safetensors, or a state dict read with weights_only
     mean: list[float] | None = None  # per-channel normalization the model expects, pixel units; None: see README
     std: list[float] | None = None  # with mean; every value > 0
+
+    @functools.cached_property
+    def source(self) -> ModelSource:
+        """What ``name`` names, parsed once (the configuration's check parses it first, so a bad name fails
+        there); every later step reads this typed value.
+
+        Raises:
+            UsageError: On a malformed source (``timm:`` with no name, ``py:`` without ``:factory``).
+        """
+        return parse_source(self.name)
 
 
 @dataclass
@@ -389,63 +401,6 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def resolve_options(kind: str, name: str, defaults: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
-    """Keyword hyperparameters of a model or classifier: ``defaults`` updated with ``given``.
-
-    A value must have its default's type; an int is accepted for a float, a list
-    for a tuple (and one int for a tuple of ints); a default of None accepts anything.
-
-    Args:
-        kind: What the options belong to, for messages (``"model"``, ``"classifier"``).
-        name: Its registered name.
-
-    Raises:
-        UsageError: On an unknown key (listing the valid ones) or a value of the wrong type.
-    """
-    resolved = dict(defaults)
-    for key, value in (given or {}).items():
-        if key not in defaults:
-            valid = ", ".join(defaults) or "none"
-            raise UsageError(f"unknown option {key!r} for {kind} {name!r}; valid options: {valid}")
-        default = defaults[key]
-        if default is None or (isinstance(value, type(default)) and not isinstance(default, tuple)):
-            resolved[key] = value
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            resolved[key] = float(value)
-        elif isinstance(default, tuple) and isinstance(value, list | tuple):
-            resolved[key] = tuple(value)
-        elif isinstance(default, tuple) and isinstance(value, int) and not isinstance(value, bool):
-            resolved[key] = (value,)
-        else:
-            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be of type {type(default).__name__} "
-                             f"(default {default!r})")
-        if kind == "model":  # (a classifier's estimator checks its own options, with its own words)
-            _check_sign(kind, name, key, resolved[key], default)
-    return resolved
-
-
-def _check_sign(kind: str, name: str, key: str, value: Any, default: Any) -> None:
-    """A count whose default is positive (filters, widths, units, heads) must stay positive, and a number whose
-    default is not negative (a dropout rate, a scale) must stay finite and not negative.
-
-    Raises:
-        UsageError: Naming the option, the value and what is valid.
-    """
-    counts = value if isinstance(default, tuple) and isinstance(value, tuple) else (value,)
-    for item in counts:
-        if isinstance(item, bool) or not isinstance(item, int | float):
-            continue
-        if isinstance(item, float) and not math.isfinite(item):
-            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be a finite number")
-        positive = isinstance(item, int) and isinstance(default, int | tuple) and not isinstance(default, bool) and \
-            all(isinstance(d, int) and d >= 1 for d in (default if isinstance(default, tuple) else (default,)))
-        if positive and item < 1:
-            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be a positive integer (default "
-                             f"{default!r})")
-        if item < 0 and isinstance(default, int | float) and not isinstance(default, bool) and default >= 0:
-            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be >= 0 (default {default!r})")
-
-
 def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested settings as one mapping of dotted keys, the inverse of :func:`set_dotted`:
     ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (model options flatten too; an empty mapping stays a value)."""
@@ -633,7 +588,5 @@ def validate(config: RunConfig) -> None:
             len(model.mean) != len(model.std) or not model.mean or min(model.std) <= 0)):
         raise UsageError(f"model.mean and model.std go together, one value per channel, std > 0; got mean "
                          f"{model.mean} and std {model.std}")
-    from imgclf.models.registry import resolve_options as model_options  # (the registry reads this module)
-
-    model_options(config.model.name, config.model.options)  # the architecture and its options
+    model_options(config.model.source, config.model.options)  # the source, the architecture and its options
     resolve(config)  # the eps values, the training eps and the target, as every stage will see them

@@ -215,3 +215,61 @@ def describe_field(cls: type, name: str) -> str:
                 parts.append(f"default {shown}")
             return "; ".join(parts)
     raise KeyError(name)
+
+
+def resolve_typed_options(kind: str, name: str, defaults: dict[str, Any], given: dict[str, Any] | None
+                          ) -> dict[str, Any]:
+    """Keyword hyperparameters of a model or classifier: ``defaults`` updated with ``given``.
+
+    A value must have its default's type; an int is accepted for a float, a list
+    for a tuple (and one int for a tuple of ints); a default of None accepts anything.
+
+    Args:
+        kind: What the options belong to, for messages (``"model"``, ``"classifier"``).
+        name: Its registered name.
+
+    Raises:
+        UsageError: On an unknown key (listing the valid ones) or a value of the wrong type.
+    """
+    resolved = dict(defaults)
+    for key, value in (given or {}).items():
+        if key not in defaults:
+            valid = ", ".join(defaults) or "none"
+            raise UsageError(f"unknown option {key!r} for {kind} {name!r}; valid options: {valid}")
+        default = defaults[key]
+        if default is None or (isinstance(value, type(default)) and not isinstance(default, tuple)):
+            resolved[key] = value
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            resolved[key] = float(value)
+        elif isinstance(default, tuple) and isinstance(value, list | tuple):
+            resolved[key] = tuple(value)
+        elif isinstance(default, tuple) and isinstance(value, int) and not isinstance(value, bool):
+            resolved[key] = (value,)
+        else:
+            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be of type {type(default).__name__} "
+                             f"(default {default!r})")
+        if kind == "model":  # (a classifier's estimator checks its own options, with its own words)
+            _check_sign(kind, name, key, resolved[key], default)
+    return resolved
+
+
+def _check_sign(kind: str, name: str, key: str, value: Any, default: Any) -> None:
+    """A count whose default is positive (filters, widths, units, heads) must stay positive, and a number whose
+    default is not negative (a dropout rate, a scale) must stay finite and not negative.
+
+    Raises:
+        UsageError: Naming the option, the value and what is valid.
+    """
+    counts = value if isinstance(default, tuple) and isinstance(value, tuple) else (value,)
+    for item in counts:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be a finite number")
+        positive = isinstance(item, int) and isinstance(default, int | tuple) and not isinstance(default, bool) and \
+            all(isinstance(d, int) and d >= 1 for d in (default if isinstance(default, tuple) else (default,)))
+        if positive and item < 1:
+            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be a positive integer (default "
+                             f"{default!r})")
+        if item < 0 and isinstance(default, int | float) and not isinstance(default, bool) and default >= 0:
+            raise UsageError(f"{kind} option {key}={value!r} for {name!r} must be >= 0 (default {default!r})")

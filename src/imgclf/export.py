@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from imgclf.errors import ExportMismatchError, UsageError
-from imgclf.prediction import Classifier, export_info_path
+from imgclf.prediction import Classifier
+from imgclf.record import export_info_path
 from imgclf.run_folder import FILE_MODE, atomic_write_text
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}

@@ -42,3 +42,17 @@ def lazy_exports(package: str, table: Mapping[str, tuple[str, ...]]
         return sorted(set(vars(sys.modules[package])) | set(where))
 
     return __getattr__, __dir__
+
+
+def require_module(name: str, message: str) -> Any:
+    """Import an optional dependency by name.
+
+    Raises:
+        UsageError: With ``message`` (which says what to install) if it is not installed.
+    """
+    from imgclf.errors import UsageError
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UsageError(message) from None

@@ -53,7 +53,8 @@ from imgclf.distributed import Distributed
 from imgclf.errors import UsageError, first_line
 from imgclf.evaluation import EvalResult, evaluate, logits_of, predict_logits
 from imgclf.models import create_model
-from imgclf.models.sources import native_image_size, normalization, parse_source
+from imgclf.models.normalization import native_image_size, normalization
+from imgclf.models.weights import file_digest, load_weights
 from imgclf.record import SCHEMA_VERSION, AdversarialTraining, AttackRecord, DataCounts, Training, read_metrics, section
 from imgclf.report import write_report
 from imgclf.run_folder import RunFolder, atomic_write_bytes, atomic_write_text
@@ -221,7 +222,7 @@ class Run:
         folder = None
         if dist.is_main:
             stem = dataset_stem(spec.name)
-            folder = RunFolder.create(out, default_name=f"{stem}-{parse_source(config.model.name).short_name}")
+            folder = RunFolder.create(out, default_name=f"{stem}-{config.model.source.short_name}")
             log.attach(folder)
             _start_folder(folder, config, data, env)
         for note in data.notes:
@@ -360,7 +361,7 @@ class Run:
         stem = dataset_stem(spec.name)
         folder = None
         if dist.is_main:
-            folder = RunFolder.create(out, default_name=f"{stem}-{parse_source(config.model.name).short_name}-eval")
+            folder = RunFolder.create(out, default_name=f"{stem}-{config.model.source.short_name}-eval")
             log.attach(folder)
             _start_folder(folder, config, data, env)
             save_external(folder.path, model, info, exported)
@@ -416,7 +417,7 @@ class Run:
         initial = self._initial_weights
 
         def info() -> dict[str, Any]:
-            return model_info(model, config.model.name, config.model.options, spec, env, initial_weights=initial)
+            return model_info(model, config.model.source, config.model.options, spec, env, initial_weights=initial)
 
         def save_epoch(result: TrainResult, state: dict[str, Any]) -> None:
             if folder is not None:
@@ -455,8 +456,6 @@ class Run:
         config = self.config
         if config.model.weights is None:
             return {}
-        from imgclf.models.sources import file_digest
-
         train = config.train
         return {"file": config.model.weights, "sha256": file_digest(config.model.weights),
                 "freeze_epochs": train.freeze_epochs, "backbone_lr_scale": train.backbone_lr_scale,
@@ -467,7 +466,7 @@ class Run:
         folder = self._folder()
         config = self.config
         save_model(self.model, folder.weights_path,
-                   model_info(self.model, config.model.name, config.model.options, self.data.spec, env,
+                   model_info(self.model, config.model.source, config.model.options, self.data.spec, env,
                               initial_weights=self._initial_weights))
         folder.update_metrics(_training_metrics(config, self.settings, result, world_size,
                                                 model_fingerprint(self.model)))
@@ -994,13 +993,11 @@ def _model_for(config: RunConfig, data: DataSplits, device: torch.device,
                log: Callable[[str], None] | None = None) -> torch.nn.Module:
     """The model to train: the architecture with its starting weights (``model.weights``; a classifier head of
     another class count, or none, is left fresh: fine-tuning, said in ``log``) and normalization
-    (:func:`imgclf.models.sources.normalization`)."""
-    from imgclf.models.sources import load_weights
-
+    (:func:`imgclf.models.normalization.normalization`)."""
     spec = data.spec
     mean, std, _ = normalization(config.model, channels=spec.channels, data_mean=spec.mean, data_std=spec.std)
     model = create_model(
-        config.model.name, channels=spec.channels, image_size=spec.image_size,
+        config.model.source, channels=spec.channels, image_size=spec.image_size,
         num_classes=spec.num_classes, mean=mean, std=std, options=config.model.options,
     )
     if config.model.weights is not None:
@@ -1014,7 +1011,7 @@ def _model_for(config: RunConfig, data: DataSplits, device: torch.device,
 
 def _with_native_size(config: RunConfig) -> RunConfig:
     """``config`` with ``data.image_size`` set to a library model's native input size where its weights
-    have one and no ``--image-size`` was given (:func:`imgclf.models.sources.native_image_size`)."""
+    have one and no ``--image-size`` was given (:func:`imgclf.models.normalization.native_image_size`)."""
     if config.data.image_size is not None:
         return config
     size = native_image_size(config.model)

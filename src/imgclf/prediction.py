@@ -21,7 +21,7 @@ import torch
 
 from imgclf.data.folder import DECODE_ERRORS, decode_image, list_image_files
 from imgclf.errors import UsageError
-from imgclf.record import load_json, read_model_record
+from imgclf.record import export_info_path, load_json, read_model_record
 
 
 @dataclass
@@ -42,11 +42,6 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def export_info_path(path: Path) -> Path:
-    """The metadata file written beside an exported model: ``FILE.json``."""
-    return path.with_name(path.name + ".json")
 
 
 class Classifier:
@@ -94,7 +89,7 @@ class Classifier:
             info = load_json(info_path, "export the model again")
             kind = info.get("export_format")
             if kind in ("onnx", "torchscript", "pt2"):
-                from imgclf.models.sources import load_exported
+                from imgclf.models.exported import load_exported
 
                 module = load_exported(kind, path, trust_code=trust_code)
                 return cls(_torch_forward(module, torch.device("cpu")), info, kind)

@@ -581,3 +581,8 @@ def _in_range(number: float, file: str, where: str) -> float:
     if number < 0 and not any(signed in where for signed in _SIGNED):
         raise UsageError(f"{file!r}: {where} must be >= 0, got {number:g}")
     return number
+
+
+def export_info_path(path: Path) -> Path:
+    """The metadata file written beside an exported model: ``FILE.json``."""
+    return path.with_name(path.name + ".json")

@@ -20,7 +20,7 @@ from imgclf.attacks.core import logits_and_gradient
 from imgclf.attacks.losses import cross_entropy
 from imgclf.attacks.registry import attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessResult, batched_logits
-from imgclf.models.sources import differentiable
+from imgclf.models.classifier import differentiable
 from imgclf.runtime import generator
 
 if TYPE_CHECKING:

@@ -20,8 +20,7 @@ from imgclf.attacks.registry import TARGET_MODES, attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult, batched_logits
 from imgclf.attacks.spec import AttackSpec
 from imgclf.distributed import Distributed
-from imgclf.models.classifier import ModeNeutral
-from imgclf.models.sources import differentiable
+from imgclf.models.classifier import ModeNeutral, differentiable
 from imgclf.runtime import channels_last, generator
 
 #: How ``--target`` picks each example's target class (or a class name or index).

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
-from imgclf.config import resolve_options as resolve
+from imgclf.constraints import resolve_typed_options as resolve
 from imgclf.errors import UsageError, unknown_choice
 from imgclf.features.extract import FeatureSet
 from imgclf.numpy_nn.numpy_mlp import MLPConfig, train_mlp

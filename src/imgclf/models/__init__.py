@@ -12,10 +12,12 @@ from imgclf.lazy import lazy_exports
 from imgclf.models.registry import MODELS, ModelEntry, get_entry, register_model, resolve_options
 
 if TYPE_CHECKING:
-    from imgclf.models.classifier import ImageClassifier, Normalize, create_model
+    from imgclf.models.classifier import ImageClassifier, Normalize
+    from imgclf.models.factory import create_model
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "imgclf.models.classifier": ("ImageClassifier", "Normalize", "create_model"),
+    "imgclf.models.classifier": ("ImageClassifier", "Normalize"),
+    "imgclf.models.factory": ("create_model",),
 })
 
 __all__ = ["MODELS", "ImageClassifier", "ModelEntry", "Normalize", "create_model", "get_entry", "register_model",

@@ -1,17 +1,15 @@
-"""The model users get: :class:`Normalize` in front of an architecture's body, built by
-:func:`create_model` from a registered architecture (:mod:`imgclf.models.registry`)."""
+"""The layers every imgclf model is made of: :class:`ImageClassifier` (:class:`Normalize` in front of an
+architecture's body, built by :func:`imgclf.models.factory.create_model`), the wrappers of library and exported
+networks, and what can be asked of any model (:func:`classifier_head`, :func:`differentiable`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from imgclf.errors import UsageError, first_line
-from imgclf.models.registry import get_entry, resolve_options
 
 
 class Normalize(nn.Module):
@@ -54,53 +52,6 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.normalize(x))
-
-
-def create_model(
-    name: str,
-    *,
-    channels: int,
-    image_size: tuple[int, int],
-    num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    options: dict[str, Any] | None = None,
-    weights: str | Path | None = None,
-) -> ImageClassifier:
-    """Build a registered, library or user architecture with normalization inside.
-
-    Args:
-        name: A name from ``imgclf models``, ``timm:NAME``, ``torchvision:NAME`` or ``py:module:factory``
-            (:mod:`imgclf.models.sources`).
-        channels: Input channels, 1 or 3.
-        image_size: ``(H, W)`` of the input, pixels.
-        num_classes: Number of classes ``K`` (>= 2).
-        mean, std: Per-channel normalization statistics, ``[0, 1]`` units (choose them with
-            :func:`imgclf.models.sources.normalization`).
-        options: The architecture's hyperparameters (see ``imgclf models``).
-        weights: A weights file for the architecture's body (:func:`imgclf.models.sources.load_weights`).
-
-    Returns:
-        A module mapping ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` to logits
-        ``(B, K)``, in training mode, on the CPU.
-
-    Raises:
-        UsageError: Unknown name or option, an input too small for the
-            architecture, or weights that do not fit it.
-    """
-    from imgclf.models.sources import load_weights
-
-    resolved = resolve_options(name, options)
-    entry = get_entry(name)
-    if min(image_size) < entry.min_size:
-        raise UsageError(
-            f"model {name!r} needs images of at least {entry.min_size}x{entry.min_size} pixels, "
-            f"got {image_size[1]}x{image_size[0]}; use --image-size"
-        )
-    body = entry.build(channels=channels, image_size=tuple(image_size), num_classes=num_classes, **resolved)
-    if weights is not None:
-        load_weights(body, weights)
-    return ImageClassifier(Normalize(mean, std), body)
 
 
 def classifier_head(body: nn.Module) -> str:
@@ -169,3 +120,9 @@ class ExportedGraph(ModeNeutral):
             raise UsageError(f"the exported program refuses input of shape {list(x.shape)} ({first_line(error)}); "
                              "export it with a dynamic batch dimension (torch.export.Dim), as imgclf export "
                              "does") from None
+
+
+def differentiable(model: nn.Module) -> bool:
+    """Whether gradients of ``model``'s logits reach its input (False for an ONNX model and any module that
+    says ``differentiable = False``, including inside an :class:`ImageClassifier`)."""
+    return all(getattr(module, "differentiable", True) for module in model.modules())

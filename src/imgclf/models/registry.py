@@ -20,10 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from imgclf.constraints import resolve_typed_options
 from imgclf.errors import unknown_choice
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from imgclf.models.source import ModelSource
 
 _FIXED = ("channels", "image_size", "num_classes")
 
@@ -134,9 +137,13 @@ for _entry in (
     _declare(_entry)
 
 
-def get_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``: a registered model, or a library or user architecture
-    (``timm:NAME``, ``torchvision:NAME``, ``py:module:factory``; see :mod:`imgclf.models.sources`).
+def get_entry(name: str | ModelSource | ModelEntry) -> ModelEntry:
+    """The registry entry for a model: a registered one, or a library or user architecture (``timm:NAME``,
+    ``torchvision:NAME``, ``py:module:factory``; see :mod:`imgclf.models.source`).
+
+    Args:
+        name: What ``--model`` takes, its parsed :class:`~imgclf.models.source.ModelSource` (a run's
+            ``settings.source``), or an entry (returned as it is).
 
     An exported model file (``.pt2``, ``.pt``, ``.onnx``) has an entry without options whose builder
     refuses to build: such a model is loaded whole, never trained.
@@ -144,24 +151,27 @@ def get_entry(name: str) -> ModelEntry:
     Raises:
         UsageError: If ``name`` is none of these, or a library or user architecture cannot be found.
     """
-    from imgclf.models.sources import parse_source, source_builder
+    from imgclf.models.builders import source_builder
+    from imgclf.models.source import ModelSource, parse_source
 
-    if name in MODELS:
-        return MODELS[name]
-    source = parse_source(name)
+    if isinstance(name, ModelEntry):
+        return name
+    text = name.name if isinstance(name, ModelSource) else name
+    if text in MODELS:
+        return MODELS[text]
+    source = name if isinstance(name, ModelSource) else parse_source(name)
     if source.kind != "registry":
         builder, options = source_builder(source)
         summary = f"an exported model ({source.kind})" if source.exported else f"a {source.kind} model"
-        return ModelEntry(name, summary, builder, 1, options)
-    raise unknown_choice("model", name, [*MODELS, "timm:<name>", "torchvision:<name>", "py:<module>:<factory>"])
+        return ModelEntry(source.name, summary, builder, 1, options)
+    raise unknown_choice("model", text, [*MODELS, "timm:<name>", "torchvision:<name>", "py:<module>:<factory>"])
 
 
-def resolve_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    """All hyperparameters of model ``name``: defaults overridden by ``options``.
+def resolve_options(name: str | ModelSource | ModelEntry, options: dict[str, Any] | None) -> dict[str, Any]:
+    """All hyperparameters of a model (as :func:`get_entry` takes it): defaults overridden by ``options``.
 
     Raises:
         UsageError: Unknown model name or option, or an option of the wrong type.
     """
-    from imgclf.config import resolve_options as resolve
-
-    return resolve("model", name, get_entry(name).defaults(), options)
+    entry = get_entry(name)
+    return resolve_typed_options("model", entry.name, entry.defaults(), options)
