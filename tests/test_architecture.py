@@ -187,8 +187,30 @@ def test_a_run_folder_of_the_previous_release_still_opens(tmp_path, capsys):
     assert read_metrics(old).clean.accuracy == pytest.approx(metrics.clean.accuracy)
 
 
-def test_the_modules_import_each_other_without_a_cycle():
-    """Module-level imports of src/imgclf (imports inside functions and under TYPE_CHECKING aside) form no cycle."""
+#: The layers of src/imgclf, lowest first, by top-level module or package: a module imports only from its own
+#: layer or the ones below (stages call attacks, attacks never call stages). ``imgclf`` is the package's own
+#: table of lazy exports. A new top-level module must be placed here.
+LAYERS = [
+    {"imgclf", "errors", "lazy", "trust", "runtime", "distributed", "constraints", "tensorboard_logging"},
+    {"data", "numpy_nn", "metrics"},
+    {"models"},
+    {"evaluation", "calibration", "attacks"},
+    {"corruptions", "defenses"},
+    {"settings", "config"},
+    {"record", "run_folder"},
+    {"training", "lr_finder", "checkpoint"},
+    {"prediction", "export", "report"},
+    {"explanations", "robustness"},
+    {"stages", "pipeline"},
+    {"features", "sweep"},
+    {"cli", "__main__"},
+]
+
+
+def import_graph():
+    """``{module: {module it imports}}`` over src/imgclf, every import statement counted (inside functions too),
+    those under ``if TYPE_CHECKING:`` aside (annotations only: never run); a package's ``__init__`` is the
+    package's name."""
     import ast
 
     source = ROOT / "src"
@@ -204,28 +226,77 @@ def test_the_modules_import_each_other_without_a_cycle():
 
     graph = {name: set() for name in modules}
     for name, path in modules.items():
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                       for statement in block.body for node in ast.walk(statement)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgclf"):
                 targets = {resolve(node.module)} | {resolve(f"{node.module}.{a.name}") for a in node.names}
             elif isinstance(node, ast.Import):
                 targets = {resolve(a.name) for a in node.names if a.name.startswith("imgclf")}
             else:
                 continue
-            graph[name] |= {t for t in targets if t and t != name and not name.startswith(t + ".") and t != "imgclf"}
+            graph[name] |= {target for target in targets if target and target != name}
+    return graph
 
+
+def test_the_modules_keep_the_layer_order_and_import_each_other_without_a_cycle():
+    """No module imports one of a higher layer (:data:`LAYERS`), and no modules import each other, directly or
+    round a longer loop, not even inside a function."""
+    graph = import_graph()
+    layer = {name: index for index, names in enumerate(LAYERS) for name in names}
+
+    def layer_of(module):
+        top = module.split(".")[1] if "." in module else module
+        assert top in layer, f"{module} is in no layer: place {top!r} in tests/test_architecture.py's LAYERS"
+        return layer[top]
+
+    upward = sorted(f"{name} -> {target}" for name, targets in graph.items() for target in targets
+                    if layer_of(target) > layer_of(name))
+    assert not upward, "imports into a higher layer: " + "; ".join(upward)
+
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def find_cycle(graph):
+    """The first loop of imports in ``graph`` as ``[a, b, ..., a]``, or None. An import of the lazy table
+    ``imgclf``, or of a package's own ``__init__`` by one of its modules, closes no loop (the package is
+    executed first, whoever imports the module)."""
     state = {}
 
     def visit(name, trail):
         state[name] = "open"
-        for target in sorted(graph[name]):
-            assert state.get(target) != "open", "import cycle: " + " -> ".join([*trail, name, target])
+        for target in sorted(graph.get(name, ())):
+            if target == "imgclf" or name.startswith(target + "."):
+                continue
+            if state.get(target) == "open":
+                return [*trail, name, target]
             if target not in state:
-                visit(target, [*trail, name])
+                found = visit(target, [*trail, name])
+                if found:
+                    return found
         state[name] = "done"
+        return None
 
     for name in sorted(graph):
         if name not in state:
-            visit(name, [])
+            found = visit(name, [])
+            if found:
+                return found
+    return None
+
+
+def test_the_layer_test_counts_imports_inside_functions_and_finds_a_loop():
+    graph = import_graph()
+    assert "imgclf.models.registry" in graph["imgclf.config"]  # a module-level import
+    assert "imgclf.models.builders" in graph["imgclf.models.registry"]  # one inside get_entry
+    assert find_cycle({"imgclf.a": {"imgclf.b"}, "imgclf.b": {"imgclf.c"}, "imgclf.c": {"imgclf.a"}}) == [
+        "imgclf.a", "imgclf.b", "imgclf.c", "imgclf.a"]
+    assert find_cycle({"imgclf.a": {"imgclf.b"}, "imgclf.b": set()}) is None
 
 
 def test_the_model_record_and_the_training_state_are_checked_when_read(tmp_path, digits_run, capsys):
