@@ -22,7 +22,7 @@ from imgclf import record
 from imgclf.cli import main
 from imgclf.config import DataConfig
 from imgclf.errors import UsageError
-from imgclf.pipeline import RunLog
+from imgclf.run_folder import RunLog
 from imgclf.sweep import load_sweep
 
 

@@ -16,7 +16,7 @@ import torch
 
 from conftest import needs_gloo
 from imgclf.cli import main
-from imgclf.pipeline import BatchFiles
+from imgclf.stages.attack import BatchFiles
 
 ATTACK = ["--attack", "pgd,apgd-ce", "--eps", "0.05,0.1", "--attack-batch-size", "16"]
 

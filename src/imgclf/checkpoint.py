@@ -9,6 +9,7 @@ normalization, data set and versions. Loading never unpickles anything.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -285,3 +286,14 @@ def save_external(folder: Path, network: torch.nn.Module, info: dict[str, Any], 
         return
     atomic_write_bytes(folder / info["source"]["file"], exported.read_bytes())
     atomic_write_text(folder / "model.json", json.dumps(info, indent=2) + "\n")
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's structure (module names and types) and of every tensor of its state dict."""
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        digest.update(f"{name}:{type(module).__qualname__};".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -34,7 +34,7 @@ from imgclf.defenses.recipes import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
 from imgclf.errors import UsageError, unknown_choice
 from imgclf.models.registry import resolve_options as model_options
 from imgclf.models.source import ModelSource, parse_source
-from imgclf.settings import resolve
+from imgclf.settings import Settings, norm_resets_eps, resolve
 from imgclf.trust import check_named_code
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -590,3 +590,16 @@ def validate(config: RunConfig) -> None:
                          f"{model.mean} and std {model.std}")
     model_options(config.model.source, config.model.options)  # the source, the architecture and its options
     resolve(config)  # the eps values, the training eps and the target, as every stage will see them
+
+
+def resolve_changes(config: RunConfig, section: str, changes: dict[str, Any], *, channels: int,
+                    class_names: list[str]) -> Settings:
+    """The settings of ``config`` with ``changes`` to one section (``{"eps": "0,8/255"}`` for ``section``
+    ``"attack"``), resolved like every setting; a new ``attack`` norm without eps takes that norm's default eps.
+
+    Raises:
+        UsageError: On an invalid value."""
+    values = config_to_dict(config)
+    for key, value in norm_resets_eps({f"{section}.{key}": value for key, value in changes.items()}).items():
+        set_dotted(values, key, value)
+    return resolve(config_from_dict(values), channels=channels, class_names=class_names)

@@ -129,7 +129,7 @@ class LRFinderRecord:
 class Training:
     """``metrics.json`` ``training``: how training went (accuracies are fractions in [0, 1]; a classifier
     fitted in one go, such as an SVM, has no ``best_epoch``). ``model_fingerprint`` identifies the kept
-    model (:func:`imgclf.pipeline.model_fingerprint`): an evaluation whose settings name another one was
+    model (:func:`imgclf.checkpoint.model_fingerprint`): an evaluation whose settings name another one was
     made before training was extended."""
 
     best_epoch: int | None

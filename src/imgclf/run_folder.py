@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
 import zipfile
 from datetime import datetime
@@ -242,3 +243,34 @@ class RunFolder:
         """Append one line to ``log.txt`` (a log, so appending is the right write)."""
         with self.file(record.LOG).open("a", encoding="utf-8") as handle:
             handle.write(line.rstrip("\n") + "\n")
+
+
+class RunLog:
+    """Prints progress lines (unless quiet) and keeps every line in ``log.txt``."""
+
+    def __init__(self, folder: RunFolder | None = None, *, quiet: bool = False):
+        self.folder, self.quiet = folder, quiet
+        self._pending: list[str] = []
+
+    def attach(self, folder: RunFolder) -> None:
+        """Start writing to ``folder``'s log, including lines logged before it existed."""
+        self.folder = folder
+        for line in self._pending:
+            folder.append_log(line)
+        self._pending.clear()
+
+    def __call__(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)
+        self._keep(line)
+
+    def warn(self, line: str) -> None:
+        """A line that must reach the user whatever the verbosity (a failed sanity check): on stderr."""
+        print(line, file=sys.stderr, flush=True)
+        self._keep(line)
+
+    def _keep(self, line: str) -> None:
+        if self.folder is None:
+            self._pending.append(line)
+        else:
+            self.folder.append_log(line)

@@ -51,8 +51,9 @@ def fit_classifier_run(data: FeatureSet, classifier: str, *, options: dict[str, 
     Raises:
         UsageError: On a bad classifier, option or output folder (checked before training).
     """
-    from imgclf.pipeline import RunLog, save_samples
     from imgclf.report import write_report
+    from imgclf.run_folder import RunLog
+    from imgclf.stages.store import save_samples
 
     options = resolve_options(classifier, options)  # every bad value fails before the folder exists
     stem = Path(str(data.source.get("dataset", "features"))).name
