@@ -11,9 +11,10 @@ import torch
 
 from imgclf.attacks import ATTACKS, AttackSpec, register_attack, robustness
 from imgclf.attacks.core import attack_entry, project
-from imgclf.attacks.registry import attacks_table, unregister_attack
+from imgclf.attacks.registry import AttackOption, attacks_table, unregister_attack
 from imgclf.cli import build_parser, main
 from imgclf.config import load_config
+from imgclf.constraints import Interval
 from imgclf.errors import UsageError
 from imgclf.record import SCHEMA_VERSION
 
@@ -37,18 +38,30 @@ def corner_noise(model, images, labels, *, eps, norm="linf", generator=None):
 
 @pytest.fixture
 def toy_attack():
+    """A toy attack with an option of its own (``sparsity``: the share of pixels it moves), declared beside its
+    registry row and nowhere else; the runner records what it was given."""
+    given = []
+
+    def run(spec, model, images, labels, eps, gen, target):
+        given.append(spec.options["sparsity"])
+        moved = corner_noise(model, images, labels, eps=eps, generator=gen)
+        keep = torch.rand(images.shape, generator=gen) >= spec.options["sparsity"]
+        return torch.where(keep.to(images.device), images, moved)
+
     register_attack("corner-noise", summary="toy: random corners of the eps cube", norms=("linf",),
-                    white_box=False, default_steps=1, fixed_steps=True)(
-        lambda spec, model, images, labels, eps, gen, target: corner_noise(model, images, labels, eps=eps,
-                                                                           generator=gen))
-    yield "corner-noise"
+                    white_box=False, default_steps=1, fixed_steps=True,
+                    options=(AttackOption("sparsity", 0.0, Interval(float, 0, 1, "left"),
+                                          "the share of pixels left alone", metavar="P"),))(run)
+    yield "corner-noise", given
     unregister_attack("corner-noise")
 
 
 def test_a_new_attack_is_one_registration(toy_attack, digits_run, capsys):
-    # the CLI lists it
+    toy_attack, given = toy_attack
+    # the CLI lists it, with its own option
     help_text = build_parser()._subparsers._group_actions[0].choices["attack"].format_help()
     assert toy_attack in re.sub(r"\s+", "", help_text)
+    assert "--sparsity P" in help_text and "the share of pixels left alone" in help_text
     # the configuration accepts it, and checks its norms from the registration
     assert load_config(None, {"attack.attacks": [toy_attack]}).attack.attacks == [toy_attack]
     with pytest.raises(UsageError, match="implemented for --norm linf only"):
@@ -67,9 +80,27 @@ def test_a_new_attack_is_one_registration(toy_attack, digits_run, capsys):
     assert main(["report", str(digits_run)]) == 0
     assert toy_attack.upper() in (digits_run / "report.html").read_text()
     capsys.readouterr()
-    # and `imgclf attacks` lists it
+    # its option reaches its runner from the flag, from a YAML key and from the Python API, is checked where
+    # it enters, and is part of the evaluation's record (another value is another evaluation)
+    given.clear()
+    assert main(["attack", str(digits_run), "--attack", toy_attack, "--sparsity", "0.5", "--eps", "0,0.2",
+                 "--quiet"]) == 0
+    assert set(given) == {0.5}
+    record = json.loads((digits_run / "metrics.json").read_text())["evaluations"][-1]
+    assert record["settings"]["attacks"][0]["options"] == {"sparsity": 0.5}
+    assert load_config(None, {"attack.sparsity": "0.25"}).attack.options == {"sparsity": 0.25}
+    with pytest.raises(UsageError, match=r"attack.sparsity must be a number in \[0, 1\), got '2'"):
+        load_config(None, {"attack.options.sparsity": "2"})
+    assert main(["attack", str(digits_run), "--attack", toy_attack, "--sparsity", "2", "--quiet"]) == 2
+    assert "--sparsity must be a number in [0, 1), got '2'" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="unknown attack option 'sparsty'"):
+        load_config(None, {"attack.options.sparsty": 1})
+    assert AttackSpec("fgsm", options={"sparsity": 0.3}).options == {}  # another attack's option: not fgsm's
+    assert AttackSpec(toy_attack).options == {"sparsity": 0.0}
+    # and `imgclf attacks` lists it with its option
     assert main(["attacks"]) == 0
-    assert toy_attack in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert toy_attack in listing and "--sparsity P: the share of pixels left alone" in listing
 
 
 def test_registering_a_taken_name_or_an_unknown_norm_is_refused():
@@ -91,7 +122,7 @@ def test_every_attack_opens_the_same_way():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 5), torch.nn.Dropout(0.1))
     images, labels = torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0])
     for name in ATTACKS:
-        spec = AttackSpec(name, steps=2, queries=5, target_classes=2)
+        spec = AttackSpec(name, steps=2, options={"queries": 5}, target_classes=2)
         with pytest.raises(ValueError, match="pixel space"):
             spec.run(model.eval(), images * 3, labels, 0.1, torch.Generator())
         same = spec.run(model.eval(), images, labels, 0.0, torch.Generator())

@@ -74,7 +74,7 @@ SETTINGS = [(name, norm) for name, info in ATTACKS.items() for norm in info.norm
 def test_every_attack_stays_in_pixel_range_and_eps_ball_and_eps_zero_is_identity(model, batch, name, norm):
     x, _ = batch
     y = model(x).argmax(1).detach()  # all correct: the attack has something to do
-    spec = AttackSpec(name, norm=norm, steps=5, queries=50, target_classes=2)
+    spec = AttackSpec(name, norm=norm, steps=5, options={"queries": 50}, target_classes=2)
     for eps in ((0.0, 2 / 255, 0.3, 1.0) if norm == "linf" else (0.0, 0.5, 3.0)):
         adv = spec.run(model, x, y, eps, torch.Generator().manual_seed(0))
         assert adv.shape == x.shape and adv.dtype == x.dtype
@@ -95,7 +95,7 @@ def test_attacks_leave_the_model_untouched_and_work_under_inference_mode(model, 
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.grad = None
-    spec = AttackSpec(name, steps=3, queries=20, target_classes=2)
+    spec = AttackSpec(name, steps=3, options={"queries": 20}, target_classes=2)
     with torch.inference_mode():
         inside = spec.run(model, x, y, 0.1, torch.Generator().manual_seed(0))
     outside = spec.run(model, x, y, 0.1, torch.Generator().manual_seed(0))
@@ -181,7 +181,8 @@ def test_autoattack_components_agree_with_torchattacks(mnist):
         "square": torchattacks.Square(net, eps=0.1, n_queries=300, seed=0),
     }
     for name, reference in pairs.items():
-        ours = AttackSpec(name, steps=25, queries=300).run(net, x, y, 0.1, torch.Generator().manual_seed(0))
+        spec = AttackSpec(name, steps=25, options={"queries": 300})
+        ours = spec.run(net, x, y, 0.1, torch.Generator().manual_seed(0))
         assert abs(accuracy(net, ours, y) - accuracy(net, reference(x, y), y)) <= 0.03, name
 
 
@@ -291,7 +292,7 @@ def test_robust_accuracy_is_the_per_example_worst_case(model, batch):
     y = model(x).argmax(1).detach()
     y[:3] = (y[:3] + 1) % 5  # three examples wrong already
     attacks = [AttackSpec("fgsm"), AttackSpec("pgd", steps=10), AttackSpec("pgd", steps=10, target="random"),
-               AttackSpec("square", queries=40)]
+               AttackSpec("square", options={"queries": 40})]
     result = robustness(model, x, y, attacks=attacks, eps_values=[0, 0.004, 0.1], device=CPU, batch_size=5, seed=0)
     rows = {(e.attack, e.eps): e for e in result.entries}
     assert result.clean_accuracy == 13 / 16
@@ -373,7 +374,7 @@ def _statuses(result):
 def test_sanity_checks_pass_on_an_honest_model_and_fail_on_masked_gradients(mnist):
     net, x, y = mnist
     x, y = x[:150], y[:150]
-    quick = [AttackSpec("fgsm"), AttackSpec("pgd"), AttackSpec("square", queries=200)]
+    quick = [AttackSpec("fgsm"), AttackSpec("pgd"), AttackSpec("square", options={"queries": 200})]
     honest = robustness(net, x, y, attacks=quick, eps_values=[0, 0.1, 0.3], device=CPU, seed=0)
     statuses = _statuses(honest)
     assert statuses.pop("transfer beats the evaluation") == "not run"  # nothing to replace, no --surrogate

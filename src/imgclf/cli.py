@@ -222,6 +222,7 @@ def _add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
     from imgclf.attacks import ATTACK_PRESETS, ATTACKS, targetable_attacks
+    from imgclf.attacks.registry import attack_options
 
     group = parser.add_argument_group("attacks")
     presets = ", ".join(f"{name} = {','.join(members)}" for name, members in ATTACK_PRESETS.items())
@@ -245,7 +246,10 @@ def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
     _flag(group, "--random-start", dest="attack.random_start", help="PGD random start")
     _flag(group, "--target", dest="attack.target", metavar="MODE",
           help=f"targeted {'/'.join(targetable_attacks())}: random | least-likely | a class name or index")
-    _flag(group, "--queries", dest="attack.queries", metavar="N", help="Square's queries per example")
+    for option in attack_options().values():  # each attack's own options, from its registry row
+        owners = ", ".join(name for name, info in ATTACKS.items() if option in info.options)
+        group.add_argument(option.flag, dest=f"attack.{option.name}", default=S, metavar=option.metavar,
+                           help=f"{owners}: {option.help} ({option.describe()})".replace("%", "%%"))
     _flag(group, "--attack-batch-size", dest="attack.batch_size", metavar="N")
     _flag(group, "--cascade", dest="attack.cascade",
           help="run each attack only on the examples every earlier attack at that eps failed on, as AutoAttack "
@@ -656,6 +660,8 @@ def _list_attacks() -> None:
         target = ", --target" if info.targetable else ""
         print(f"  {info.name:<10} {info.summary}\n  {'':<10} norms {', '.join(info.norms)}; {kind}{target}; "
               f"at least {info.min_classes(False)} classes")
+        for option in info.options:
+            print(f"  {'':<10} {option.flag} {option.metavar}: {option.help} ({option.describe()})")
     for name, members in ATTACK_PRESETS.items():
         print(f"  preset {name}: {', '.join(members)}")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from imgclf.attacks.registry import ATTACK_PRESETS, ATTACKS, NORMS, expand_attacks, targetable_attacks
+from imgclf.attacks.registry import ATTACK_PRESETS, ATTACKS, NORMS, attack_options, expand_attacks, targetable_attacks
 from imgclf.constraints import CountOrAll, Interval, Options, OrWord, check_fields, setting
 from imgclf.corruptions.registry import SeveritySetting, corruption_choices
 from imgclf.data.augment import AugmentSetting
@@ -168,7 +168,7 @@ class AttackConfig:
     restarts: int = setting(1, Interval(int, 1, 1_000))  # random restarts of PGD, APGD and FAB
     random_start: bool = True  # PGD starts at a random point of the eps ball
     target: str | None = None  # random | least-likely | a class name or index: targeted attacks
-    queries: int = setting(5000, Interval(int, 1, 10_000_000))  # Square's query budget per example
+    options: dict[str, Any] = field(default_factory=dict)  # the attacks' own options (`imgclf attacks`), e.g. queries
     batch_size: int = setting(256, _BATCH)
     surrogate: str | None = None  # a run folder whose model the transfer check attacks; None: found in the model
     cascade: bool = False  # each attack only on what the earlier ones failed on (AutoAttack's way; cumulative rows)
@@ -386,6 +386,7 @@ def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
     for key in values:
         if key not in top:
             raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(top))}")
+    values["attack"] = _attack_options_inside(values.get("attack") or {})
     sections = {name: _section_from_dict(cls, values.get(name) or {}, name) for name, cls in _SECTIONS.items()}
     config = RunConfig(
         **sections,
@@ -394,6 +395,31 @@ def config_from_dict(values: dict[str, Any] | None) -> RunConfig:
     )
     validate(config)
     return config
+
+
+def _attack_options_inside(attack: Any) -> Any:
+    """The ``attack`` section with each attack's own options (:class:`imgclf.attacks.registry.AttackOption`)
+    under ``options``, read as their declared types and checked: ``attack.queries`` in a YAML file, a flag or
+    ``Run.attack(queries=...)`` is ``attack.options.queries``.
+
+    Raises:
+        UsageError: On an option no registered attack owns, or an invalid value.
+    """
+    if not isinstance(attack, dict):
+        return attack  # (refused by the section's own check)
+    fields = {f.name for f in dataclasses.fields(AttackConfig)}
+    declared = attack_options()
+    options = attack.get("options") or {}
+    if not isinstance(options, dict):
+        raise UsageError(f"attack.options must be a mapping of the attacks' own options, got {options!r}")
+    moved = {key: value for key, value in attack.items() if key not in fields and key in declared}
+    options = {**options, **moved}
+    unknown = [key for key in options if key not in declared]
+    if unknown:
+        raise UsageError(f"unknown attack option {unknown[0]!r}; the attacks' own options: "
+                         f"{', '.join(declared) or 'none'} (`imgclf attacks` lists them)")
+    parsed = {key: declared[key].parse(value, f"attack.{key}") for key, value in options.items()}
+    return {**{key: value for key, value in attack.items() if key not in moved}, "options": parsed}
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

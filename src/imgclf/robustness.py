@@ -117,11 +117,11 @@ def evaluate_robustness(
     norm: str = "linf",
     steps: int | None = None,
     restarts: int = 1,
-    queries: int = 5000,
     batch_size: int = 256,
     seed: int = 0,
     device: str | torch.device | None = None,
     class_names: Sequence[str] | None = None,
+    **options: Any,
 ) -> RobustnessReport:
     """Robust accuracy of ``model`` on ``images`` under ``attacks`` at each ``eps``, with the sanity checks.
 
@@ -135,7 +135,8 @@ def evaluate_robustness(
         eps: Radii in pixel units: ``"0,8/255"``, ``0.3``, ``[0, 0.1]`` or a range ``"0:0.3:0.1"``; None: the
             defaults for the images' channels and the norm.
         norm: ``"linf"`` or ``"l2"``.
-        steps, restarts, queries: As ``imgclf attack``'s flags (None: each attack's own steps).
+        steps, restarts: As ``imgclf attack``'s flags (None: each attack's own steps).
+        options: The attacks' own options by name, e.g. ``queries=5000`` for Square (``imgclf attacks``).
         batch_size: Images per attack batch. seed: Seeds every random draw.
         device: Where to compute; None: the model's device.
         class_names: Names of the ``K`` classes (for the run folder); None: ``"0"``, ``"1"``, ...
@@ -155,7 +156,7 @@ def evaluate_robustness(
         raise UsageError("images must be in [0, 1] (pixel space; normalization belongs inside the model)")
     eps_values = None if eps is None else [eps] if isinstance(eps, int | float | str) else list(eps)
     values = {"attack": {"attacks": list(attacks), "norm": norm, "steps": steps, "restarts": restarts,
-                         "queries": queries, "batch_size": batch_size,
+                         **options, "batch_size": batch_size,
                          "eps": None if eps_values is None else [str(e) for e in eps_values]}, "seed": seed}
     settings = resolve(config_from_dict(values), channels=images.shape[1], class_names=None)
     parameter = next(iter(model.parameters()), None)

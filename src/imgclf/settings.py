@@ -199,10 +199,13 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
     try:
         attacks = tuple(AttackSpec(name, norm=attack.norm, steps=attack.steps, alpha=attack.alpha,
                                    restarts=attack.restarts, random_start=attack.random_start, target=target,
-                                   queries=attack.queries)
+                                   options=attack.options)
                         for name in expand_attacks(attack.attacks))
     except ValueError as error:
         raise UsageError(str(error)) from None
+    owned = {key: value for spec in attacks for key, value in spec.options.items()}
+    if any(config.attack.options.get(key) != value for key, value in owned.items()):  # the defaults, written out
+        config = replace(config, attack=replace(config.attack, options={**config.attack.options, **owned}))
     examples = None if attack.examples in (None, "all") else int(attack.examples)
     try:  # the one place corruption names and severities are parsed
         corruptions = parse_corruptions(config.corruption.corruptions)

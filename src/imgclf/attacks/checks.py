@@ -211,7 +211,7 @@ class _Probe:
     def square(self) -> dict[str, Any]:
         if self.norm not in attack_info("square").norms:
             return _check("white-box beats black-box", "not run", f"the square probe has no {self.norm} version")
-        new = self._beyond(self._fooled(_spec("square", self.norm, queries=PROBE_QUERIES)))
+        new = self._beyond(self._fooled(_spec("square", self.norm, options={"queries": PROBE_QUERIES})))
         failed = new / len(self.x) > TOLERANCE
         return _check("white-box beats black-box", "failed" if failed else "passed",
                       f"square probe ({PROBE_QUERIES} queries) at eps={self.eps:.4g} fools {new} of {len(self.x)} "

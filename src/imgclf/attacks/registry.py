@@ -3,8 +3,9 @@
 An attack is its own module, which holds the attack's function and a *runner*
 ``run(spec, model, images, labels, eps, generator, target)`` that calls it with the
 settings of an :class:`~imgclf.attacks.spec.AttackSpec` (any object with
-:class:`AttackSettings`), and one declaration in :data:`ATTACKS`: what it can do, and
-the runner's ``"module:name"``, imported on the first run. Everything that lists or
+:class:`AttackSettings`), and one declaration in :data:`ATTACKS`: what it can do, the
+options it owns (:class:`AttackOption`: Square's ``queries``), and the runner's
+``"module:name"``, imported on the first run. Everything that lists or
 checks attacks (the CLI's choices and help, the configuration's validation, the
 robustness evaluation, the sanity checks, the README's table, the tests that loop over
 attacks) reads :data:`ATTACKS`; none of it imports torch, so a bad flag is refused,
@@ -18,9 +19,12 @@ This module imports no torch (checked by a test).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+from imgclf.constraints import Constraint, Interval
+from imgclf.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +53,7 @@ class AttackSettings(Protocol):
     @property
     def target(self) -> str | int | None: ...
     @property
-    def queries(self) -> int: ...
+    def options(self) -> Mapping[str, Any]: ...
     @property
     def target_classes(self) -> int: ...
 
@@ -75,6 +79,68 @@ def default_alpha(eps: float, steps: int) -> float:
 
 
 @dataclass(frozen=True)
+class AttackOption:
+    """A setting that one attack owns (several may share it, declared alike): declared beside the attack's
+    registry row, it becomes the flag ``--NAME``, the configuration's ``attack.options.NAME`` (or
+    ``attack.NAME`` in a YAML file), the Python API's keyword (``Run.attack(NAME=...)``), a line of
+    ``imgclf attacks`` and part of the evaluation's record; the runner reads it from ``spec.options``.
+
+    Attributes:
+        name: Lower case with underscores (the flag has dashes).
+        default: The value when none is given; its type is the option's (int, float, bool or str).
+        constraint: What values it accepts (:mod:`imgclf.constraints`); None: any of its type.
+        help: One line for ``--help``.
+        metavar: The value's name in ``--help``.
+    """
+
+    name: str
+    default: int | float | bool | str
+    constraint: Constraint | None
+    help: str
+    metavar: str = "N"
+
+    @property
+    def flag(self) -> str:
+        """The command line's flag: ``--queries``."""
+        return "--" + self.name.replace("_", "-")
+
+    def describe(self) -> str:
+        """The valid values and the default, for help texts."""
+        valid = f"{self.constraint.describe()}; " if self.constraint is not None else ""
+        return f"{valid}default {self.default}"
+
+    def parse(self, value: Any, where: str) -> Any:
+        """``value`` (from YAML, a flag's text or Python) as the option's type, checked.
+
+        Raises:
+            UsageError: Naming ``where``, the value and what is valid.
+        """
+        kind = type(self.default)
+        parsed: Any
+        text = value.strip() if isinstance(value, str) else value
+        try:
+            if kind is bool:
+                words = {"true": True, "on": True, "yes": True, "false": False, "off": False, "no": False}
+                parsed = text if isinstance(text, bool) else words[str(text).lower()]
+            elif isinstance(text, bool) or (kind is not str and not isinstance(text, int | float | str)):
+                raise ValueError
+            elif kind is int and isinstance(text, float):
+                parsed = int(text) if text.is_integer() else _not_whole(text)
+            else:
+                parsed = kind(text)
+        except (ValueError, KeyError, OverflowError):
+            valid = self.constraint.describe() if self.constraint is not None else f"of type {kind.__name__}"
+            raise UsageError(f"{where} must be {valid}, got {value!r}") from None
+        if self.constraint is not None and not self.constraint.accepts(parsed):
+            raise self.constraint.error(where, value)  # (the value as it was given)
+        return parsed
+
+
+def _not_whole(value: float) -> int:
+    raise ValueError(f"{value} is not a whole number")
+
+
+@dataclass(frozen=True)
 class AttackInfo:
     """One registered attack and what it can do.
 
@@ -92,6 +158,8 @@ class AttackInfo:
         settings: ``settings(spec, eps)``: the step size, restarts, random start and steps
             it uses at ``eps``, for the results table (``steps`` counts queries for
             query-based attacks).
+        options: The settings this attack alone has (:class:`AttackOption`); the runner reads them
+            from ``spec.options``.
     """
 
     name: str
@@ -104,6 +172,7 @@ class AttackInfo:
     fixed_steps: bool = False
     min_classes: Callable[[bool], int] = _two_classes
     settings: Callable[[AttackSettings, float], dict[str, Any]] | None = None
+    options: tuple[AttackOption, ...] = ()
 
     @property
     def run(self) -> Runner:
@@ -135,15 +204,16 @@ def register_attack(name: str, *, summary: str, norms: tuple[str, ...] = NORMS, 
                     white_box: bool = True, default_steps: int = 100, fixed_steps: bool = False,
                     min_classes: Callable[[bool], int] | None = None,
                     settings: Callable[[AttackSettings, float], dict[str, Any]] | None = None,
-                    ) -> Callable[[Runner], Runner]:
+                    options: tuple[AttackOption, ...] = ()) -> Callable[[Runner], Runner]:
     """Register the decorated runner as attack ``name`` (see :class:`AttackInfo` for the fields).
 
     Raises:
-        ValueError: If ``name`` is taken, is a preset's name, or ``norms`` names an unknown norm.
+        ValueError: If ``name`` is taken, is a preset's name, ``norms`` names an unknown norm, or an option
+            has the name of another attack's option but not its declaration.
     """
     def decorate(run: Runner) -> Runner:
         _declare(AttackInfo(name, run, summary, tuple(norms), targetable, white_box, default_steps, fixed_steps,
-                            min_classes or _two_classes, settings))
+                            min_classes or _two_classes, settings, tuple(options)))
         return run
 
     return decorate
@@ -155,6 +225,11 @@ def _declare(info: AttackInfo) -> None:
     unknown = [norm for norm in info.norms if norm not in NORMS]
     if unknown or not info.norms:
         raise ValueError(f"attack {info.name!r}: unknown norms {unknown}; valid choices: {', '.join(NORMS)}")
+    declared = {option.name: option for known in ATTACKS.values() for option in known.options}
+    for option in info.options:
+        if option.name in declared and declared[option.name] != option:
+            raise ValueError(f"attack {info.name!r}: option {option.name!r} is declared otherwise by another attack; "
+                             "give it another name")
     ATTACKS[info.name] = info
 
 
@@ -189,7 +264,8 @@ for _info in (
     AttackInfo("square", "imgclf.attacks.square_search:run_square",
                "Square Attack (Andriushchenko et al. 2020): random search on the logits alone, `--queries` "
                "(default 5,000)", norms=("linf",), white_box=False, default_steps=0, fixed_steps=True,
-               settings=lambda spec, eps: {"steps": spec.queries, "restarts": 1}),
+               settings=lambda spec, eps: {"steps": spec.options["queries"], "restarts": 1},
+               options=(AttackOption("queries", 5000, Interval(int, 1, 10_000_000), "Square's queries per example"),)),
 ):
     _declare(_info)
 
@@ -209,6 +285,30 @@ def attack_info(name: str) -> AttackInfo:
         return ATTACKS[name]
     except KeyError:
         raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(ATTACKS)}") from None
+
+
+def attack_options() -> dict[str, AttackOption]:
+    """Every option the registered attacks own, by name (an option several attacks share appears once)."""
+    return {option.name: option for info in ATTACKS.values() for option in info.options}
+
+
+def options_of(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Attack ``name``'s own options: ``given``'s values (checked) over the declared defaults; options that
+    other attacks own are left out.
+
+    Raises:
+        UsageError: On an option no registered attack owns (naming the valid ones), or an invalid value.
+    """
+    declared = {option.name: option for known in ATTACKS.values() for option in known.options}
+    unknown = [key for key in given if key not in declared]
+    if unknown:
+        owners = {option: [n for n, info in ATTACKS.items() if option in {o.name for o in info.options}]
+                  for option in declared}
+        valid = ", ".join(f"{option} ({', '.join(names)})" for option, names in owners.items()) or "none"
+        raise UsageError(f"unknown attack option {unknown[0]!r}; the attacks' own options: {valid}")
+    own = attack_info(name).options
+    return {option.name: option.parse(given[option.name], f"attack.{option.name}")
+            if option.name in given else option.default for option in own}
 
 
 def targetable_attacks() -> tuple[str, ...]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imgclf.attacks.registry import NORMS, attack_info, targetable_attacks
+from imgclf.attacks.registry import NORMS, attack_info, options_of, targetable_attacks
+from imgclf.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -24,12 +26,13 @@ class AttackSpec:
         random_start: PGD starts at a random point of the eps ball.
         target: None (untargeted), ``"random"``, ``"least-likely"``, or a class
             index; only for targetable attacks.
-        queries: Square's query budget per example.
         target_classes: Targets tried by APGD-T, APGD-CE-T and FAB-T.
+        options: The attack's own options (:class:`~imgclf.attacks.registry.AttackOption`, ``{"queries": 5000}``
+            for Square): given ones over the declared defaults; options that other attacks own are left out.
 
     Raises:
-        ValueError: On an unknown attack or norm, a norm the attack does not
-            implement, or a target for an attack that picks its own.
+        ValueError: On an unknown attack, norm or option, an invalid option value, a norm the attack does
+            not implement, or a target for an attack that picks its own.
     """
 
     name: str
@@ -39,11 +42,15 @@ class AttackSpec:
     restarts: int = 1
     random_start: bool = True
     target: str | int | None = None
-    queries: int = 5000
     target_classes: int = 9
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         info = attack_info(self.name)
+        try:
+            object.__setattr__(self, "options", options_of(self.name, self.options))
+        except UsageError as error:
+            raise ValueError(str(error)) from None
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; valid choices: {', '.join(NORMS)}")
         if self.norm not in info.norms:

@@ -101,4 +101,4 @@ def square(
 
 def run_square(spec, model, images, labels, eps, gen, target):
     """The registry's runner of ``square`` (see :mod:`imgclf.attacks.registry`)."""
-    return square(model, images, labels, eps=eps, norm=spec.norm, queries=spec.queries, generator=gen)
+    return square(model, images, labels, eps=eps, norm=spec.norm, queries=spec.options["queries"], generator=gen)
