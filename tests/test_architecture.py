@@ -407,3 +407,17 @@ def test_every_declared_attack_recipe_and_model_loads():
         assert callable(info.run), info.name
     for name in BUILTIN_RECIPES:
         assert recipe_class(name).name == name
+
+
+def test_no_function_in_src_is_over_60_lines():
+    """A function's body, its docstring aside, is at most 60 lines: longer work is split into named steps."""
+    import ast
+
+    long = []
+    for path in (ROOT / "src").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+                if body and node.end_lineno - body[0].lineno + 1 > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not long, "functions over 60 lines: " + ", ".join(long)

@@ -107,19 +107,7 @@ def apgd(
     for _ in range(restarts):
         if not len(todo):
             break
-        s: dict[str, torch.Tensor] = {"todo": todo, "clean": x[todo], "y": labels[todo]}
-        if target is not None:
-            s["t"] = target[todo]
-        s["adv"] = _start(s["clean"], eps, norm, generator)
-        objective = get_loss(loss, s["y"], s.get("t"))
-        logits, s["grad"] = logits_and_gradient(model, s["adv"], objective)
-        s["loss"] = objective(logits)
-        s["prev"] = s["adv"].clone()
-        s["best"], s["best_grad"], s["best_loss"] = s["adv"].clone(), s["grad"].clone(), s["loss"].clone()
-        s["eta"] = torch.full((len(todo), 1, 1, 1), 2.0 * eps, device=x.device)
-        s["rises"] = torch.zeros(len(todo), device=x.device)
-        s["checked_loss"] = s["best_loss"].clone()
-        s["reduced"] = torch.zeros(len(todo), dtype=torch.bool, device=x.device)
+        s, logits = _first_state(model, x, labels, target, todo, eps=eps, norm=norm, loss=loss, generator=generator)
         period, since = first_check, 0
         s = _set_aside(s, fooled(logits, s["y"], s.get("t")), result)
         for step in range(steps):
@@ -140,18 +128,45 @@ def apgd(
                 s["adv"][better], s["grad"][better], value[better])
             since += 1
             if since == period:
-                oscillating = s["rises"] <= period * rho
-                stalled = ~s["reduced"] & (s["checked_loss"] >= s["best_loss"])
-                reduce = oscillating | stalled
-                s["eta"][reduce] /= 2.0
-                s["adv"][reduce], s["grad"][reduce] = s["best"][reduce], s["best_grad"][reduce]
-                s["reduced"], s["checked_loss"] = reduce, s["best_loss"].clone()
-                s["rises"].zero_()
+                _checkpoint(s, period, rho)
                 period, since = max(period - shrink, shortest), 0
             s = _set_aside(s, fooled(logits, s["y"], s.get("t")), result)
         result[s["todo"]] = s["best"]  # unbroken: the highest-loss point of the latest restart
         todo = s["todo"]
     return result
+
+
+def _first_state(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None,
+                 todo: torch.Tensor, *, eps: float, norm: str, loss: str, generator: torch.Generator | None
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A restart's state for the examples at positions ``todo`` (``int64`` ``(M,)``): a random start on the eps
+    sphere, its loss and gradient as the best point so far, step size ``2 * eps``; and its logits ``(M, K)``."""
+    s: dict[str, torch.Tensor] = {"todo": todo, "clean": x[todo], "y": labels[todo]}
+    if target is not None:
+        s["t"] = target[todo]
+    s["adv"] = _start(s["clean"], eps, norm, generator)
+    objective = get_loss(loss, s["y"], s.get("t"))
+    logits, s["grad"] = logits_and_gradient(model, s["adv"], objective)
+    s["loss"] = objective(logits)
+    s["prev"] = s["adv"].clone()
+    s["best"], s["best_grad"], s["best_loss"] = s["adv"].clone(), s["grad"].clone(), s["loss"].clone()
+    s["eta"] = torch.full((len(todo), 1, 1, 1), 2.0 * eps, device=x.device)
+    s["rises"] = torch.zeros(len(todo), device=x.device)
+    s["checked_loss"] = s["best_loss"].clone()
+    s["reduced"] = torch.zeros(len(todo), dtype=torch.bool, device=x.device)
+    return s, logits
+
+
+def _checkpoint(s: dict[str, torch.Tensor], period: int, rho: float) -> None:
+    """At a checkpoint, halve ``eta`` and go back to the best point for the examples whose loss rose on at most
+    ``rho`` of the ``period`` steps since the last one, or that stalled (in place)."""
+    oscillating = s["rises"] <= period * rho
+    stalled = ~s["reduced"] & (s["checked_loss"] >= s["best_loss"])
+    reduce = oscillating | stalled
+    s["eta"][reduce] /= 2.0
+    s["adv"][reduce], s["grad"][reduce] = s["best"][reduce], s["best_grad"][reduce]
+    s["reduced"], s["checked_loss"] = reduce, s["best_loss"].clone()
+    s["rises"].zero_()
 
 
 def _set_aside(state: dict[str, torch.Tensor], hit: torch.Tensor, result: torch.Tensor) -> dict[str, torch.Tensor]:

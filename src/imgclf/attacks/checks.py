@@ -80,20 +80,18 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     case failed on (FGSM against PGD: when PGD is the weaker).
 
     Args:
-        surrogate: A model to make transferred examples on; None: the model with its parameter-free
-            modules of unknown kind replaced by the identity (:func:`identity_surrogate`), where it has any.
-        randomized: How the model was found randomized and attacked (see :func:`imgclf.attacks.robustness`);
-            None: deterministic.
-        cascade: The evaluation ran each attack on what the earlier ones failed on (its rows are cumulative),
-            so FGSM against PGD is always probed.
-
-    Args:
         model: The evaluated model, in eval mode.
         images, labels: The evaluated examples (``float32`` ``(N, C, H, W)`` in
             ``[0, 1]`` and ``int64`` ``(N,)``), on the model's device.
         logits: The model's clean logits ``float32`` ``(N, K)`` for ``images``.
         result: The evaluation.
         attacks: The attacks that ran.
+        surrogate: A model to make transferred examples on; None: the model with its parameter-free
+            modules of unknown kind replaced by the identity (:func:`identity_surrogate`), where it has any.
+        randomized: How the model was found randomized and attacked (see :func:`imgclf.attacks.robustness`);
+            None: deterministic.
+        cascade: The evaluation ran each attack on what the earlier ones failed on (its rows are cumulative),
+            so FGSM against PGD is always probed.
 
     Returns:
         One dict per check, in the order of :data:`MEANINGS`.
@@ -109,27 +107,9 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
     accuracy = {(e.attack, e.eps): e.accuracy for e in result.entries}
     fgsm_specs = [s for s in attacks if s.name == "fgsm"]
-    pgd_specs = [s for s in attacks if s.name == "pgd"]
     probe = _Probe(model, x, y, correct.cpu().numpy(), result, attacks, batch_size, seed)
-    if (cascade or not (fgsm_specs and pgd_specs)) and probe.ready:
-        checks.append(probe.fgsm_against_pgd())
-    elif fgsm_specs and pgd_specs:
-        weaker = [f"eps={eps:.4g}: PGD {accuracy[(pgd_specs[0].label, eps)]:.3f} > FGSM "
-                  f"{accuracy[(fgsm_specs[0].label, eps)]:.3f}"
-                  for (name, eps) in accuracy if name == fgsm_specs[0].label
-                  and accuracy[(pgd_specs[0].label, eps)] > accuracy[(name, eps)]]
-        checks.append(_check("pgd beats fgsm", "failed" if weaker else "passed",
-                             "; ".join(weaker) or "PGD accuracy <= FGSM accuracy at every eps"))
-    else:
-        checks.append(_check("pgd beats fgsm", "not run", "needs both fgsm and pgd in the attacks"))
-
-    rises = []
-    for spec in attacks:
-        curve = sorted((eps, acc) for (name, eps), acc in accuracy.items() if name == spec.label)
-        rises += [f"{spec.label} {a:.3f} at eps={e0:.4g} -> {b:.3f} at eps={e1:.4g}"
-                  for (e0, a), (e1, b) in itertools.pairwise(curve) if b > a + TOLERANCE]
-    checks.append(_check("accuracy falls with eps", "failed" if rises else "passed",
-                         "; ".join(rises) or "no attack's accuracy rises with eps"))
+    checks.append(_pgd_beats_fgsm(attacks, accuracy, probe, cascade=cascade))
+    checks.append(_falls_with_eps(attacks, accuracy))
 
     iterative = [s for s in attacks if attack_info(s.name).iterative]
     strongest = iterative[0] if iterative else (fgsm_specs[0] if fgsm_specs else None)
@@ -165,6 +145,35 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
                                                                "logits: the model is deterministic"))
     return checks
 
+
+
+def _pgd_beats_fgsm(attacks: list[AttackSpec], accuracy: dict[tuple[str, float], float], probe: _Probe, *,
+                    cascade: bool) -> dict[str, Any]:
+    """PGD is at least as strong as FGSM: from the evaluation's own rows where it ran both (not cascaded),
+    else from the probe's."""
+    fgsm_specs = [s for s in attacks if s.name == "fgsm"]
+    pgd_specs = [s for s in attacks if s.name == "pgd"]
+    if (cascade or not (fgsm_specs and pgd_specs)) and probe.ready:
+        return probe.fgsm_against_pgd()
+    if not (fgsm_specs and pgd_specs):
+        return _check("pgd beats fgsm", "not run", "needs both fgsm and pgd in the attacks")
+    weaker = [f"eps={eps:.4g}: PGD {accuracy[(pgd_specs[0].label, eps)]:.3f} > FGSM "
+              f"{accuracy[(fgsm_specs[0].label, eps)]:.3f}"
+              for (name, eps) in accuracy if name == fgsm_specs[0].label
+              and accuracy[(pgd_specs[0].label, eps)] > accuracy[(name, eps)]]
+    return _check("pgd beats fgsm", "failed" if weaker else "passed",
+                  "; ".join(weaker) or "PGD accuracy <= FGSM accuracy at every eps")
+
+
+def _falls_with_eps(attacks: list[AttackSpec], accuracy: dict[tuple[str, float], float]) -> dict[str, Any]:
+    """No attack's robust accuracy rises by more than :data:`TOLERANCE` from one eps to a larger one."""
+    rises = []
+    for spec in attacks:
+        curve = sorted((eps, acc) for (name, eps), acc in accuracy.items() if name == spec.label)
+        rises += [f"{spec.label} {a:.3f} at eps={e0:.4g} -> {b:.3f} at eps={e1:.4g}"
+                  for (e0, a), (e1, b) in itertools.pairwise(curve) if b > a + TOLERANCE]
+    return _check("accuracy falls with eps", "failed" if rises else "passed",
+                  "; ".join(rises) or "no attack's accuracy rises with eps")
 
 def _spec(name: str, norm: str, **settings: Any) -> AttackSpec:
     """An attack of the probes (imported here: the spec module imports the registry this module reads)."""

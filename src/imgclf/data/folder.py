@@ -34,7 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from imgclf.data.builtin import Pools
-from imgclf.data.cache import FORMAT, CacheEntry
+from imgclf.data.cache import FORMAT, CacheEntry, CacheWriter
 from imgclf.errors import UsageError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -383,6 +383,47 @@ def _bad_file_error(path: str, reason: str) -> UsageError:
     return UsageError(f"cannot decode {path!r} ({reason}); use --bad-files skip to skip such files")
 
 
+def _decode_split(split: str, entries: list[tuple[ImageSource, int]], root: Path, *, channels: int,
+                  size: tuple[int, int], writer: CacheWriter | None, bad_files: str, bad: list[tuple[str, str]]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one split's files in parallel into ``uint8`` ``(N, C, H, W)`` images (in the cache ``writer``'s
+    file where there is one) and their ``int64`` ``(N,)`` labels; files that do not decode are added to ``bad``
+    and left out.
+
+    Raises:
+        UsageError: A bad file under ``bad_files="error"``; a split in which no file decodes.
+    """
+    shape = (len(entries), channels, *size)
+    images = writer.images(split, shape) if writer else np.empty(shape, dtype=np.uint8)
+    ok = np.zeros(len(entries), dtype=bool)
+
+    def decode(i: int) -> None:
+        path = entries[i][0]
+        try:
+            images[i] = decode_image(path, channels=channels, size=size)
+            ok[i] = True
+        except DECODE_ERRORS as error:
+            reason = f"{type(error).__name__}: {error}"
+            if bad_files == "error":
+                raise _bad_file_error(str(path), reason) from None
+            bad.append((str(path), reason))
+
+    with decoding_pool() as pool, tqdm(total=len(entries), desc=f"decoding the {split} images", unit="image",
+                                       leave=False, disable=None, dynamic_ncols=True) as bar:  # on a terminal
+        for _ in pool.map(decode, range(len(entries))):
+            bar.update(1)
+    if not ok.any():
+        raise UsageError(f"no image in the {split} split of {str(root)!r} could be decoded")
+    labels = np.asarray([label for _, label in entries], dtype=np.int64)[ok]
+    if not ok.all():
+        images = np.ascontiguousarray(images[ok])
+        if writer:
+            writer.replace_images(split, images)
+    if writer:
+        writer.labels(split, labels)
+    return images, labels
+
+
 def load_image_files(
     listing: ImageFiles,
     *,
@@ -428,35 +469,8 @@ def load_image_files(
     pools: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
         for split, entries in files.items():
-            shape = (len(entries), channels, *size)
-            images = writer.images(split, shape) if writer else np.empty(shape, dtype=np.uint8)
-            ok = np.zeros(len(entries), dtype=bool)
-
-            def decode(i: int) -> None:
-                path = entries[i][0]  # noqa: B023  (decode runs within this iteration, by pool.map below)
-                try:
-                    images[i] = decode_image(path, channels=channels, size=size)  # noqa: B023  (as above)
-                    ok[i] = True  # noqa: B023  (as above)
-                except DECODE_ERRORS as error:
-                    reason = f"{type(error).__name__}: {error}"
-                    if bad_files == "error":
-                        raise _bad_file_error(str(path), reason) from None
-                    bad.append((str(path), reason))
-
-            with decoding_pool() as pool, tqdm(total=len(entries), desc=f"decoding the {split} images", unit="image",
-                                               leave=False, disable=None, dynamic_ncols=True) as bar:  # on a terminal
-                for _ in pool.map(decode, range(len(entries))):
-                    bar.update(1)
-            if not ok.any():
-                raise UsageError(f"no image in the {split} split of {str(root)!r} could be decoded")
-            labels = np.asarray([label for _, label in entries], dtype=np.int64)[ok]
-            if not ok.all():
-                images = np.ascontiguousarray(images[ok])
-                if writer:
-                    writer.replace_images(split, images)
-            if writer:
-                writer.labels(split, labels)
-            pools[split] = (images, labels)
+            pools[split] = _decode_split(split, entries, root, channels=channels, size=size, writer=writer,
+                                         bad_files=bad_files, bad=bad)
         bad.sort()
         if bad:
             notes.append(f"skipped {len(bad)} file(s) that could not be decoded (listed in bad_files.txt)")

@@ -231,7 +231,43 @@ def scan_hf_dataset(path: Path, *, image_column: str | None = None, label_column
     saved = path.is_dir() and any((path / marker).is_file() for marker in SAVED_MARKERS)
     tables, files = _saved_splits(path, datasets) if saved else _parquet_splits(path, datasets)
     notes: list[str] = []
-    splits: dict[str, str] = {}  # imgclf split -> the data set's split
+    splits = _split_names(tables, path, notes)
+    _, features = tables[splits["train"]]
+    image_at = _pick_column(features, image_column, "Image", IMAGE_COLUMNS, "--image-column", path)
+    label_at = _pick_column(features, label_column, "ClassLabel", LABEL_COLUMNS, "--label-column", path)
+    if image_at == label_at:
+        raise UsageError(f"Hugging Face data set {str(path)!r}: the image and the label are the same column "
+                         f"({image_at!r})")
+    base = path if path.is_dir() else path.parent
+    rows: dict[str, list[tuple[int, Any]]] = {}  # split -> (row, label) of labelled rows
+    columns: dict[str, _ImageColumn] = {}
+    class_names: list[str] | None = None
+    for split in [str(s) for s in ("train", "val", "test") if s in splits]:
+        table, split_features = tables[splits[split]]
+        labelled, names = _labelled_rows(table, split_features, image_at, label_at, path, splits[split],
+                                         None if split == "train" else class_names, notes)
+        if split == "train":
+            class_names = names
+        if labelled is not None:
+            rows[split] = labelled
+            columns[split] = _ImageColumn(table.column(image_at), image_at, base, path)
+    class_names, position = _class_positions(rows, class_names, label_at, path)
+    state = _file_state(files)
+    listing: dict[str, list[tuple[Path | StoredImage, int]]] = {}
+    for split, labelled in rows.items():
+        read: Callable[[int], bytes] = columns[split].read
+        listing[split] = [(StoredImage(f"{path}[{splits[split]}][{row}]", state, partial(read, row)), position(label))
+                          for row, label in labelled]
+    return ImageFiles(path, class_names, listing, notes)
+
+
+def _split_names(tables: dict[str, Any], path: Path, notes: list[str]) -> dict[str, str]:
+    """``{imgclf split: the data set's split}`` (train, val, test); other splits are noted and left out.
+
+    Raises:
+        UsageError: If there is no train split.
+    """
+    splits: dict[str, str] = {}
     for name in tables:
         split = SPLIT_VALUES.get(name.lower())
         if split is None or split in splits:
@@ -240,65 +276,62 @@ def scan_hf_dataset(path: Path, *, image_column: str | None = None, label_column
             splits[split] = name
     if "train" not in splits:
         raise UsageError(f"Hugging Face data set {str(path)!r} has no train split; its splits: {', '.join(tables)}")
-    _, features = tables[splits["train"]]
-    image_at = _pick_column(features, image_column, "Image", IMAGE_COLUMNS, "--image-column", path)
-    label_at = _pick_column(features, label_column, "ClassLabel", LABEL_COLUMNS, "--label-column", path)
-    if image_at == label_at:
-        raise UsageError(f"Hugging Face data set {str(path)!r}: the image and the label are the same column "
-                         f"({image_at!r})")
-    state = _file_state(files)
-    base = path if path.is_dir() else path.parent
+    return splits
 
-    rows: dict[str, list[tuple[int, Any]]] = {}  # split -> (row, label) of labelled rows
-    columns: dict[str, _ImageColumn] = {}
-    class_names: list[str] | None = None
-    for split in [s for s in ("train", "val", "test") if s in splits]:
-        table, split_features = tables[splits[split]]
-        for column in (image_at, label_at):
-            if column not in split_features:
-                raise UsageError(f"the {splits[split]} split of {str(path)!r} has no column {column!r}; its "
-                                 f"columns: {', '.join(split_features)}")
-        labels, names = _labels(table.column(label_at), split_features[label_at])
-        if split == "train":
-            class_names = names
-        bad = sorted({type(v).__name__ for v in labels if v is not None and not isinstance(v, (int, str))})
-        if bad or (class_names is not None and any(isinstance(v, str) for v in labels)):
-            raise UsageError(f"column {label_at!r} of {str(path)!r} holds {', '.join(bad) or 'text'} labels; "
-                             "labels are whole numbers, text or ClassLabel indices (name the label column with "
-                             "--label-column)")
-        labelled = [(row, label) for row, label in enumerate(labels) if label is not None]
-        if not labelled and split != "train":
-            notes.append(f"the {splits[split]} split of {str(path)!r} has no labels and is left out")
-            continue
-        if len(labelled) < len(labels):
-            notes.append(f"{len(labels) - len(labelled)} row(s) of the {splits[split]} split of {str(path)!r} have "
-                         "no label and are left out")
-        rows[split] = labelled
-        columns[split] = _ImageColumn(table.column(image_at), image_at, base, path)
 
+def _labelled_rows(table: Any, features: dict[str, Any], image_at: str, label_at: str, path: Path, name: str,
+                   class_names: list[str] | None, notes: list[str]
+                   ) -> tuple[list[tuple[int, Any]] | None, list[str] | None]:
+    """One split's ``(row, label)`` pairs of labelled rows (None: the split has no labels and is left out,
+    noted) and the names its ClassLabel column gives (None for plain labels). ``class_names``: the train
+    split's (None while the train split itself is read: its own then).
+
+    Raises:
+        UsageError: If a column is missing, or the labels are not whole numbers, text or ClassLabel indices.
+    """
+    for column in (image_at, label_at):
+        if column not in features:
+            raise UsageError(f"the {name} split of {str(path)!r} has no column {column!r}; its columns: "
+                             f"{', '.join(features)}")
+    labels, names = _labels(table.column(label_at), features[label_at])
+    indexed = names if class_names is None else class_names
+    bad = sorted({type(v).__name__ for v in labels if v is not None and not isinstance(v, (int, str))})
+    if bad or (indexed is not None and any(isinstance(v, str) for v in labels)):
+        raise UsageError(f"column {label_at!r} of {str(path)!r} holds {', '.join(bad) or 'text'} labels; "
+                         "labels are whole numbers, text or ClassLabel indices (name the label column with "
+                         "--label-column)")
+    labelled = [(row, label) for row, label in enumerate(labels) if label is not None]
+    if not labelled and name != "train":  # (a train split without labels fails with the class count)
+        notes.append(f"the {name} split of {str(path)!r} has no labels and is left out")
+        return None, names
+    if len(labelled) < len(labels):
+        notes.append(f"{len(labels) - len(labelled)} row(s) of the {name} split of {str(path)!r} have "
+                     "no label and are left out")
+    return labelled, names
+
+
+def _class_positions(rows: dict[str, list[tuple[int, Any]]], class_names: list[str] | None, label_at: str,
+                     path: Path) -> tuple[list[str], Callable[[Any], int]]:
+    """The class names (a ClassLabel's, else the train split's labels sorted) and a label's class index.
+
+    Raises:
+        UsageError: On validation or test labels that no train row has, or an index outside the ClassLabel.
+    """
     if class_names is None:
         train_labels = {label for _, label in rows["train"]}
         others = sorted({str(label) for split in rows for _, label in rows[split]} - {str(v) for v in train_labels})
         if others:
             raise UsageError(f"Hugging Face data set {str(path)!r}: labels in validation or test rows that no train "
                              f"row has: {', '.join(others[:10])}")
-        class_names = sort_classes({str(label) for label in train_labels})
-        index = {name: k for k, name in enumerate(class_names)}
+        names = sort_classes({str(label) for label in train_labels})
+        index = {name: k for k, name in enumerate(names)}
+        return names, lambda label: index[str(label)]
+    known = len(class_names)
 
-        def position(label: Any) -> int:
-            return index[str(label)]
-    else:
-        known = len(class_names)
+    def position(label: Any) -> int:
+        if not 0 <= label < known:
+            raise UsageError(f"column {label_at!r} of {str(path)!r} holds label {label}; its ClassLabel has "
+                             f"{known} names (0 to {known - 1})")
+        return int(label)
 
-        def position(label: Any) -> int:
-            if not 0 <= label < known:
-                raise UsageError(f"column {label_at!r} of {str(path)!r} holds label {label}; its ClassLabel has "
-                                 f"{known} names (0 to {known - 1})")
-            return int(label)
-
-    listing: dict[str, list[tuple[Path | StoredImage, int]]] = {}
-    for split, labelled in rows.items():
-        read: Callable[[int], bytes] = columns[split].read
-        listing[split] = [(StoredImage(f"{path}[{splits[split]}][{row}]", state, partial(read, row)), position(label))
-                          for row, label in labelled]
-    return ImageFiles(path, class_names, listing, notes)
+    return class_names, position

@@ -137,6 +137,42 @@ def scan_labels_file(
     root = (image_root if image_root is not None else path.parent).expanduser()
     if not root.is_dir():
         raise UsageError(f"image root {str(root)!r} of labels file {str(path)!r} is not a folder; set --image-root")
+    path_at, label_at, split_at = _columns(header, path, path_column, label_column)
+    entries, repeated = _entries(rows, header, path, root, (path_at, label_at, split_at),
+                                 paths_outside_root=paths_outside_root)
+
+    missing = [file for _, file, _ in entries if not file.exists()]
+    if len(missing) > MISSING_LIMIT * len(entries):
+        raise UsageError(f"{len(missing)} of the {len(entries)} files listed in {str(path)!r} do not exist under "
+                         f"{str(root)!r} (the first: {str(missing[0])!r}); set --image-root to the folder the "
+                         "paths start from")
+    train_labels = {label for split, _, label in entries if split == "train"}
+    if not train_labels:
+        raise UsageError(f"labels file {str(path)!r} has no rows of the train split")
+    others = sorted({label for split, _, label in entries if split != "train"} - train_labels)
+    if others:
+        raise UsageError(f"labels file {str(path)!r}: labels in val or test rows that no train row has: "
+                         f"{', '.join(others[:10])}")
+    class_names = sort_classes(train_labels)
+    index = {name: k for k, name in enumerate(class_names)}
+    files: dict[str, list[tuple[ImageSource, int]]] = {"train": []}
+    for split, file, label in entries:
+        files.setdefault(split, []).append((file, index[label]))
+    notes = []
+    if repeated:
+        notes.append(f"{repeated} row(s) of {str(path)!r} list a file already listed; the first row of each is used")
+    if missing:
+        notes.append(f"{len(missing)} file(s) listed in {str(path)!r} do not exist (listed in bad_files.txt)")
+    return ImageFiles(path, class_names, {s: files[s] for s in ("train", "val", "test") if s in files}, notes)
+
+
+def _columns(header: list[str], path: Path, path_column: str | None, label_column: str | None
+             ) -> tuple[int, int, int | None]:
+    """The positions of the path, label and (None: no such column) split columns in ``header``.
+
+    Raises:
+        UsageError: If a column is missing, or the path and the label are the same column.
+    """
     named = {name.lower() for name in header} & {*PATH_COLUMNS, *LABEL_COLUMNS}
     if path_column is None and label_column is None and len(header) == 2 and not named:
         path_at, label_at = 0, 1
@@ -148,8 +184,20 @@ def scan_labels_file(
     lowered = [name.lower() for name in header]
     split_at = lowered.index(SPLIT_COLUMN) if SPLIT_COLUMN in lowered and lowered.index(SPLIT_COLUMN) not in (
         path_at, label_at) else None
+    return path_at, label_at, split_at
 
-    entries: list[tuple[str, Path, str]] = []  # (split, file, label)
+
+def _entries(rows: list[list[str]], header: list[str], path: Path, root: Path,
+             columns: tuple[int, int, int | None], *, paths_outside_root: bool
+             ) -> tuple[list[tuple[str, Path, str]], int]:
+    """Each row as ``(split, file, label)``, a file listed again left out, and how many were.
+
+    Raises:
+        UsageError: On a row without a path or label, an unknown split, or a path that leaves the image root
+            (without ``paths_outside_root``).
+    """
+    path_at, label_at, split_at = columns
+    entries: list[tuple[str, Path, str]] = []
     seen: set[Path] = set()
     repeated = 0
     for number, row in enumerate(rows, start=2):  # line 1 is the header
@@ -177,28 +225,4 @@ def scan_labels_file(
             continue
         seen.add(file)
         entries.append((split, file, label))
-
-    missing = [file for _, file, _ in entries if not file.exists()]
-    if len(missing) > MISSING_LIMIT * len(entries):
-        raise UsageError(f"{len(missing)} of the {len(entries)} files listed in {str(path)!r} do not exist under "
-                         f"{str(root)!r} (the first: {str(missing[0])!r}); set --image-root to the folder the "
-                         "paths start from")
-    train_labels = {label for split, _, label in entries if split == "train"}
-    if not train_labels:
-        raise UsageError(f"labels file {str(path)!r} has no rows of the train split")
-    others = sorted({label for split, _, label in entries if split != "train"} - train_labels)
-    if others:
-        raise UsageError(f"labels file {str(path)!r}: labels in val or test rows that no train row has: "
-                         f"{', '.join(others[:10])}")
-    class_names = sort_classes(train_labels)
-    index = {name: k for k, name in enumerate(class_names)}
-    files: dict[str, list[tuple[ImageSource, int]]] = {"train": []}
-    for split, file, label in entries:
-        files.setdefault(split, []).append((file, index[label]))
-    notes = []
-    if repeated:
-        notes.append(f"{repeated} row(s) of {str(path)!r} list a file already listed; the first row of each is used")
-    if missing:
-        notes.append(f"{len(missing)} file(s) listed in {str(path)!r} do not exist (listed in bad_files.txt)")
-    return ImageFiles(path, class_names, {s: files[s] for s in ("train", "val", "test") if s in files}, notes)
-
+    return entries, repeated

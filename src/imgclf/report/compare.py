@@ -142,36 +142,8 @@ def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_da
     figures = {"robustness": robustness_comparison(runs), "validation": validation_comparison(runs)}
     encoded = embed_figures(figures, folder.figures)
 
-    rows: list[dict[str, Any]] = []
-    summary: list[dict[str, Any]] = []
-    for run in runs:
-        clean = run.metrics.clean
-        worst = run.worst_case()
-        seconds = run.metrics.timing.get("train_seconds")
-        calibration, corrupted = run.metrics.calibration, run.metrics.corruptions
-        rows.append({
-            "name": run.name, "path": str(run.path), "model": run.metrics.model, "training": run.training,
-            "accuracy": percent(clean.accuracy if clean else None),
-            "macro_f1": f"{clean.macro_f1:.4f}" if clean else "–",
-            "ece": percent(calibration.test.ece if calibration else None),
-            "ece_scaled": percent(calibration.test_scaled.ece if calibration else None),
-            "corruption_error": percent(corrupted.mean_error if corrupted else None),
-            "mce": "–" if corrupted is None or corrupted.mce is None else
-                   f"{percent(corrupted.mce)} ({Path(corrupted.baseline or '').name})",
-            "robust": [percent(worst.get(eps)) for eps in eps_values],
-            "train_time": "–" if seconds is None else f"{seconds:.0f} s",
-            "warnings": run.metrics.attack.warnings if run.metrics.attack else [],
-        })
-        summary.append({"run": str(run.path), "model": run.metrics.model, "dataset": run.metrics.dataset,
-                        "training": run.training, "test_accuracy": clean.accuracy if clean else None,
-                        "macro_f1": clean.macro_f1 if clean else None,
-                        "ece": calibration.test.ece if calibration else None,
-                        "ece_temperature_scaled": calibration.test_scaled.ece if calibration else None,
-                        "mean_corruption_error": corrupted.mean_error if corrupted else None,
-                        "mce": corrupted.mce if corrupted else None,
-                        "relative_mce": corrupted.relative_mce if corrupted else None,
-                        "worst_case_robust_accuracy": worst,
-                        "train_seconds": seconds})
+    rows = [_table_row(run, eps_values) for run in runs]
+    summary = [_summary(run) for run in runs]
     colour = all(run.colour for run in runs)  # 8/255 only where every run is of colour images
     html = jinja_environment().get_template("compare.html.j2").render(
         rows=rows, figures=encoded, version=__version__,
@@ -185,3 +157,38 @@ def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_da
     path = folder.file("compare.html")
     atomic_write_text(path, html)
     return path
+
+
+def _table_row(run: ComparedRun, eps_values: list[float]) -> dict[str, Any]:
+    """One run's row of the page's table, its numbers as text (``–`` where the run has none)."""
+    clean, worst = run.metrics.clean, run.worst_case()
+    seconds = run.metrics.timing.get("train_seconds")
+    calibration, corrupted = run.metrics.calibration, run.metrics.corruptions
+    return {
+        "name": run.name, "path": str(run.path), "model": run.metrics.model, "training": run.training,
+        "accuracy": percent(clean.accuracy if clean else None),
+        "macro_f1": f"{clean.macro_f1:.4f}" if clean else "–",
+        "ece": percent(calibration.test.ece if calibration else None),
+        "ece_scaled": percent(calibration.test_scaled.ece if calibration else None),
+        "corruption_error": percent(corrupted.mean_error if corrupted else None),
+        "mce": "–" if corrupted is None or corrupted.mce is None else
+               f"{percent(corrupted.mce)} ({Path(corrupted.baseline or '').name})",
+        "robust": [percent(worst.get(eps)) for eps in eps_values],
+        "train_time": "–" if seconds is None else f"{seconds:.0f} s",
+        "warnings": run.metrics.attack.warnings if run.metrics.attack else [],
+    }
+
+
+def _summary(run: ComparedRun) -> dict[str, Any]:
+    """One run's entry of ``comparison.json``: the numbers themselves (None where the run has none)."""
+    clean, calibration, corrupted = run.metrics.clean, run.metrics.calibration, run.metrics.corruptions
+    return {"run": str(run.path), "model": run.metrics.model, "dataset": run.metrics.dataset,
+            "training": run.training, "test_accuracy": clean.accuracy if clean else None,
+            "macro_f1": clean.macro_f1 if clean else None,
+            "ece": calibration.test.ece if calibration else None,
+            "ece_temperature_scaled": calibration.test_scaled.ece if calibration else None,
+            "mean_corruption_error": corrupted.mean_error if corrupted else None,
+            "mce": corrupted.mce if corrupted else None,
+            "relative_mce": corrupted.relative_mce if corrupted else None,
+            "worst_case_robust_accuracy": run.worst_case(),
+            "train_seconds": run.metrics.timing.get("train_seconds")}

@@ -67,8 +67,36 @@ def build_figures(folder: RunFolder) -> dict[str, Figure]:
 
 
 def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dict[str, Figure]:
+    """Every figure the folder's record allows, by name, in the report's order."""
     class_names = _class_names(metrics, info)
     colour = _input_shape(metrics, info)[0] == 3
+    figures = _training_figures(folder, metrics)
+    if metrics.clean:
+        figures["confusion_matrix"] = confusion_matrix_figure(metrics.clean.confusion_matrix, class_names)
+    figures.update(_sample_figures(folder, class_names))
+    if metrics.calibration is not None:
+        c = metrics.calibration
+        panels: list[tuple[str, CalibrationMetrics, CalibrationMetrics | None]] = [
+            ("Clean test images", c.test, c.test_scaled)]
+        telling = _telling_calibration(metrics)
+        if telling is not None:
+            panels.append((f"Worst-case adversarial images, eps {eps_label(telling.eps, colour)}", telling.metrics,
+                           None))
+        figures["reliability"] = reliability_figure(panels)
+    figures.update(_corruption_figures(folder, metrics, class_names))
+    explained = folder.read_arrays(record.EXPLANATIONS)
+    if explained is not None and {"clean", "labels", "clean_pred", "clean_maps", "method"} <= set(explained):
+        eps = float(explained["eps"]) if "eps" in explained else None
+        figures["explanations"] = _drawn(folder.file(record.EXPLANATIONS), lambda: explanation_figure(
+            {**explained, "labels": _labels(explained["labels"], class_names),
+             "clean_pred": _labels(explained["clean_pred"], class_names)}, class_names,
+            eps_text=eps_label(eps, colour) if eps is not None else ""))
+    figures.update(_evaluation_figures(folder, metrics, class_names, colour))
+    return figures
+
+
+def _training_figures(folder: RunFolder, metrics: Metrics) -> dict[str, Figure]:
+    """The training curves and the learning-rate range test, where the folder has them."""
     figures: dict[str, Figure] = {}
     history = folder.read_csv(record.HISTORY)
     if history:
@@ -79,8 +107,12 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
                                               [row["smoothed"] for row in curve],
                                               suggestion=metrics.lr_finder.suggestion,
                                               minimum_lr=metrics.lr_finder.minimum_lr)
-    if metrics.clean:
-        figures["confusion_matrix"] = confusion_matrix_figure(metrics.clean.confusion_matrix, class_names)
+    return figures
+
+
+def _sample_figures(folder: RunFolder, class_names: list[str]) -> dict[str, Figure]:
+    """Random and misclassified test images with their predictions (``samples.npz``)."""
+    figures: dict[str, Figure] = {}
     samples = folder.read_arrays(record.SAMPLES)
     samples_file = folder.file(record.SAMPLES)
     if samples is not None and len(_array(samples, "labels", samples_file)):
@@ -91,35 +123,34 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
         figures["mistakes"] = _drawn(samples_file, lambda: prediction_grid(
             samples["error_images"], _labels(samples["error_labels"], class_names),
             _labels(samples["error_predictions"], class_names), class_names, title="Misclassified test images"))
-    if metrics.calibration is not None:
-        c = metrics.calibration
-        panels: list[tuple[str, CalibrationMetrics, CalibrationMetrics | None]] = [
-            ("Clean test images", c.test, c.test_scaled)]
-        telling = _telling_calibration(metrics)
-        if telling is not None:
-            panels.append((f"Worst-case adversarial images, eps {eps_label(telling.eps, colour)}", telling.metrics,
-                           None))
-        figures["reliability"] = reliability_figure(panels)
+    return figures
+
+
+def _corruption_figures(folder: RunFolder, metrics: Metrics, class_names: list[str]) -> dict[str, Figure]:
+    """Accuracy under each corruption and severity, and one image under all of them (``corruptions.npz``)."""
+    figures: dict[str, Figure] = {}
     corrupted = metrics.corruptions
-    if corrupted is not None and corrupted.entries:
-        names, levels = corrupted.corruptions, corrupted.severities
-        table = np.array([[np.nan if (a := corrupted.accuracy(n, s)) is None else a for s in levels] for n in names])
-        figures["corruptions"] = corruption_figure(table, [_corruption_title(n) for n in names], levels,
-                                                   corrupted.clean_accuracy)
-        grid = folder.read_arrays(record.CORRUPTION_SAMPLES)
-        if grid is not None and {"images", "label", "predictions", "corruptions", "severities"} <= set(grid):
-            figures["corruption_samples"] = _drawn(folder.file(record.CORRUPTION_SAMPLES), lambda: (
-                corruption_samples_figure(grid["images"], int(grid["label"]), _labels(grid["predictions"], class_names),
-                                          [_corruption_title(str(n)) for n in grid["corruptions"]],
-                                          [int(v) for v in grid["severities"]], class_names)))
-    explained = folder.read_arrays(record.EXPLANATIONS)
-    if explained is not None and {"clean", "labels", "clean_pred", "clean_maps", "method"} <= set(explained):
-        eps = float(explained["eps"]) if "eps" in explained else None
-        figures["explanations"] = _drawn(folder.file(record.EXPLANATIONS), lambda: explanation_figure(
-            {**explained, "labels": _labels(explained["labels"], class_names),
-             "clean_pred": _labels(explained["clean_pred"], class_names)}, class_names,
-            eps_text=eps_label(eps, colour) if eps is not None else ""))
-    for evaluation in metrics.evaluations:  # oldest first; the newest also under the plain names
+    if corrupted is None or not corrupted.entries:
+        return figures
+    names, levels = corrupted.corruptions, corrupted.severities
+    table = np.array([[np.nan if (a := corrupted.accuracy(n, s)) is None else a for s in levels] for n in names])
+    figures["corruptions"] = corruption_figure(table, [_corruption_title(n) for n in names], levels,
+                                               corrupted.clean_accuracy)
+    grid = folder.read_arrays(record.CORRUPTION_SAMPLES)
+    if grid is not None and {"images", "label", "predictions", "corruptions", "severities"} <= set(grid):
+        figures["corruption_samples"] = _drawn(folder.file(record.CORRUPTION_SAMPLES), lambda: (
+            corruption_samples_figure(grid["images"], int(grid["label"]), _labels(grid["predictions"], class_names),
+                                      [_corruption_title(str(n)) for n in grid["corruptions"]],
+                                      [int(v) for v in grid["severities"]], class_names)))
+    return figures
+
+
+def _evaluation_figures(folder: RunFolder, metrics: Metrics, class_names: list[str], colour: bool
+                        ) -> dict[str, Figure]:
+    """Each robustness evaluation's curve and adversarial examples, oldest first; the newest's also under the
+    plain names ``robustness`` and ``adversarial``."""
+    figures: dict[str, Figure] = {}
+    for evaluation in metrics.evaluations:
         newest = evaluation is metrics.latest
         if evaluation.robustness:
             figure = robustness_curve(evaluation.robustness, evaluation.attack.clean_accuracy, colour=colour)
