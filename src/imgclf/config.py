@@ -16,6 +16,7 @@ back with ``--config`` to repeat the run.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import types
 import typing
@@ -407,17 +408,22 @@ def _attack_options_inside(attack: Any) -> Any:
     """
     if not isinstance(attack, dict):
         return attack  # (refused by the section's own check)
-    fields = {f.name for f in dataclasses.fields(AttackConfig)}
+    fields = [f.name for f in dataclasses.fields(AttackConfig)]
     declared = attack_options()
     options = attack.get("options") or {}
     if not isinstance(options, dict):
         raise UsageError(f"attack.options must be a mapping of the attacks' own options, got {options!r}")
+    stray = [key for key in attack if key not in fields and key not in declared]
+    if stray:  # (a setting of the section or an attack's option: both are valid here)
+        valid = [*fields, *declared]
+        close = difflib.get_close_matches(str(stray[0]), valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown setting attack.{stray[0]!r}{hint}; valid settings in 'attack': {', '.join(valid)}")
     moved = {key: value for key, value in attack.items() if key not in fields and key in declared}
     options = {**options, **moved}
     unknown = [key for key in options if key not in declared]
     if unknown:
-        raise UsageError(f"unknown attack option {unknown[0]!r}; the attacks' own options: "
-                         f"{', '.join(declared) or 'none'} (`imgclf attacks` lists them)")
+        raise unknown_choice("attack option", unknown[0], declared)
     parsed = {key: declared[key].parse(value, f"attack.{key}") for key, value in options.items()}
     return {**{key: value for key, value in attack.items() if key not in moved}, "options": parsed}
 
