@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from imgclf.training import TrainResult
 
 
-@dataclass
+@dataclass(eq=False, repr=False)  # (identity equality and a short repr: a run holds a model and data)
 class RunParts:
     """One run's folder, settings, data and model, as the stages take them.
 
