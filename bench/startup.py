@@ -31,6 +31,7 @@ COMMANDS = {
     "unknown corruption (--corruptions smok)": ["run", "--corruptions", "smok"],
     "unknown augmentation (--augment flipp)": ["run", "--augment", "flipp"],
     "unknown recipe (--recipe nosuch)": ["train", "--recipe", "nosuch"],
+    "unknown preset (--preset ful)": ["run", "--preset", "ful"],
     "imgclf datasets": ["datasets"],
     "imgclf models": ["models"],
     "imgclf attacks": ["attacks"],

@@ -178,43 +178,59 @@ def lr_range_test(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format).train()
     order = generator(seed)
-    losses: list[float] = []
-    average, best, stopped = 0.0, float("inf"), "reached end_lr"
+    sweep = _Sweep(lrs)
 
     def batches() -> Any:
         while True:
             for images, labels in iterate_batches(data.train, batch_size=config.batch_size, device=device,
                                                   shuffle=True, generator=order, augment=augment,
                                                   sample_weights=sample_weights):
-                if len(losses) >= steps or stopped != "reached end_lr":
+                if len(sweep.losses) >= steps or sweep.stopped != "reached end_lr":
                     return
                 yield images.contiguous(memory_format=memory_format), labels
 
-    def record(loss: torch.Tensor, _lr: float) -> None:
-        nonlocal average, best, stopped
-        value = float(loss)
-        losses.append(value)
-        average = SMOOTHING * average + (1 - SMOOTHING) * value
-        corrected = average / (1 - SMOOTHING ** len(losses))  # bias correction of the zero start
-        best = min(best, corrected)
-        if not np.isfinite(corrected) or corrected > DIVERGENCE * best:
-            stopped = f"loss diverged at lr {lrs[len(losses) - 1]:.3g}"
-
     train_one_epoch(model, batches(), optimizer=optimizer, schedule=schedule, loss_fn=loss_fn,
                     mixing=build_mixing(config, data.spec.num_classes), amp_dtype=amp_dtype, scaler=scaler,
-                    grad_clip=config.grad_clip, on_step=record)
-    done = len(losses)
-    window = max(5, int(MEDIAN_WINDOW * steps) // 2 * 2 + 1)  # odd
-    raw = np.asarray(losses)
-    finite = np.isfinite(raw)
-    curve_lrs = lrs[:done][finite]
-    curve = running_median(raw[finite], window)
-    suggestion = suggest(curve_lrs, curve)
-    smoothed = np.full(done, np.nan)
-    smoothed[finite] = curve
-    return LRFinderResult(
-        lrs=[float(v) for v in lrs[:done]], losses=losses, smoothed=[float(v) for v in smoothed],
-        summary=LRFinderRecord(suggestion=suggestion, minimum_lr=float(curve_lrs[int(np.argmin(curve))]),
-                               stopped=stopped, start_lr=start_lr, end_lr=end_lr, steps=steps,
-                               seconds=time.perf_counter() - began),
-    )
+                    grad_clip=config.grad_clip, on_step=sweep.record)
+    return sweep.result(start_lr=start_lr, end_lr=end_lr, steps=steps, seconds=time.perf_counter() - began)
+
+
+class _Sweep:
+    """The range test's losses as they come, the divergence stop, and the result.
+
+    Args:
+        lrs: The learning rate of each step, ``float64`` ``(steps,)``.
+    """
+
+    def __init__(self, lrs: np.ndarray):
+        self.lrs = lrs
+        self.losses: list[float] = []
+        self.average, self.best, self.stopped = 0.0, float("inf"), "reached end_lr"
+
+    def record(self, loss: torch.Tensor, _lr: float) -> None:
+        """One step's loss; the test stops once the bias-corrected moving average exceeds
+        :data:`DIVERGENCE` times its best value (or is not finite)."""
+        value = float(loss)
+        self.losses.append(value)
+        self.average = SMOOTHING * self.average + (1 - SMOOTHING) * value
+        corrected = self.average / (1 - SMOOTHING ** len(self.losses))  # bias correction of the zero start
+        self.best = min(self.best, corrected)
+        if not np.isfinite(corrected) or corrected > DIVERGENCE * self.best:
+            self.stopped = f"loss diverged at lr {self.lrs[len(self.losses) - 1]:.3g}"
+
+    def result(self, *, start_lr: float, end_lr: float, steps: int, seconds: float) -> LRFinderResult:
+        """The curve (a running median of the finite losses) and the suggestion."""
+        done, lrs = len(self.losses), self.lrs
+        window = max(5, int(MEDIAN_WINDOW * steps) // 2 * 2 + 1)  # odd
+        raw = np.asarray(self.losses)
+        finite = np.isfinite(raw)
+        curve_lrs = lrs[:done][finite]
+        curve = running_median(raw[finite], window)
+        smoothed = np.full(done, np.nan)
+        smoothed[finite] = curve
+        return LRFinderResult(
+            lrs=[float(v) for v in lrs[:done]], losses=self.losses, smoothed=[float(v) for v in smoothed],
+            summary=LRFinderRecord(suggestion=suggest(curve_lrs, curve),
+                                   minimum_lr=float(curve_lrs[int(np.argmin(curve))]), stopped=self.stopped,
+                                   start_lr=start_lr, end_lr=end_lr, steps=steps, seconds=seconds),
+        )

@@ -101,39 +101,47 @@ def apgd(
     if classes < min_classes(loss, target is not None):
         raise ValueError(f"the {'targeted ' if target is not None else ''}DLR loss needs at least "
                          f"{min_classes(loss, target is not None)} classes, the model has {classes}")
-    first_check = max(int(0.22 * steps), 1)
-    shrink, shortest = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
     todo = torch.arange(len(x), device=x.device)
     for _ in range(restarts):
         if not len(todo):
             break
         s, logits = _first_state(model, x, labels, target, todo, eps=eps, norm=norm, loss=loss, generator=generator)
-        period, since = first_check, 0
         s = _set_aside(s, fooled(logits, s["y"], s.get("t")), result)
-        for step in range(steps):
-            if not len(s["todo"]):
-                break
-            a = momentum if step > 0 else 1.0
-            adv, prev, clean = s["adv"], s["prev"], s["clean"]
-            z = project(adv + s["eta"] * steepest_step(s["grad"], norm), clean, eps, norm)
-            s["prev"] = adv
-            s["adv"] = project(adv + a * (z - adv) + (1 - a) * (adv - prev), clean, eps, norm)
-            objective = get_loss(loss, s["y"], s.get("t"))
-            logits, s["grad"] = logits_and_gradient(model, s["adv"], objective)
-            value = objective(logits)
-            s["rises"] += (value > s["loss"]).float()
-            s["loss"] = value
-            better = value > s["best_loss"]
-            s["best"][better], s["best_grad"][better], s["best_loss"][better] = (
-                s["adv"][better], s["grad"][better], value[better])
-            since += 1
-            if since == period:
-                _checkpoint(s, period, rho)
-                period, since = max(period - shrink, shortest), 0
-            s = _set_aside(s, fooled(logits, s["y"], s.get("t")), result)
+        s = _iterate(model, s, result, eps=eps, norm=norm, loss=loss, steps=steps, rho=rho, momentum=momentum)
         result[s["todo"]] = s["best"]  # unbroken: the highest-loss point of the latest restart
         todo = s["todo"]
     return result
+
+
+def _iterate(model: torch.nn.Module, s: dict[str, torch.Tensor], result: torch.Tensor, *, eps: float, norm: str,
+             loss: str, steps: int, rho: float, momentum: float) -> dict[str, torch.Tensor]:
+    """One restart's ``steps`` momentum steps from the state ``s`` (see :func:`apgd`), the step size checked at
+    the checkpoints; an example is written to ``result`` and dropped once it is fooled. Returns the state of
+    the examples still unbroken."""
+    period, since = max(int(0.22 * steps), 1), 0
+    shrink, shortest = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    for step in range(steps):
+        if not len(s["todo"]):
+            break
+        a = momentum if step > 0 else 1.0
+        adv, prev, clean = s["adv"], s["prev"], s["clean"]
+        z = project(adv + s["eta"] * steepest_step(s["grad"], norm), clean, eps, norm)
+        s["prev"] = adv
+        s["adv"] = project(adv + a * (z - adv) + (1 - a) * (adv - prev), clean, eps, norm)
+        objective = get_loss(loss, s["y"], s.get("t"))
+        logits, s["grad"] = logits_and_gradient(model, s["adv"], objective)
+        value = objective(logits)
+        s["rises"] += (value > s["loss"]).float()
+        s["loss"] = value
+        better = value > s["best_loss"]
+        s["best"][better], s["best_grad"][better], s["best_loss"][better] = (
+            s["adv"][better], s["grad"][better], value[better])
+        since += 1
+        if since == period:
+            _checkpoint(s, period, rho)
+            period, since = max(period - shrink, shortest), 0
+        s = _set_aside(s, fooled(logits, s["y"], s.get("t")), result)
+    return s
 
 
 def _first_state(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None,
