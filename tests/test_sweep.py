@@ -139,3 +139,18 @@ def test_a_resumed_sweep_draws_new_settings_and_runs_again_the_trial_of_a_killed
     assert len(done) == 4 and len(trials) == 5
     first, later = [t.params for t in done[:2]], [t.params for t in done[2:]]
     assert all(params not in first for params in later)  # the second process did not repeat the first's draws
+
+
+def test_two_processes_asking_at_once_for_the_last_trial_run_exactly_one():
+    """The race behind a shared study: with one trial left, two processes ask at once; the trial with the lower
+    number runs and the other is the surplus (counting every trial, both would give up)."""
+    from imgclf.sweep import _counted
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    for _ in range(7):
+        study.tell(study.ask(), 0.5)
+    first, second = study.ask(), study.ask()  # both asked before either counted
+    assert _counted(study) == 9
+    assert _counted(study, before=first.number) == 7  # runs: the 8th trial
+    assert _counted(study, before=second.number) == 8  # surplus

@@ -263,7 +263,9 @@ def _run_trials(spec: SweepSpec, quiet: bool) -> Path:
 
     while _counted(study) < spec.trials:
         trial = study.ask()
-        if _counted(study) > spec.trials:  # another process took the last trial between the count and the ask
+        if _counted(study, before=trial.number) >= spec.trials:  # another process took the last trial between
+            # the count and the ask: the trial with the lower number runs (deciding by the count of all trials,
+            # two processes asking at once would each see the other's trial and both give up)
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             break
@@ -338,16 +340,21 @@ def _open_study(spec: SweepSpec, pruner):
             raise UsageError(f"cannot open Optuna storage {spec.storage!r}: {error}") from None
 
 
-def _counted(study) -> int:
+def _counted(study, *, before: int | None = None) -> int:
     """Trials that count toward ``trials``: finished, pruned, running (in this or another live
     process), or failed on settings the configuration rejects. A trial that crashed, was
-    interrupted or whose process was killed (failed by the heartbeat) is run again."""
+    interrupted or whose process was killed (failed by the heartbeat) is run again.
+
+    Args:
+        before: Count only the trials numbered below this one (the study numbers trials in the order they
+            were asked for)."""
     import optuna
 
     state = optuna.trial.TrialState
     return sum(t.state in (state.COMPLETE, state.PRUNED, state.RUNNING)
                or (t.state == state.FAIL and "error" in t.user_attrs)
-               for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus"))
+               for t in study.get_trials(deepcopy=False)
+               if not t.user_attrs.get("surplus") and (before is None or t.number < before))
 
 
 def _params_text(params: dict[str, Any]) -> str:
