@@ -954,7 +954,7 @@ def _check_hub_first(overrides: dict[str, Any]) -> None:
 
     name = overrides.get("model.name")
     if isinstance(name, str) and overrides.get("model.options.pretrained") is True:
-        check_pretrained(ModelConfig(name=name, options={"pretrained": True}))
+        check_pretrained(ModelConfig(name=name).source)
 
 
 def _flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:

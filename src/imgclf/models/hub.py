@@ -15,24 +15,24 @@ from urllib.parse import urlparse
 from imgclf.errors import UsageError
 
 if TYPE_CHECKING:
-    from imgclf.config import ModelConfig
+    from imgclf.models.source import ModelSource
 
 #: Seconds a hub server gets to answer before imgclf says it cannot be reached.
 HUB_TIMEOUT = 1.5
 
 
-def check_pretrained(model: ModelConfig) -> None:
-    """With ``pretrained=true``, fail at once, in one line, when the library's weights are neither cached nor
-    downloadable (huggingface_hub would otherwise retry for about a minute). It imports no torch, so the command
-    line calls it before anything heavy is loaded; the builders call it again.
+def check_pretrained(source: ModelSource) -> None:
+    """For a model with ``pretrained=true`` (``source``: what ``--model`` names), fail at once, in one line,
+    when the library's weights are neither cached nor downloadable (huggingface_hub would otherwise retry for
+    about a minute). It imports no torch, so the command line calls it before anything heavy is loaded; the
+    builders call it again.
 
     ``IMGCLF_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1`` for timm) says there is no network: no connection is tried.
 
     Raises:
         UsageError: Naming the model and saying how to pass a local weights file instead.
     """
-    source = model.source
-    if model.options.get("pretrained") is True and source.kind in ("timm", "torchvision"):
+    if source.kind in ("timm", "torchvision"):
         require_hub(source.kind, source.target)
 
 
