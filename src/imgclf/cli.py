@@ -932,9 +932,9 @@ def _lr_find(args: argparse.Namespace) -> int:
     taken = [str(path) for path in (figure_path, curve_path) if path.exists()]
     if taken:
         raise UsageError(f"{' and '.join(taken)} exist{'s' if len(taken) == 1 else ''}; choose another --out")
-    from imgclf.pipeline import find_lr
     from imgclf.report.plots import lr_finder_figure, save_figure
     from imgclf.run_folder import RunFolder
+    from imgclf.stages.train import find_lr
 
     found = find_lr(config, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, quiet=args.quiet)
     figure_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1031,7 +1031,7 @@ def _evaluate_model(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from imgclf.pipeline import report_folder
+    from imgclf.stages.report import report_folder
 
     report_folder(args.run_dir)
     return 0

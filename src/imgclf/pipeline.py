@@ -29,11 +29,6 @@ from imgclf.stages import attack, corrupt, evaluate, explain, report, store, tra
 from imgclf.stages.parts import RunParts
 from imgclf.training import TrainResult
 
-#: ``imgclf report RUN``: the report of any run folder from what it holds.
-report_folder = report.report_folder
-#: ``imgclf lr-find``: the learning-rate range test.
-find_lr = train.find_lr
-
 
 class Run(RunParts):
     """One run folder with its configuration, typed settings, data splits and model: the Python API.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from imgclf.constraints import Constraint, Interval
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, unknown_choice
 
 if TYPE_CHECKING:
     import torch
@@ -299,13 +299,10 @@ def options_of(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         UsageError: On an option no registered attack owns (naming the valid ones), or an invalid value.
     """
-    declared = {option.name: option for known in ATTACKS.values() for option in known.options}
+    declared = attack_options()
     unknown = [key for key in given if key not in declared]
     if unknown:
-        owners = {option: [n for n, info in ATTACKS.items() if option in {o.name for o in info.options}]
-                  for option in declared}
-        valid = ", ".join(f"{option} ({', '.join(names)})" for option, names in owners.items()) or "none"
-        raise UsageError(f"unknown attack option {unknown[0]!r}; the attacks' own options: {valid}")
+        raise unknown_choice("attack option", unknown[0], declared)
     own = attack_info(name).options
     return {option.name: option.parse(given[option.name], f"attack.{option.name}")
             if option.name in given else option.default for option in own}
