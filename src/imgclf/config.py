@@ -27,7 +27,15 @@ from typing import Any
 
 import yaml
 
-from imgclf.attacks.registry import ATTACK_PRESETS, ATTACKS, NORMS, attack_options, expand_attacks, targetable_attacks
+from imgclf.attacks.registry import (
+    ATTACK_PRESETS,
+    ATTACKS,
+    NORMS,
+    attack_options,
+    expand_attacks,
+    parse_options,
+    targetable_attacks,
+)
 from imgclf.constraints import CountOrAll, Interval, Options, OrWord, check_fields, setting
 from imgclf.corruptions.registry import SeveritySetting, corruption_choices
 from imgclf.data.augment import AugmentSetting
@@ -420,11 +428,7 @@ def _attack_options_inside(attack: Any) -> Any:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UsageError(f"unknown setting attack.{stray[0]!r}{hint}; valid settings in 'attack': {', '.join(valid)}")
     moved = {key: value for key, value in attack.items() if key not in fields and key in declared}
-    options = {**options, **moved}
-    unknown = [key for key in options if key not in declared]
-    if unknown:
-        raise unknown_choice("attack option", unknown[0], declared)
-    parsed = {key: declared[key].parse(value, f"attack.{key}") for key, value in options.items()}
+    parsed = parse_options({**options, **moved})
     return {**{key: value for key, value in attack.items() if key not in moved}, "options": parsed}
 
 

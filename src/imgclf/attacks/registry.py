@@ -292,9 +292,9 @@ def attack_options() -> dict[str, AttackOption]:
     return {option.name: option for info in ATTACKS.values() for option in info.options}
 
 
-def options_of(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Attack ``name``'s own options: ``given``'s values (checked) over the declared defaults; options that
-    other attacks own are left out.
+def parse_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The attacks' own options in ``given`` (from YAML, flags or Python), each read as its declared type
+    and checked (:meth:`AttackOption.parse`).
 
     Raises:
         UsageError: On an option no registered attack owns (naming the valid ones), or an invalid value.
@@ -303,9 +303,18 @@ def options_of(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
     unknown = [key for key in given if key not in declared]
     if unknown:
         raise unknown_choice("attack option", unknown[0], declared)
-    own = attack_info(name).options
-    return {option.name: option.parse(given[option.name], f"attack.{option.name}")
-            if option.name in given else option.default for option in own}
+    return {key: declared[key].parse(value, f"attack.{key}") for key, value in given.items()}
+
+
+def options_of(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Attack ``name``'s own options: ``given``'s values (checked, :func:`parse_options`) over the declared
+    defaults; options that other attacks own are left out.
+
+    Raises:
+        UsageError: On an option no registered attack owns (naming the valid ones), or an invalid value.
+    """
+    parsed = parse_options(given)
+    return {option.name: parsed.get(option.name, option.default) for option in attack_info(name).options}
 
 
 def targetable_attacks() -> tuple[str, ...]:
