@@ -1,9 +1,11 @@
 """Benchmark: imgclf's PGD against torchattacks and the Adversarial Robustness Toolbox.
 
-Target (issue "robustness evaluation that can be trusted"): on a ``simple-cnn``
-trained on MNIST, PGD-20 (L-inf, eps 0.1, step 0.01, random start) on 2,000
-test images: imgclf's robust accuracy within 1 point of torchattacks' and ART's,
-and its wall time at most 0.8 times the faster of the two.
+Targets: on a ``simple-cnn`` trained on MNIST, PGD-20 (L-inf, eps 0.1, step 0.01,
+random start) on 2,000 test images: imgclf's robust accuracy within 1 point of
+torchattacks' and ART's; ``imgclf.attacks.pgd`` given all 2,000 images in one call
+(it batches them itself) at most 0.6 times ART's wall time with ART's batch of
+``--batch-size`` (256), and imgclf in the caller's batches at most 0.8 times the
+faster of the two.
 
 All three attack the same model (loaded from an imgclf run folder, in eval
 mode, on the CPU or with ``--device cuda`` the GPU) with the same images, settings and batch size; each is
@@ -64,7 +66,7 @@ def main() -> int:
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where all three attack")
     args = parser.parse_args()
@@ -93,6 +95,10 @@ def main() -> int:
         return torch.cat([pgd(model, images[i:i + bs], labels[i:i + bs], eps=eps, alpha=alpha, steps=steps,
                               generator=gen) for i in range(0, len(images), bs)])
 
+    def ours_one_call(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        gen = torch.Generator(x.device).manual_seed(0)
+        return pgd(model, images, labels, eps=eps, alpha=alpha, steps=steps, generator=gen)
+
     ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
 
     def theirs_torchattacks(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -107,7 +113,7 @@ def main() -> int:
     def theirs_art(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(art_pgd.generate(images.cpu().numpy(), labels.cpu().numpy())).to(images.device)
 
-    implementations = {"imgclf": ours, "torchattacks": theirs_torchattacks, "ART": theirs_art}
+    implementations = {"imgclf (one call)": ours_one_call, "imgclf": ours, "torchattacks": theirs_torchattacks, "ART": theirs_art}
     for fn in implementations.values():
         fn(x[:bs], y[:bs])  # warm-up
     where = torch.cuda.get_device_name() if x.is_cuda else f"{platform.processor() or platform.machine()}, " \
@@ -123,10 +129,12 @@ def main() -> int:
         print(f"{name:>13}: robust accuracy {rows[name][0]:.4f}  {seconds:6.1f} s")
     fastest = min(rows["torchattacks"][1], rows["ART"][1])
     ratio = rows["imgclf"][1] / fastest
-    gap = max(abs(rows["imgclf"][0] - rows[k][0]) for k in ("torchattacks", "ART"))
-    print(f"imgclf time / faster reference = {ratio:.2f} (target <= 0.80); "
-          f"largest robust-accuracy gap {gap * 100:.2f} points (target <= 1)")
-    return 0 if ratio <= 0.8 and gap <= 0.01 else 1
+    one_call = rows["imgclf (one call)"][1] / rows["ART"][1]
+    gap = max(abs(rows[mine][0] - rows[k][0]) for k in ("torchattacks", "ART")
+              for mine in ("imgclf", "imgclf (one call)"))
+    print(f"imgclf time / faster reference = {ratio:.2f} (target <= 0.80); one call / ART = {one_call:.2f} "
+          f"(target <= 0.60); largest robust-accuracy gap {gap * 100:.2f} points (target <= 1)")
+    return 0 if ratio <= 0.8 and one_call <= 0.6 and gap <= 0.01 else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ An attack calls the model hundreds of times per batch, for logits (forward) and 
 and backward). This prints the time per example of both, for a run's model on 512 random images, in the
 default layout and in channels-last (which :func:`imgclf.attacks.robustness` uses), called on all 512 at
 once and in chunks (the evaluation calls the model on at most
-:data:`imgclf.attacks.robust_accuracy.CPU_CHUNK` examples at a time on the CPU).
+:data:`imgclf.attacks.core.CPU_CHUNK` examples at a time on the CPU).
 
 Usage::
 
@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from imgclf import load_model
-    from imgclf.attacks.robust_accuracy import Chunked
+    from imgclf.attacks.core import Chunked
     from imgclf.runtime import channels_last
 
     model = load_model(args.run).eval()

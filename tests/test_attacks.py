@@ -343,8 +343,7 @@ def test_evaluation_runs_channels_last_and_leaves_the_model_as_it_was(model, bat
 
 
 def test_chunked_model_gives_the_logits_and_gradients_of_one_call(model, batch):
-    from imgclf.attacks.core import logits_and_gradient
-    from imgclf.attacks.robust_accuracy import Chunked
+    from imgclf.attacks.core import Chunked, logits_and_gradient
 
     x, y = batch  # 16 examples in chunks of 5: 5, 5, 5, 1
     loss = lambda logits: F.cross_entropy(logits, y, reduction="none")  # noqa: E731
@@ -353,6 +352,30 @@ def test_chunked_model_gives_the_logits_and_gradients_of_one_call(model, batch):
     torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(parts_grad, whole_grad, rtol=1e-4, atol=1e-6)
     assert not Chunked(model, 5).eval().model.training and Chunked(model, 5).train().model.training is False
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd", "square"])
+def test_an_attack_given_more_than_its_batch_takes_the_batches_in_turn(model, batch, name):
+    """A large input is attacked batch by batch: the result of one call is that of the batches, each attacked
+    alone with the generator's draws taken in turn (and a target split with them)."""
+    import imgclf.attacks as attacks
+
+    x, y = batch  # 16 examples
+    target = (y + 1) % 5 if name in ("fgsm", "pgd", "apgd") else None
+    extra = {"target": target} if target is not None else {}
+    if name != "fgsm":
+        extra["generator"] = torch.Generator().manual_seed(3)
+    attack = getattr(attacks, name)
+    kwargs = {"steps": 5} if name in ("pgd", "apgd") else {"queries": 30} if name == "square" else {}
+    whole = attack(model, x, y, eps=0.1, batch_size=6, **kwargs, **extra)
+    gen = torch.Generator().manual_seed(3)
+    parts = [attack(model, x[i:i + 6], y[i:i + 6], eps=0.1, **kwargs,
+                    **({"target": target[i:i + 6]} if target is not None else {}),
+                    **({"generator": gen} if name != "fgsm" else {})) for i in range(0, 16, 6)]
+    torch.testing.assert_close(whole, torch.cat(parts))
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 0"):
+        attack(model, x, y, eps=0.1, batch_size=0, **kwargs)
+    assert "batch_size" in attack.__doc__
 
 
 class Probabilities(torch.nn.Module):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from imgclf.attacks.checks import sanity_checks
+from imgclf.attacks.core import CPU_CHUNK, Chunked
 from imgclf.attacks.registry import TARGET_MODES, attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult, batched_logits
 from imgclf.attacks.spec import AttackSpec
@@ -239,34 +240,6 @@ class PassCounter(ModeNeutral):
 
     def _count_backward(self, batch: int, grad: torch.Tensor) -> None:
         self.backwards += batch
-
-
-#: Examples per model call when attacking on the CPU (see :class:`Chunked`).
-CPU_CHUNK = 128
-
-
-class Chunked(ModeNeutral):
-    """``model`` called on at most ``size`` examples at a time, the outputs concatenated.
-
-    The results are those of one call (each example's logits depend on it alone in eval mode), and gradients
-    flow through every chunk. On the CPU a batch of a few hundred images spills the activations out of the
-    caches, and the memory-bound layers (ReLU, pooling and their backward passes) slow down per example;
-    attacks call the model hundreds of times per batch, so :func:`robustness` attacks through chunks of
-    :data:`CPU_CHUNK` there. GPUs want large batches and get the model as it is.
-
-    Shape:
-        As ``model``: ``(B, C, H, W)`` to logits ``(B, K)``.
-    """
-
-    def __init__(self, model: torch.nn.Module, size: int):
-        super().__init__()
-        self.model, self.size = model, size
-        self.training = model.training
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(x) <= self.size:
-            return self.model(x)
-        return torch.cat([self.model(part) for part in x.split(self.size)])
 
 
 class _Evaluation:
