@@ -19,6 +19,9 @@ from imgclf.cli import main
 from imgclf.stages.attack import BatchFiles
 
 ATTACK = ["--attack", "pgd,apgd-ce", "--eps", "0.05,0.1", "--attack-batch-size", "16"]
+#: The converging plan after PGD: its escalations are dealt the examples still standing as it goes, so a
+#: resumed plan must rebuild the same decisions from the committed units.
+PLAN = ["--attack", "pgd,plan", "--eps", "0.1", "--attack-batch-size", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,8 @@ def _evaluation(run):
     (evaluation,) = json.loads((run / "metrics.json").read_text())["evaluations"]
     rows = [{k: v for k, v in row.items() if k != "seconds"} for row in evaluation["robustness"]]
     checks = [(c["name"], c["status"], c["detail"]) for c in evaluation["attack"]["checks"]]
+    checks += [(o["eps"], o["converged"], o["reason"], [{k: v for k, v in step.items() if k != "seconds"}
+                                                         for step in o["steps"]]) for o in evaluation["attack"]["plan"]]
     saved = torch.load(run / "evaluations" / evaluation["key"] / "adversarial.pt", weights_only=True)
     return evaluation["key"], rows, checks, saved
 
@@ -46,17 +51,18 @@ def _env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
 
-def test_an_evaluation_killed_mid_way_continues_to_the_uninterrupted_numbers(digits_run, tmp_path):
+@pytest.mark.parametrize("attack", [ATTACK, PLAN], ids=["attacks", "plan"])
+def test_an_evaluation_killed_mid_way_continues_to_the_uninterrupted_numbers(digits_run, tmp_path, attack):
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     shutil.copytree(digits_run, reference)
     shutil.copytree(digits_run, stopped)
-    command = [sys.executable, "-m", "imgclf", "attack", *ATTACK, "--quiet"]
+    command = [sys.executable, "-m", "imgclf", "attack", *attack, "--quiet"]
     assert subprocess.run([*command, str(reference)], env=_env(1), timeout=600).returncode == 0
     process = subprocess.Popen([*command, str(stopped)], env=_env(1), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline:
-        if len(list(stopped.glob("evaluations/*/batches/*.pt"))) >= 12:
+        if len(list(stopped.glob("evaluations/*/batches/*.pt"))) >= (12 if attack is ATTACK else 40):
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)  # part-way: no chance to clean up
@@ -80,11 +86,12 @@ def test_an_evaluation_killed_mid_way_continues_to_the_uninterrupted_numbers(dig
 
 
 @needs_gloo
-def test_two_gloo_processes_share_an_evaluation_and_merge_it_into_one_processs_numbers(digits_run, tmp_path):
+@pytest.mark.parametrize("attack", [ATTACK, PLAN], ids=["attacks", "plan"])
+def test_two_gloo_processes_share_an_evaluation_and_merge_it_into_one_processs_numbers(digits_run, tmp_path, attack):
     single, double = tmp_path / "single", tmp_path / "double"
     shutil.copytree(digits_run, single)
     shutil.copytree(digits_run, double)
-    command = ["-m", "imgclf", "attack", *ATTACK, "--quiet"]
+    command = ["-m", "imgclf", "attack", *attack, "--quiet"]
     assert subprocess.run([sys.executable, *command, str(single)], env=_env(1), timeout=600).returncode == 0
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            *command, str(double)], env=_env(1), capture_output=True, text=True, timeout=600)

@@ -221,17 +221,21 @@ def _add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
-    from imgclf.attacks import ATTACK_PRESETS, ATTACKS, targetable_attacks
+    from imgclf.attacks import ATTACK_PRESETS, ATTACKS, PLAN, targetable_attacks
     from imgclf.attacks.registry import attack_options
 
     group = parser.add_argument_group("attacks")
     presets = ", ".join(f"{name} = {','.join(members)}" for name, members in ATTACK_PRESETS.items())
     group.add_argument("--attack", dest="attack.attacks", default=S, metavar="NAMES",
-                       help=f"comma-separated attacks or presets: {', '.join(ATTACKS)}; presets: {presets} "
-                            "(default quick; full is the standard AutoAttack ensemble)")
+                       help=f"comma-separated attacks or presets: {', '.join(ATTACKS)}, {PLAN} (the converging "
+                            f"plan); presets: {presets} (default auto; full is the standard AutoAttack ensemble)")
     group.add_argument("--preset", dest="attack.attacks", type=_preset, default=S, metavar="NAME",
-                       help=f"{' | '.join(ATTACK_PRESETS)}: quick is FGSM + PGD-20, full the standard AutoAttack "
-                            "ensemble")
+                       help=f"{' | '.join(ATTACK_PRESETS)}: auto (the default) is FGSM + PGD-20 beside the plan "
+                            "that escalates until it has converged, quick FGSM + PGD-20 alone, full the standard "
+                            "AutoAttack ensemble")
+    _flag(group, "--plan-tolerance", dest="attack.plan_tolerance", metavar="FRACTION",
+          help="the plan stops when its latest white-box and black-box escalations each fool at most this "
+               "fraction of the examples still standing")
     _flag(group, "--norm", dest="attack.norm", metavar="NORM", help="the norm that bounds the perturbation")
     _flag(group, "--eps", dest="attack.eps", metavar="LIST",
           help="radii in pixel units, e.g. 0,1/255,2/255 or 0:8/255:2/255 (default under linf "
@@ -653,7 +657,8 @@ def _list_models() -> None:
 
 
 def _list_attacks() -> None:
-    from imgclf.attacks import ATTACK_PRESETS, ATTACKS
+    from imgclf.attacks import ATTACK_PRESETS, ATTACKS, AUTO_PLAN, PLAN
+    from imgclf.attacks.registry import AUTOATTACK_PASSES, PLAN_TOLERANCE
 
     for info in ATTACKS.values():
         kind = "white box" if info.white_box else "black box"
@@ -664,6 +669,10 @@ def _list_attacks() -> None:
             print(f"  {'':<10} {option.flag} {option.metavar}: {option.help} ({option.describe()})")
     for name, members in ATTACK_PRESETS.items():
         print(f"  preset {name}: {', '.join(members)}")
+    steps = ", ".join(f"{step.attack} ({step.tag})" if step.tag else step.attack for step in AUTO_PLAN)
+    print(f"  {PLAN}: the converging plan: {steps}, each on the examples still standing, until the latest white-box "
+          f"and black-box escalations each fool at most --plan-tolerance of them (default {PLAN_TOLERANCE}) or "
+          f"AutoAttack's budget ({AUTOATTACK_PASSES:,} passes per example) is spent")
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -31,6 +31,8 @@ from imgclf.attacks.registry import (
     ATTACK_PRESETS,
     ATTACKS,
     NORMS,
+    PLAN,
+    PLAN_TOLERANCE,
     attack_options,
     expand_attacks,
     parse_options,
@@ -167,8 +169,8 @@ class AttackConfig:
     values are :class:`imgclf.settings.Settings`'s.
     """
 
-    attacks: list[str] = setting(default_factory=lambda: ["quick"],
-                                 constraint=Options("attack", lambda: (*ATTACKS, *ATTACK_PRESETS), each=True))
+    attacks: list[str] = setting(default_factory=lambda: ["auto"],
+                                 constraint=Options("attack", lambda: (*ATTACKS, *ATTACK_PRESETS, PLAN), each=True))
     norm: str = setting("linf", Options("norm", NORMS))  # the norm that bounds the perturbation
     eps: list[str] | None = None  # pixel units, e.g. ["0", "8/255"], "0:8/255:2/255"; None: by channels and norm
     examples: int | str | None = setting(1000, CountOrAll(_MAX_COUNT))  # seeded stratified test subset, or "all"
@@ -181,6 +183,7 @@ class AttackConfig:
     batch_size: int = setting(256, _BATCH)
     surrogate: str | None = None  # a run folder whose model the transfer check attacks; None: found in the model
     cascade: bool = False  # each attack only on what the earlier ones failed on (AutoAttack's way; cumulative rows)
+    plan_tolerance: float = setting(PLAN_TOLERANCE, Interval(float, 0, 1, "left"))  # plan stops: fooled share
 
 
 @dataclass
@@ -580,10 +583,14 @@ def validate(config: RunConfig) -> None:
     check_fields(config, "")
     attack, adversarial, train = config.attack, config.adversarial, config.train
     for name in expand_attacks(attack.attacks):
-        if attack.norm not in ATTACKS[name].norms:
+        if name != PLAN and attack.norm not in ATTACKS[name].norms:
             raise UsageError(f"the {name} attack is implemented for --norm {', '.join(ATTACKS[name].norms)} only; "
                              f"drop it or use {ATTACKS[name].norms[0]}")
     if attack.target is not None:
+        if PLAN in expand_attacks(attack.attacks):
+            raise UsageError("--target applies to single attacks; the converging plan (preset auto, the default) "
+                             f"is untargeted: name the attacks, e.g. --attack {','.join(targetable_attacks()[:2])} "
+                             "--target random")
         untargetable = [n for n in expand_attacks(attack.attacks) if not ATTACKS[n].targetable]
         if untargetable:
             raise UsageError(f"--target applies to {', '.join(targetable_attacks())}; {', '.join(untargetable)} "

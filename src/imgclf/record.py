@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclf.attacks.results import WORST_CASE, RobustnessEntry
+from imgclf.attacks.results import WORST_CASE, PlanOutcome, RobustnessEntry
 from imgclf.calibration import Calibration, EpsCalibration
 from imgclf.corruptions.evaluation import CorruptionEvaluation
 from imgclf.errors import UsageError
@@ -156,6 +156,7 @@ class AttackRecord:
     checks: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     cascade: bool = False  # each attack ran on what the earlier ones failed on: its row is cumulative
+    plan: list[PlanOutcome] = field(default_factory=list)  # the converging plan per eps, where it ran
 
 
 @dataclass

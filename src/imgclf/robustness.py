@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from imgclf.attacks import RobustnessResult, robustness
+from imgclf.attacks.registry import PLAN_TOLERANCE
 from imgclf.config import config_from_dict
 from imgclf.errors import UsageError
 from imgclf.settings import resolve
@@ -52,6 +53,18 @@ class RobustnessReport:
         return {row["eps"]: row["accuracy"] for row in self.rows if row["attack"] == "worst-case"}
 
     @property
+    def converged(self) -> bool:
+        """Whether the converging plan converged at every eps it ran at (False where it did not run)."""
+        return bool(self.result.plan) and all(outcome.converged for outcome in self.result.plan)
+
+    @property
+    def advice(self) -> list[str]:
+        """What to try where a check failed or the plan did not converge (:func:`imgclf.attacks.checks.advice`)."""
+        from imgclf.attacks.checks import advice
+
+        return advice(self.checks, self.result.plan)
+
+    @property
     def failed_checks(self) -> list[str]:
         """The names of the failed checks (empty: nothing suggests false robustness)."""
         return [check["name"] for check in self.checks if check["status"] == "failed"]
@@ -70,6 +83,8 @@ class RobustnessReport:
                          f"<td>{html.escape(c['detail'])}</td></tr>" for c in self.checks)
         verdict = (f"<p><strong>{len(self.failed_checks)} check(s) failed</strong>: treat the robust accuracy as "
                    "unproven.</p>" if self.failed_checks else "<p>No check failed.</p>")
+        verdict += "".join(f"<p>plan at eps {o.eps:.4g}: {html.escape(o.reason)}</p>" for o in self.result.plan)
+        verdict += "".join(f"<p>what to try: {html.escape(note)}</p>" for note in self.advice)
         return (f"<p>{self.n} images, clean accuracy {self.clean_accuracy:.4f}, {self.norm} threat model.</p>"
                 f"<table><tr>{head}</tr>{body}</table>{verdict}"
                 f"<table><tr><th>check</th><th>result</th><th>measured</th></tr>{checks}</table>")
@@ -93,7 +108,7 @@ class RobustnessReport:
         attack = AttackRecord(result.n, result.clean_accuracy, result.seed, self.norm,
                               [a for a in dict.fromkeys(row["attack"] for row in self.rows) if a != "worst-case"],
                               "the images given to imgclf.evaluate_robustness", skipped=result.skipped,
-                              checks=result.checks, warnings=result.warnings)
+                              checks=result.checks, warnings=result.warnings, plan=result.plan)
         shape = list(result.examples["clean"].shape[1:]) if "clean" in result.examples else []
         folder.write_json("metrics.json", {
             "schema_version": SCHEMA_VERSION, "dataset": "images given in Python", "model": "a torch.nn.Module",
@@ -112,7 +127,7 @@ def evaluate_robustness(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    attacks: Sequence[str] = ("quick",),
+    attacks: Sequence[str] = ("auto",),
     eps: str | float | Sequence[str | float] | None = None,
     norm: str = "linf",
     steps: int | None = None,
@@ -121,6 +136,7 @@ def evaluate_robustness(
     seed: int = 0,
     device: str | torch.device | None = None,
     class_names: Sequence[str] | None = None,
+    plan_tolerance: float = PLAN_TOLERANCE,
     **options: Any,
 ) -> RobustnessReport:
     """Robust accuracy of ``model`` on ``images`` under ``attacks`` at each ``eps``, with the sanity checks.
@@ -130,14 +146,17 @@ def evaluate_robustness(
             (and never changed otherwise). Normalization belongs inside it, so eps stays in pixel units.
         images: ``float32`` ``(N, C, H, W)`` in ``[0, 1]``.
         labels: ``int64`` ``(N,)`` in ``[0, K)``.
-        attacks: Attack names or presets (``imgclf attacks``): ``("quick",)`` is FGSM and PGD-20, ``("full",)``
-            the AutoAttack ensemble.
+        attacks: Attack names or presets (``imgclf attacks``): ``("auto",)`` is FGSM and PGD-20 beside the
+            converging plan (``"plan"``: APGD-CE, then escalations until they find nothing more), ``("quick",)``
+            FGSM and PGD-20 alone, ``("full",)`` the AutoAttack ensemble.
         eps: Radii in pixel units: ``"0,8/255"``, ``0.3``, ``[0, 0.1]`` or a range ``"0:0.3:0.1"``; None: the
             defaults for the images' channels and the norm.
         norm: ``"linf"`` or ``"l2"``.
         steps, restarts: As ``imgclf attack``'s flags (None: each attack's own steps).
         options: The attacks' own options by name, e.g. ``queries=5000`` for Square (``imgclf attacks``).
         batch_size: Images per attack batch. seed: Seeds every random draw.
+        plan_tolerance: The converging plan stops when an escalation fools at most this fraction of the examples
+            still standing, in ``[0, 1)`` (see :mod:`imgclf.attacks.plan`).
         device: Where to compute; None: the model's device.
         class_names: Names of the ``K`` classes (for the run folder); None: ``"0"``, ``"1"``, ...
 
@@ -156,7 +175,7 @@ def evaluate_robustness(
         raise UsageError("images must be in [0, 1] (pixel space; normalization belongs inside the model)")
     eps_values = None if eps is None else [eps] if isinstance(eps, int | float | str) else list(eps)
     values = {"attack": {"attacks": list(attacks), "norm": norm, "steps": steps, "restarts": restarts,
-                         **options, "batch_size": batch_size,
+                         **options, "batch_size": batch_size, "plan_tolerance": plan_tolerance,
                          "eps": None if eps_values is None else [str(e) for e in eps_values]}, "seed": seed}
     settings = resolve(config_from_dict(values), channels=images.shape[1], class_names=None)
     parameter = next(iter(model.parameters()), None)
@@ -164,7 +183,8 @@ def evaluate_robustness(
         torch.device("cpu")
     model.eval()
     result = robustness(model, images, labels.long(), attacks=list(settings.attacks),
-                        eps_values=settings.eps_values, device=target, batch_size=batch_size, seed=seed)
+                        eps_values=settings.eps_values, device=target, batch_size=batch_size, seed=seed,
+                        plan=list(settings.plan), tolerance=settings.config.attack.plan_tolerance)
     rows = [{"attack": e.attack, "eps": e.eps, "accuracy": e.accuracy, "success_rate": e.success_rate,
              "forwards_per_example": e.forwards_per_example, "backwards_per_example": e.backwards_per_example,
              "seconds": e.seconds}

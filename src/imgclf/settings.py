@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from imgclf.attacks import TARGET_MODES, AttackSpec, expand_attacks
+from imgclf.attacks import PLAN, TARGET_MODES, AttackSpec, expand_attacks, plan_specs
 from imgclf.corruptions.registry import parse_corruptions, parse_severities
 from imgclf.errors import UsageError
 
@@ -60,7 +60,9 @@ class Settings:
         examples: Test images to attack, or None for all of them.
         target: None (untargeted), ``"random"``, ``"least-likely"``, or a class index
             (a class name is only resolved once the class names are known).
-        attacks: The configured attacks, presets expanded.
+        attacks: The configured attacks, presets expanded (the converging plan aside).
+        plan: The converging plan's steps (:func:`imgclf.attacks.plan_specs`) where it was asked for
+            (``plan`` or preset ``auto``), else empty.
         corruptions: The common corruptions' names, groups and ``all`` expanded, in registry order.
         severities: Their severities, ascending.
     """
@@ -73,6 +75,7 @@ class Settings:
     attacks: tuple[AttackSpec, ...]
     corruptions: tuple[str, ...] = ()
     severities: tuple[int, ...] = ()
+    plan: tuple[AttackSpec, ...] = ()
 
     @property
     def eps_values(self) -> list[float]:
@@ -200,7 +203,7 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
         attacks = tuple(AttackSpec(name, norm=attack.norm, steps=attack.steps, alpha=attack.alpha,
                                    restarts=attack.restarts, random_start=attack.random_start, target=target,
                                    options=attack.options)
-                        for name in expand_attacks(attack.attacks))
+                        for name in expand_attacks(attack.attacks) if name != PLAN)
     except ValueError as error:
         raise UsageError(str(error)) from None
     owned = {key: value for spec in attacks for key, value in spec.options.items()}
@@ -212,7 +215,8 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
         severities = parse_severities(config.corruption.severities)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return Settings(config, eps, train_eps, examples, target, attacks, corruptions, severities)
+    plan = tuple(plan_specs(attack.norm)) if PLAN in expand_attacks(attack.attacks) else ()
+    return Settings(config, eps, train_eps, examples, target, attacks, corruptions, severities, plan)
 
 
 def _train_eps(given: str | None, attack_eps: tuple[Eps, ...] | None, norm: str) -> Eps | None:

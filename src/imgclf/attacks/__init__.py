@@ -5,7 +5,8 @@ One file per attack, each declared in :mod:`imgclf.attacks.registry`:
 targeted, restarts), :func:`apgd` and :func:`apgd_targeted` (``auto_pgd``: APGD-CE,
 APGD-DLR, APGD-T, APGD-CE-T), :func:`fab_targeted` (``fab``: FAB-T) and :func:`square`
 (``square_search``). :func:`robustness` runs them over eps values with the per-example
-worst case, and :mod:`imgclf.attacks.checks` flags signs of false robustness.
+worst case, and the converging plan (:data:`AUTO_PLAN`, stopped by :mod:`imgclf.attacks.plan`) escalates
+until it has converged; :mod:`imgclf.attacks.checks` flags signs of false robustness.
 :mod:`imgclf.attacks.core` holds what every attack shares.
 
 An attack never changes the model's train/eval mode or its parameters; the
@@ -22,7 +23,9 @@ from typing import TYPE_CHECKING
 from imgclf.attacks.registry import (
     ATTACK_PRESETS,
     ATTACKS,
+    AUTO_PLAN,
     NORMS,
+    PLAN,
     TARGET_MODES,
     AttackInfo,
     attack_info,
@@ -31,7 +34,7 @@ from imgclf.attacks.registry import (
     register_attack,
     targetable_attacks,
 )
-from imgclf.attacks.spec import AttackSpec
+from imgclf.attacks.spec import AttackSpec, plan_specs
 from imgclf.lazy import lazy_exports
 
 if TYPE_CHECKING:
@@ -81,6 +84,7 @@ __all__ = [
     "loss_gradient",
     "margin",
     "pgd",
+    "plan_specs",
     "project",
     "project_linf",
     "register_attack",

@@ -90,8 +90,8 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
             modules of unknown kind replaced by the identity (:func:`identity_surrogate`), where it has any.
         randomized: How the model was found randomized and attacked (see :func:`imgclf.attacks.robustness`);
             None: deterministic.
-        cascade: The evaluation ran each attack on what the earlier ones failed on (its rows are cumulative),
-            so FGSM against PGD is always probed.
+        cascade: The evaluation ran some attacks on what the earlier ones failed on (the converging plan, or
+            ``--cascade``: their rows are cumulative), so FGSM against PGD and the black-box check are probed.
 
     Returns:
         One dict per check, in the order of :data:`MEANINGS`.
@@ -123,9 +123,9 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
     black = [s for s in attacks if not attack_info(s.name).white_box]
     white = [s for s in attacks if attack_info(s.name).white_box]
-    if white and not black and probe.ready:
+    if white and probe.ready and (cascade or not black):  # (a cascaded black-box row holds only what it added)
         checks.append(probe.square())
-    elif black and white:
+    elif black and white and not cascade:
         beaten = []
         for eps in sorted({eps for (_, eps) in result.fooled}):
             by_black = result.fooled[(black[0].label, eps)]
@@ -363,3 +363,45 @@ def _convergence_check(model, x, y, rows, spec, result, batch_size, seed) -> dic
 
 def _classes(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     return batched_logits(model, images, batch_size).argmax(1)
+
+
+def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN") -> list[str]:
+    """What to try when the evaluation is not conclusive: a check failed, or the converging plan stopped
+    without converging. One sentence each with the command (``run`` stands for the run folder), fitted to the
+    failure: a black-box or transferred attack that beats the gradients points to masked gradients (attack a
+    surrogate, search longer without gradients); a longer gradient attack that still finds more points to an
+    unconverged search (more restarts, the whole ensemble); a randomized model is attacked through EOT already.
+
+    Args:
+        checks: The sanity checks (:func:`sanity_checks`' dicts).
+        plan: The plan's outcomes per eps (:class:`imgclf.attacks.results.PlanOutcome`), possibly empty.
+        run: How the run folder is named in the commands.
+
+    Returns:
+        Sentences, most telling first; empty when every check passed and the plan converged.
+    """
+    failed = {check["name"] for check in checks if check["status"] == "failed"}
+    open_plan = [outcome for outcome in plan if not outcome.converged]
+    black_still = any(not step.white_box and step.fooled > outcome.tolerance * step.attacked
+                      for outcome in open_plan for step in outcome.steps)
+    white_still = any(step.white_box and step.fooled > outcome.tolerance * step.attacked
+                      for outcome in open_plan for step in outcome.steps[1:])
+    notes = []
+    if failed & {"white-box beats black-box", "transfer beats the evaluation", "gradients",
+                 "large eps breaks the model"} or black_still:
+        notes.append("The model resists gradient attacks: searches without its gradients find what they miss "
+                     "(masked or obfuscated gradients), so its robust accuracy is lower than the gradient rows say. "
+                     f"Attack through a differentiable stand-in and transfer (imgclf attack {run} --surrogate "
+                     "OTHER_RUN, a run of the same network without the non-differentiable part), and let the "
+                     f"black-box search run longer (imgclf attack {run} --attack square --queries 20000 --cascade).")
+    if "attack converged" in failed or white_still:
+        notes.append("The gradient search has not converged: a longer one still finds examples. Run the whole "
+                     f"ensemble with restarts (imgclf attack {run} --preset full --restarts 5 --cascade).")
+    if "pgd beats fgsm" in failed or "accuracy falls with eps" in failed:
+        notes.append("The attacks behave inconsistently (PGD weaker than FGSM, or accuracy rising with eps), a sign "
+                     f"of a loss surface the steps cannot climb: try the DLR loss (imgclf attack {run} --attack "
+                     "apgd-dlr,apgd-t) and a surrogate as above.")
+    if any("EOT" in check["detail"] for check in checks if check["name"] == "randomness") and notes:
+        notes.append("The model is randomized: every attack already averaged several passes (EOT); a randomized "
+                     "defense needs the attacks above on that average, which imgclf does for you.")
+    return notes

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from imgclf.constraints import Constraint, Interval
@@ -195,9 +195,60 @@ class AttackInfo:
 #: Every registered attack by name, in registration order (the order of tables and help).
 ATTACKS: dict[str, AttackInfo] = {}
 
-#: Named attack lists: FGSM and PGD-20, and the standard AutoAttack ensemble (Croce and Hein 2020).
+#: The converging attack plan's name in an attack list (``--attack plan``, and preset ``auto``): :data:`AUTO_PLAN`.
+PLAN = "plan"
+
+#: Named attack lists: FGSM and PGD-20; the standard AutoAttack ensemble (Croce and Hein 2020); and the default,
+#: FGSM and PGD-20 as comparisons beside the converging plan (:data:`AUTO_PLAN`).
 ATTACK_PRESETS: dict[str, tuple[str, ...]] = {"quick": ("fgsm", "pgd"),
-                                               "full": ("apgd-ce", "apgd-t", "fab-t", "square")}
+                                               "full": ("apgd-ce", "apgd-t", "fab-t", "square"),
+                                               "auto": ("fgsm", "pgd", PLAN)}
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of the converging attack plan: a registered attack with its own options, run on the examples
+    every earlier attack at that eps failed on.
+
+    Attributes:
+        attack: A registered attack's name.
+        options: Its own options (:class:`AttackOption`), over the declared defaults.
+        tag: Told apart from another step of the same attack in tables: ``square (5000 queries)``.
+    """
+
+    attack: str
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    tag: str = ""
+
+    @property
+    def white_box(self) -> bool:
+        """Uses the model's gradients (the plan's two kinds of evidence: white box and black box)."""
+        return ATTACKS[self.attack].white_box
+
+
+#: The converging plan, cheap first: APGD-CE on every correctly classified example, then escalations on the
+#: examples still standing, each of another kind of search: APGD on the DLR loss (invariant to the logits'
+#: scale), Square's random search (no gradients: what masked gradients cannot hide from), APGD-T towards the
+#: nine highest-scoring classes, Square with AutoAttack's 5,000 queries, and targeted FAB. The plan stops as
+#: soon as the latest white-box and the latest black-box escalation each fooled at most the tolerance of the
+#: examples they attacked (:func:`imgclf.attacks.plan.decide`).
+AUTO_PLAN: tuple[PlanStep, ...] = (
+    PlanStep("apgd-ce"),
+    PlanStep("apgd-dlr"),
+    PlanStep("square", {"queries": 1000}, tag="1000 queries"),
+    PlanStep("apgd-t"),
+    PlanStep("square", {"queries": 5000}, tag="5000 queries"),
+    PlanStep("fab-t"),
+)
+#: What the plan may spend per correctly classified example at one eps, in passes of the model (forward and
+#: backward): that of AutoAttack's standard version when no example falls early: APGD-CE (100 steps), APGD-T
+#: (9 targets of 100 steps) and FAB-T (9 targets of 100 steps) at a forward and a backward pass per step, and
+#: Square's 5,000 queries of a forward pass each.
+AUTOATTACK_PASSES = 2 * 100 + 2 * 900 + 2 * 900 + 5000
+#: The default tolerance of the plan (``attack.plan_tolerance``): an escalation that fools at most this
+#: fraction of the examples still standing counts as finding nothing more. Half the sanity checks' 1%, so a
+#: converged plan leaves the convergence check room.
+PLAN_TOLERANCE = 0.005
 
 
 def register_attack(name: str, *, summary: str, norms: tuple[str, ...] = NORMS, targetable: bool = False,
@@ -323,7 +374,7 @@ def targetable_attacks() -> tuple[str, ...]:
 
 
 def expand_attacks(names: list[str]) -> list[str]:
-    """Attack names with presets expanded, in order, without repeats."""
+    """Attack names with presets expanded, in order, without repeats (:data:`PLAN` stays as it is)."""
     expanded: list[str] = []
     for name in names:
         expanded.extend(ATTACK_PRESETS.get(name, (name,)))

@@ -69,6 +69,53 @@ class RobustnessEntry:
 
 
 @dataclass
+class PlanStepOutcome:
+    """One step of the converging plan at one eps (:data:`imgclf.attacks.registry.AUTO_PLAN`).
+
+    Attributes:
+        attack: The step's label (``square (1000 queries)``).
+        white_box: Whether it used the model's gradients.
+        attacked: Examples still standing when it ran (correct without attack, fooled by no earlier attack).
+        fooled: How many of them it fooled.
+        forwards, backwards: Passes of the model it spent, counted in examples.
+        seconds: Its wall time.
+    """
+
+    attack: str
+    white_box: bool
+    attacked: int
+    fooled: int
+    forwards: int = 0
+    backwards: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class PlanOutcome:
+    """The converging plan at one eps: the steps it ran, whether it converged, and why.
+
+    Attributes:
+        eps: The radius, in pixel units.
+        converged: True when the latest white-box and the latest black-box escalation (of those the model
+            allows) each fooled at most ``tolerance`` of the examples they attacked, or nothing was left standing.
+        reason: One sentence saying why the number is believed, or why not.
+        tolerance: The fraction of the examples still standing an escalation may fool and count as finding
+            nothing more.
+        passes_per_example: Passes (forward and backward) the plan spent per correctly classified example.
+        budget: The most it may spend (AutoAttack's standard version's, per example).
+        steps: The steps it ran, in order.
+    """
+
+    eps: float
+    converged: bool
+    reason: str
+    tolerance: float
+    passes_per_example: float
+    budget: float
+    steps: list[PlanStepOutcome] = field(default_factory=list)
+
+
+@dataclass
 class RobustnessResult:
     """The attack stage's output.
 
@@ -88,6 +135,7 @@ class RobustnessResult:
             ``adv_<attack>`` and ``pred_<attack>``, plus ``eps``.
         checks: Sanity checks (see :mod:`imgclf.attacks.checks`), as dicts.
         seconds: Wall time.
+        plan: The converging plan's outcome per eps (ascending), when it ran (:class:`PlanOutcome`).
     """
 
     entries: list[RobustnessEntry]
@@ -100,6 +148,7 @@ class RobustnessResult:
     examples: dict[str, np.ndarray] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    plan: list[PlanOutcome] = field(default_factory=list)
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """The entries as plain dicts (``metrics.json``'s ``robustness``)."""

@@ -9,7 +9,8 @@ already.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,8 +18,16 @@ import torch
 
 from imgclf.attacks.checks import sanity_checks
 from imgclf.attacks.core import CPU_CHUNK, Chunked
-from imgclf.attacks.registry import TARGET_MODES, attack_info
-from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult, batched_logits
+from imgclf.attacks.plan import Decision, decide, with_checks
+from imgclf.attacks.registry import AUTOATTACK_PASSES, PLAN_TOLERANCE, TARGET_MODES, attack_info
+from imgclf.attacks.results import (
+    WORST_CASE,
+    PlanOutcome,
+    PlanStepOutcome,
+    RobustnessEntry,
+    RobustnessResult,
+    batched_logits,
+)
 from imgclf.attacks.spec import AttackSpec
 from imgclf.distributed import Distributed
 from imgclf.models.classifier import ModeNeutral, differentiable
@@ -75,6 +84,8 @@ def robustness(
     distributed: Distributed | None = None,
     surrogate: torch.nn.Module | None = None,
     cascade: bool = False,
+    plan: Sequence[AttackSpec] = (),
+    tolerance: float = PLAN_TOLERANCE,
 ) -> RobustnessResult:
     """Robust accuracy of ``model`` under each attack at each eps, and the worst case.
 
@@ -117,6 +128,13 @@ def robustness(
             AutoAttack does: the same worst case for less work, and each attack's row is then the robust
             accuracy after it and the attacks before it. False: every attack runs on every correctly
             classified example and its row is its own.
+        plan: The steps of the converging plan (:data:`imgclf.attacks.registry.AUTO_PLAN` as
+            :func:`imgclf.attacks.spec.plan_specs` makes them), run after ``attacks`` at each eps on the examples every attack
+            before failed on, until :func:`imgclf.attacks.plan.decide` says stop; each step's row is the robust
+            accuracy after it and everything before it, and ``result.plan`` says per eps whether it converged.
+            Empty: no plan.
+        tolerance: The plan's tolerance: the fraction of the examples still standing an escalation may fool
+            and count as finding nothing more, in ``[0, 1)``.
 
     Returns:
         A :class:`~imgclf.attacks.results.RobustnessResult`.
@@ -133,15 +151,21 @@ def robustness(
         evaluation = _Evaluation(model, images, labels, logits, eps_values, batch_size, seed, show, progress,
                                  store, distributed or Distributed(), cascade)
         runnable, skipped = evaluation.runnable(attacks)
+        steps, skipped_steps = evaluation.runnable(list(plan), deal=False)
+        evaluation.plan = _Plan(steps, tolerance, len(runnable)) if plan else None
         entries: list[RobustnessEntry] = []
         for eps_index, eps in enumerate(eps_values):
             entries += evaluation.at_eps(runnable, eps, eps_index)
-        result = RobustnessResult(entries, evaluation.clean_accuracy, evaluation.n, seed, skipped=skipped,
-                                  fooled=evaluation.fooled, adversarial=evaluation.adversarial_record(runnable),
-                                  examples=evaluation.examples)
+        result = RobustnessResult(entries, evaluation.clean_accuracy, evaluation.n, seed,
+                                  skipped=skipped + skipped_steps, fooled=evaluation.fooled,
+                                  adversarial=evaluation.adversarial_record(runnable + steps),
+                                  examples=evaluation.examples,
+                                  plan=evaluation.plan.outcomes if evaluation.plan else [])
         if run_checks:
-            result.checks = sanity_checks(model, images, labels, logits, result, runnable, batch_size=batch_size,
-                                          seed=seed, surrogate=surrogate, randomized=randomized, cascade=cascade)
+            result.checks = sanity_checks(model, images, labels, logits, result, runnable + steps,
+                                          batch_size=batch_size, seed=seed, surrogate=surrogate,
+                                          randomized=randomized, cascade=cascade or bool(steps))
+            result.plan = with_checks(result.plan, result.checks)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -242,6 +266,22 @@ class PassCounter(ModeNeutral):
         self.backwards += batch
 
 
+@dataclass
+class _Plan:
+    """The converging plan of one evaluation: its runnable steps, where their units are numbered from
+    (``first``: after the other attacks), and its outcome per eps."""
+
+    steps: list[AttackSpec]
+    tolerance: float
+    first: int
+    outcomes: list[PlanOutcome] = field(default_factory=list)
+
+    @property
+    def kinds(self) -> frozenset[bool]:
+        """The kinds of evidence its steps can give: white box (True), black box (False)."""
+        return frozenset(attack_info(spec.name).white_box for spec in self.steps)
+
+
 class _Evaluation:
     """The state of one :func:`robustness` call: clean predictions, targets, batches, and what each attack fooled."""
 
@@ -270,10 +310,12 @@ class _Evaluation:
         self.rows: dict[AttackSpec, torch.Tensor] = {}
         self.chunks: dict[AttackSpec, list[torch.Tensor]] = {}
         self.done = self.total = 0
+        self.plan: _Plan | None = None
 
-    def runnable(self, attacks: list[AttackSpec]) -> tuple[list[AttackSpec], list[str]]:
-        """The attacks the model has enough classes for, with their targets and batches; and why the rest are
-        skipped. Each attack runs on the examples classified correctly (and, targeted, that have a target)."""
+    def runnable(self, attacks: list[AttackSpec], *, deal: bool = True) -> tuple[list[AttackSpec], list[str]]:
+        """The attacks the model has enough classes for, with their targets and (``deal``) batches; and why the
+        rest are skipped. Each attack runs on the examples classified correctly (and, targeted, that have a
+        target); the plan's steps are dealt their examples as they run."""
         runnable, skipped = [], []
         gradients = differentiable(self.model)
         for spec in attacks:
@@ -287,20 +329,28 @@ class _Evaluation:
             else:
                 runnable.append(spec)
         device = self.images.device
-        self.targets = {spec: choose_targets(spec.target, self.logits.cpu(), self.labels.cpu(),
-                                             generator(self.seed)).to(device)
-                        for spec in runnable if spec.target is not None}
-        for spec in runnable:
-            self._deal(spec, self.correct)
-        self.total = len(self.eps_values) * sum(max(len(c), 1) for c in self.chunks.values())
+        self.targets.update({spec: choose_targets(spec.target, self.logits.cpu(), self.labels.cpu(),
+                                                  generator(self.seed)).to(device)
+                             for spec in runnable if spec.target is not None})
+        if deal:
+            for spec in runnable:
+                self._deal(spec, self.correct)
+            self.total = len(self.eps_values) * sum(max(len(c), 1) for c in self.chunks.values())
+        elif runnable:  # the plan: its first step's batches at each eps above 0, at most (a bar that grows as it
+            # escalates)
+            self.total += sum(eps > 0 for eps in self.eps_values) * max(len(self.chunks_of(self.correct)), 1)
         return runnable, skipped
+
+    def chunks_of(self, candidates: torch.Tensor) -> list[torch.Tensor]:
+        """``candidates``' rows in batches."""
+        rows = torch.nonzero(candidates).squeeze(1)
+        return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
 
     def _deal(self, spec: AttackSpec, candidates: torch.Tensor) -> None:
         """The rows ``spec`` attacks (the ``candidates`` that have a target, when it is targeted) and its batches."""
         eligible = candidates & (self.targets[spec] >= 0) if spec in self.targets else candidates
-        rows = torch.nonzero(eligible).squeeze(1)
-        self.rows[spec] = rows
-        self.chunks[spec] = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        self.rows[spec] = torch.nonzero(eligible).squeeze(1)
+        self.chunks[spec] = self.chunks_of(eligible)
 
     def at_eps(self, runnable: list[AttackSpec], eps: float, eps_index: int) -> list[RobustnessEntry]:
         """Every attack at ``eps``, then the per-example worst case over them."""
@@ -325,9 +375,12 @@ class _Evaluation:
                                        target_success_rate=target_rate, seconds=merged["seconds"],
                                        attacked=attacked, forwards=merged["forwards"],
                                        backwards=merged["backwards"]))
+        if self.plan is not None and self.plan.steps and eps > 0:
+            entries += self._escalate(eps, eps_index, worst_fooled, worst_images, fooled_by)
         self.fooled[(WORST_CASE, eps)] = worst_fooled.cpu().numpy()
+        ran = runnable + (self.plan.steps if self.plan is not None else [])
         entries.append(self._entry(WORST_CASE, eps, self.correct & ~worst_fooled,
-                                   settings={"norm": ",".join(dict.fromkeys(s.norm for s in runnable)),
+                                   settings={"norm": ",".join(dict.fromkeys(s.norm for s in ran)),
                                              "steps": None, "alpha": None, "restarts": None, "random_start": None,
                                              "target": None},
                                    target_success_rate=None, seconds=sum(e.seconds for e in entries),
@@ -336,6 +389,48 @@ class _Evaluation:
         self.worst["images"].append(worst_images.cpu())
         self.worst["fooled"].append(worst_fooled.cpu())
         self.worst["fooled_by"].append(fooled_by.cpu())
+        return entries
+
+    def _escalate(self, eps: float, eps_index: int, worst_fooled: torch.Tensor, worst_images: torch.Tensor,
+                  fooled_by: torch.Tensor) -> list[RobustnessEntry]:
+        """The plan's steps at ``eps``, each on the examples still standing, until :func:`decide` stops it; one
+        cumulative row per step run, and the plan's outcome at ``eps``."""
+        plan = self.plan
+        assert plan is not None
+        outcomes: list[PlanStepOutcome] = []
+        entries: list[RobustnessEntry] = []
+        correct = max(int(self.correct.sum()), 1)
+        decision = decide([], kinds=plan.kinds, tolerance=plan.tolerance, spent=0, budget=AUTOATTACK_PASSES,
+                          remaining=len(plan.steps))
+        if not bool((self.correct & ~worst_fooled).any()):  # (the attacks before the plan left nothing)
+            decision = Decision(True, True, "no example was left standing for the plan: the attacks before it "
+                                            "fooled every one")
+            self.total -= max(len(self.chunks_of(self.correct)), 1)  # its first step's batches were counted
+        for number, spec in enumerate(plan.steps if not decision.stop else []):
+            index = plan.first + number
+            standing = self.correct & ~worst_fooled
+            self._deal(spec, standing)
+            self.total += max(len(self.chunks[spec]), 1) - (max(len(self.chunks_of(self.correct)), 1) if not number
+                                                            else 0)  # the first step's were counted up front
+            merged = self._attack(spec, eps, f"{eps_index:03d}-{index:02d}", worst_fooled, worst_images, fooled_by,
+                                  index)
+            self.fooled[(spec.label, eps)] = merged["hit"].cpu().numpy()
+            attacked = len(self.rows[spec])
+            outcomes.append(PlanStepOutcome(spec.label, attack_info(spec.name).white_box, attacked,
+                                            int((merged["hit"] & standing).sum()), merged["forwards"],
+                                            merged["backwards"], merged["seconds"]))
+            entries.append(self._entry(spec.label, eps, self.correct & ~worst_fooled,
+                                       settings={"norm": spec.norm, **spec.settings(eps)}, target_success_rate=None,
+                                       seconds=merged["seconds"], attacked=attacked, forwards=merged["forwards"],
+                                       backwards=merged["backwards"]))
+            spent = sum(o.forwards + o.backwards for o in outcomes) / correct
+            decision = decide(outcomes, kinds=plan.kinds, tolerance=plan.tolerance, spent=spent,
+                              budget=AUTOATTACK_PASSES, remaining=len(plan.steps) - number - 1)
+            if decision.stop:
+                break
+        plan.outcomes.append(PlanOutcome(eps, decision.converged, decision.reason, plan.tolerance,
+                                         sum(o.forwards + o.backwards for o in outcomes) / correct,
+                                         AUTOATTACK_PASSES, outcomes))
         return entries
 
     def _attack(self, spec: AttackSpec, eps: float, point: str, worst_fooled: torch.Tensor,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imgclf.attacks.registry import NORMS, attack_info, options_of, targetable_attacks
+from imgclf.attacks.registry import AUTO_PLAN, NORMS, attack_info, options_of, targetable_attacks
 from imgclf.errors import UsageError
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ class AttackSpec:
         target_classes: Targets tried by APGD-T, APGD-CE-T and FAB-T.
         options: The attack's own options (:class:`~imgclf.attacks.registry.AttackOption`, ``{"queries": 5000}``
             for Square): given ones over the declared defaults; options that other attacks own are left out.
+        tag: Tells this spec apart from another of the same attack in tables (``square (5000 queries)``).
 
     Raises:
         ValueError: On an unknown attack, norm or option, an invalid option value, a norm the attack does
@@ -44,6 +45,7 @@ class AttackSpec:
     target: str | int | None = None
     target_classes: int = 9
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    tag: str = ""
 
     def __post_init__(self) -> None:
         info = attack_info(self.name)
@@ -67,8 +69,9 @@ class AttackSpec:
 
     @property
     def label(self) -> str:
-        """The name shown in tables, with the target mode when targeted: ``pgd (target random)``."""
-        return self.name if self.target is None else f"{self.name} (target {self.target})"
+        """The name shown in tables, with its tag or target mode: ``pgd (target random)``, ``square (5000 queries)``."""
+        name = f"{self.name} ({self.tag})" if self.tag else self.name
+        return name if self.target is None else f"{name} (target {self.target})"
 
     def min_classes(self) -> int:
         """Classes the attack needs (DLR losses need 3, targeted DLR 4)."""
@@ -88,3 +91,10 @@ class AttackSpec:
         if describe is not None:
             reported.update(describe(self, eps))
         return reported
+
+
+def plan_specs(norm: str) -> list[AttackSpec]:
+    """The converging plan's steps (:data:`~imgclf.attacks.registry.AUTO_PLAN`) under ``norm``, those without
+    a version for it left out (Square has no L2 version)."""
+    return [AttackSpec(step.attack, norm=norm, options=step.options, tag=step.tag)
+            for step in AUTO_PLAN if norm in attack_info(step.attack).norms]

@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
 from imgclf import record
+from imgclf.attacks.checks import advice
 from imgclf.calibration import CalibrationMetrics, EpsCalibration
 from imgclf.errors import UsageError, first_line
 from imgclf.record import WORST_CASE, Evaluation, Metrics, ModelInfo, read_metrics, read_model_record
@@ -264,8 +265,8 @@ def _calibration_rows(metrics: Metrics, colour: bool) -> list[dict[str, object]]
     return rows
 
 
-def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, *, current: bool
-                     ) -> dict[str, object]:
+def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, *, current: bool,
+                     run_name: str = "RUN") -> dict[str, object]:
     """What the report shows of one robustness evaluation (``current``: of the kept model)."""
     attack = evaluation.attack
     eps = sorted({row.eps for row in evaluation.robustness})
@@ -283,6 +284,11 @@ def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, 
         "norm": {"linf": "L-inf", "l2": "L2"}.get(attack.norm, attack.norm), "n": attack.n,
         "whole_split": attack.n == clean_n, "clean": attack.clean_accuracy, "seconds": evaluation.seconds,
         "processes": evaluation.processes, "cascade": attack.cascade,
+        "plan": [{"eps_label": eps_label(o.eps, colour), "converged": o.converged, "reason": o.reason,
+                  "passes": o.passes_per_example, "budget": o.budget} for o in attack.plan],
+        "plan_tolerance": attack.plan[0].tolerance if attack.plan else 0.0,
+        "plan_steps": sorted({step.attack for o in attack.plan for step in o.steps}),
+        "advice": advice(attack.checks, attack.plan, run=run_name),
     }
 
 
@@ -325,16 +331,22 @@ def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
     attacks = metrics.attacks()
     eps = telling_eps(metrics)
     if eps is not None:
+        plan = metrics.attack.plan if metrics.attack else []
+        steps = {step.attack for outcome in plan for step in outcome.steps}  # cumulative rows: not headlines
         at = [row for row in metrics.robustness if abs(row.eps - eps) < 1e-9]
         for attack in attacks:
             row = next((r for r in at if r.attack == attack), None)
-            if row is not None:
+            if row is not None and attack not in steps:
                 cards.append({"label": f"{attack.upper()} accuracy at eps {eps_label(eps, colour)}",
                               "value": percent(row.accuracy)})
         worst = next((r for r in at if r.attack == WORST_CASE), None)
-        if worst is not None and len(attacks) > 1:
-            cards.append({"label": f"worst-case robust accuracy at eps {eps_label(eps, colour)}",
-                          "value": percent(worst.accuracy)})
+        outcome = next((o for o in plan if abs(o.eps - eps) < 1e-9), None)
+        if worst is not None and (len(attacks) > 1 or outcome is not None):
+            card = {"label": f"worst-case robust accuracy at eps {eps_label(eps, colour)}",
+                    "value": percent(worst.accuracy)}
+            if outcome is not None:  # why it is believed, or why not
+                card.update(note=outcome.reason, bad=not outcome.converged)
+            cards.append(card)
     checks = metrics.attack.checks if metrics.attack else []
     if checks:
         failed = sum(check["status"] == "failed" for check in checks)
@@ -420,7 +432,7 @@ def write_report(folder: RunFolder) -> Path:
         corruptions=_corruption_view(metrics),
         explanation=_explanation_view(folder, colour),
         evaluations=[_evaluation_view(e, colour, metrics.clean.n if metrics.clean else None,
-                                      current=metrics.current(e))
+                                      current=metrics.current(e), run_name=str(folder.path))
                      for e in reversed(metrics.evaluations)],  # newest first
         worst_case=WORST_CASE,
         timing={key: f"{value:.1f} s" for key, value in metrics.timing.items()},

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from imgclf import record
 from imgclf.attacks import RobustnessResult, robustness
+from imgclf.attacks.checks import advice
 from imgclf.calibration import calibration_under_attack
 from imgclf.checkpoint import load_model, model_fingerprint
 from imgclf.data import stratified_subset
@@ -133,6 +134,7 @@ def _attacked(parts: RunParts, settings: Settings, rows: np.ndarray, store: Batc
                 attacks=list(settings.attacks), eps_values=settings.eps_values, device=parts.device,
                 batch_size=config.attack.batch_size, seed=config.seed, progress=advance, store=store,
                 distributed=dist, run_checks=dist.is_main, surrogate=surrogate, cascade=config.attack.cascade,
+                plan=list(settings.plan), tolerance=config.attack.plan_tolerance,
             )
         except ValueError as error:  # e.g. an L2 eps larger than the images allow
             raise UsageError(str(error)) from None
@@ -140,12 +142,15 @@ def _attacked(parts: RunParts, settings: Settings, rows: np.ndarray, store: Batc
 
 def evaluation_settings(settings: Settings, examples: int, model: torch.nn.Module) -> dict[str, Any]:
     """What identifies a robustness evaluation (:func:`imgclf.record.evaluation_key`): every attack's settings,
-    the eps values, the number of examples, the batch size, the seed and the model's fingerprint."""
+    the eps values, the number of examples, the batch size, the seed, the converging plan's steps and tolerance
+    (where it runs) and the model's fingerprint."""
     config = settings.config
+    plan = {"plan": [dataclasses.asdict(spec) for spec in settings.plan],
+            "plan_tolerance": config.attack.plan_tolerance} if settings.plan else {}
     return {"attacks": [dataclasses.asdict(spec) for spec in settings.attacks], "norm": config.attack.norm,
             "eps": [float(e) for e in settings.eps_values], "examples": examples,
             "batch_size": config.attack.batch_size, "seed": config.seed, "cascade": config.attack.cascade,
-            "model": model_fingerprint(model)}
+            **plan, "model": model_fingerprint(model)}
 
 
 def _save_evaluation(parts: RunParts, folder: RunFolder, key: str, asked: dict[str, Any], result: RobustnessResult,
@@ -164,10 +169,10 @@ def _save_evaluation(parts: RunParts, folder: RunFolder, key: str, asked: dict[s
                 "indices": torch.as_tensor(data.test.indices[rows]), "labels": labels}, buffer)
     atomic_write_bytes(where.file(record.ADVERSARIAL_IMAGES), buffer.getvalue())
     attack_record = AttackRecord(result.n, result.clean_accuracy, result.seed, config.attack.norm,
-                                 [spec.label for spec in settings.attacks],
+                                 [spec.label for spec in (*settings.attacks, *settings.plan)],
                                  "stratified subset of the test split, seeded (attack.examples)",
                                  skipped=result.skipped, checks=result.checks, warnings=result.warnings,
-                                 cascade=config.attack.cascade)
+                                 cascade=config.attack.cascade, plan=result.plan)
     evaluation = record.Evaluation(key, asked, attack_record, result.entries, result.seconds,
                                    datetime.now(UTC).isoformat(timespec="seconds"), parts.dist.world_size,
                                    calibration)
@@ -186,8 +191,13 @@ def log_attack(parts: RunParts, result: RobustnessResult) -> None:
         rate = "" if entry.target_success_rate is None else f", reached target {entry.target_success_rate:.4f}"
         parts.log(f"{entry.attack.upper():>12} eps {entry.eps:.4f}: robust accuracy {entry.accuracy:.4f}, "
                   f"success rate {entry.success_rate:.4f}{rate} (n={entry.n})")
+    for outcome in result.plan:
+        parts.log(f"plan at eps {outcome.eps:.4f}: {outcome.reason} "
+                  f"({outcome.passes_per_example:,.0f} passes per example)")
     failed = [check for check in result.checks if check["status"] == "failed"]
     parts.log(f"sanity checks: {sum(c['status'] == 'passed' for c in result.checks)} passed, {len(failed)} "
               f"failed, {sum(c['status'] == 'not run' for c in result.checks)} not run")
     for check in failed:  # on stderr even with --quiet: the numbers above may not be what they seem
         parts.log.warn(f"warning: check '{check['name']}' failed: {check['detail']}")
+    for note in advice(result.checks, result.plan, run=str(parts.folder.path) if parts.folder else "RUN"):
+        parts.log.warn(f"what to try: {note}")

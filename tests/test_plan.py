@@ -1,0 +1,112 @@
+"""The converging attack plan: its stopping rule on constructed counts, and on real models: an honest one
+converges with a worst case no weaker than the attacks it escalates from, one whose gradients are masked is
+never called converged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import Rounding
+from imgclf.attacks import AttackSpec, plan_specs, robustness
+from imgclf.attacks.checks import advice
+from imgclf.attacks.plan import decide
+from imgclf.attacks.results import WORST_CASE, PlanStepOutcome
+from test_attacks import CPU, mnist  # noqa: F401  (the fixture)
+
+BOTH = frozenset({True, False})
+#: The plan's kinds of step, shortened for tests on the CPU: the real plan's budgets take minutes per hundred
+#: examples on a masked model (whose gradient attacks never stop early).
+SHORT = [AttackSpec("apgd-ce", steps=20), AttackSpec("apgd-dlr", steps=20),
+         AttackSpec("square", options={"queries": 300}, tag="300 queries"), AttackSpec("apgd-t", steps=20,
+                                                                                      target_classes=3)]
+
+
+def step(attack: str, white_box: bool, attacked: int, fooled: int, passes: int = 0) -> PlanStepOutcome:
+    return PlanStepOutcome(attack, white_box, attacked, fooled, passes, 0)
+
+
+def test_the_plan_stops_when_the_latest_escalation_of_each_kind_fooled_at_most_the_tolerance():
+    base = step("apgd-ce", True, 500, 200)
+    # the base attack alone is no evidence: nothing has escalated on it yet
+    assert not decide([base], kinds=BOTH, tolerance=0.01, spent=200, budget=8800, remaining=5).stop
+    white = step("apgd-dlr", True, 300, 3)  # 1% of 300: at the tolerance
+    decision = decide([base, white], kinds=BOTH, tolerance=0.01, spent=400, budget=8800, remaining=4)
+    assert not decision.stop and "no black-box escalation has run" in decision.reason
+    black = step("square", False, 297, 2)
+    decision = decide([base, white, black], kinds=BOTH, tolerance=0.01, spent=1400, budget=8800, remaining=3)
+    assert decision.stop and decision.converged
+    assert decision.reason == ("converged: the last escalations fooled 3 of 300 (apgd-dlr, white-box) and 2 of 297 "
+                               "(square, black-box) of the examples still standing, within the tolerance of 1.00%")
+    # one more fooled by the black-box step: above the tolerance, so the plan escalates
+    loud = step("square", False, 297, 4)
+    decision = decide([base, white, loud], kinds=BOTH, tolerance=0.01, spent=1400, budget=8800, remaining=3)
+    assert not decision.stop and decision.reason.startswith("square still fooled 4 of the 297 examples standing")
+    # a quiet white-box step after a loud black-box one is not enough: black box must be quiet again
+    later = step("apgd-t", True, 293, 0)
+    assert not decide([base, white, loud, later], kinds=BOTH, tolerance=0.01, spent=3200, budget=8800,
+                      remaining=2).stop
+
+
+def test_the_plan_stops_unconverged_at_the_budget_or_its_last_step_and_converged_when_nothing_stands():
+    steps = [step("apgd-ce", True, 500, 100), step("apgd-dlr", True, 400, 40), step("square", False, 360, 30)]
+    spent = decide(steps, kinds=BOTH, tolerance=0.005, spent=9000, budget=8800, remaining=3)
+    assert spent.stop and not spent.converged and "within AutoAttack's budget (8,800 passes" in spent.reason
+    last = decide(steps, kinds=BOTH, tolerance=0.005, spent=2000, budget=8800, remaining=0)
+    assert last.stop and not last.converged and last.reason.startswith("did not converge: the plan ran every step")
+    gone = decide(steps + [step("apgd-t", True, 330, 330)], kinds=BOTH, tolerance=0.005, spent=3000, budget=8800,
+                  remaining=2)
+    assert gone.stop and gone.converged and gone.reason == "no example is left standing after apgd-t"
+    # a model without gradients (ONNX): black-box evidence alone decides
+    black_only = [step("square", False, 500, 300), step("square (5000 queries)", False, 200, 1)]
+    assert decide(black_only, kinds=frozenset({False}), tolerance=0.005, spent=6000, budget=8800,
+                  remaining=0).converged
+
+
+def test_the_plan_has_a_black_box_step_under_linf_only_and_names_each_step_apart():
+    linf = [spec.label for spec in plan_specs("linf")]
+    assert linf == ["apgd-ce", "apgd-dlr", "square (1000 queries)", "apgd-t", "square (5000 queries)", "fab-t"]
+    assert [spec.options.get("queries") for spec in plan_specs("linf") if spec.name == "square"] == [1000, 5000]
+    assert [spec.label for spec in plan_specs("l2")] == ["apgd-ce", "apgd-dlr", "apgd-t", "fab-t"]
+
+
+@pytest.mark.slow
+def test_the_plan_converges_on_an_honest_model_below_the_attacks_it_starts_from(mnist):  # noqa: F811
+    net, x, y = mnist
+    x, y = x[:100], y[:100]
+    quick = [AttackSpec("fgsm"), AttackSpec("pgd")]
+    result = robustness(net, x, y, attacks=quick, eps_values=[0, 0.1], device=CPU, seed=0, plan=SHORT, tolerance=0.05)
+    (outcome,) = result.plan  # none at eps 0
+    assert outcome.converged and outcome.reason.startswith("converged: the last escalations fooled"), outcome
+    rows = {row.attack: row for row in result.entries if row.eps == 0.1}
+    steps = [s.attack for s in outcome.steps]
+    assert steps[0] == "apgd-ce" and set(steps) <= set(rows)
+    # each step's row is the robust accuracy after it and everything before: it never rises
+    cumulative = [rows[name].accuracy for name in steps]
+    assert cumulative == sorted(cumulative, reverse=True)
+    assert rows[WORST_CASE].accuracy == cumulative[-1] <= min(rows["fgsm"].accuracy, rows["pgd"].accuracy)
+    # every step ran on exactly the examples still standing, and its passes are counted
+    standing = round(min(rows["fgsm"].accuracy, rows["pgd"].accuracy) * 100)
+    assert outcome.steps[0].attacked <= standing and all(s.forwards > 0 for s in outcome.steps)
+    for before, after in zip(outcome.steps, outcome.steps[1:]):
+        assert after.attacked == before.attacked - before.fooled
+    assert outcome.passes_per_example == pytest.approx(
+        sum(s.forwards + s.backwards for s in outcome.steps) / round(result.clean_accuracy * 100))
+    statuses = {check["name"]: check["status"] for check in result.checks}
+    assert "failed" not in statuses.values(), result.checks
+    assert advice(result.checks, result.plan) == []
+
+
+@pytest.mark.slow
+def test_a_model_with_masked_gradients_is_never_called_converged(mnist):  # noqa: F811
+    net, x, y = mnist
+    x, y = x[:40], y[:40]
+    result = robustness(Rounding(net).eval(), x, y, attacks=[], eps_values=[0.1], device=CPU, seed=0, plan=SHORT,
+                        tolerance=0.05)
+    (outcome,) = result.plan
+    assert all(s.fooled == 0 for s in outcome.steps if s.white_box)  # every gradient attack is stopped by the rounding
+    # the plan's own rule is satisfied (nothing more found), but the gradients check voids the white-box silence
+    assert not outcome.converged and outcome.reason.startswith("did not converge: the last escalations fooled")
+    assert "the check gradients failed" in outcome.reason or "the checks gradients" in outcome.reason, outcome.reason
+    notes = advice(result.checks, result.plan, run="runs/rounded")
+    assert notes and "--surrogate" in notes[0] and "imgclf attack runs/rounded" in notes[0]
