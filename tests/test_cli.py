@@ -54,7 +54,10 @@ def test_run_metrics_are_complete_and_honest(run_dir):
     assert {"imgclf", "torch", "torchvision", "device", "num_threads"} <= set(metrics["environment"])
     (evaluation,) = metrics["evaluations"]
     rows = evaluation["robustness"]
-    assert {r["attack"] for r in rows} == {"fgsm", "pgd", "worst-case"}
+    plan = evaluation["attack"]["plan"]  # the default: FGSM and PGD-20 beside the converging plan
+    steps = {step["attack"] for outcome in plan for step in outcome["steps"]}
+    assert {"apgd-ce", "apgd-dlr", "square (1000 queries)"} <= steps
+    assert {r["attack"] for r in rows} == {"fgsm", "pgd", "worst-case"} | steps
     assert sorted({r["eps"] for r in rows}) == [0, 0.05, 0.1, 0.2, 0.3]  # grey-data defaults
     acc = {(r["attack"], r["eps"]): r for r in rows}
     for r in rows:
@@ -66,8 +69,15 @@ def test_run_metrics_are_complete_and_honest(run_dir):
         if r["eps"] == 0:
             assert r["accuracy"] == r["clean_accuracy"] == clean["accuracy"]
         assert acc[("pgd", r["eps"])]["accuracy"] <= acc[("fgsm", r["eps"])]["accuracy"]
-        assert acc[("worst-case", r["eps"])]["accuracy"] == acc[("pgd", r["eps"])]["accuracy"]
+        assert acc[("worst-case", r["eps"])]["accuracy"] <= acc[("pgd", r["eps"])]["accuracy"]
     assert acc[("pgd", 0.3)]["accuracy"] < clean["accuracy"] and acc[("pgd", 0.3)]["steps"] == 20
+    # the plan ran at every eps above 0, converged, and its last step's row is the worst case
+    assert [o["eps"] for o in plan] == [0.05, 0.1, 0.2, 0.3] and all(o["converged"] for o in plan), plan
+    for outcome in plan:
+        if outcome["steps"]:
+            last = outcome["steps"][-1]["attack"]
+            assert acc[(last, outcome["eps"])]["accuracy"] == acc[("worst-case", outcome["eps"])]["accuracy"]
+    assert acc[("worst-case", 0.1)]["accuracy"] < acc[("pgd", 0.1)]["accuracy"]  # PGD-20 overstates it
     calibration = metrics["calibration"]
     assert calibration["bins"] == 15 and calibration["test"]["n"] == clean["n"]
     assert calibration["test"]["accuracy"] == pytest.approx(clean["accuracy"])
@@ -78,8 +88,10 @@ def test_run_metrics_are_complete_and_honest(run_dir):
     for entry in evaluation["calibration"]:
         assert entry["metrics"]["accuracy"] == pytest.approx(acc[("worst-case", entry["eps"])]["accuracy"])
     info = evaluation["attack"]
-    assert info["norm"] == "linf" and info["attacks"] == ["fgsm", "pgd"] and info["seed"] == 0
-    assert {c["name"]: c["status"] for c in info["checks"]}["large eps breaks the model"] == "passed"
+    assert info["norm"] == "linf" and info["attacks"][:3] == ["fgsm", "pgd", "apgd-ce"] and info["seed"] == 0
+    assert "failed" not in {c["status"] for c in info["checks"]}, info["checks"]  # the main job proves its number
+    log = (run_dir / "log.txt").read_text()
+    assert "sanity checks: 8 passed, 0 failed, 1 not run" in log and "plan at eps 0.1000: converged:" in log
     assert info["warnings"] == [f"{c['name']}: {c['detail']}" for c in info["checks"] if c["status"] == "failed"]
     saved = torch.load(run_dir / "evaluations" / evaluation["key"] / "adversarial.pt", weights_only=True)
     assert saved["images"].shape == (5, 359, 1, 8, 8) and saved["images"].dtype == torch.float32
@@ -92,14 +104,17 @@ def test_report_is_one_self_contained_page(run_dir):
     sources = re.findall(r'<img src="([^"]{0,30})', html)
     assert len(sources) >= len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)="(https?:)?//', html)
-    assert "simple-cnn on digits" in html and "PGD" in html
+    assert "simple-cnn on digits" in html and "PGD" in html and "converging plan" in html
     assert "<h2>Calibration</h2>" in html and "worst-case adversarial, eps 0.05" in html
     # the headline cards are percentages at the telling eps (worst case nearest half the clean accuracy), not 0%
     # at the largest eps; the configuration is the settings that differ from the defaults, the file folded
     metrics = json.loads((run_dir / "metrics.json").read_text())
     worst = {r["eps"]: r["accuracy"] for r in metrics["evaluations"][-1]["robustness"] if r["attack"] == "worst-case"}
     telling = min((e for e in worst if e > 0), key=lambda e: (abs(worst[e] - metrics["clean"]["accuracy"] / 2), e))
-    assert f'PGD accuracy at eps {telling:g}</div><div class="value">{100 * worst[telling]:.2f}%' in html
+    assert f'worst-case robust accuracy at eps {telling:g}</div><div class="value">{100 * worst[telling]:.2f}%' in html
+    reason = next(o["reason"] for o in metrics["evaluations"][-1]["attack"]["plan"] if o["eps"] == telling)
+    assert f'<div class="note">{reason}</div>' in html
+    assert 'APGD-DLR accuracy at eps' not in html  # the plan's rows are cumulative: no headline of their own
     assert f'macro F1</div><div class="value">{100 * metrics["clean"]["macro_f1"]:.2f}%' in html
     assert "<tr><td><code>attack.eps</code></td><td><code>0, 0.05, 0.1, 0.2, 0.3</code>" in html
     assert "<details><summary>The whole configuration file" in html
@@ -121,7 +136,7 @@ def test_stages_alone_reuse_the_saved_run(run_dir, capsys):
     assert all(r["target_success_rate"] is not None for r in after["robustness"] if r["attack"] != "worst-case")
     # the evaluations accumulate: the run's own, then the two above, each in metrics.json and the report
     evaluations = json.loads((run_dir / "metrics.json").read_text())["evaluations"]
-    assert [e["attack"]["attacks"] for e in evaluations] == [["fgsm", "pgd"], ["pgd"], ["pgd (target least-likely)"]]
+    assert [e["attack"]["attacks"] for e in evaluations][1:] == [["pgd"], ["pgd (target least-likely)"]]
     html = (run_dir / "report.html").read_text()
     assert all(f'id="evaluation-{e["key"]}"' in html for e in evaluations)
     # the same settings again: reused, not run again
@@ -156,12 +171,13 @@ def test_an_existing_run_folder_is_never_overwritten(run_dir, capsys):
     (["run", "--model", "vgg"],
      "unknown model 'vgg'; valid choices: cnn, fast-cnn, fast-mnist-cnn, keras-cnn, madry-cnn, mlp, preact-resnet18"),
     (["run", "--attack", "cw"],
-     "unknown attack (--attack) 'cw'; valid choices: apgd-ce, apgd-ce-t, apgd-dlr, apgd-t, fab-t, fgsm, "
-     "full, pgd"),
+     "unknown attack (--attack) 'cw'; valid choices: apgd-ce, apgd-ce-t, apgd-dlr, apgd-t, auto, fab-t, fgsm, "
+     "full, pgd, plan, quick, square"),
     (["run", "--preset", "huge"], "unknown attack (--attack) 'huge'; valid choices: apgd-ce"),
     (["run", "--norm", "l1"], "unknown norm (--norm) 'l1'; valid choices: l2, linf"),
     (["run", "--preset", "full", "--norm", "l2"], "the square attack is implemented for --norm linf only"),
     (["run", "--preset", "full", "--target", "random"], "--target applies to fgsm, pgd, apgd-ce, apgd-dlr"),
+    (["run", "--target", "random"], "the converging plan (preset auto, the default) is untargeted: name the attacks"),
     (["run", "--eps", "abc"], "invalid eps 'abc'"),
     (["run", "--eps", "-1"], "invalid eps '-1': eps is in pixel units and must be in [0, 1] under linf"),
     (["run", "--eps", "2"], "invalid eps '2': eps is in pixel units and must be in [0, 1] under linf"),

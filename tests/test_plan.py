@@ -4,8 +4,9 @@ never called converged."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
-import torch
 
 from conftest import Rounding
 from imgclf.attacks import AttackSpec, plan_specs, robustness
@@ -88,7 +89,7 @@ def test_the_plan_converges_on_an_honest_model_below_the_attacks_it_starts_from(
     # every step ran on exactly the examples still standing, and its passes are counted
     standing = round(min(rows["fgsm"].accuracy, rows["pgd"].accuracy) * 100)
     assert outcome.steps[0].attacked <= standing and all(s.forwards > 0 for s in outcome.steps)
-    for before, after in zip(outcome.steps, outcome.steps[1:]):
+    for before, after in itertools.pairwise(outcome.steps):
         assert after.attacked == before.attacked - before.fooled
     assert outcome.passes_per_example == pytest.approx(
         sum(s.forwards + s.backwards for s in outcome.steps) / round(result.clean_accuracy * 100))

@@ -587,11 +587,11 @@ def validate(config: RunConfig) -> None:
             raise UsageError(f"the {name} attack is implemented for --norm {', '.join(ATTACKS[name].norms)} only; "
                              f"drop it or use {ATTACKS[name].norms[0]}")
     if attack.target is not None:
-        if PLAN in expand_attacks(attack.attacks):
+        if PLAN in expand_attacks(attack.attacks) and str(attack.target).strip():  # (an empty one: resolve says)
             raise UsageError("--target applies to single attacks; the converging plan (preset auto, the default) "
                              f"is untargeted: name the attacks, e.g. --attack {','.join(targetable_attacks()[:2])} "
                              "--target random")
-        untargetable = [n for n in expand_attacks(attack.attacks) if not ATTACKS[n].targetable]
+        untargetable = [n for n in expand_attacks(attack.attacks) if n != PLAN and not ATTACKS[n].targetable]
         if untargetable:
             raise UsageError(f"--target applies to {', '.join(targetable_attacks())}; {', '.join(untargetable)} "
                              "pick their own targets (drop --target or those attacks)")

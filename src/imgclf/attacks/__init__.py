@@ -65,7 +65,9 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 __all__ = [
     "ATTACKS",
     "ATTACK_PRESETS",
+    "AUTO_PLAN",
     "NORMS",
+    "PLAN",
     "TARGET_MODES",
     "WORST_CASE",
     "AttackInfo",

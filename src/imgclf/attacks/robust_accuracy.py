@@ -129,9 +129,10 @@ def robustness(
             accuracy after it and the attacks before it. False: every attack runs on every correctly
             classified example and its row is its own.
         plan: The steps of the converging plan (:data:`imgclf.attacks.registry.AUTO_PLAN` as
-            :func:`imgclf.attacks.spec.plan_specs` makes them), run after ``attacks`` at each eps on the examples every attack
-            before failed on, until :func:`imgclf.attacks.plan.decide` says stop; each step's row is the robust
-            accuracy after it and everything before it, and ``result.plan`` says per eps whether it converged.
+            :func:`imgclf.attacks.spec.plan_specs` makes them), run after ``attacks`` at each eps above 0 on the
+            examples every attack before failed on, until :func:`imgclf.attacks.plan.decide` says stop; each
+            step's row is the robust accuracy after it and everything before it, and ``result.plan`` says per eps
+            whether it converged (a failed gradient check voids it: :func:`imgclf.attacks.plan.with_checks`).
             Empty: no plan.
         tolerance: The plan's tolerance: the fraction of the examples still standing an escalation may fool
             and count as finding nothing more, in ``[0, 1)``.

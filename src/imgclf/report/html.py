@@ -287,7 +287,7 @@ def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, 
         "plan": [{"eps_label": eps_label(o.eps, colour), "converged": o.converged, "reason": o.reason,
                   "passes": o.passes_per_example, "budget": o.budget} for o in attack.plan],
         "plan_tolerance": attack.plan[0].tolerance if attack.plan else 0.0,
-        "plan_steps": sorted({step.attack for o in attack.plan for step in o.steps}),
+        "plan_steps": list(dict.fromkeys(step.attack for o in attack.plan for step in o.steps)),
         "advice": advice(attack.checks, attack.plan, run=run_name),
     }
 
@@ -345,7 +345,7 @@ def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
             card = {"label": f"worst-case robust accuracy at eps {eps_label(eps, colour)}",
                     "value": percent(worst.accuracy)}
             if outcome is not None:  # why it is believed, or why not
-                card.update(note=outcome.reason, bad=not outcome.converged)
+                card.update(note=outcome.reason, bad="" if outcome.converged else "not converged")
             cards.append(card)
     checks = metrics.attack.checks if metrics.attack else []
     if checks:
