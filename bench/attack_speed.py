@@ -113,7 +113,8 @@ def main() -> int:
     def theirs_art(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(art_pgd.generate(images.cpu().numpy(), labels.cpu().numpy())).to(images.device)
 
-    implementations = {"imgclf (one call)": ours_one_call, "imgclf": ours, "torchattacks": theirs_torchattacks, "ART": theirs_art}
+    implementations = {"imgclf (one call)": ours_one_call, "imgclf": ours, "torchattacks": theirs_torchattacks,
+                       "ART": theirs_art}
     for fn in implementations.values():
         fn(x[:bs], y[:bs])  # warm-up
     where = torch.cuda.get_device_name() if x.is_cuda else f"{platform.processor() or platform.machine()}, " \

@@ -111,3 +111,17 @@ def test_a_model_with_masked_gradients_is_never_called_converged(mnist):  # noqa
     assert "the check gradients failed" in outcome.reason or "the checks gradients" in outcome.reason, outcome.reason
     notes = advice(result.checks, result.plan, run="runs/rounded")
     assert notes and "--surrogate" in notes[0] and "imgclf attack runs/rounded" in notes[0]
+
+
+def test_the_advice_fits_the_kind_of_escalation_still_finding_examples():
+    from imgclf.attacks.results import PlanOutcome
+
+    steps = [step("apgd-ce", True, 900, 20), step("apgd-dlr", True, 880, 5), step("square", False, 875, 24),
+             step("apgd-t", True, 851, 0)]
+    black = advice([], [PlanOutcome(0.3, False, "did not converge", 0.005, 9000, 8800, steps)], run="runs/r")
+    # the black-box step is still finding examples, the latest gradient step is not: transfer and a longer search
+    assert len(black) == 1 and "--surrogate" in black[0] and "imgclf attack runs/r --attack square" in black[0]
+    white = steps[:3] + [step("apgd-t", True, 851, 9), step("square (5000 queries)", False, 842, 0)]
+    notes = advice([], [PlanOutcome(0.3, False, "did not converge", 0.005, 9000, 8800, white)], run="runs/r")
+    assert len(notes) == 1 and "imgclf attack runs/r --preset full --restarts 5 --cascade" in notes[0]
+    assert advice([], [PlanOutcome(0.3, True, "converged", 0.005, 900, 8800, white)]) == []

@@ -381,11 +381,16 @@ def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN") -> l
         Sentences, most telling first; empty when every check passed and the plan converged.
     """
     failed = {check["name"] for check in checks if check["status"] == "failed"}
-    open_plan = [outcome for outcome in plan if not outcome.converged]
-    black_still = any(not step.white_box and step.fooled > outcome.tolerance * step.attacked
-                      for outcome in open_plan for step in outcome.steps)
-    white_still = any(step.white_box and step.fooled > outcome.tolerance * step.attacked
-                      for outcome in open_plan for step in outcome.steps[1:])
+    def still_finding(white_box: bool) -> bool:
+        """Whether, where the plan did not converge, its latest escalation of this kind fooled above the
+        tolerance."""
+        for outcome in plan:
+            latest = next((step for step in reversed(outcome.steps[1:]) if step.white_box == white_box), None)
+            if not outcome.converged and latest is not None and latest.fooled > outcome.tolerance * latest.attacked:
+                return True
+        return False
+
+    black_still, white_still = still_finding(False), still_finding(True)
     notes = []
     if failed & {"white-box beats black-box", "transfer beats the evaluation", "gradients",
                  "large eps breaks the model"} or black_still:

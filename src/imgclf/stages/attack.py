@@ -98,7 +98,7 @@ def attack(parts: RunParts, settings: Settings) -> RobustnessResult:
                   "attacks, eps and examples (delete its entry in metrics.json to run it again)")
         result = RobustnessResult(earlier.robustness, earlier.attack.clean_accuracy, earlier.attack.n,
                                   earlier.attack.seed, skipped=earlier.attack.skipped, checks=earlier.attack.checks,
-                                  seconds=earlier.seconds)
+                                  seconds=earlier.seconds, plan=earlier.attack.plan)
         log_attack(parts, result)
         return result
     store = BatchFiles(record.evaluation_folder(folder.path, key) / record.BATCHES) \
