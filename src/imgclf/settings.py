@@ -199,11 +199,12 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
         if train_eps is not None and adversarial.eps is None:
             config = replace(config, adversarial=replace(adversarial, eps=train_eps.text))
     target = _target(attack.target, class_names)
+    names = expand_attacks(attack.attacks)
     try:
         attacks = tuple(AttackSpec(name, norm=attack.norm, steps=attack.steps, alpha=attack.alpha,
                                    restarts=attack.restarts, random_start=attack.random_start, target=target,
                                    options=attack.options)
-                        for name in expand_attacks(attack.attacks) if name != PLAN)
+                        for name in names if name != PLAN)
     except ValueError as error:
         raise UsageError(str(error)) from None
     owned = {key: value for spec in attacks for key, value in spec.options.items()}
@@ -215,7 +216,7 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
         severities = parse_severities(config.corruption.severities)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    plan = tuple(plan_specs(attack.norm)) if PLAN in expand_attacks(attack.attacks) else ()
+    plan = tuple(plan_specs(attack.norm)) if PLAN in names else ()
     return Settings(config, eps, train_eps, examples, target, attacks, corruptions, severities, plan)
 
 

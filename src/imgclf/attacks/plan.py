@@ -96,7 +96,7 @@ def with_checks(outcomes: list[PlanOutcome], checks: list[dict[str, Any]]) -> li
     return [replace(o, converged=False, reason=f"did not converge: {o.reason.removeprefix('converged: ')}, but the "
                                                f"check{'s' if len(failed) > 1 else ''} {', '.join(failed)} failed, so "
                                                "the gradient attacks' silence proves nothing")
-            if o.converged and o.reason.startswith("converged") else o for o in outcomes]
+            if o.converged and o.steps and o.steps[-1].attacked > o.steps[-1].fooled else o for o in outcomes]
 
 
 def _kind(white_box: bool) -> str:

@@ -153,7 +153,10 @@ def robustness(
                                  store, distributed or Distributed(), cascade)
         runnable, skipped = evaluation.runnable(attacks)
         steps, skipped_steps = evaluation.runnable(list(plan), deal=False)
-        evaluation.plan = _Plan(steps, tolerance, len(runnable)) if plan else None
+        evaluation.plan = _Plan(steps, tolerance, len(runnable), first_units=max(len(evaluation.chunks_of(
+            evaluation.correct)), 1)) if plan else None
+        if evaluation.plan is not None and steps:  # (the bar grows as the plan escalates)
+            evaluation.total += sum(eps > 0 for eps in eps_values) * evaluation.plan.first_units
         entries: list[RobustnessEntry] = []
         for eps_index, eps in enumerate(eps_values):
             entries += evaluation.at_eps(runnable, eps, eps_index)
@@ -276,6 +279,7 @@ class _Plan:
     tolerance: float
     first: int
     outcomes: list[PlanOutcome] = field(default_factory=list)
+    first_units: int = 1  # the first step's batches at most, counted up front at each eps for the progress bar
 
     @property
     def kinds(self) -> frozenset[bool]:
@@ -337,9 +341,6 @@ class _Evaluation:
             for spec in runnable:
                 self._deal(spec, self.correct)
             self.total = len(self.eps_values) * sum(max(len(c), 1) for c in self.chunks.values())
-        elif runnable:  # the plan: its first step's batches at each eps above 0, at most (a bar that grows as it
-            # escalates)
-            self.total += sum(eps > 0 for eps in self.eps_values) * max(len(self.chunks_of(self.correct)), 1)
         return runnable, skipped
 
     def chunks_of(self, candidates: torch.Tensor) -> list[torch.Tensor]:
@@ -401,18 +402,15 @@ class _Evaluation:
         outcomes: list[PlanStepOutcome] = []
         entries: list[RobustnessEntry] = []
         correct = max(int(self.correct.sum()), 1)
-        decision = decide([], kinds=plan.kinds, tolerance=plan.tolerance, spent=0, budget=AUTOATTACK_PASSES,
-                          remaining=len(plan.steps))
-        if not bool((self.correct & ~worst_fooled).any()):  # (the attacks before the plan left nothing)
-            decision = Decision(True, True, "no example was left standing for the plan: the attacks before it "
-                                            "fooled every one")
-            self.total -= max(len(self.chunks_of(self.correct)), 1)  # its first step's batches were counted
-        for number, spec in enumerate(plan.steps if not decision.stop else []):
+        decision = Decision(True, True, "no example was left standing for the plan: the attacks before it fooled "
+                                        "every one")
+        if not bool((self.correct & ~worst_fooled).any()):
+            self.total -= plan.first_units  # its first step's batches were counted up front
+        for number, spec in enumerate(plan.steps if (self.correct & ~worst_fooled).any() else []):
             index = plan.first + number
             standing = self.correct & ~worst_fooled
             self._deal(spec, standing)
-            self.total += max(len(self.chunks[spec]), 1) - (max(len(self.chunks_of(self.correct)), 1) if not number
-                                                            else 0)  # the first step's were counted up front
+            self.total += max(len(self.chunks[spec]), 1) - (plan.first_units if not number else 0)
             merged = self._attack(spec, eps, f"{eps_index:03d}-{index:02d}", worst_fooled, worst_images, fooled_by,
                                   index)
             self.fooled[(spec.label, eps)] = merged["hit"].cpu().numpy()
