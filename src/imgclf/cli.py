@@ -669,7 +669,7 @@ def _list_attacks() -> None:
             print(f"  {'':<10} {option.flag} {option.metavar}: {option.help} ({option.describe()})")
     for name, members in ATTACK_PRESETS.items():
         print(f"  preset {name}: {', '.join(members)}")
-    steps = ", ".join(f"{step.attack} ({step.tag})" if step.tag else step.attack for step in AUTO_PLAN)
+    steps = ", ".join(step.label for step in AUTO_PLAN)
     print(f"  {PLAN}: the converging plan: {steps}, each on the examples still standing, until the latest white-box "
           f"and black-box escalations each fool at most --plan-tolerance of them (default {PLAN_TOLERANCE}) or "
           f"AutoAttack's budget ({AUTOATTACK_PASSES:,} passes per example) is spent")

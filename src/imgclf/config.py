@@ -184,6 +184,7 @@ class AttackConfig:
     surrogate: str | None = None  # a run folder whose model the transfer check attacks; None: found in the model
     cascade: bool = False  # each attack only on what the earlier ones failed on (AutoAttack's way; cumulative rows)
     plan_tolerance: float = setting(PLAN_TOLERANCE, Interval(float, 0, 1, "left"))  # plan stops: fooled share
+    minimal_norm: bool = True  # FMN once, unbounded: each example's smallest adversarial radius, the continuous curve
 
 
 @dataclass

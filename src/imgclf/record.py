@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclf.attacks.results import WORST_CASE, PlanOutcome, RobustnessEntry
+from imgclf.attacks.results import WORST_CASE, MinimalNorm, PlanOutcome, RobustnessEntry
 from imgclf.calibration import Calibration, EpsCalibration
 from imgclf.corruptions.evaluation import CorruptionEvaluation
 from imgclf.errors import UsageError
@@ -157,6 +157,7 @@ class AttackRecord:
     warnings: list[str] = field(default_factory=list)
     cascade: bool = False  # each attack ran on what the earlier ones failed on: its row is cumulative
     plan: list[PlanOutcome] = field(default_factory=list)  # the converging plan per eps, where it ran
+    minimal_norm: MinimalNorm | None = None  # the minimal-norm attack's summary (its radii: adversarial.npz)
 
 
 @dataclass
@@ -556,9 +557,11 @@ def _value(value: Any, annotation: Any, file: str, where: str) -> Any:
 #: Numbers of the record that are fractions in [0, 1] (accuracies, rates, calibration errors, bin edges).
 _FRACTIONS = frozenset({"accuracy", "best_val_accuracy", "best_robust_val_accuracy", "macro_f1", "balanced_accuracy",
                         "top5_accuracy", "clean_accuracy", "success_rate", "target_success_rate", "ece", "mce",
-                        "confidence", "lower", "upper", "per_class", "precision", "recall", "f1"})
+                        "confidence", "lower", "upper", "per_class", "precision", "recall", "f1",
+                        "fixed_accuracy", "curve_accuracy", "p_value"})
 #: Fractions that are NaN where nothing was there to count (no correct example to fool, no validation split).
-_MAY_BE_NAN = frozenset({"success_rate", "target_success_rate", "best_val_accuracy", "accuracy", "clean_accuracy"})
+_MAY_BE_NAN = frozenset({"success_rate", "target_success_rate", "best_val_accuracy", "accuracy", "clean_accuracy",
+                         "fixed_accuracy", "curve_accuracy"})
 #: Numbers that may be below 0 (a relative corruption error can be).
 _SIGNED = frozenset({"relative_mce", "corruption_errors"})
 

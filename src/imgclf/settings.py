@@ -19,7 +19,15 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from imgclf.attacks import PLAN, TARGET_MODES, AttackSpec, expand_attacks, plan_specs
+from imgclf.attacks import (
+    ATTACKS,
+    MINIMAL_NORM_ATTACK,
+    PLAN,
+    TARGET_MODES,
+    AttackSpec,
+    expand_attacks,
+    plan_specs,
+)
 from imgclf.corruptions.registry import parse_corruptions, parse_severities
 from imgclf.errors import UsageError
 
@@ -32,6 +40,8 @@ DEFAULT_EPS = {
     ("linf", 1): ("0", "0.05", "0.1", "0.2", "0.3"),
     ("l2", 3): ("0", "0.25", "0.5", "1"),  # the perturbation's Euclidean length in pixel units
     ("l2", 1): ("0", "0.5", "1", "2", "3"),
+    ("l1", 3): ("0", "3", "6", "12"),  # the sum of the pixels' changes, in pixel units
+    ("l1", 1): ("0", "2.5", "5", "10"),
 }
 #: Most eps values one list may expand to (a range with a tiny step would ask for billions).
 MAX_EPS_VALUES = 1000
@@ -65,6 +75,8 @@ class Settings:
             (``plan`` or preset ``auto``), else empty.
         corruptions: The common corruptions' names, groups and ``all`` expanded, in registry order.
         severities: Their severities, ascending.
+        minimal_norm: The minimal-norm attack (``fmn`` under ``attack.norm``, ``attack.steps``) where
+            ``attack.minimal_norm`` asks for it, else None.
     """
 
     config: RunConfig
@@ -76,6 +88,7 @@ class Settings:
     corruptions: tuple[str, ...] = ()
     severities: tuple[int, ...] = ()
     plan: tuple[AttackSpec, ...] = ()
+    minimal_norm: AttackSpec | None = None
 
     @property
     def eps_values(self) -> list[float]:
@@ -199,7 +212,12 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
         if train_eps is not None and adversarial.eps is None:
             config = replace(config, adversarial=replace(adversarial, eps=train_eps.text))
     target = _target(attack.target, class_names)
-    names = expand_attacks(attack.attacks)
+    names = [name for name in expand_attacks(attack.attacks)  # a preset's attacks without this norm are left out
+             if name == PLAN or name in attack.attacks or attack.norm in ATTACKS[name].norms]
+    plan = tuple(plan_specs(attack.norm)) if PLAN in names else ()
+    if not plan and all(name == PLAN for name in names):
+        raise UsageError(f"no attack of {', '.join(attack.attacks)} implements norm {attack.norm}; name one that "
+                         f"does: {', '.join(name for name, info in ATTACKS.items() if attack.norm in info.norms)}")
     try:
         attacks = tuple(AttackSpec(name, norm=attack.norm, steps=attack.steps, alpha=attack.alpha,
                                    restarts=attack.restarts, random_start=attack.random_start, target=target,
@@ -216,8 +234,8 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
         severities = parse_severities(config.corruption.severities)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    plan = tuple(plan_specs(attack.norm)) if PLAN in names else ()
-    return Settings(config, eps, train_eps, examples, target, attacks, corruptions, severities, plan)
+    minimal = AttackSpec(MINIMAL_NORM_ATTACK, norm=attack.norm, steps=attack.steps) if attack.minimal_norm else None
+    return Settings(config, eps, train_eps, examples, target, attacks, corruptions, severities, plan, minimal)
 
 
 def _train_eps(given: str | None, attack_eps: tuple[Eps, ...] | None, norm: str) -> Eps | None:

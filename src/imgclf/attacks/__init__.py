@@ -3,10 +3,11 @@
 One file per attack, each declared in :mod:`imgclf.attacks.registry`:
 :func:`fgsm` (``fast_gradient``), :func:`pgd` (``projected_gradient``: L-inf and L2,
 targeted, restarts), :func:`apgd` and :func:`apgd_targeted` (``auto_pgd``: APGD-CE,
-APGD-DLR, APGD-T, APGD-CE-T), :func:`fab_targeted` (``fab``: FAB-T) and :func:`square`
-(``square_search``). :func:`robustness` runs them over eps values with the per-example
-worst case, and the converging plan (:data:`AUTO_PLAN`, stopped by :mod:`imgclf.attacks.plan`) escalates
-until it has converged; :mod:`imgclf.attacks.checks` flags signs of false robustness.
+APGD-DLR, APGD-T, APGD-CE-T), :func:`fab_targeted` (``fab``: FAB-T), :func:`fmn`
+(``minimal_norm``: each example's smallest adversarial perturbation under L-inf, L2 or L1)
+and :func:`square` (``square_search``). :func:`robustness` runs them over eps values with the
+per-example worst case, and the converging plan (:data:`AUTO_PLAN`, stopped by :mod:`imgclf.attacks.plan`)
+escalates until it has converged; :mod:`imgclf.attacks.checks` flags signs of false robustness.
 :mod:`imgclf.attacks.core` holds what every attack shares.
 
 An attack never changes the model's train/eval mode or its parameters; the
@@ -24,6 +25,7 @@ from imgclf.attacks.registry import (
     ATTACK_PRESETS,
     ATTACKS,
     AUTO_PLAN,
+    MINIMAL_NORM_ATTACK,
     NORMS,
     PLAN,
     TARGET_MODES,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from imgclf.attacks.fab import fab_targeted
     from imgclf.attacks.fast_gradient import fgsm
     from imgclf.attacks.losses import dlr, margin
+    from imgclf.attacks.minimal_norm import fmn
     from imgclf.attacks.projected_gradient import pgd
     from imgclf.attacks.results import WORST_CASE, RobustnessEntry, RobustnessResult
     from imgclf.attacks.robust_accuracy import choose_targets, robustness
@@ -56,6 +59,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "imgclf.attacks.fab": ("fab_targeted",),
     "imgclf.attacks.fast_gradient": ("fgsm",),
     "imgclf.attacks.losses": ("dlr", "margin"),
+    "imgclf.attacks.minimal_norm": ("fmn",),
     "imgclf.attacks.projected_gradient": ("pgd",),
     "imgclf.attacks.results": ("WORST_CASE", "RobustnessEntry", "RobustnessResult"),
     "imgclf.attacks.robust_accuracy": ("choose_targets", "robustness"),
@@ -66,6 +70,7 @@ __all__ = [
     "ATTACKS",
     "ATTACK_PRESETS",
     "AUTO_PLAN",
+    "MINIMAL_NORM_ATTACK",
     "NORMS",
     "PLAN",
     "TARGET_MODES",
@@ -83,6 +88,7 @@ __all__ = [
     "expand_attacks",
     "fab_targeted",
     "fgsm",
+    "fmn",
     "loss_gradient",
     "margin",
     "pgd",

@@ -30,7 +30,7 @@ def check_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float, norm: s
         ValueError: If ``images`` is not 4-D floating point in ``[0, 1]``,
             ``labels`` (or ``target``) is not ``(N,)`` integer, ``target`` equals
             the true label somewhere, ``norm`` is not one of :data:`NORMS`, or
-            ``eps`` is outside ``[0, 1]`` (L-inf) or ``[0, sqrt(C*H*W)]`` (L2).
+            ``eps`` is outside ``[0, 1]`` (L-inf), ``[0, sqrt(C*H*W)]`` (L2) or ``[0, C*H*W]`` (L1).
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
@@ -43,7 +43,7 @@ def check_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float, norm: s
                              f"got {tuple(tensor.shape)}")
     if target is not None and bool((target == labels).any()):
         raise ValueError("a target class must differ from the true label of its example")
-    largest = 1.0 if norm == "linf" else math.sqrt(images[0].numel()) if images.shape[0] else math.inf
+    largest = largest_eps(images, norm)
     if not 0.0 <= eps <= largest:
         raise ValueError(f"eps is in pixel units and must lie in [0, {largest:.4g}] under {norm}, got {eps}")
     if images.numel() and (images.min() < 0 or images.max() > 1):
@@ -51,6 +51,15 @@ def check_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float, norm: s
             "images must be in [0, 1] pixel space (normalization belongs inside the model); "
             f"got values in [{images.min().item():.3f}, {images.max().item():.3f}]"
         )
+
+
+def largest_eps(images: torch.Tensor, norm: str) -> float:
+    """The largest perturbation ``images`` ``(N, C, H, W)`` in ``[0, 1]`` can take under ``norm``, in pixel units:
+    1 (L-inf), ``sqrt(C*H*W)`` (L2), ``C*H*W`` (L1); infinite when there are no images."""
+    if not images.shape[0]:
+        return math.inf
+    size = images[0].numel()
+    return {"linf": 1.0, "l2": math.sqrt(size), "l1": float(size)}[norm]
 
 
 #: Examples an attack works on at once when given more (see :func:`attack_entry`), by device type; other devices
@@ -219,9 +228,9 @@ def loss_gradient(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
 
 def per_example_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """The L-inf or L2 norm of each example of ``delta`` ``(N, ...)``, shaped ``(N, 1, 1, 1)``."""
+    """The L-inf, L2 or L1 norm of each example of ``delta`` ``(N, ...)``, shaped ``(N, 1, 1, 1)``."""
     flat = delta.flatten(1)
-    values = flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+    values = flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1) if norm == "l2" else flat.abs().sum(1)
     return values.view(-1, *([1] * (delta.ndim - 1)))
 
 
@@ -232,18 +241,48 @@ def steepest_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / per_example_norm(grad, "l2").clamp_min(1e-12)
 
 
-def project(adversarial: torch.Tensor, images: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+def project(adversarial: torch.Tensor, images: torch.Tensor, eps: float | torch.Tensor,
+            norm: str = "linf") -> torch.Tensor:
     """Project onto the eps ball around ``images`` under ``norm``, then onto ``[0, 1]``.
 
     Clamping to ``[0, 1]`` after the ball never moves a point out of the ball,
-    as ``images`` lies in ``[0, 1]``. The result satisfies
-    ``||result - images|| <= eps`` (up to float32 rounding) and ``0 <= result <= 1``.
+    as ``images`` lies in ``[0, 1]`` and clamping only shrinks each coordinate's change. The result satisfies
+    ``||result - images|| <= eps`` (up to float32 rounding) and ``0 <= result <= 1``. Under L1 the ball's
+    projection is the Euclidean one (:func:`project_l1_ball`).
+
+    Args:
+        adversarial, images: ``float32`` ``(N, C, H, W)``.
+        eps: One radius, or one per example (``(N,)``), in pixel units.
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
     """
-    if norm == "linf":
-        return torch.minimum(torch.maximum(adversarial, images - eps), images + eps).clamp_(0.0, 1.0)
+    radius = eps.view(-1, *([1] * (images.ndim - 1))) if isinstance(eps, torch.Tensor) else eps
     delta = adversarial - images
-    scale = (eps / per_example_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
-    return (images + delta * scale).clamp_(0.0, 1.0)
+    if norm == "linf":
+        delta = torch.minimum(torch.maximum(delta, -radius), radius) if isinstance(radius, torch.Tensor) \
+            else delta.clamp(-radius, radius)
+    elif norm == "l2":
+        delta = delta * (radius / per_example_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
+    else:
+        delta = project_l1_ball(delta, radius)
+    return (images + delta).clamp_(0.0, 1.0)
+
+
+def project_l1_ball(delta: torch.Tensor, radius: float | torch.Tensor) -> torch.Tensor:
+    """The Euclidean projection of each example of ``delta`` ``(N, ...)`` onto the L1 ball of ``radius`` (a number
+    or ``(N, 1, ..., 1)``): soft thresholding at the level found by sorting (Duchi, Shalev-Shwartz, Singer and
+    Chandra, "Efficient projections onto the l1-ball for learning in high dimensions", ICML 2008). Rows inside
+    the ball are returned unchanged."""
+    flat = delta.flatten(1)
+    size = torch.as_tensor(radius, dtype=flat.dtype, device=flat.device).reshape(-1, 1).expand(len(flat), 1)
+    magnitude = flat.abs()
+    ordered = magnitude.sort(1, descending=True).values
+    excess = ordered.cumsum(1) - size
+    rank = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    last = ((ordered - excess / rank) > 0).sum(1, keepdim=True).clamp_min(1)  # how many coordinates stay nonzero
+    level = (excess.gather(1, last - 1) / last.to(flat.dtype)).clamp_min(0)
+    shrunk = flat.sign() * (magnitude - level).clamp_min(0)
+    inside = magnitude.sum(1, keepdim=True) <= size
+    return torch.where(inside, flat, shrunk).view_as(delta)
 
 
 def project_linf(adversarial: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:

@@ -29,8 +29,12 @@ from imgclf.errors import UsageError, unknown_choice
 if TYPE_CHECKING:
     import torch
 
-#: The threat models: the L-inf and L2 balls around an image, in pixel units.
-NORMS = ("linf", "l2")
+#: The threat models: the L-inf, L2 and L1 balls around an image, in pixel units.
+NORMS = ("linf", "l2", "l1")
+#: How tables and figures write each norm.
+NORM_LABELS = {"linf": "L-inf", "l2": "L2", "l1": "L1"}
+#: The threat models an attack implements unless it declares others.
+DEFAULT_NORMS = ("linf", "l2")
 #: The target modes of a targeted attack besides a class name or index.
 TARGET_MODES = ("random", "least-likely")
 
@@ -149,7 +153,7 @@ class AttackInfo:
         runner: The runner (see the module docstring), or its ``"module:name"``, imported by
             :attr:`run` on first use.
         summary: One line for tables and help: what it is and its source.
-        norms: Threat models it implements, a subset of :data:`~imgclf.attacks.core.NORMS`.
+        norms: Threat models it implements, a subset of :data:`NORMS` (default :data:`DEFAULT_NORMS`).
         targetable: Accepts a user-chosen target class (``--target``).
         white_box: Uses the model's gradients (False: only its logits).
         default_steps: Iterations when none are given; ``fixed_steps`` attacks always use it.
@@ -165,7 +169,7 @@ class AttackInfo:
     name: str
     runner: Runner | str
     summary: str
-    norms: tuple[str, ...] = NORMS
+    norms: tuple[str, ...] = DEFAULT_NORMS
     targetable: bool = False
     white_box: bool = True
     default_steps: int = 100
@@ -195,6 +199,8 @@ class AttackInfo:
 #: Every registered attack by name, in registration order (the order of tables and help).
 ATTACKS: dict[str, AttackInfo] = {}
 
+#: The minimal-norm attack behind the robustness curve (``attack.minimal_norm``): each example's smallest radius.
+MINIMAL_NORM_ATTACK = "fmn"
 #: The converging attack plan's name in an attack list (``--attack plan``, and preset ``auto``): :data:`AUTO_PLAN`.
 PLAN = "plan"
 
@@ -214,11 +220,25 @@ class PlanStep:
         attack: A registered attack's name.
         options: Its own options (:class:`AttackOption`), over the declared defaults.
         tag: Told apart from another step of the same attack in tables: ``square (5000 queries)``.
+        steps: Its iterations; None: the attack's default (or ``--steps``).
+        norms: The threat models the step belongs to the plan of; empty: every norm its attack implements.
     """
 
     attack: str
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     tag: str = ""
+    steps: int | None = None
+    norms: tuple[str, ...] = ()
+
+    def applies(self, norm: str) -> bool:
+        """Whether the plan under ``norm`` has this step."""
+        return norm in ATTACKS[self.attack].norms and (not self.norms or norm in self.norms)
+
+    @property
+    def label(self) -> str:
+        """``square (5000 queries)``, ``fmn (1000 steps; l1)``: the attack, its tag and the norms it is kept to."""
+        notes = [note for note in (self.tag, "/".join(self.norms)) if note]
+        return f"{self.attack} ({'; '.join(notes)})" if notes else self.attack
 
     @property
     def white_box(self) -> bool:
@@ -229,9 +249,10 @@ class PlanStep:
 #: The converging plan, cheap first: APGD-CE on every correctly classified example, then escalations on the
 #: examples still standing, each of another kind of search: APGD on the DLR loss (invariant to the logits'
 #: scale), Square's random search (no gradients: what masked gradients cannot hide from), APGD-T towards the
-#: nine highest-scoring classes, Square with AutoAttack's 5,000 queries, and targeted FAB. The plan stops as
-#: soon as the latest white-box and the latest black-box escalation each fooled at most the tolerance of the
-#: examples they attacked (:func:`imgclf.attacks.plan.decide`).
+#: nine highest-scoring classes, Square with AutoAttack's 5,000 queries, and targeted FAB. Under L1, which none of
+#: them implements, FMN (100 steps) and FMN with 1,000 steps. The plan stops as soon as the latest white-box and
+#: the latest black-box escalation each fooled at most the tolerance of the examples they attacked
+#: (:func:`imgclf.attacks.plan.decide`).
 AUTO_PLAN: tuple[PlanStep, ...] = (
     PlanStep("apgd-ce"),
     PlanStep("apgd-dlr"),
@@ -239,6 +260,8 @@ AUTO_PLAN: tuple[PlanStep, ...] = (
     PlanStep("apgd-t"),
     PlanStep("square", {"queries": 5000}, tag="5000 queries"),
     PlanStep("fab-t"),
+    PlanStep("fmn", norms=("l1",)),
+    PlanStep("fmn", tag="1000 steps", steps=1000, norms=("l1",)),
 )
 #: What the plan may spend per correctly classified example at one eps, in passes of the model (forward and
 #: backward): that of AutoAttack's standard version when no example falls early: APGD-CE (100 steps), APGD-T
@@ -251,7 +274,7 @@ AUTOATTACK_PASSES = 2 * 100 + 2 * 900 + 2 * 900 + 5000
 PLAN_TOLERANCE = 0.005
 
 
-def register_attack(name: str, *, summary: str, norms: tuple[str, ...] = NORMS, targetable: bool = False,
+def register_attack(name: str, *, summary: str, norms: tuple[str, ...] = DEFAULT_NORMS, targetable: bool = False,
                     white_box: bool = True, default_steps: int = 100, fixed_steps: bool = False,
                     min_classes: Callable[[bool], int] | None = None,
                     settings: Callable[[AttackSettings, float], dict[str, Any]] | None = None,
@@ -311,6 +334,10 @@ for _info in (
                "APGD towards each of the 9 highest-scoring wrong classes, targeted cross-entropy"),
     AttackInfo("fab-t", "imgclf.attacks.fab:run_fab",
                "targeted FAB (Croce & Hein 2020): minimal perturbation via exact box-constrained projections",
+               settings=lambda spec, eps: {"random_start": False}),
+    AttackInfo("fmn", "imgclf.attacks.minimal_norm:run_fmn",
+               "FMN (Pintor et al. 2021): the smallest perturbation it finds, kept where within eps; the "
+               "robustness curve's minimal-norm attack", norms=NORMS,
                settings=lambda spec, eps: {"random_start": False}),
     AttackInfo("square", "imgclf.attacks.square_search:run_square",
                "Square Attack (Andriushchenko et al. 2020): random search on the logits alone, `--queries` "

@@ -115,6 +115,104 @@ class PlanOutcome:
     steps: list[PlanStepOutcome] = field(default_factory=list)
 
 
+#: The paired sign test's level below which the minimal-norm curve counts as missing what the fixed-eps attacks found.
+MISSED_P = 0.05
+
+
+@dataclass
+class MinimalNormAgreement:
+    """The minimal-norm curve against the fixed-eps worst case at one eps, on the same examples.
+
+    Attributes:
+        eps: The radius, in pixel units.
+        fixed_accuracy: The worst case over the fixed-eps attacks, a fraction in ``[0, 1]``.
+        curve_accuracy: The share of examples whose smallest adversarial radius found is larger than ``eps``.
+        only_fixed: Examples the fixed-eps attacks fooled at ``eps`` whose smallest radius found is larger.
+        only_minimal: Examples with a radius of at most ``eps`` that every fixed-eps attack failed on.
+        p_value: One-sided exact sign test (McNemar's) that the curve misses more than it finds, on the
+            ``only_fixed + only_minimal`` examples where the two disagree (1 where none do).
+        missed: ``p_value < MISSED_P``: the curve lies above the fixed-eps result by more than sampling noise.
+    """
+
+    eps: float
+    fixed_accuracy: float
+    curve_accuracy: float
+    only_fixed: int
+    only_minimal: int
+    p_value: float
+    missed: bool
+
+
+@dataclass
+class MinimalNorm:
+    """The minimal-norm attack's run: each example's smallest adversarial radius, summarized (the radii
+    themselves are ``examples["minimal_radii"]`` of the :class:`RobustnessResult`, and ``adversarial.npz``).
+
+    Attributes:
+        attack: Its label (``fmn``). norm: ``"linf"``, ``"l2"`` or ``"l1"``. steps: Its iterations.
+        attacked: Examples it ran on (classified correctly without attack).
+        found: How many of them it found an adversarial perturbation for.
+        median: The median smallest radius over the attacked examples, in pixel units (those not found count
+            as larger than every radius); None when it found fewer than half.
+        seconds, forwards, backwards: Its wall time and passes of the model, counted in examples.
+        agreement: Per eps above 0 of the evaluation, against the fixed-eps worst case.
+    """
+
+    attack: str
+    norm: str
+    steps: int
+    attacked: int
+    found: int
+    median: float | None
+    seconds: float = 0.0
+    forwards: int = 0
+    backwards: int = 0
+    agreement: list[MinimalNormAgreement] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One sentence per eps where the curve missed (lies above the fixed-eps result beyond noise), and per eps
+        where it found examples every fixed-eps attack missed."""
+        notes = []
+        for row in self.agreement:
+            if row.missed:
+                notes.append(f"at eps {row.eps:.4g} the minimal-norm curve ({row.curve_accuracy:.2%}) lies above the "
+                             f"fixed-eps worst case ({row.fixed_accuracy:.2%}) beyond sampling noise (sign test p = "
+                             f"{row.p_value:.2g}): {self.attack} missed {row.only_fixed} example(s) the fixed-eps "
+                             "attacks fooled; the curve is an upper bound there, and more --steps may close it")
+            if row.only_minimal:
+                notes.append(f"at eps {row.eps:.4g} {self.attack} found {row.only_minimal} example(s) within eps that "
+                             "every fixed-eps attack failed on: robust accuracy there is at most "
+                             f"{row.curve_accuracy:.2%} by the curve; the fixed-eps worst case is too high")
+        return notes
+
+
+def curve_accuracy(radii: np.ndarray, eps: float) -> float:
+    """The robust accuracy at ``eps`` that smallest adversarial radii ``radii`` (``(n,)``, 0 for a misclassified
+    example, inf where none was found) imply: the share larger than ``eps``; NaN without examples."""
+    return float((radii > eps).mean()) if len(radii) else float("nan")
+
+
+def agreement(radii: np.ndarray, fooled: dict[float, np.ndarray], correct: np.ndarray) -> list[MinimalNormAgreement]:
+    """The curve of ``radii`` against the fixed-eps worst case ``fooled`` (per eps, bool ``(n,)``) of the examples
+    ``correct`` without attack (bool ``(n,)``): per eps above 0, what each found that the other did not, and the
+    one-sided exact sign test on those (:func:`scipy.stats.binomtest`)."""
+    from scipy.stats import binomtest
+
+    rows = []
+    for eps in sorted(e for e in fooled if e > 0):
+        fixed = fooled[eps]
+        minimal = correct & (radii <= eps)
+        only_fixed, only_minimal = int((fixed & ~minimal).sum()), int((minimal & ~fixed).sum())
+        disagree = only_fixed + only_minimal
+        p_value = float(binomtest(only_fixed, disagree, 0.5, alternative="greater").pvalue) if disagree else 1.0
+        n = len(radii)
+        rows.append(MinimalNormAgreement(eps, float((correct & ~fixed).sum() / n) if n else float("nan"),
+                                         curve_accuracy(radii, eps), only_fixed, only_minimal, p_value,
+                                         p_value < MISSED_P))
+    return rows
+
+
 @dataclass
 class RobustnessResult:
     """The attack stage's output.
@@ -136,6 +234,8 @@ class RobustnessResult:
         checks: Sanity checks (see :mod:`imgclf.attacks.checks`), as dicts.
         seconds: Wall time.
         plan: The converging plan's outcome per eps (ascending), when it ran (:class:`PlanOutcome`).
+        minimal_norm: The minimal-norm attack's summary, when it ran (:class:`MinimalNorm`); its radii are
+            ``examples["minimal_radii"]``, ``float32`` ``(n,)`` in pixel units (0: misclassified, inf: none found).
     """
 
     entries: list[RobustnessEntry]
@@ -149,6 +249,7 @@ class RobustnessResult:
     checks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     plan: list[PlanOutcome] = field(default_factory=list)
+    minimal_norm: MinimalNorm | None = None
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """The entries as plain dicts (``metrics.json``'s ``robustness``)."""

@@ -8,6 +8,7 @@ already.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,15 +18,17 @@ import numpy as np
 import torch
 
 from imgclf.attacks.checks import sanity_checks
-from imgclf.attacks.core import CPU_CHUNK, Chunked
+from imgclf.attacks.core import CPU_CHUNK, Chunked, largest_eps, per_example_norm
 from imgclf.attacks.plan import Decision, decide, with_checks
 from imgclf.attacks.registry import AUTOATTACK_PASSES, PLAN_TOLERANCE, TARGET_MODES, attack_info
 from imgclf.attacks.results import (
     WORST_CASE,
+    MinimalNorm,
     PlanOutcome,
     PlanStepOutcome,
     RobustnessEntry,
     RobustnessResult,
+    agreement,
     batched_logits,
 )
 from imgclf.attacks.spec import AttackSpec
@@ -86,6 +89,7 @@ def robustness(
     cascade: bool = False,
     plan: Sequence[AttackSpec] = (),
     tolerance: float = PLAN_TOLERANCE,
+    minimal_norm: AttackSpec | None = None,
 ) -> RobustnessResult:
     """Robust accuracy of ``model`` under each attack at each eps, and the worst case.
 
@@ -136,6 +140,10 @@ def robustness(
             Empty: no plan.
         tolerance: The plan's tolerance: the fraction of the examples still standing an escalation may fool
             and count as finding nothing more, in ``[0, 1)``.
+        minimal_norm: A minimal-norm attack (``fmn``) run once, unbounded, on every correctly classified example
+            after the fixed-eps attacks (units like theirs, so it resumes and shards alike): each example's
+            smallest adversarial radius (``result.examples["minimal_radii"]``), the continuous robustness curve
+            they imply, and its agreement with the fixed-eps worst case (``result.minimal_norm``). None: not run.
 
     Returns:
         A :class:`~imgclf.attacks.results.RobustnessResult`.
@@ -157,14 +165,17 @@ def robustness(
             evaluation.correct)), 1)) if plan else None
         if evaluation.plan is not None and steps:  # (the bar grows as the plan escalates)
             evaluation.total += sum(eps > 0 for eps in eps_values) * evaluation.plan.first_units
+        if minimal_norm is not None:
+            evaluation.total += max(len(evaluation.chunks_of(evaluation.correct)), 1)
         entries: list[RobustnessEntry] = []
         for eps_index, eps in enumerate(eps_values):
             entries += evaluation.at_eps(runnable, eps, eps_index)
+        summary = evaluation.minimal_norm(minimal_norm) if minimal_norm is not None else None
         result = RobustnessResult(entries, evaluation.clean_accuracy, evaluation.n, seed,
                                   skipped=skipped + skipped_steps, fooled=evaluation.fooled,
                                   adversarial=evaluation.adversarial_record(runnable + steps),
                                   examples=evaluation.examples,
-                                  plan=evaluation.plan.outcomes if evaluation.plan else [])
+                                  plan=evaluation.plan.outcomes if evaluation.plan else [], minimal_norm=summary)
         if run_checks:
             result.checks = sanity_checks(model, images, labels, logits, result, runnable + steps,
                                           batch_size=batch_size, seed=seed, surrogate=surrogate,
@@ -432,6 +443,27 @@ class _Evaluation:
                                          AUTOATTACK_PASSES, outcomes))
         return entries
 
+    def minimal_norm(self, spec: AttackSpec) -> MinimalNorm:
+        """``spec`` (a minimal-norm attack) without a bound on every correctly classified example: each example's
+        smallest adversarial radius found, kept in ``examples["minimal_radii"]`` (``float32`` ``(n,)``: 0 where
+        the clean image is misclassified, inf where none was found), and its summary."""
+        self._deal(spec, self.correct)
+        found = torch.zeros(self.n, dtype=torch.bool, device=self.images.device)
+        closest = self.images.clone()
+        merged = self._attack(spec, largest_eps(self.images, spec.norm), "minimal", found, closest,
+                              torch.full((self.n,), -1, dtype=torch.int64, device=self.images.device), -1)
+        sizes = per_example_norm(closest - self.images, spec.norm).flatten().cpu().numpy().astype(np.float64)
+        correct = self.correct.cpu().numpy()
+        hit = found.cpu().numpy() & correct
+        radii = np.where(correct, np.where(hit, sizes, np.inf), 0.0).astype(np.float32)  # (as the record keeps them)
+        self.examples["minimal_radii"] = radii
+        attacked = int(correct.sum())
+        middle = float(np.median(radii[correct])) if attacked else math.inf
+        median = middle if math.isfinite(middle) else None
+        fooled = {eps: self.fooled[(WORST_CASE, eps)] for eps in self.eps_values}
+        return MinimalNorm(spec.label, spec.norm, spec.n_steps, attacked, int(hit.sum()), median, merged["seconds"],
+                           merged["forwards"], merged["backwards"], agreement(radii, fooled, correct))
+
     def _attack(self, spec: AttackSpec, eps: float, point: str, worst_fooled: torch.Tensor,
                 worst_images: torch.Tensor, fooled_by: torch.Tensor, index: int) -> dict[str, Any]:
         """One attack at one eps, unit by unit (each process its share, merged in order): which examples it
@@ -493,7 +525,7 @@ class _Evaluation:
         worst_images[rows[new]] = adv[new]
         fooled_by[rows[new]] = index
         worst_fooled[rows] |= hit
-        if eps == self.eps_values[-1]:
+        if eps == self.eps_values[-1] and index >= 0:
             self._keep_examples(spec, rows, adv, unit["pred"].to(device))
 
     def _keep_examples(self, spec: AttackSpec, rows: torch.Tensor, adv: torch.Tensor, pred: torch.Tensor) -> None:

@@ -95,6 +95,6 @@ class AttackSpec:
 
 def plan_specs(norm: str) -> list[AttackSpec]:
     """The converging plan's steps (:data:`~imgclf.attacks.registry.AUTO_PLAN`) under ``norm``, those without
-    a version for it left out (Square has no L2 version)."""
-    return [AttackSpec(step.attack, norm=norm, options=step.options, tag=step.tag)
-            for step in AUTO_PLAN if norm in attack_info(step.attack).norms]
+    a version for it, or kept to other norms, left out (Square has no L2 version; FMN steps in for L1)."""
+    return [AttackSpec(step.attack, norm=norm, steps=step.steps, options=step.options, tag=step.tag)
+            for step in AUTO_PLAN if step.applies(norm)]

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from imgclf import record
 from imgclf.attacks.checks import advice
+from imgclf.attacks.registry import NORM_LABELS
 from imgclf.calibration import CalibrationMetrics, EpsCalibration
 from imgclf.errors import UsageError, first_line
 from imgclf.record import WORST_CASE, Evaluation, Metrics, ModelInfo, read_metrics, read_model_record
@@ -153,13 +154,20 @@ def _evaluation_figures(folder: RunFolder, metrics: Metrics, class_names: list[s
     figures: dict[str, Figure] = {}
     for evaluation in metrics.evaluations:
         newest = evaluation is metrics.latest
+        where = RunFolder(record.evaluation_folder(folder.path, evaluation.key))
+        adversarial = where.read_arrays(record.ADVERSARIAL_EXAMPLES)
         if evaluation.robustness:
-            figure = robustness_curve(evaluation.robustness, evaluation.attack.clean_accuracy, colour=colour)
+            found = evaluation.attack.minimal_norm
+            radii = adversarial.get("minimal_radii") if adversarial is not None and found is not None else None
+            if radii is not None and (radii.shape != (evaluation.attack.n,) or np.isnan(radii).any()
+                                      or (radii < 0).any()):
+                raise UsageError(f"{str(where.file(record.ADVERSARIAL_EXAMPLES))!r}: minimal_radii must be "
+                                 f"{evaluation.attack.n} radii >= 0; restore the file or run the evaluation again")
+            figure = robustness_curve(evaluation.robustness, evaluation.attack.clean_accuracy, colour=colour,
+                                      radii=radii, minimal_label=found.attack.upper() if found else "")
             figures[f"robustness-{evaluation.key}"] = figure
             if newest:
                 figures["robustness"] = figure
-        where = RunFolder(record.evaluation_folder(folder.path, evaluation.key))
-        adversarial = where.read_arrays(record.ADVERSARIAL_EXAMPLES)
         if adversarial is not None and any(key.startswith("adv_") for key in adversarial):
             figure = _drawn(where.file(record.ADVERSARIAL_EXAMPLES),
                             functools.partial(adversarial_figure, adversarial, class_names, colour=colour))
@@ -281,7 +289,7 @@ def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, 
                   "backwards_per_example": row.backwards_per_example}
                  for row in evaluation.robustness],
         "warnings": attack.warnings, "checks": attack.checks, "skipped": attack.skipped,
-        "norm": {"linf": "L-inf", "l2": "L2"}.get(attack.norm, attack.norm), "n": attack.n,
+        "norm": NORM_LABELS.get(attack.norm, attack.norm), "n": attack.n,
         "whole_split": attack.n == clean_n, "clean": attack.clean_accuracy, "seconds": evaluation.seconds,
         "processes": evaluation.processes, "cascade": attack.cascade,
         "plan": [{"eps_label": eps_label(o.eps, colour), "converged": o.converged, "reason": o.reason,
@@ -289,7 +297,20 @@ def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, 
         "plan_tolerance": attack.plan[0].tolerance if attack.plan else 0.0,
         "plan_steps": list(dict.fromkeys(step.attack for o in attack.plan for step in o.steps)),
         "advice": advice(attack.checks, attack.plan, run=run_name),
+        "minimal_norm": _minimal_norm_view(attack, colour),
     }
+
+
+def _minimal_norm_view(attack: record.AttackRecord, colour: bool) -> dict[str, object] | None:
+    """The minimal-norm attack's summary and its agreement with the fixed-eps worst case, for the report."""
+    found = attack.minimal_norm
+    if found is None:
+        return None
+    return {"attack": found.attack.upper(), "norm": NORM_LABELS.get(found.norm, found.norm), "steps": found.steps,
+            "found": found.found, "attacked": found.attacked, "median": found.median, "seconds": found.seconds,
+            "passes": (found.forwards + found.backwards) / found.attacked if found.attacked else None,
+            "rows": [{**dataclasses.asdict(row), "eps_label": eps_label(row.eps, colour)} for row in found.agreement],
+            "notes": found.warnings}
 
 
 def telling_eps(metrics: Metrics) -> float | None:

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from imgclf.attacks.registry import NORM_LABELS
 from imgclf.attacks.results import WORST_CASE, RobustnessEntry
 from imgclf.calibration import CalibrationMetrics
 from imgclf.run_folder import atomic_write_bytes
@@ -183,11 +184,19 @@ def eps_label(eps: float, colour: bool) -> str:
     return f"{eps:g}"
 
 
-def robustness_curve(entries: Sequence[RobustnessEntry], clean_accuracy: float, *, colour: bool) -> Figure:
+def robustness_curve(entries: Sequence[RobustnessEntry], clean_accuracy: float, *, colour: bool,
+                     radii: np.ndarray | None = None, minimal_label: str = "minimal norm") -> Figure:
     """Accuracy against eps, one line per attack (each its own marker) over the worst case as a wide grey band,
-    with the clean accuracy as reference."""
+    with the clean accuracy as reference; with ``radii`` (each example's smallest adversarial radius, ``(n,)`` in
+    pixel units, 0 for a misclassified example, inf where none was found) also the continuous curve they imply,
+    a step line: at each eps the share of radii larger than it."""
     figure = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = figure.subplots()
+    if radii is not None and len(radii) and entries:
+        largest = max(e.eps for e in entries)
+        grid = np.unique(np.concatenate([[0.0, largest], radii[np.isfinite(radii) & (radii <= largest)]]))
+        ax.step(grid, [(radii > e).mean() for e in grid], where="post", color="tab:purple", linewidth=1.5,
+                label=f"{minimal_label} (curve)", zorder=2)
     attacks = list(dict.fromkeys(entry.attack for entry in entries))
     markers = iter(["o", "s", "^", "v", "D", "P", "X", "*"] * 4)
     for name in attacks:
@@ -206,7 +215,7 @@ def robustness_curve(entries: Sequence[RobustnessEntry], clean_accuracy: float, 
     eps_values = sorted({e.eps for e in entries})
     ax.set_xticks(eps_values, labels=[eps_label(e, colour) for e in eps_values])
     ax.set_ylim(-0.02, 1.02)
-    norm = "L2" if entries and entries[0].norm == "l2" else "L-inf"
+    norm = NORM_LABELS.get(entries[0].norm if entries else "linf", "L-inf")
     ax.set_xlabel(f"eps ({norm}, pixel units)")
     ax.set_ylabel("accuracy under attack")
     ax.set_title(f"Robustness (n = {entries[0].n if entries else 0})")

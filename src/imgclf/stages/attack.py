@@ -98,7 +98,8 @@ def attack(parts: RunParts, settings: Settings) -> RobustnessResult:
                   "attacks, eps and examples (delete its entry in metrics.json to run it again)")
         result = RobustnessResult(earlier.robustness, earlier.attack.clean_accuracy, earlier.attack.n,
                                   earlier.attack.seed, skipped=earlier.attack.skipped, checks=earlier.attack.checks,
-                                  seconds=earlier.seconds, plan=earlier.attack.plan)
+                                  seconds=earlier.seconds, plan=earlier.attack.plan,
+                                  minimal_norm=earlier.attack.minimal_norm)
         log_attack(parts, result)
         return result
     store = BatchFiles(record.evaluation_folder(folder.path, key) / record.BATCHES) \
@@ -135,6 +136,7 @@ def _attacked(parts: RunParts, settings: Settings, rows: np.ndarray, store: Batc
                 batch_size=config.attack.batch_size, seed=config.seed, progress=advance, store=store,
                 distributed=dist, run_checks=dist.is_main, surrogate=surrogate, cascade=config.attack.cascade,
                 plan=list(settings.plan), tolerance=config.attack.plan_tolerance,
+                minimal_norm=settings.minimal_norm,
             )
         except ValueError as error:  # e.g. an L2 eps larger than the images allow
             raise UsageError(str(error)) from None
@@ -143,10 +145,12 @@ def _attacked(parts: RunParts, settings: Settings, rows: np.ndarray, store: Batc
 def evaluation_settings(settings: Settings, examples: int, model: torch.nn.Module) -> dict[str, Any]:
     """What identifies a robustness evaluation (:func:`imgclf.record.evaluation_key`): every attack's settings,
     the eps values, the number of examples, the batch size, the seed, the converging plan's steps and tolerance
-    (where it runs) and the model's fingerprint."""
+    and the minimal-norm attack (where they run) and the model's fingerprint."""
     config = settings.config
-    plan = {"plan": [dataclasses.asdict(spec) for spec in settings.plan],
-            "plan_tolerance": config.attack.plan_tolerance} if settings.plan else {}
+    plan: dict[str, Any] = {"plan": [dataclasses.asdict(spec) for spec in settings.plan],
+                            "plan_tolerance": config.attack.plan_tolerance} if settings.plan else {}
+    if settings.minimal_norm is not None:
+        plan["minimal_norm"] = dataclasses.asdict(settings.minimal_norm)
     return {"attacks": [dataclasses.asdict(spec) for spec in settings.attacks], "norm": config.attack.norm,
             "eps": [float(e) for e in settings.eps_values], "examples": examples,
             "batch_size": config.attack.batch_size, "seed": config.seed, "cascade": config.attack.cascade,
@@ -172,7 +176,8 @@ def _save_evaluation(parts: RunParts, folder: RunFolder, key: str, asked: dict[s
                                  [spec.label for spec in (*settings.attacks, *settings.plan)],
                                  "stratified subset of the test split, seeded (attack.examples)",
                                  skipped=result.skipped, checks=result.checks, warnings=result.warnings,
-                                 cascade=config.attack.cascade, plan=result.plan)
+                                 cascade=config.attack.cascade, plan=result.plan,
+                                 minimal_norm=result.minimal_norm)
     evaluation = record.Evaluation(key, asked, attack_record, result.entries, result.seconds,
                                    datetime.now(UTC).isoformat(timespec="seconds"), parts.dist.world_size,
                                    calibration)
@@ -194,6 +199,14 @@ def log_attack(parts: RunParts, result: RobustnessResult) -> None:
     for outcome in result.plan:
         parts.log(f"plan at eps {outcome.eps:.4f}: {outcome.reason} "
                   f"({outcome.passes_per_example:,.0f} passes per example)")
+    found = result.minimal_norm
+    if found is not None:
+        median = "none: it found fewer than half" if found.median is None else f"{found.median:.4g}"
+        parts.log(f"{found.attack} (minimal norm, {found.norm}): found {found.found} of {found.attacked}, median "
+                  f"smallest radius {median}; the curve at each eps: " + ", ".join(
+                      f"{row.eps:.4g} {row.curve_accuracy:.4f}" for row in found.agreement))
+        for note in found.warnings:
+            parts.log.warn(f"note: {note}")
     failed = [check for check in result.checks if check["status"] == "failed"]
     parts.log(f"sanity checks: {sum(c['status'] == 'passed' for c in result.checks)} passed, {len(failed)} "
               f"failed, {sum(c['status'] == 'not run' for c in result.checks)} not run")
