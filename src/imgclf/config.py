@@ -30,6 +30,7 @@ import yaml
 from imgclf.attacks.registry import (
     ATTACK_PRESETS,
     ATTACKS,
+    DEFAULT_NORMS,
     NORMS,
     PLAN,
     PLAN_TOLERANCE,
@@ -583,7 +584,7 @@ def validate(config: RunConfig) -> None:
         check_fields(getattr(config, name), name)
     check_fields(config, "")
     attack, adversarial, train = config.attack, config.adversarial, config.train
-    for name in expand_attacks(attack.attacks):
+    for name in expand_attacks(attack.attacks, attack.norm):
         if name != PLAN and attack.norm not in ATTACKS[name].norms:
             raise UsageError(f"the {name} attack is implemented for --norm {', '.join(ATTACKS[name].norms)} only; "
                              f"drop it or use {ATTACKS[name].norms[0]}")
@@ -596,6 +597,10 @@ def validate(config: RunConfig) -> None:
         if untargetable:
             raise UsageError(f"--target applies to {', '.join(targetable_attacks())}; {', '.join(untargetable)} "
                              "pick their own targets (drop --target or those attacks)")
+    if adversarial.enabled and attack.norm not in DEFAULT_NORMS:
+        raise UsageError(f"adversarial training trains under {' or '.join(DEFAULT_NORMS)}; attack.norm is "
+                         f"{attack.norm}: train under one of them, then attack with --norm {attack.norm} "
+                         "(imgclf attack RUN)")
     if attack.norm == "linf" and attack.alpha is not None and attack.alpha > 1:
         raise UsageError(f"attack.alpha is a step in pixel units and must be at most 1 under linf, got {attack.alpha}")
     if train.milestones is not None and (not train.milestones or not all(1 <= m <= train.epochs

@@ -18,6 +18,7 @@ import torch
 
 from imgclf.attacks import RobustnessResult, robustness
 from imgclf.attacks.registry import PLAN_TOLERANCE
+from imgclf.attacks.results import MinimalNorm
 from imgclf.config import config_from_dict
 from imgclf.errors import UsageError
 from imgclf.settings import resolve
@@ -65,6 +66,12 @@ class RobustnessReport:
         return advice(self.checks, self.result.plan)
 
     @property
+    def minimal_norm(self) -> MinimalNorm | None:
+        """The minimal-norm attack's summary (median smallest radius, agreement with the fixed-eps worst case),
+        where it ran."""
+        return self.result.minimal_norm
+
+    @property
     def failed_checks(self) -> list[str]:
         """The names of the failed checks (empty: nothing suggests false robustness)."""
         return [check["name"] for check in self.checks if check["status"] == "failed"]
@@ -85,6 +92,12 @@ class RobustnessReport:
                    "unproven.</p>" if self.failed_checks else "<p>No check failed.</p>")
         verdict += "".join(f"<p>plan at eps {o.eps:.4g}: {html.escape(o.reason)}</p>" for o in self.result.plan)
         verdict += "".join(f"<p>what to try: {html.escape(note)}</p>" for note in self.advice)
+        found = self.minimal_norm
+        if found is not None:
+            median = "not known (found for fewer than half)" if found.median is None else f"{found.median:.4g}"
+            verdict += (f"<p>{found.attack.upper()} (minimal norm): found for {found.found} of {found.attacked}, "
+                        f"median smallest perturbation {median}.</p>")
+            verdict += "".join(f"<p>note: {html.escape(note)}</p>" for note in found.warnings)
         return (f"<p>{self.n} images, clean accuracy {self.clean_accuracy:.4f}, {self.norm} threat model.</p>"
                 f"<table><tr>{head}</tr>{body}</table>{verdict}"
                 f"<table><tr><th>check</th><th>result</th><th>measured</th></tr>{checks}</table>")
@@ -108,7 +121,8 @@ class RobustnessReport:
         attack = AttackRecord(result.n, result.clean_accuracy, result.seed, self.norm,
                               [a for a in dict.fromkeys(row["attack"] for row in self.rows) if a != "worst-case"],
                               "the images given to imgclf.evaluate_robustness", skipped=result.skipped,
-                              checks=result.checks, warnings=result.warnings, plan=result.plan)
+                              checks=result.checks, warnings=result.warnings, plan=result.plan,
+                              minimal_norm=result.minimal_norm)
         shape = list(result.examples["clean"].shape[1:]) if "clean" in result.examples else []
         folder.write_json("metrics.json", {
             "schema_version": SCHEMA_VERSION, "dataset": "images given in Python", "model": "a torch.nn.Module",
@@ -137,6 +151,7 @@ def evaluate_robustness(
     device: str | torch.device | None = None,
     class_names: Sequence[str] | None = None,
     plan_tolerance: float = PLAN_TOLERANCE,
+    minimal_norm: bool = True,
     **options: Any,
 ) -> RobustnessReport:
     """Robust accuracy of ``model`` on ``images`` under ``attacks`` at each ``eps``, with the sanity checks.
@@ -151,12 +166,15 @@ def evaluate_robustness(
             FGSM and PGD-20 alone, ``("full",)`` the AutoAttack ensemble.
         eps: Radii in pixel units: ``"0,8/255"``, ``0.3``, ``[0, 0.1]`` or a range ``"0:0.3:0.1"``; None: the
             defaults for the images' channels and the norm.
-        norm: ``"linf"`` or ``"l2"``.
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
         steps, restarts: As ``imgclf attack``'s flags (None: each attack's own steps).
         options: The attacks' own options by name, e.g. ``queries=5000`` for Square (``imgclf attacks``).
         batch_size: Images per attack batch. seed: Seeds every random draw.
         plan_tolerance: The converging plan stops when an escalation fools at most this fraction of the examples
             still standing, in ``[0, 1)`` (see :mod:`imgclf.attacks.plan`).
+        minimal_norm: Also run FMN once without a bound: each example's smallest adversarial radius
+            (``report.result.examples["minimal_radii"]``), the continuous robustness curve and its median
+            (``report.minimal_norm``).
         device: Where to compute; None: the model's device.
         class_names: Names of the ``K`` classes (for the run folder); None: ``"0"``, ``"1"``, ...
 
@@ -176,6 +194,7 @@ def evaluate_robustness(
     eps_values = None if eps is None else [eps] if isinstance(eps, int | float | str) else list(eps)
     values = {"attack": {"attacks": list(attacks), "norm": norm, "steps": steps, "restarts": restarts,
                          **options, "batch_size": batch_size, "plan_tolerance": plan_tolerance,
+                         "minimal_norm": minimal_norm,
                          "eps": None if eps_values is None else [str(e) for e in eps_values]}, "seed": seed}
     settings = resolve(config_from_dict(values), channels=images.shape[1], class_names=None)
     parameter = next(iter(model.parameters()), None)
@@ -184,7 +203,8 @@ def evaluate_robustness(
     model.eval()
     result = robustness(model, images, labels.long(), attacks=list(settings.attacks),
                         eps_values=settings.eps_values, device=target, batch_size=batch_size, seed=seed,
-                        plan=list(settings.plan), tolerance=settings.config.attack.plan_tolerance)
+                        plan=list(settings.plan), tolerance=settings.config.attack.plan_tolerance,
+                        minimal_norm=settings.minimal_norm)
     rows = [{"attack": e.attack, "eps": e.eps, "accuracy": e.accuracy, "success_rate": e.success_rate,
              "forwards_per_example": e.forwards_per_example, "backwards_per_example": e.backwards_per_example,
              "seconds": e.seconds}

@@ -212,8 +212,7 @@ def resolve(config: RunConfig, *, channels: int | None = None, class_names: list
         if train_eps is not None and adversarial.eps is None:
             config = replace(config, adversarial=replace(adversarial, eps=train_eps.text))
     target = _target(attack.target, class_names)
-    names = [name for name in expand_attacks(attack.attacks)  # a preset's attacks without this norm are left out
-             if name == PLAN or name in attack.attacks or attack.norm in ATTACKS[name].norms]
+    names = expand_attacks(attack.attacks, attack.norm)
     plan = tuple(plan_specs(attack.norm)) if PLAN in names else ()
     if not plan and all(name == PLAN for name in names):
         raise UsageError(f"no attack of {', '.join(attack.attacks)} implements norm {attack.norm}; name one that "

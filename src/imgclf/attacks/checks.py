@@ -10,15 +10,14 @@ measured) and ``meaning`` (why it matters).
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from imgclf.attacks.core import logits_and_gradient
+from imgclf.attacks.core import largest_eps, logits_and_gradient
 from imgclf.attacks.losses import cross_entropy
-from imgclf.attacks.registry import attack_info
+from imgclf.attacks.registry import MINIMAL_NORM_ATTACK, attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessResult, batched_logits
 from imgclf.models.classifier import differentiable
 from imgclf.runtime import generator
@@ -182,6 +181,13 @@ def _spec(name: str, norm: str, **settings: Any) -> AttackSpec:
     return AttackSpec(name, norm, **settings)
 
 
+def _gradient_probe(norm: str) -> AttackSpec:
+    """The probes' gradient attack under ``norm``: PGD-:data:`PROBE_STEPS`, or FMN where PGD has no version (L1)."""
+    if norm in attack_info("pgd").norms:
+        return _spec("pgd", norm, steps=PROBE_STEPS)
+    return _spec(MINIMAL_NORM_ATTACK, norm)
+
+
 class _Probe:
     """The evaluation's own probes at its most telling eps, on the check subset ``x``, ``y`` (positions ``rows``
     among the evaluated examples)."""
@@ -210,6 +216,8 @@ class _Probe:
         return int((fooled & ~self.reported).sum())
 
     def fgsm_against_pgd(self) -> dict[str, Any]:
+        if self.norm not in attack_info("fgsm").norms:
+            return _check("pgd beats fgsm", "not run", f"FGSM and PGD have no {self.norm} version")
         fgsm = 1 - float(self._fooled(_spec("fgsm", self.norm)).float().mean())
         pgd = 1 - float(self._fooled(_spec("pgd", self.norm, steps=PROBE_STEPS)).float().mean())
         failed = pgd > fgsm + TOLERANCE
@@ -236,15 +244,16 @@ class _Probe:
                 return _check(name, "not run", "the model has no parameter-free module of unknown kind to replace "
                                                "(or cannot be copied); give --surrogate RUN")
             what = f"the model with {', '.join(replaced)} bypassed (as the identity)"
+        probe = _gradient_probe(self.norm)
         try:
-            fooled = self._fooled(_spec("pgd", self.norm, steps=PROBE_STEPS), on=surrogate)
+            fooled = self._fooled(probe, on=surrogate)
         except (RuntimeError, ValueError) as error:
             return _check(name, "not run", f"the surrogate ({what}) failed: {str(error)[:120]}")
         new = self._beyond(fooled)
         failed = new / len(self.x) > TOLERANCE
         return _check(name, "failed" if failed else "passed",
-                      f"PGD-{PROBE_STEPS} made on {what} at eps={self.eps:.4g} fools {new} of {len(self.x)} correct "
-                      "examples that every attack of the evaluation failed on"
+                      f"{probe.label.upper()}-{probe.n_steps} made on {what} at eps={self.eps:.4g} fools {new} of "
+                      f"{len(self.x)} correct examples that every attack of the evaluation failed on"
                       + ("; the reported robust accuracy is unproven" if failed else ""))
 
 
@@ -318,8 +327,9 @@ def _gradient_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ba
 
 
 def _large_eps_check(model, x, y, spec, batch_size, seed) -> dict[str, Any]:
-    large = 1.0 if spec.norm == "linf" else math.sqrt(x[0].numel())
-    probe = replace(spec, target=None, name="fgsm" if spec.name == "fgsm" else "pgd", steps=None, alpha=None)
+    large = largest_eps(x, spec.norm)
+    probe = replace(spec, target=None, steps=None, alpha=None, tag="", options={},
+                    name="fgsm" if spec.name == "fgsm" else _gradient_probe(spec.norm).name)
     gen = generator(seed, x.device)
     wrong = 0
     for i in range(0, len(x), batch_size):

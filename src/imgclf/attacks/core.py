@@ -18,22 +18,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from imgclf.attacks.registry import NORMS
+from imgclf.attacks.registry import DEFAULT_NORMS
 from imgclf.models.classifier import ModeNeutral
 
 
 def check_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "linf",
-                 target: torch.Tensor | None = None) -> None:
+                 target: torch.Tensor | None = None, norms: tuple[str, ...] = DEFAULT_NORMS) -> None:
     """Validate an attack's arguments.
 
     Raises:
         ValueError: If ``images`` is not 4-D floating point in ``[0, 1]``,
             ``labels`` (or ``target``) is not ``(N,)`` integer, ``target`` equals
-            the true label somewhere, ``norm`` is not one of :data:`NORMS`, or
+            the true label somewhere, ``norm`` is not one of ``norms`` (the attack's), or
             ``eps`` is outside ``[0, 1]`` (L-inf), ``[0, sqrt(C*H*W)]`` (L2) or ``[0, C*H*W]`` (L1).
     """
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
+    if norm not in norms:
+        raise ValueError(f"unknown norm {norm!r}; valid choices: {', '.join(norms)}")
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError("images must be a float tensor of shape (N, C, H, W), "
                          f"got {tuple(images.shape)} {images.dtype}")
@@ -111,8 +111,11 @@ _BATCH_DOC = """
 """
 
 
-def attack_entry(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """The shared opening of every public attack ``f(model, images, labels, *, eps, norm="linf", target=None, ...)``.
+def attack_entry(function: Callable[..., torch.Tensor] | None = None, *,
+                 norms: tuple[str, ...] = DEFAULT_NORMS) -> Any:
+    """The shared opening of every public attack ``f(model, images, labels, *, eps, norm="linf", target=None, ...)``,
+    as ``@attack_entry`` (an attack of :data:`~imgclf.attacks.registry.DEFAULT_NORMS`) or
+    ``@attack_entry(norms=...)``.
 
     Before the attack's own code runs, the wrapper checks ``images``,
     ``labels``, ``eps``, ``norm`` and ``target`` (:func:`check_inputs`), warns
@@ -125,8 +128,11 @@ def attack_entry(function: Callable[..., torch.Tensor]) -> Callable[..., torch.T
     wrapper adds; see :data:`ATTACK_BATCH`).
 
     Raises:
-        ValueError: As :func:`check_inputs`, on a ``batch_size`` below 1, and whatever the attack raises.
+        ValueError: As :func:`check_inputs` (``norm`` one of ``norms``), on a ``batch_size`` below 1, and whatever
+            the attack raises.
     """
+    if function is None:
+        return functools.partial(attack_entry, norms=norms)
     signature = inspect.signature(function)
 
     def usable(tensor: Any) -> Any:
@@ -138,7 +144,7 @@ def attack_entry(function: Callable[..., torch.Tensor]) -> Callable[..., torch.T
         bound = signature.bind(model, images, labels, *args, **kwargs)
         bound.apply_defaults()
         given = bound.arguments
-        check_inputs(images, labels, given["eps"], given.get("norm", "linf"), given.get("target"))
+        check_inputs(images, labels, given["eps"], given.get("norm", "linf"), given.get("target"), norms)
         warn_if_training(model)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):

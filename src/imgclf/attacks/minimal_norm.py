@@ -23,6 +23,7 @@ from imgclf.attacks.core import (
     project,
 )
 from imgclf.attacks.losses import margin
+from imgclf.attacks.registry import NORMS
 
 #: The default initial step length per norm, in L2 pixel units. Under L-inf the L2-normalized step spreads over
 #: every pixel, so it starts longer (``bench/minimal_norm.py`` measures the curve against APGD-CE).
@@ -31,7 +32,7 @@ ALPHA_INIT = {"linf": 10.0, "l2": 1.0, "l1": 1.0}
 DUAL_NORMS = {"linf": "l1", "l2": "l2", "l1": "linf"}
 
 
-@attack_entry
+@attack_entry(norms=NORMS)
 def fmn(
     model: torch.nn.Module,
     images: torch.Tensor,

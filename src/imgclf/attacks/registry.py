@@ -400,11 +400,14 @@ def targetable_attacks() -> tuple[str, ...]:
     return tuple(name for name, info in ATTACKS.items() if info.targetable)
 
 
-def expand_attacks(names: list[str]) -> list[str]:
-    """Attack names with presets expanded, in order, without repeats (:data:`PLAN` stays as it is)."""
+def expand_attacks(names: list[str], norm: str | None = None) -> list[str]:
+    """Attack names with presets expanded, in order, without repeats (:data:`PLAN` stays as it is); with a
+    ``norm``, a preset's attacks without a version for it are left out (a name given alone stays, to be refused)."""
     expanded: list[str] = []
     for name in names:
-        expanded.extend(ATTACK_PRESETS.get(name, (name,)))
+        members = ATTACK_PRESETS.get(name)
+        expanded.extend((name,) if members is None else
+                        (m for m in members if norm is None or m == PLAN or norm in ATTACKS[m].norms))
     return list(dict.fromkeys(expanded))
 
 
