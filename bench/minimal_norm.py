@@ -49,18 +49,6 @@ def test_images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ds.data[:count].float().div(255).unsqueeze(1), ds.targets[:count].long()
 
 
-def radii_of(model: torch.nn.Module, adversarial: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-             norm: str) -> np.ndarray:
-    """Each example's radius as the attack's output shows it: 0 misclassified clean, inf not fooled."""
-    from imgclf.attacks.core import per_example_norm
-
-    with torch.no_grad():
-        clean = model(images).argmax(1) == labels
-        fooled = model(adversarial).argmax(1) != labels
-    sizes = per_example_norm(adversarial - images, norm).flatten()
-    return torch.where(~clean, 0.0, torch.where(fooled, sizes, torch.inf)).numpy()
-
-
 def summary(radii: np.ndarray, norm: str) -> dict[str, float]:
     attacked = radii[radii > 0]
     row = {"found": float(np.isfinite(attacked).mean()), "median": float(np.median(attacked))}
@@ -80,6 +68,7 @@ def main() -> int:
     from imgclf import load_model
     from imgclf.attacks import apgd, fmn
     from imgclf.attacks.core import largest_eps
+    from imgclf.attacks.minimal_norm import minimal_radii
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,9 +87,10 @@ def main() -> int:
         start = time.perf_counter()
         _, theirs, _ = foolbox_attack(steps=args.steps)(fb_model, images, labels, epsilons=None)
         theirs_seconds = time.perf_counter() - start
-        curves[norm] = radii_of(model, ours, images, labels, norm)
+        curves[norm] = minimal_radii(model, ours, images, labels, norm).numpy()
         for name, radii, seconds in (("imgclf", curves[norm], ours_seconds),
-                                     ("foolbox", radii_of(model, theirs, images, labels, norm), theirs_seconds)):
+                                     ("foolbox", minimal_radii(model, theirs, images, labels, norm).numpy(),
+                                      theirs_seconds)):
             row = summary(radii, norm)
             print(f"{norm:>4} {name:<8} found {row.pop('found'):.1%}  median {row.pop('median'):.4f}  " + "  ".join(
                 f"{key} {value:.4f}" for key, value in row.items()) + f"  {seconds:.1f} s")

@@ -93,6 +93,18 @@ def test_run_metrics_are_complete_and_honest(run_dir):
     log = (run_dir / "log.txt").read_text()
     assert "sanity checks: 8 passed, 0 failed, 1 not run" in log and "plan at eps 0.1000: converged:" in log
     assert info["warnings"] == [f"{c['name']}: {c['detail']}" for c in info["checks"] if c["status"] == "failed"]
+    # every correctly classified example's smallest perturbation (FMN), its curve against the fixed-eps worst case
+    minimal = info["minimal_norm"]
+    correct = round(359 * acc[("worst-case", 0)]["accuracy"])
+    assert minimal["attack"] == "fmn" and minimal["norm"] == "linf" and minimal["attacked"] == correct
+    radii = np.load(run_dir / "evaluations" / evaluation["key"] / "adversarial.npz")["minimal_radii"]
+    assert radii.shape == (359,) and int((radii > 0).sum()) == correct
+    assert minimal["median"] == pytest.approx(float(np.median(radii[radii > 0])))
+    for row in minimal["agreement"]:
+        assert row["curve_accuracy"] == pytest.approx(float((radii > row["eps"]).mean()))
+        assert row["fixed_accuracy"] == pytest.approx(acc[("worst-case", row["eps"])]["accuracy"])
+        assert row["missed"] == (row["p_value"] < 0.05)
+    assert "fmn (minimal norm, linf): found" in log
     saved = torch.load(run_dir / "evaluations" / evaluation["key"] / "adversarial.pt", weights_only=True)
     assert saved["images"].shape == (5, 359, 1, 8, 8) and saved["images"].dtype == torch.float32
     assert saved["indices"].shape == saved["labels"].shape == (359,)
@@ -105,6 +117,7 @@ def test_report_is_one_self_contained_page(run_dir):
     assert len(sources) >= len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert "simple-cnn on digits" in html and "PGD" in html and "converging plan" in html
+    assert "Smallest adversarial perturbations" in html and "The median smallest perturbation is" in html
     assert "<h2>Calibration</h2>" in html and "worst-case adversarial, eps 0.05" in html
     # the headline cards are percentages at the telling eps (worst case nearest half the clean accuracy), not 0%
     # at the largest eps; the configuration is the settings that differ from the defaults, the file folded

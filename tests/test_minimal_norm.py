@@ -10,6 +10,7 @@ import torch
 
 from imgclf.attacks import AttackSpec, fmn, robustness
 from imgclf.attacks.core import per_example_norm, project_l1_ball
+from imgclf.attacks.minimal_norm import minimal_radii
 from imgclf.attacks.results import WORST_CASE, agreement, curve_accuracy
 from imgclf.config import config_from_dict
 from imgclf.errors import UsageError
@@ -65,6 +66,9 @@ def test_fmn_finds_the_smallest_perturbation_of_a_linear_model(norm):
     assert (model(adversarial).argmax(1) != labels).all()
     found = per_example_norm(adversarial - images, norm).flatten()
     assert torch.allclose(found, expected[norm], rtol=0.03), (found, expected[norm])
+    assert torch.allclose(minimal_radii(model, adversarial, images, labels, norm), found)
+    assert (minimal_radii(model, images, images, torch.ones(5).long(), norm) == 0).all()  # wrong already
+    assert minimal_radii(model, images, images, labels, norm).isinf().all()  # the clean image fools nothing
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])

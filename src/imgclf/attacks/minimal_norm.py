@@ -130,8 +130,9 @@ def minimal_radii(model: torch.nn.Module, adversarial: torch.Tensor, images: tor
     """
     with torch.no_grad():
         hit = fooled(model(adversarial).float(), labels)
+        wrong = fooled(model(images).float(), labels)
     size = per_example_norm(adversarial - images, norm).flatten().float()
-    return torch.where(hit, size, torch.full_like(size, math.inf))
+    return torch.where(wrong, torch.zeros_like(size), torch.where(hit, size, torch.full_like(size, math.inf)))
 
 
 def run_fmn(spec, model, images, labels, eps, gen, target):

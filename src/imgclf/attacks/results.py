@@ -179,7 +179,8 @@ class MinimalNorm:
                 notes.append(f"at eps {row.eps:.4g} the minimal-norm curve ({row.curve_accuracy:.2%}) lies above the "
                              f"fixed-eps worst case ({row.fixed_accuracy:.2%}) beyond sampling noise (sign test p = "
                              f"{row.p_value:.2g}): {self.attack} missed {row.only_fixed} example(s) the fixed-eps "
-                             "attacks fooled; the curve is an upper bound there, and more --steps may close it")
+                             "attacks fooled; the curve is only an upper bound there (an untargeted minimal-norm "
+                             "search can settle where a fixed-eps attack with another loss or target finds a way)")
             if row.only_minimal:
                 notes.append(f"at eps {row.eps:.4g} {self.attack} found {row.only_minimal} example(s) within eps that "
                              "every fixed-eps attack failed on: robust accuracy there is at most "
