@@ -148,3 +148,23 @@ def test_l1_is_a_threat_model_with_its_own_eps_and_the_plan_of_fmn():
                 channels=1)
     off = resolve(config_from_dict({"attack": {"minimal_norm": False}}), channels=3)
     assert off.minimal_norm is None and math.isclose(off.eps_values[-1], 8 / 255)
+
+
+def test_an_l1_evaluation_runs_the_plan_of_fmn_with_the_checks_that_apply(copy):
+    from imgclf.cli import main
+    from imgclf.record import read_metrics
+
+    assert main(["attack", str(copy), "--norm", "l1", "--preset", "auto", "--eps", "0,1,3", "--n-examples", "40",
+                 "--quiet"]) == 0
+    evaluation = read_metrics(copy).evaluations[-1]
+    attack = evaluation.attack
+    assert attack.norm == "l1" and attack.attacks == ["fmn", "fmn (1000 steps)"]
+    assert {row.norm for row in evaluation.robustness} == {"l1"}
+    assert [outcome.eps for outcome in attack.plan] == [1.0, 3.0]
+    status = {check["name"]: check["status"] for check in attack.checks}
+    assert status["pgd beats fgsm"] == "not run" and status["white-box beats black-box"] == "not run"
+    assert status["large eps breaks the model"] == "passed" and status["attack converged"] in ("passed", "failed")
+    assert attack.minimal_norm is not None and attack.minimal_norm.norm == "l1"
+    worst = {row.eps: row.accuracy for row in evaluation.worst_case()}
+    assert worst[0.0] >= worst[1.0] >= worst[3.0]
+    assert "L1 attacks in pixel space" in (copy / "report.html").read_text()

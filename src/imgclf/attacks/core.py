@@ -262,11 +262,10 @@ def project(adversarial: torch.Tensor, images: torch.Tensor, eps: float | torch.
         norm: ``"linf"``, ``"l2"`` or ``"l1"``.
     """
     radius = eps.view(-1, *([1] * (images.ndim - 1))) if isinstance(eps, torch.Tensor) else eps
-    delta = adversarial - images
     if norm == "linf":
-        delta = torch.minimum(torch.maximum(delta, -radius), radius) if isinstance(radius, torch.Tensor) \
-            else delta.clamp(-radius, radius)
-    elif norm == "l2":
+        return torch.minimum(torch.maximum(adversarial, images - radius), images + radius).clamp_(0.0, 1.0)
+    delta = adversarial - images
+    if norm == "l2":
         delta = delta * (radius / per_example_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
     else:
         delta = project_l1_ball(delta, radius)
