@@ -95,6 +95,7 @@ def test_the_curve_and_its_agreement_with_the_fixed_eps_worst_case():
     assert (first.only_fixed, first.only_minimal) == (1, 1)  # example 2 (fixed only), example 5 (FMN only)
     assert first.fixed_accuracy == pytest.approx(3 / 6) and first.curve_accuracy == pytest.approx(3 / 6)
     assert not first.missed and first.p_value == pytest.approx(0.75)
+    assert first.combined_accuracy == pytest.approx(2 / 6)  # examples 3 and 4 resist both
     assert (second.only_fixed, second.only_minimal) == (1, 0)  # example 4: the curve never found it
     assert second.p_value == pytest.approx(0.5) and not second.missed
     many = agreement(np.full(40, np.inf, dtype=np.float32), {0.1: np.ones(40, bool)}, np.ones(40, bool))

@@ -558,10 +558,10 @@ def _value(value: Any, annotation: Any, file: str, where: str) -> Any:
 _FRACTIONS = frozenset({"accuracy", "best_val_accuracy", "best_robust_val_accuracy", "macro_f1", "balanced_accuracy",
                         "top5_accuracy", "clean_accuracy", "success_rate", "target_success_rate", "ece", "mce",
                         "confidence", "lower", "upper", "per_class", "precision", "recall", "f1",
-                        "fixed_accuracy", "curve_accuracy", "p_value"})
+                        "fixed_accuracy", "curve_accuracy", "p_value", "combined_accuracy"})
 #: Fractions that are NaN where nothing was there to count (no correct example to fool, no validation split).
 _MAY_BE_NAN = frozenset({"success_rate", "target_success_rate", "best_val_accuracy", "accuracy", "clean_accuracy",
-                         "fixed_accuracy", "curve_accuracy"})
+                         "fixed_accuracy", "curve_accuracy", "combined_accuracy"})
 #: Numbers that may be below 0 (a relative corruption error can be).
 _SIGNED = frozenset({"relative_mce", "corruption_errors"})
 
