@@ -70,7 +70,7 @@ def fmn(
             perturbation found is larger comes back unchanged. The largest the images allow
             (:func:`imgclf.attacks.core.largest_eps`) leaves the search unbounded.
         norm: ``"linf"``, ``"l2"`` or ``"l1"``.
-        steps: Iterations, each one forward and one backward pass (one more forward at the end).
+        steps: Iterations, each one forward and one backward pass (and one forward pass at the end).
         alpha_init, alpha_final: The step length's schedule, in L2 pixel units (defaults: :data:`ALPHA_INIT` by
             norm, and ``alpha_init / 100``).
         gamma_init, gamma_final: The radius's relative change per step, its schedule.
@@ -96,7 +96,10 @@ def fmn(
     found = torch.zeros(n, dtype=torch.bool, device=images.device)
     for step in range(steps + 1):
         point = images + delta
-        logits, grad = logits_and_gradient(model, point, lambda z: -margin(z, labels))
+        if step == steps:  # the last point only needs its logits
+            logits = model(point).float()
+        else:
+            logits, grad = logits_and_gradient(model, point, lambda z: -margin(z, labels))
         hit = fooled(logits, labels)
         size = per_example_norm(delta, norm).flatten()
         better = hit & (size < best_norm)
