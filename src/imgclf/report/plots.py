@@ -195,7 +195,7 @@ def robustness_curve(entries: Sequence[RobustnessEntry], clean_accuracy: float, 
     if radii is not None and len(radii) and entries:
         largest = max(e.eps for e in entries)
         grid = np.unique(np.concatenate([[0.0, largest], radii[np.isfinite(radii) & (radii <= largest)]]))
-        ax.step(grid, [(radii > e).mean() for e in grid], where="post", color="tab:purple", linewidth=1.5,
+        ax.step(grid, [(radii > e).mean() for e in grid], where="post", color="black", linewidth=1.2,
                 label=f"{minimal_label} (curve)", zorder=2)
     attacks = list(dict.fromkeys(entry.attack for entry in entries))
     markers = iter(["o", "s", "^", "v", "D", "P", "X", "*"] * 4)
