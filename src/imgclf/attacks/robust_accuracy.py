@@ -165,14 +165,15 @@ def robustness(
             evaluation.correct)), 1)) if plan else None
         if evaluation.plan is not None and steps:  # (the bar grows as the plan escalates)
             evaluation.total += sum(eps > 0 for eps in eps_values) * evaluation.plan.first_units
-        if minimal_norm is not None:
+        minimal, skipped_minimal = evaluation.runnable([minimal_norm] if minimal_norm is not None else [], deal=False)
+        if minimal:  # (a model without gradients has no minimal-norm search: skipped, with why)
             evaluation.total += max(len(evaluation.chunks_of(evaluation.correct)), 1)
         entries: list[RobustnessEntry] = []
         for eps_index, eps in enumerate(eps_values):
             entries += evaluation.at_eps(runnable, eps, eps_index)
-        summary = evaluation.minimal_norm(minimal_norm) if minimal_norm is not None else None
+        summary = evaluation.minimal_norm(minimal[0]) if minimal else None
         result = RobustnessResult(entries, evaluation.clean_accuracy, evaluation.n, seed,
-                                  skipped=skipped + skipped_steps, fooled=evaluation.fooled,
+                                  skipped=skipped + skipped_steps + skipped_minimal, fooled=evaluation.fooled,
                                   adversarial=evaluation.adversarial_record(runnable + steps),
                                   examples=evaluation.examples,
                                   plan=evaluation.plan.outcomes if evaluation.plan else [], minimal_norm=summary)
