@@ -147,14 +147,14 @@ def evaluation_settings(settings: Settings, examples: int, model: torch.nn.Modul
     the eps values, the number of examples, the batch size, the seed, the converging plan's steps and tolerance
     and the minimal-norm attack (where they run) and the model's fingerprint."""
     config = settings.config
-    plan: dict[str, Any] = {"plan": [dataclasses.asdict(spec) for spec in settings.plan],
-                            "plan_tolerance": config.attack.plan_tolerance} if settings.plan else {}
+    extra: dict[str, Any] = {"plan": [dataclasses.asdict(spec) for spec in settings.plan],
+                             "plan_tolerance": config.attack.plan_tolerance} if settings.plan else {}
     if settings.minimal_norm is not None:
-        plan["minimal_norm"] = dataclasses.asdict(settings.minimal_norm)
+        extra["minimal_norm"] = dataclasses.asdict(settings.minimal_norm)
     return {"attacks": [dataclasses.asdict(spec) for spec in settings.attacks], "norm": config.attack.norm,
             "eps": [float(e) for e in settings.eps_values], "examples": examples,
             "batch_size": config.attack.batch_size, "seed": config.seed, "cascade": config.attack.cascade,
-            **plan, "model": model_fingerprint(model)}
+            **extra, "model": model_fingerprint(model)}
 
 
 def _save_evaluation(parts: RunParts, folder: RunFolder, key: str, asked: dict[str, Any], result: RobustnessResult,
