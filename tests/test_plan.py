@@ -66,9 +66,42 @@ def test_the_plan_stops_unconverged_at_the_budget_or_its_last_step_and_converged
 
 def test_the_plan_has_a_black_box_step_under_linf_only_and_names_each_step_apart():
     linf = [spec.label for spec in plan_specs("linf")]
-    assert linf == ["apgd-ce", "apgd-dlr", "square (1000 queries)", "apgd-t", "square (5000 queries)", "fab-t"]
+    assert linf == ["apgd-ce", "apgd-dlr", "apgd-dlr (5 restarts near the boundary)", "square (1000 queries)",
+                    "apgd-t (3 targets)", "square (5000 queries)", "apgd-t (9 targets)", "fab-t"]
     assert [spec.options.get("queries") for spec in plan_specs("linf") if spec.name == "square"] == [1000, 5000]
-    assert [spec.label for spec in plan_specs("l2")] == ["apgd-ce", "apgd-dlr", "apgd-t", "fab-t"]
+    assert [(s.target_classes, s.restarts) for s in plan_specs("linf") if s.name == "apgd-t"] == [(3, 1), (9, 1)]
+    near = [spec for spec in plan_specs("linf") if spec.near is not None]
+    assert [(s.name, s.restarts, s.near) for s in near] == [("apgd-dlr", 5, 1.25)]
+    assert [spec.label for spec in plan_specs("l2")] == [
+        "apgd-ce", "apgd-dlr", "apgd-dlr (5 restarts near the boundary)", "apgd-t (3 targets)", "apgd-t (9 targets)",
+        "fab-t"]
+    with pytest.raises(ValueError, match="near must be at least 1"):
+        AttackSpec("apgd-dlr", near=0.5)
+
+
+@pytest.mark.slow
+def test_the_near_boundary_step_retries_only_the_examples_the_minimal_norm_search_found_close(mnist):  # noqa: F811
+    net, x, y = mnist
+    x, y = x[:100], y[:100]
+    eps = 0.1
+    steps = [AttackSpec("apgd-ce", steps=10), AttackSpec("apgd-dlr", steps=10, restarts=2, near=1.25, tag="near")]
+    fmn = AttackSpec("fmn", steps=30)
+    result = robustness(net, x, y, attacks=[], eps_values=[eps], device=CPU, seed=0, plan=steps, tolerance=0.0,
+                        minimal_norm=fmn, run_checks=False)
+    radii = result.examples["minimal_radii"]
+    standing = (radii > 0) & ~result.fooled[("apgd-ce", eps)]
+    close = standing & (radii <= 1.25 * eps)
+    assert 0 < close.sum() < standing.sum()  # the case tells something: some standing examples are far out
+    (outcome,) = result.plan
+    assert [s.attack for s in outcome.steps] == ["apgd-ce", "apgd-dlr (near)"]
+    assert outcome.steps[1].attacked == close.sum()
+    assert not (result.fooled[("apgd-dlr (near)", eps)] & ~close).any()  # it touched no example further out
+    # without the minimal-norm search there are no radii: the step is skipped, with why
+    bare = robustness(net, x, y, attacks=[], eps_values=[eps], device=CPU, seed=0, plan=steps, tolerance=0.0,
+                      run_checks=False)
+    assert [s.attack for s in bare.plan[0].steps] == ["apgd-ce"]
+    assert bare.skipped == ["apgd-dlr (near) skipped: it attacks the examples the minimal-norm search found close to "
+                            "the boundary, and that search did not run"]
 
 
 @pytest.mark.slow

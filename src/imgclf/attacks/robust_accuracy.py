@@ -160,14 +160,19 @@ def robustness(
         evaluation = _Evaluation(model, images, labels, logits, eps_values, batch_size, seed, show, progress,
                                  store, distributed or Distributed(), cascade)
         runnable, skipped = evaluation.runnable(attacks)
-        steps, skipped_steps = evaluation.runnable(list(plan), deal=False)
+        minimal, skipped_minimal = evaluation.runnable([minimal_norm] if minimal_norm is not None else [], deal=False)
+        steps, skipped_steps = evaluation.runnable([spec for spec in plan if minimal or spec.near is None],
+                                                   deal=False)
+        skipped_steps += [f"{spec.label} skipped: it attacks the examples the minimal-norm search found close to "
+                          "the boundary, and that search did not run" for spec in plan
+                          if spec.near is not None and not minimal]
         evaluation.plan = _Plan(steps, tolerance, len(runnable), first_units=max(len(evaluation.chunks_of(
             evaluation.correct)), 1)) if plan else None
         if evaluation.plan is not None and steps:  # (the bar grows as the plan escalates)
             evaluation.total += sum(eps > 0 for eps in eps_values) * evaluation.plan.first_units
-        minimal, skipped_minimal = evaluation.runnable([minimal_norm] if minimal_norm is not None else [], deal=False)
         if minimal:  # (a model without gradients has no minimal-norm search: skipped, with why)
             evaluation.total += max(len(evaluation.chunks_of(evaluation.correct)), 1)
+            evaluation.search_minimal(minimal[0])  # first: the plan's near-boundary step needs its radii
         entries: list[RobustnessEntry] = []
         for eps_index, eps in enumerate(eps_values):
             entries += evaluation.at_eps(runnable, eps, eps_index)
@@ -328,6 +333,8 @@ class _Evaluation:
         self.chunks: dict[AttackSpec, list[torch.Tensor]] = {}
         self.done = self.total = 0
         self.plan: _Plan | None = None
+        self.radii: torch.Tensor | None = None  # each example's smallest adversarial radius found, once searched
+        self.minimal_cost: dict[str, Any] = {}
 
     def runnable(self, attacks: list[AttackSpec], *, deal: bool = True) -> tuple[list[AttackSpec], list[str]]:
         """The attacks the model has enough classes for, with their targets and (``deal``) batches; and why the
@@ -421,6 +428,10 @@ class _Evaluation:
         for number, spec in enumerate(plan.steps if (self.correct & ~worst_fooled).any() else []):
             index = plan.first + number
             standing = self.correct & ~worst_fooled
+            if spec.near is not None and self.radii is not None:
+                standing &= self.radii <= spec.near * eps
+                if not bool(standing.any()):  # no example standing is close to the boundary: nothing to retry
+                    continue
             self._deal(spec, standing)
             self.total += max(len(self.chunks[spec]), 1) - (plan.first_units if not number else 0)
             merged = self._attack(spec, eps, f"{eps_index:03d}-{index:02d}", worst_fooled, worst_images, fooled_by,
@@ -444,26 +455,34 @@ class _Evaluation:
                                          AUTOATTACK_PASSES, outcomes))
         return entries
 
-    def minimal_norm(self, spec: AttackSpec) -> MinimalNorm:
+    def search_minimal(self, spec: AttackSpec) -> None:
         """``spec`` (a minimal-norm attack) without a bound on every correctly classified example: each example's
         smallest adversarial radius found, kept in ``examples["minimal_radii"]`` (``float32`` ``(n,)``: 0 where
-        the clean image is misclassified, inf where none was found), and its summary."""
+        the clean image is misclassified, inf where none was found) and in ``radii`` (on the device, for the
+        plan's near-boundary step), with the search's cost in ``minimal_cost``."""
         self._deal(spec, self.correct)
         found = torch.zeros(self.n, dtype=torch.bool, device=self.images.device)
         closest = self.images.clone()
-        merged = self._attack(spec, largest_eps(self.images, spec.norm), "minimal", found, closest,
-                              torch.full((self.n,), -1, dtype=torch.int64, device=self.images.device), -1)
+        self.minimal_cost = self._attack(spec, largest_eps(self.images, spec.norm), "minimal", found, closest,
+                                         torch.full((self.n,), -1, dtype=torch.int64, device=self.images.device), -1)
         sizes = per_example_norm(closest - self.images, spec.norm).flatten().cpu().numpy().astype(np.float64)
         correct = self.correct.cpu().numpy()
         hit = found.cpu().numpy() & correct
         radii = np.where(correct, np.where(hit, sizes, np.inf), 0.0).astype(np.float32)  # (as the record keeps them)
         self.examples["minimal_radii"] = radii
+        self.radii = torch.from_numpy(radii).to(self.images.device)
+
+    def minimal_norm(self, spec: AttackSpec) -> MinimalNorm:
+        """The summary of :meth:`search_minimal`'s radii, with their agreement with the fixed-eps worst case."""
+        radii, correct = self.examples["minimal_radii"], self.correct.cpu().numpy()
         attacked = int(correct.sum())
         middle = float(np.median(radii[correct])) if attacked else math.inf
         median = middle if math.isfinite(middle) else None
         fooled = {eps: self.fooled[(WORST_CASE, eps)] for eps in self.eps_values}
-        return MinimalNorm(spec.label, spec.norm, spec.n_steps, attacked, int(hit.sum()), median, merged["seconds"],
-                           merged["forwards"], merged["backwards"], agreement(radii, fooled, correct))
+        cost = self.minimal_cost
+        return MinimalNorm(spec.label, spec.norm, spec.n_steps, attacked, int(np.isfinite(radii[correct]).sum()),
+                           median, cost["seconds"], cost["forwards"], cost["backwards"],
+                           agreement(radii, fooled, correct))
 
     def _attack(self, spec: AttackSpec, eps: float, point: str, worst_fooled: torch.Tensor,
                 worst_images: torch.Tensor, fooled_by: torch.Tensor, index: int) -> dict[str, Any]:

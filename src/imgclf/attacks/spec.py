@@ -30,6 +30,9 @@ class AttackSpec:
         options: The attack's own options (:class:`~imgclf.attacks.registry.AttackOption`, ``{"queries": 5000}``
             for Square): given ones over the declared defaults; options that other attacks own are left out.
         tag: Tells this spec apart from another of the same attack in tables (``square (5000 queries)``).
+        near: Attack only the examples whose smallest adversarial perturbation found (the minimal-norm search's
+            radius, in pixel units under ``norm``) is at most ``near * eps``: the converging plan's step that
+            spends restarts where the decision boundary is close. None: every example dealt to it.
 
     Raises:
         ValueError: On an unknown attack, norm or option, an invalid option value, a norm the attack does
@@ -46,6 +49,7 @@ class AttackSpec:
     target_classes: int = 9
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     tag: str = ""
+    near: float | None = None
 
     def __post_init__(self) -> None:
         info = attack_info(self.name)
@@ -57,6 +61,8 @@ class AttackSpec:
             raise ValueError(f"unknown norm {self.norm!r}; valid choices: {', '.join(NORMS)}")
         if self.norm not in info.norms:
             raise ValueError(f"the {self.name} attack is implemented for norm {', '.join(info.norms)} only")
+        if self.near is not None and not self.near >= 1:
+            raise ValueError(f"near must be at least 1 (a multiple of eps), got {self.near}")
         if self.target is not None and not info.targetable:
             raise ValueError(f"{self.name} picks its own targets; --target applies to "
                              f"{', '.join(targetable_attacks())}")
@@ -96,5 +102,6 @@ class AttackSpec:
 def plan_specs(norm: str) -> list[AttackSpec]:
     """The converging plan's steps (:data:`~imgclf.attacks.registry.AUTO_PLAN`) under ``norm``, those without
     a version for it, or kept to other norms, left out (Square has no L2 version; FMN steps in for L1)."""
-    return [AttackSpec(step.attack, norm=norm, steps=step.steps, options=step.options, tag=step.tag)
+    return [AttackSpec(step.attack, norm=norm, steps=step.steps, restarts=step.restarts, options=step.options,
+                       tag=step.tag, target_classes=step.target_classes, near=step.near)
             for step in AUTO_PLAN if step.applies(norm)]
