@@ -4,8 +4,9 @@ Targets: on a standard MNIST ``simple-cnn`` (eps 0.1) and on the FGSM-RS anchor 
 plan's worst-case robust accuracy within 0.3 points of ``--preset full``'s on the same 1,000 test images (the
 seeded stratified subset both evaluations draw), at no more than a quarter of its forward and backward passes
 and of its wall time. Both are run here, one after the other, by ``imgclf attack`` on the same run folder;
-passes are the model's forward and backward passes over every attack (counted in examples), the wall time is
-the evaluation's (attacks and sanity checks).
+passes are the model's forward and backward passes over every attack and the minimal-norm search that both run
+(counted in examples), the wall time is the evaluation's (attacks, the minimal-norm search and the sanity
+checks).
 
 Usage::
 
@@ -40,9 +41,10 @@ def evaluate(run: Path, preset: str, eps: str, examples: int) -> dict[str, float
     evaluation = read_metrics(run).evaluations[-1]
     rows = evaluation.robustness
     worst = next(row for row in rows if row.attack == WORST_CASE and row.eps > 0)
-    plan = evaluation.attack.plan
+    plan, minimal = evaluation.attack.plan, evaluation.attack.minimal_norm
     return {"accuracy": worst.accuracy, "seconds": evaluation.seconds,
-            "passes": sum(row.forwards + row.backwards for row in rows if row.attack != WORST_CASE),
+            "passes": sum(row.forwards + row.backwards for row in rows if row.attack != WORST_CASE)
+            + (minimal.forwards + minimal.backwards if minimal is not None else 0),
             "converged": all(o.converged for o in plan) if plan else None,
             "failed": sum(check["status"] == "failed" for check in evaluation.attack.checks)}
 
