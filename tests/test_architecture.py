@@ -225,7 +225,7 @@ LAYERS = [
     {"imgclf", "errors", "lazy", "trust", "runtime", "distributed", "constraints", "tensorboard_logging"},
     {"data", "numpy_nn", "metrics"},
     {"models"},
-    {"evaluation", "calibration", "attacks"},
+    {"evaluation", "calibration", "attacks", "certification"},
     {"corruptions", "defenses"},
     {"settings", "config"},
     {"record", "run_folder"},

@@ -199,6 +199,23 @@ def test_torchvision_policies_draw_for_each_image_reproducibly_in_range():
     assert resized.shape == images.shape
 
 
+def test_gaussian_noise_adds_unclamped_noise_of_the_given_sigma_to_every_pixel():
+    from imgclf.data.augment import build_augmentation, parse_augment
+
+    assert parse_augment("flip-crop+gaussian-noise:sigma=0.5") == [("flip-crop", {}),
+                                                                   ("gaussian-noise", {"sigma": 0.5})]
+    assert parse_augment("gaussian-noise") == [("gaussian-noise", {"sigma": 0.25})]
+    with pytest.raises(UsageError, match=r"sigma must be in \[0.001, 10.0\], got 0.0"):
+        parse_augment("gaussian-noise:sigma=0")
+    images = torch.full((64, 1, 28, 28), 0.5)
+    noisy = build_augmentation("gaussian-noise:sigma=0.5")(images, torch.Generator().manual_seed(0))
+    noise = noisy - images
+    assert noise.std().item() == pytest.approx(0.5, rel=0.02) and abs(noise.mean().item()) < 0.01
+    assert noisy.min() < 0 and noisy.max() > 1  # not clamped: the base classifier sees what certify feeds it
+    again = build_augmentation("gaussian-noise:sigma=0.5")(images, torch.Generator().manual_seed(0))
+    assert torch.equal(noisy, again)
+
+
 def test_a_per_image_policy_trains_and_says_it_works_image_by_image(tiny_folder, tmp_path, capsys):
     from imgclf.cli import main
 

@@ -28,11 +28,18 @@ random draw, from torch's global generator, which training seeds and its state s
 * ``random-resized-crop[:scale=0.35]``: a crop of ``scale`` to 1 of the area (aspect
   ratio 3/4 to 4/3) resized back to the image size (Szegedy et al. 2015).
 
+Noise, on the whole batch:
+
+* ``gaussian-noise[:sigma=0.25]``: adds ``N(0, sigma^2)`` to every pixel, unclamped (the one part whose output
+  leaves ``[0, 1]``): the training of Cohen, Rosenfeld and Kolter (ICML 2019) for a base classifier of randomized
+  smoothing, which sees the same unclamped noise when :func:`imgclf.certification.certify` samples it.
+
 A setting joins parts with ``+``, applied in order: ``flip-crop+randaugment:n=2,m=9``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +109,14 @@ def colour_jitter(images: torch.Tensor, gen: torch.Generator, *, strength: float
     return out
 
 
+def gaussian_noise(images: torch.Tensor, gen: torch.Generator, *, sigma: float = 0.25) -> torch.Tensor:
+    """``images`` plus independent ``N(0, sigma^2)`` noise on every pixel (``sigma`` in pixel units), not clamped:
+    the result leaves ``[0, 1]``, as the inputs of a randomized-smoothing base classifier do."""
+    import torch
+
+    return images + sigma * torch.randn(images.shape, generator=gen, device=images.device, dtype=images.dtype)
+
+
 def _flip_crop(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return random_flip(random_crop(images, gen), gen)
 
@@ -123,6 +138,8 @@ POLICIES: dict[str, dict[str, Any]] = {
     "random-resized-crop": {"scale": 0.35},
 }
 AUTOAUGMENT_POLICIES = ("imagenet", "cifar10", "svhn")
+#: Batch parts with options: ``{name: {option: default}}``, run on the whole batch with the generator.
+BATCH_PARTS: dict[str, dict[str, Any]] = {"gaussian-noise": {"sigma": 0.25}}
 
 
 def parse_augment(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -142,15 +159,16 @@ def parse_augment(text: str) -> list[tuple[str, dict[str, Any]]]:
             if AUGMENTATIONS[name] is not None:
                 parts.append((name, {}))
             continue
-        if name not in POLICIES:
-            raise unknown_choice("augmentation", name, [*AUGMENTATIONS, *POLICIES])
-        options = dict(POLICIES[name])
+        declared = POLICIES.get(name, BATCH_PARTS.get(name))
+        if declared is None:
+            raise unknown_choice("augmentation", name, [*AUGMENTATIONS, *POLICIES, *BATCH_PARTS])
+        options = dict(declared)
         for pair in filter(None, (p.strip() for p in given.split(","))):
             key, sep, value = pair.partition("=")
             if not sep or key.strip() not in options:
-                valid = ", ".join(f"{k}={v}" for k, v in POLICIES[name].items()) or "none"
+                valid = ", ".join(f"{k}={v}" for k, v in declared.items()) or "none"
                 raise UsageError(f"augmentation {name!r}: unknown option {pair!r}; its options: {valid}")
-            key, default = key.strip(), POLICIES[name][key.strip()]
+            key, default = key.strip(), declared[key.strip()]
             try:
                 options[key] = type(default)(value.strip())
             except ValueError:
@@ -165,7 +183,7 @@ def parse_augment(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _check_policy(name: str, options: dict[str, Any]) -> None:
-    ranges = {"n": (1, 10), "m": (0, 30), "p": (0.0, 1.0), "scale": (0.01, 1.0)}
+    ranges = {"n": (1, 10), "m": (0, 30), "p": (0.0, 1.0), "scale": (0.01, 1.0), "sigma": (0.001, 10.0)}
     for key, value in options.items():
         if key in ranges and not ranges[key][0] <= value <= ranges[key][1]:
             raise UsageError(f"augmentation {name!r}: {key} must be in [{ranges[key][0]}, {ranges[key][1]}], "
@@ -222,6 +240,8 @@ def build_augmentation(text: str) -> Augmentation | None:
     for name, options in parts:
         if name in AUGMENTATIONS:
             steps.append(AUGMENTATIONS[name])  # type: ignore[arg-type]  # (None was left out by the parser)
+        elif name in BATCH_PARTS:
+            steps.append(functools.partial(gaussian_noise, sigma=options["sigma"]))
         else:
             steps.append(_ImageByImage(_policy(name, options)))
 
@@ -259,7 +279,7 @@ class AugmentSetting(Constraint):
 
     def describe(self) -> str:
         policies = ", ".join(f"{name}[:{','.join(f'{k}={v}' for k, v in options.items())}]" if options else name
-                             for name, options in POLICIES.items())
+                             for name, options in {**POLICIES, **BATCH_PARTS}.items())
         return f"presets {', '.join(n for n in AUGMENTATIONS if n != 'seed000')} and policies {policies}, joined by +"
 
     def error(self, where: str, value: Any) -> UsageError:
