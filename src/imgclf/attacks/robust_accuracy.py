@@ -137,11 +137,12 @@ def robustness(
             examples every attack before failed on, until :func:`imgclf.attacks.plan.decide` says stop; each
             step's row is the robust accuracy after it and everything before it, and ``result.plan`` says per eps
             whether it converged (a failed gradient check voids it: :func:`imgclf.attacks.plan.with_checks`).
-            Empty: no plan.
+            A step with ``near`` attacks only the examples whose minimal-norm radius is within ``near * eps``,
+            and is skipped, with why, without ``minimal_norm``. Empty: no plan.
         tolerance: The plan's tolerance: the fraction of the examples still standing an escalation may fool
             and count as finding nothing more, in ``[0, 1)``.
         minimal_norm: A minimal-norm attack (``fmn``) run once, unbounded, on every correctly classified example
-            after the fixed-eps attacks (units like theirs, so it resumes and shards alike): each example's
+            before the fixed-eps attacks (units like theirs, so it resumes and shards alike): each example's
             smallest adversarial radius (``result.examples["minimal_radii"]``), the continuous robustness curve
             they imply, and its agreement with the fixed-eps worst case (``result.minimal_norm``). None: not run.
 
