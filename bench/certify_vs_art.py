@@ -11,7 +11,8 @@ Usage::
 
 ``--run`` is a run folder whose model was trained with Gaussian noise (``--augment gaussian-noise:sigma=0.25``);
 its first ``--examples`` test images (torchvision's MNIST or FashionMNIST test split) are certified. Prints the
-table and exits 1 if a target is missed. Needs ``pip install adversarial-robustness-toolbox``.
+table and exits 1 if a target is missed. Needs ``pip install adversarial-robustness-toolbox statsmodels`` (ART's
+CERTIFY takes its bound from statsmodels).
 """
 
 from __future__ import annotations
