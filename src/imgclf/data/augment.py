@@ -290,4 +290,4 @@ class AugmentSetting(Constraint):
         return super().error(where, value)
 
     def invalid_values(self) -> list[Any]:
-        return ["not-a-preset", "randaugment:n=99", "flip-crop+flip-crop"]
+        return ["not-a-preset", "randaugment:n=99", "flip-crop+flip-crop", "gaussian-noise:sigma=0"]
