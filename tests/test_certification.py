@@ -9,7 +9,14 @@ import pytest
 import torch
 from scipy import stats
 
-from imgclf.certification import ABSTAIN, certify, lower_confidence_bound, max_certifiable_radius, predict
+from imgclf.certification import (
+    ABSTAIN,
+    certify,
+    lower_confidence_bound,
+    max_certifiable_radius,
+    predict,
+    smooth_adv,
+)
 from imgclf.runtime import generator
 
 SIGMA = 0.25
@@ -94,3 +101,26 @@ def test_certify_is_deterministic_under_its_seed_and_refuses_bad_settings(halfsp
                        ({"n": 0}, "n must be >= 1")]:
         with pytest.raises(ValueError, match=match):
             certify(model, x, **{"sigma": SIGMA, "num_classes": 2, **bad})
+
+
+def test_no_certified_example_is_fooled_within_its_radius_by_the_attack_made_for_the_smoothed_classifier(halfspace):
+    model, weight = halfspace
+    distances = [0.3, 0.4, 0.5, -0.35]
+    x = images_at(distances, weight, model.bias)
+    certified = certify(model, x, sigma=SIGMA, num_classes=2, n=10_000, generator=generator(0))
+    labels = torch.as_tensor(certified.prediction)
+    assert (certified.prediction >= 0).all() and (certified.radius > 0.25).all()
+    inside = smooth_adv(model, x, labels, eps=torch.as_tensor(certified.radius, dtype=torch.float32), sigma=SIGMA,
+                        steps=20, generator=generator(1))
+    assert ((inside - x).flatten(1).norm(dim=1) <= torch.as_tensor(certified.radius) + 1e-4).all()
+    # within its radius the smoothed classifier still answers the certified class, or abstains so close to the
+    # plane (PREDICT's answer is wrong with probability at most alpha, the Monte Carlo tolerance)
+    answers = predict(model, inside, sigma=SIGMA, num_classes=2, n=1_000, generator=generator(2))
+    assert ((answers == certified.prediction) | (answers == ABSTAIN)).all(), answers
+    # the attack itself works: 0.2 beyond the true radius (the distance to the plane) it flips every answer
+    beyond = smooth_adv(model, x, labels, eps=torch.as_tensor(np.abs(distances), dtype=torch.float32) + 0.2,
+                        sigma=SIGMA, steps=20, generator=generator(1))
+    flipped = predict(model, beyond, sigma=SIGMA, num_classes=2, n=1_000, generator=generator(2))
+    assert (flipped == 1 - certified.prediction).all(), flipped
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        smooth_adv(model, x, labels, eps=0.1, sigma=0.0)
