@@ -270,3 +270,20 @@ def test_a_target_class_can_be_named(run_dir, tmp_path, capsys):
     assert rows[0]["target"] == "7" and rows[0]["target_success_rate"] >= 0.9
     assert main(["attack", str(copy), "--attack", "pgd", "--target", "seven", "--eps", "0.3"]) == 2
     assert "unknown target 'seven'; valid choices: random, least-likely, or a class: 0, 1, 2" in capsys.readouterr().err
+
+
+def test_every_attack_setting_has_a_flag_on_the_commands_that_attack():
+    import dataclasses
+
+    from imgclf.cli import _flag_names, build_parser
+    from imgclf.config import AttackConfig
+
+    parser = build_parser()
+    for command in ("run", "attack"):
+        flags = _flag_names(parser, command)
+        # (the attacks' own options have one flag each, read from the registry: --queries)
+        missing = [f.name for f in dataclasses.fields(AttackConfig) if f.name != "options" and
+                   f"attack.{f.name}" not in flags]
+        assert not missing, f"imgclf {command} has no flag for attack.{', attack.'.join(missing)}"
+    args = vars(parser.parse_args(["attack", "runs/x", "--no-minimal-norm"]))
+    assert args["attack.minimal_norm"] is False

@@ -236,6 +236,9 @@ def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
     _flag(group, "--plan-tolerance", dest="attack.plan_tolerance", metavar="FRACTION",
           help="the plan stops when its latest white-box and black-box escalations each fool at most this "
                "fraction of the examples still standing")
+    _flag(group, "--minimal-norm", dest="attack.minimal_norm",
+          help="run FMN once per example, first, unbounded: each example's smallest adversarial radius, the "
+               "continuous robustness curve, and the radii the plan's restarts near the boundary need")
     _flag(group, "--norm", dest="attack.norm", metavar="NORM", help="the norm that bounds the perturbation")
     _flag(group, "--eps", dest="attack.eps", metavar="LIST",
           help="radii in pixel units, e.g. 0,1/255,2/255 or 0:8/255:2/255 (default under linf "
