@@ -173,11 +173,11 @@ def robustness(
             evaluation.total += sum(eps > 0 for eps in eps_values) * evaluation.plan.first_units
         if minimal:  # (a model without gradients has no minimal-norm search: skipped, with why)
             evaluation.total += max(len(evaluation.chunks_of(evaluation.correct)), 1)
-            evaluation.search_minimal(minimal[0])  # first: the plan's near-boundary step needs its radii
+            cost = evaluation.search_minimal(minimal[0])  # first: the plan's near-boundary step needs its radii
         entries: list[RobustnessEntry] = []
         for eps_index, eps in enumerate(eps_values):
             entries += evaluation.at_eps(runnable, eps, eps_index)
-        summary = evaluation.minimal_norm(minimal[0]) if minimal else None
+        summary = evaluation.minimal_norm(minimal[0], cost) if minimal else None
         result = RobustnessResult(entries, evaluation.clean_accuracy, evaluation.n, seed,
                                   skipped=skipped + skipped_steps + skipped_minimal, fooled=evaluation.fooled,
                                   adversarial=evaluation.adversarial_record(runnable + steps),
@@ -335,7 +335,6 @@ class _Evaluation:
         self.done = self.total = 0
         self.plan: _Plan | None = None
         self.radii: torch.Tensor | None = None  # each example's smallest adversarial radius found, once searched
-        self.minimal_cost: dict[str, Any] = {}
 
     def runnable(self, attacks: list[AttackSpec], *, deal: bool = True) -> tuple[list[AttackSpec], list[str]]:
         """The attacks the model has enough classes for, with their targets and (``deal``) batches; and why the
@@ -456,31 +455,33 @@ class _Evaluation:
                                          AUTOATTACK_PASSES, outcomes))
         return entries
 
-    def search_minimal(self, spec: AttackSpec) -> None:
+    def search_minimal(self, spec: AttackSpec) -> dict[str, Any]:
         """``spec`` (a minimal-norm attack) without a bound on every correctly classified example: each example's
         smallest adversarial radius found, kept in ``examples["minimal_radii"]`` (``float32`` ``(n,)``: 0 where
         the clean image is misclassified, inf where none was found) and in ``radii`` (on the device, for the
-        plan's near-boundary step), with the search's cost in ``minimal_cost``."""
+        plan's near-boundary step); returns the search's seconds and passes (``seconds``, ``forwards``,
+        ``backwards``)."""
         self._deal(spec, self.correct)
         found = torch.zeros(self.n, dtype=torch.bool, device=self.images.device)
         closest = self.images.clone()
-        self.minimal_cost = self._attack(spec, largest_eps(self.images, spec.norm), "minimal", found, closest,
-                                         torch.full((self.n,), -1, dtype=torch.int64, device=self.images.device), -1)
+        cost = self._attack(spec, largest_eps(self.images, spec.norm), "minimal", found, closest,
+                            torch.full((self.n,), -1, dtype=torch.int64, device=self.images.device), -1)
         sizes = per_example_norm(closest - self.images, spec.norm).flatten().cpu().numpy().astype(np.float64)
         correct = self.correct.cpu().numpy()
         hit = found.cpu().numpy() & correct
         radii = np.where(correct, np.where(hit, sizes, np.inf), 0.0).astype(np.float32)  # (as the record keeps them)
         self.examples["minimal_radii"] = radii
         self.radii = torch.from_numpy(radii).to(self.images.device)
+        return cost
 
-    def minimal_norm(self, spec: AttackSpec) -> MinimalNorm:
-        """The summary of :meth:`search_minimal`'s radii, with their agreement with the fixed-eps worst case."""
+    def minimal_norm(self, spec: AttackSpec, cost: dict[str, Any]) -> MinimalNorm:
+        """The summary of :meth:`search_minimal`'s radii and ``cost``, with their agreement with the fixed-eps
+        worst case."""
         radii, correct = self.examples["minimal_radii"], self.correct.cpu().numpy()
         attacked = int(correct.sum())
         middle = float(np.median(radii[correct])) if attacked else math.inf
         median = middle if math.isfinite(middle) else None
         fooled = {eps: self.fooled[(WORST_CASE, eps)] for eps in self.eps_values}
-        cost = self.minimal_cost
         return MinimalNorm(spec.label, spec.norm, spec.n_steps, attacked, int(np.isfinite(radii[correct]).sum()),
                            median, cost["seconds"], cost["forwards"], cost["backwards"],
                            agreement(radii, fooled, correct))
