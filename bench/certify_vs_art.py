@@ -60,7 +60,7 @@ def main() -> int:
     from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
 
     from imgclf import load_model
-    from imgclf.certification import Certificates, certify
+    from imgclf.certification import Certificates, certificates
     from imgclf.runtime import generator
 
     torch.set_num_threads(args.threads)
@@ -72,8 +72,8 @@ def main() -> int:
           f"{args.alpha}; torch {torch.__version__}, ART {art.__version__}, "
           f"{platform.processor() or platform.machine()}, {args.threads} threads")
     began = time.perf_counter()
-    ours = certify(model, images, sigma=args.sigma, num_classes=classes, n0=args.n0, n=args.n, alpha=args.alpha,
-                   batch_size=args.batch_size, generator=generator(0))
+    ours = certificates(model, images, sigma=args.sigma, num_classes=classes, n0=args.n0, n=args.n, alpha=args.alpha,
+                         batch_size=args.batch_size, generator=generator(0))
     ours_seconds = time.perf_counter() - began
     truth = labels.numpy()
     print(f"imgclf on all {len(truth)} images: certified accuracy " + ", ".join(

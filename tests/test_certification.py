@@ -11,7 +11,7 @@ from scipy import stats
 
 from imgclf.certification import (
     ABSTAIN,
-    certify,
+    certificates,
     lower_confidence_bound,
     max_certifiable_radius,
     predict,
@@ -53,7 +53,7 @@ def test_a_certified_radius_approaches_the_distance_to_the_plane_and_never_excee
     model, weight = halfspace
     distances = [0.05, 0.2, 0.4, -0.3]  # top-class probabilities Phi(d / sigma): 0.58, 0.79, 0.95, 0.88 (class 1)
     x = images_at(distances, weight, model.bias)
-    result = certify(model, x, sigma=SIGMA, num_classes=2, n0=100, n=10_000, alpha=0.001, generator=generator(0))
+    result = certificates(model, x, sigma=SIGMA, num_classes=2, n0=100, n=10_000, alpha=0.001, generator=generator(0))
     assert result.prediction.tolist() == [0, 0, 0, 1]
     truth = np.abs(distances)
     p_true = stats.norm.cdf(truth / SIGMA)
@@ -70,7 +70,7 @@ def test_the_smoothed_classifier_abstains_on_a_tie(halfspace):
     model, weight = halfspace
     x = images_at([0.0, 0.0, 0.0], weight, model.bias)  # on the plane: both classes have probability 1/2
     assert (predict(model, x, sigma=SIGMA, num_classes=2, n=1_000, generator=generator(1)) == ABSTAIN).all()
-    tied = certify(model, x, sigma=SIGMA, num_classes=2, n0=100, n=1_000, generator=generator(1))
+    tied = certificates(model, x, sigma=SIGMA, num_classes=2, n0=100, n=1_000, generator=generator(1))
     assert (tied.prediction == ABSTAIN).all() and (tied.radius == 0).all() and tied.abstained == 1.0
     # far from the plane PREDICT answers
     assert predict(model, images_at([0.5], weight, model.bias), sigma=SIGMA, num_classes=2,
@@ -81,7 +81,7 @@ def test_no_radius_exceeds_what_n_and_alpha_allow_and_the_bound_is_clopper_pears
     constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     torch.nn.init.zeros_(constant[1].weight)
     constant[1].bias.data = torch.tensor([1.0, 0.0, 0.0])  # always class 0, whatever the noise
-    result = certify(constant, torch.rand(2, 1, 4, 4), sigma=0.5, num_classes=3, n0=10, n=1_000, alpha=0.01,
+    result = certificates(constant, torch.rand(2, 1, 4, 4), sigma=0.5, num_classes=3, n0=10, n=1_000, alpha=0.01,
                      generator=generator(0))
     cap = max_certifiable_radius(0.5, 1_000, 0.01)
     assert result.radius == pytest.approx([cap, cap]) and cap == pytest.approx(0.5 * stats.norm.ppf(0.01 ** 0.001))
@@ -94,20 +94,20 @@ def test_no_radius_exceeds_what_n_and_alpha_allow_and_the_bound_is_clopper_pears
 def test_certify_is_deterministic_under_its_seed_and_refuses_bad_settings(halfspace):
     model, weight = halfspace
     x = images_at([0.1, 0.2], weight, model.bias)
-    first = certify(model, x, sigma=SIGMA, num_classes=2, n=500, generator=generator(3), batch_size=64)
-    again = certify(model, x, sigma=SIGMA, num_classes=2, n=500, generator=generator(3), batch_size=64)
+    first = certificates(model, x, sigma=SIGMA, num_classes=2, n=500, generator=generator(3), batch_size=64)
+    again = certificates(model, x, sigma=SIGMA, num_classes=2, n=500, generator=generator(3), batch_size=64)
     assert np.array_equal(first.radius, again.radius)
     for bad, match in [({"sigma": 0.0}, "sigma must be > 0"), ({"alpha": 0.5}, "alpha must be in"),
                        ({"n": 0}, "n must be >= 1")]:
         with pytest.raises(ValueError, match=match):
-            certify(model, x, **{"sigma": SIGMA, "num_classes": 2, **bad})
+            certificates(model, x, **{"sigma": SIGMA, "num_classes": 2, **bad})
 
 
 def test_no_certified_example_is_fooled_within_its_radius_by_the_attack_made_for_the_smoothed_classifier(halfspace):
     model, weight = halfspace
     distances = [0.3, 0.4, 0.5, -0.35]
     x = images_at(distances, weight, model.bias)
-    certified = certify(model, x, sigma=SIGMA, num_classes=2, n=10_000, generator=generator(0))
+    certified = certificates(model, x, sigma=SIGMA, num_classes=2, n=10_000, generator=generator(0))
     labels = torch.as_tensor(certified.prediction)
     assert (certified.prediction >= 0).all() and (certified.radius > 0.25).all()
     inside = smooth_adv(model, x, labels, eps=torch.as_tensor(certified.radius, dtype=torch.float32), sigma=SIGMA,

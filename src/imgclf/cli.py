@@ -284,6 +284,27 @@ def _add_corruption_flags(parser: argparse.ArgumentParser, *, stage: bool) -> No
           help="a run folder evaluated under the same corruptions: adds the mCE and relative mCE against it")
 
 
+def _add_certify_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("randomized smoothing")
+    _flag(group, "--sigma", dest="certify.sigma", metavar="S",
+          help="the Gaussian noise's standard deviation in pixel units: the one the model was trained with")
+    _flag(group, "--radii", dest="certify.radii", metavar="LIST", help="L2 radii in pixel units, e.g. 0,0.25,0.5")
+    _flag(group, "--n0", dest="certify.n0", metavar="N", help="noisy copies per image that select the top class")
+    _flag(group, "--n", dest="certify.n", metavar="N",
+          help="noisy copies per image that bound the top class's probability (more: larger certifiable radii)")
+    _flag(group, "--alpha", dest="certify.alpha", metavar="P", help="each certificate's failure probability")
+    _flag(group, "--certify-examples", dest="certify.examples", metavar="N|all", parse=_count_or_all,
+          help="certify a seeded stratified subset of N test images")
+    _flag(group, "--certify-batch-size", dest="certify.batch_size", metavar="N", help="noisy images per forward pass")
+    _flag(group, "--certify-attack", dest="certify.attack",
+          help="the empirical upper bounds: SmoothAdv on the smoothed classifier, APGD-CE (L2) on the model")
+    _flag(group, "--smooth-adv-steps", dest="certify.attack_steps", metavar="N", help="SmoothAdv's PGD steps")
+    _flag(group, "--smooth-adv-samples", dest="certify.attack_samples", metavar="N",
+          help="noise draws SmoothAdv averages per step")
+    _flag(group, "--smooth-adv-n", dest="certify.attack_n", metavar="N",
+          help="noisy copies whose majority is the smoothed classifier's class at each attacked point")
+
+
 def _preset(text: str) -> list[str]:
     return [text]  # validated with the other attack names in imgclf.config.validate
 
@@ -330,11 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: The commands that read a model or a configuration from a file, and so take ``--trust-code``.
-_READS_MODELS = frozenset({"run", "train", "lr-find", "evaluate", "attack", "corrupt", "explain", "predict", "export",
-                           "features", "sweep"})
+_READS_MODELS = frozenset({"run", "train", "lr-find", "evaluate", "attack", "corrupt", "certify", "explain", "predict",
+                           "export", "features", "sweep"})
 
 #: The commands that open a run folder with its data, and so take ``--changed-data``.
-_OPENS_RUNS = frozenset({"evaluate", "attack", "corrupt", "explain", "export", "features"})
+_OPENS_RUNS = frozenset({"evaluate", "attack", "corrupt", "certify", "explain", "export", "features"})
 
 #: ``command(name, help, examples)`` adds a subcommand with its help and examples and returns its parser.
 Command = Callable[[str, str, str], argparse.ArgumentParser]
@@ -413,7 +434,15 @@ def _stage_commands(command: Command) -> None:
         imgclf corrupt runs/cifar-flip-crop --baseline runs/cifar          # mCE and relative mCE against it
         imgclf corrupt --model torchvision:resnet18 --weights r18.pth --dataset cifar10 --image-size 32
     """)
-    for p in (evaluate, attack, corrupt):
+    certify = command("certify", "certified L2 robustness by randomized smoothing, bracketed by the smoothed "
+                                 "classifier under SmoothAdv: provable beside empirical", """
+        imgclf train --dataset mnist --model simple-cnn --epochs 5 --augment gaussian-noise:sigma=0.25 --out runs/rs
+        imgclf certify runs/rs --sigma 0.25 --radii 0,0.25,0.5,0.75 --certify-examples 500
+        imgclf certify runs/rs --n 100000 --alpha 0.001 --no-certify-attack
+        imgclf certify --model py:my_models.py:Net --weights net.safetensors --dataset mnist --sigma 0.5
+        torchrun --nproc_per_node 2 -m imgclf certify runs/rs
+    """)
+    for p in (evaluate, attack, corrupt, certify):
         p.add_argument("run_dir", metavar="RUN", nargs="?",
                        help="a run folder; or none, with --model and --dataset: a new evaluation-only run folder")
         p.add_argument("--out", metavar="DIR", help="with --model: the new run folder (default "
@@ -425,6 +454,7 @@ def _stage_commands(command: Command) -> None:
         _add_common(p)
     _add_attack_flags(attack)
     _add_corruption_flags(corrupt, stage=False)
+    _add_certify_flags(certify)
     report = command("report", "write figures and report.html from a run folder", "imgclf report runs/mnist")
     report.add_argument("run_dir", metavar="RUN", help="a run folder")
     compare = command("compare", "several runs in one report: metrics, robustness against eps, training curves", """
@@ -984,8 +1014,8 @@ _SOURCE_ONLY = ("model.", "data.", "seed")
 
 
 def _stage(args: argparse.Namespace) -> int:
-    """``evaluate`` and ``attack`` on a finished run, or on any model (``--model``) in a new evaluation-only
-    run folder."""
+    """``evaluate``, ``attack``, ``corrupt`` and ``certify`` on a finished run, or on any model (``--model``) in a
+    new evaluation-only run folder."""
     from pathlib import Path
 
     from imgclf.config import load_config
@@ -1019,13 +1049,15 @@ def _evaluate_and_report(run: Any, command: str, *, clean: bool = False) -> None
         run.attack()  # added to the run's evaluations; the earlier ones stay
     if command == "corrupt" and main_process:
         run.corrupt()
+    if command == "certify":
+        run.certify()  # added to the run's certifications; the earlier ones stay
     if main_process:
         run.report()
 
 
 def _evaluate_model(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    """``imgclf evaluate|attack --model M --dataset D``: a new evaluation-only run folder with the clean
-    metrics (and, for attack, the robustness evaluation) and the report."""
+    """``imgclf evaluate|attack|corrupt|certify --model M --dataset D``: a new evaluation-only run folder with the
+    clean metrics (and the stage's own evaluation) and the report."""
     from imgclf.config import load_config
 
     if "model.name" not in overrides and args.config is None:
@@ -1059,8 +1091,8 @@ def _compare(args: argparse.Namespace) -> int:
 #: The handler of every subcommand.
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run_or_train, "train": _run_or_train, "lr-find": _lr_find, "evaluate": _stage, "attack": _stage,
-    "corrupt": _stage, "report": _report, "compare": _compare, "predict": _predict, "explain": _explain,
-    "export": _export, "activations": _activations,
+    "corrupt": _stage, "certify": _stage, "report": _report, "compare": _compare, "predict": _predict,
+    "explain": _explain, "export": _export, "activations": _activations,
     "mlp-numpy": _mlp_numpy, "features": _features, "fit-features": _fit_features, "sweep": _sweep,
     "data": _data_check, "datasets": _listing(_list_datasets), "models": _listing(_list_models),
     "attacks": _listing(_list_attacks),
@@ -1070,7 +1102,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 def _in_flag_terms(message: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     """``message`` with each setting the user gave by a flag named by that flag (``train.epochs`` ->
     ``--epochs``); settings from a YAML file keep their key, which is what the file holds."""
-    if args.command not in ("run", "train", "lr-find", "evaluate", "attack", "corrupt", "export", "features"):
+    if args.command not in ("run", "train", "lr-find", "evaluate", "attack", "corrupt", "certify", "export",
+                            "features"):
         return message
     flags = _flag_names(parser, args.command)
     for key in sorted((k for k in vars(args) if "." in k or k in ("seed", "device")), key=len, reverse=True):

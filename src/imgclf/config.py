@@ -1,7 +1,7 @@
 """Every setting of a run, as dataclasses, read from YAML and flags and checked once.
 
 A run's configuration is a :class:`RunConfig` with one section per pipeline
-stage (``data``, ``model``, ``train``, ``eval``, ``attack``, ``adversarial``, ``corruption``) plus
+stage (``data``, ``model``, ``train``, ``eval``, ``attack``, ``adversarial``, ``corruption``, ``certify``) plus
 ``seed`` and ``device``.
 It is built from three layers, later ones winning: the defaults below, a YAML
 file (``--config run.yaml``), and command-line flags (dotted keys such as
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -201,6 +202,23 @@ class CorruptionConfig:
 
 
 @dataclass
+class CertifyConfig:
+    """Randomized smoothing (:mod:`imgclf.certification`): certified L2 radii and the empirical bracket beside them."""
+
+    sigma: float = setting(0.25, Interval(float, 0, None, "neither"))  # the noise's standard deviation, pixel units
+    n0: int = setting(100, Interval(int, 1, _MAX_COUNT))  # noisy copies per image that select the top class
+    n: int = setting(10_000, Interval(int, 1, _MAX_COUNT))  # noisy copies per image that bound its probability
+    alpha: float = setting(0.001, Interval(float, 0, 0.5, "neither"))  # each certificate's failure probability
+    examples: int | str = setting(500, CountOrAll(_MAX_COUNT))  # seeded stratified test subset, or "all"
+    radii: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75])  # L2, pixel units, each >= 0
+    batch_size: int = setting(1000, _BATCH)  # noisy images per forward pass
+    attack: bool = True  # the empirical upper bounds: SmoothAdv on the smoothed classifier, APGD-CE L2 on the model
+    attack_steps: int = setting(20, _STEPS)  # SmoothAdv's PGD steps (APGD-CE on the model: 100)
+    attack_samples: int = setting(8, Interval(int, 1, 10_000))  # noise draws SmoothAdv averages per step
+    attack_n: int = setting(1000, Interval(int, 1, _MAX_COUNT))  # noisy copies that predict at each attacked point
+
+
+@dataclass
 class AdversarialConfig:
     """Adversarial training (:mod:`imgclf.defenses`); its norm is ``attack.norm``."""
 
@@ -232,12 +250,14 @@ class RunConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
     seed: int = setting(0, Interval(int, 0, MAX_SEED))  # NumPy, scikit-learn and torch all take it
     device: str = setting("auto", Options("device", DEVICES))
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-             "attack": AttackConfig, "adversarial": AdversarialConfig, "corruption": CorruptionConfig}
+             "attack": AttackConfig, "adversarial": AdversarialConfig, "corruption": CorruptionConfig,
+             "certify": CertifyConfig}
 
 def section_class(name: str) -> type:
     """The dataclass of configuration section ``name`` (``"train"`` -> :class:`TrainConfig`).
@@ -574,6 +594,13 @@ def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
+def _check_radii(radii: list[float]) -> None:
+    """Raises UsageError unless ``radii`` (``certify.radii``) is one or more finite L2 radii >= 0."""
+    if not radii or any(not (math.isfinite(r) and r >= 0) for r in radii):
+        raise UsageError(f"certify.radii must be one or more L2 radii >= 0 in pixel units, e.g. 0,0.25,0.5, got "
+                         f"{radii!r}")
+
+
 def validate(config: RunConfig) -> None:
     """Check a configuration: every declared constraint, then what involves several settings.
 
@@ -584,6 +611,7 @@ def validate(config: RunConfig) -> None:
         check_fields(getattr(config, name), name)
     check_fields(config, "")
     attack, adversarial, train = config.attack, config.adversarial, config.train
+    _check_radii(config.certify.radii)
     for name in expand_attacks(attack.attacks, attack.norm):
         if name != PLAN and attack.norm not in ATTACKS[name].norms:
             raise UsageError(f"the {name} attack is implemented for --norm {', '.join(ATTACKS[name].norms)} only; "

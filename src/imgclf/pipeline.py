@@ -2,8 +2,8 @@
 (:mod:`imgclf.stages`) in order.
 
 ``Run.train(config)`` makes a run folder and trains; ``Run.open(path)`` rebuilds a finished one from its
-folder (configuration, saved split indices, model); ``.evaluate()``, ``.attack()``, ``.corrupt()``,
-``.explain()`` and ``.report()`` each write their part of the folder (see :mod:`imgclf.record`), and
+folder (configuration, saved split indices, model); ``.evaluate()``, ``.attack()``, ``.certify()``,
+``.corrupt()``, ``.explain()`` and ``.report()`` each write their part of the folder (see :mod:`imgclf.record`), and
 ``.finish()`` runs them in order. ``imgclf run``, the stage commands, sweeps and feature extraction all go
 through it.
 """
@@ -25,7 +25,7 @@ from imgclf.record import read_metrics
 from imgclf.run_folder import RunFolder
 from imgclf.runtime import environment
 from imgclf.settings import Settings
-from imgclf.stages import attack, corrupt, evaluate, explain, report, store, train
+from imgclf.stages import attack, certify, corrupt, evaluate, explain, report, store, train
 from imgclf.stages.parts import RunParts
 from imgclf.training import TrainResult
 
@@ -35,8 +35,8 @@ class Run(RunParts):
 
     Make one with :meth:`train` (a new folder), :meth:`resume` or :meth:`open` (an existing one), or
     :meth:`from_model` (a model imgclf did not train), then call :meth:`evaluate`, :meth:`attack`,
-    :meth:`corrupt`, :meth:`explain` and :meth:`report`; each writes its part of the folder and returns its
-    result. The attributes are those of :class:`~imgclf.stages.parts.RunParts` (``folder``, ``config``,
+    :meth:`certify`, :meth:`corrupt`, :meth:`explain` and :meth:`report`; each writes its part of the folder and
+    returns its result. The attributes are those of :class:`~imgclf.stages.parts.RunParts` (``folder``, ``config``,
     ``settings``, ``data``, ``model``, ``device``, ``log``, ``dist``, ``train_result``); ``model`` may be
     replaced (e.g. by a wrapped model) before :meth:`attack`.
     """
@@ -205,6 +205,36 @@ class Run(RunParts):
         given = {"attacks": attacks, "eps": eps, "examples": examples, "norm": norm, "steps": steps,
                  "alpha": alpha, "restarts": restarts, "target": target, **options}
         return attack.attack(self, self._with_changes("attack", given))
+
+    def certify(self, *, sigma: float | None = None, radii: list[float] | str | None = None, n0: int | None = None,
+                n: int | None = None, alpha: float | None = None, examples: int | str | None = None,
+                attack: bool | None = None, **options: Any) -> record.Certification:
+        """Certified L2 robustness by randomized smoothing (:func:`imgclf.certification.certify`: Cohen et al.'s
+        CERTIFY) on a seeded stratified test subset, with the smoothed classifier under SmoothAdv and the model
+        under APGD-CE (L2) beside it: at each radius the smoothed classifier's true robust accuracy lies between
+        the certified accuracy and its accuracy under SmoothAdv.
+
+        Each argument given replaces the configured ``certify`` setting of that name for this call only
+        (``config.yaml`` is left as it is); None keeps the configured one.
+
+        Args:
+            sigma: The noise's standard deviation in pixel units: that the model was trained with
+                (``--augment gaussian-noise:sigma=S``). radii: L2 radii in pixel units (``"0,0.25,0.5"``).
+            n0, n, alpha: CERTIFY's selection and estimation samples per image, and each certificate's failure
+                probability. examples: Test images, or ``"all"``. attack: Run the empirical upper bounds.
+            options: The other ``certify`` settings by name (``attack_steps``, ``attack_samples``, ``attack_n``,
+                ``batch_size``).
+
+        The evaluation is added to ``metrics.json``'s ``certifications`` (:class:`imgclf.record.Certification`),
+        keyed by its settings and the model: one with the same key is reused. Per example results go to
+        ``certifications/KEY/certificates.npz``.
+
+        Raises:
+            UsageError: On an invalid setting.
+        """
+        given = {"sigma": sigma, "radii": radii, "n0": n0, "n": n, "alpha": alpha, "examples": examples,
+                 "attack": attack, **options}
+        return certify.certify_run(self, self._with_changes("certify", given))
 
     def corrupt(self, *, corruptions: list[str] | str | None = None, severities: list[int] | str | None = None,
                 examples: int | str | None = None, baseline: str | Path | None = None) -> CorruptionEvaluation:

@@ -25,6 +25,9 @@ Layout (every file optional until its stage has run)::
         adversarial.npz    clean and adversarial images with predictions (for the report)
         adversarial.pt     the worst-case adversarial images with their test positions
         batches/           per-batch results committed while it runs (resume after a kill); removed at the end
+      certifications/KEY/  one certified-robustness evaluation (its key in metrics.json's certifications):
+        certificates.npz   per example: test position, label, prediction or abstention, bound, certified radius
+        batches/           per-unit results committed while it runs (resume after a kill); removed at the end
       corruptions.npz      one test image under every corruption and severity, with predictions (for the report)
       explanations.npz     Grad-CAM or saliency maps of fixed test images, clean and adversarial (for the report)
       bad_files.txt        image files skipped, with the reason
@@ -47,6 +50,7 @@ from typing import Any
 
 from imgclf.attacks.results import WORST_CASE, MinimalNorm, PlanOutcome, RobustnessEntry
 from imgclf.calibration import Calibration, EpsCalibration
+from imgclf.certification.evaluation import CertifiedRow, bracket_html
 from imgclf.corruptions.evaluation import CorruptionEvaluation
 from imgclf.errors import UsageError
 from imgclf.metrics import ClassificationMetrics
@@ -69,6 +73,7 @@ TRAIN_STATE = "train_state.pt"
 SAMPLES = "samples.npz"
 ADVERSARIAL_EXAMPLES = "adversarial.npz"
 ADVERSARIAL_IMAGES = "adversarial.pt"
+CERTIFICATES = "certificates.npz"
 CORRUPTION_SAMPLES = "corruptions.npz"
 EXPLANATIONS = "explanations.npz"
 BAD_FILES = "bad_files.txt"
@@ -214,6 +219,65 @@ def evaluation_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+CERTIFICATIONS = "certifications"
+
+
+def certification_folder(run: Path, key: str) -> Path:
+    """``RUN/certifications/KEY``."""
+    return run / CERTIFICATIONS / key
+
+
+@dataclass
+class Certification:
+    """One certified-robustness evaluation of ``metrics.json``'s ``certifications`` (randomized smoothing,
+    :func:`imgclf.certification.certify`). They accumulate like robustness evaluations: one with the settings
+    (and model) of an earlier one is reused.
+
+    Attributes:
+        key: Identifies the settings and the model (:func:`evaluation_key`); names ``certifications/KEY/``, which
+            holds ``certificates.npz``.
+        settings: What was asked for: sigma, n0, n, alpha, radii, examples, the attacks' settings, batch size,
+            seed and the model's fingerprint.
+        n: Examples. sigma: The noise's standard deviation (pixel units). n0, samples, alpha: CERTIFY's selection
+            and estimation samples per example and each certificate's failure probability.
+        rows: Per radius the certified accuracy and the empirical upper bounds.
+        abstained: The share of examples abstained on. clean_accuracy: The model's top-1 accuracy on them.
+        max_radius: The largest radius ``samples`` and ``alpha`` allow. median_radius: Of the certified radii,
+            wrong predictions and abstentions as 0.
+        violations: Certified examples SmoothAdv fooled within their radius (Monte Carlo; see the warnings).
+        warnings: What the reader must know.
+        seconds: Wall time. forwards_per_example, backwards_per_example: Passes of the model per example.
+        finished: ISO time it ended. processes: Processes that shared the work.
+    """
+
+    key: str
+    settings: dict[str, Any]
+    n: int
+    sigma: float
+    n0: int
+    samples: int
+    alpha: float
+    rows: list[CertifiedRow] = field(default_factory=list)
+    abstained: float = 0.0
+    clean_accuracy: float = 0.0
+    max_radius: float = 0.0
+    median_radius: float | None = None
+    violations: int = 0
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    forwards_per_example: float = 0.0
+    backwards_per_example: float = 0.0
+    finished: str = ""
+    processes: int = 1
+
+    def _repr_html_(self) -> str:
+        """The bracket as an HTML table (Jupyter shows this)."""
+        return bracket_html(self.rows, sigma=self.sigma, n0=self.n0, n=self.samples, alpha=self.alpha,
+                            examples=self.n, clean_accuracy=self.clean_accuracy, abstained=self.abstained,
+                            forwards_per_example=self.forwards_per_example, seconds=self.seconds,
+                            warnings=self.warnings)
+
+
 @dataclass
 class Metrics:
     """The sections of ``metrics.json``; each stage adds its own, so all but the facts are optional.
@@ -232,6 +296,7 @@ class Metrics:
             and :attr:`attack` are the newest one's of the kept model (:meth:`current`). timing: Seconds
             per stage.
         corruptions: Accuracy and calibration under the common corruptions, or None.
+        certifications: The certified-robustness evaluations, oldest first (:class:`Certification`).
     """
 
     schema_version: int = 1
@@ -250,6 +315,7 @@ class Metrics:
     calibration: Calibration | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
     corruptions: CorruptionEvaluation | None = None
+    certifications: list[Certification] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -269,6 +335,13 @@ class Metrics:
         extended (its settings name another model fingerprint than ``training``'s)."""
         kept = self.training.model_fingerprint if self.training else None
         return kept is None or evaluation.settings.get("model", kept) == kept
+
+    @property
+    def latest_certification(self) -> Certification | None:
+        """The newest certified-robustness evaluation of the kept model, or None."""
+        kept = self.training.model_fingerprint if self.training else None
+        return next((c for c in reversed(self.certifications)
+                     if kept is None or c.settings.get("model", kept) == kept), None)
 
     @property
     def latest(self) -> Evaluation | None:
@@ -558,7 +631,8 @@ def _value(value: Any, annotation: Any, file: str, where: str) -> Any:
 _FRACTIONS = frozenset({"accuracy", "best_val_accuracy", "best_robust_val_accuracy", "macro_f1", "balanced_accuracy",
                         "top5_accuracy", "clean_accuracy", "success_rate", "target_success_rate", "ece", "mce",
                         "confidence", "lower", "upper", "per_class", "precision", "recall", "f1",
-                        "fixed_accuracy", "curve_accuracy", "p_value", "combined_accuracy"})
+                        "fixed_accuracy", "curve_accuracy", "p_value", "combined_accuracy", "certified",
+                        "smoothed_attack", "base_attack", "abstained"})
 #: Fractions that are NaN where nothing was there to count (no correct example to fool, no validation split).
 _MAY_BE_NAN = frozenset({"success_rate", "target_success_rate", "best_val_accuracy", "accuracy", "clean_accuracy",
                          "fixed_accuracy", "curve_accuracy", "combined_accuracy"})

@@ -4,7 +4,7 @@ The smoothed classifier ``g(x) = argmax_k P(f(x + e) = k)``, ``e ~ N(0, sigma^2 
 ``f`` provably keeps its prediction within an L2 ball of radius ``sigma * Phi^-1(p_A)`` around ``x``, where
 ``p_A`` is the top class's probability under the noise (Cohen, Rosenfeld and Kolter, "Certified Adversarial
 Robustness via Randomized Smoothing", ICML 2019, Theorem 1). ``p_A`` is estimated by Monte Carlo sampling:
-:func:`predict` is their PREDICT (with abstention), :func:`certify` their CERTIFY (a one-sided Clopper-Pearson
+:func:`predict` is their PREDICT (with abstention), :func:`certificates` their CERTIFY (a one-sided Clopper-Pearson
 lower bound on ``p_A`` from ``scipy.stats``). The noise is added in pixel space, to ``[0, 1]`` images, and not
 clamped: the certificate is for the smoothed classifier as defined, whose base classifier sees values outside
 ``[0, 1]``.
@@ -173,9 +173,9 @@ def predict(model: torch.nn.Module, images: torch.Tensor, *, sigma: float, num_c
     return np.where(p_values <= alpha, top, ABSTAIN).astype(np.int64)
 
 
-def certify(model: torch.nn.Module, images: torch.Tensor, *, sigma: float, num_classes: int, n0: int = 100,
-            n: int = 10_000, alpha: float = 0.001, batch_size: int = 1000,
-            generator: torch.Generator | None = None) -> Certificates:
+def certificates(model: torch.nn.Module, images: torch.Tensor, *, sigma: float, num_classes: int, n0: int = 100,
+                 n: int = 10_000, alpha: float = 0.001, batch_size: int = 1000,
+                 generator: torch.Generator | None = None) -> Certificates:
     """CERTIFY: each image's smoothed prediction with a certified L2 radius, or an abstention.
 
     Selects the top class on ``n0`` noisy copies, bounds its probability from below with ``n`` fresh copies (a

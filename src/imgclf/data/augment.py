@@ -32,7 +32,7 @@ Noise, on the whole batch:
 
 * ``gaussian-noise[:sigma=0.25]``: adds ``N(0, sigma^2)`` to every pixel, unclamped (the one part whose output
   leaves ``[0, 1]``): the training of Cohen, Rosenfeld and Kolter (ICML 2019) for a base classifier of randomized
-  smoothing, which sees the same unclamped noise when :func:`imgclf.certification.certify` samples it.
+  smoothing, which sees the same unclamped noise when :func:`imgclf.certification.certificates` samples it.
 
 A setting joins parts with ``+``, applied in order: ``flip-crop+randaugment:n=2,m=9``.
 """

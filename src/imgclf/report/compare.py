@@ -39,6 +39,11 @@ class ComparedRun:
             return "standard"
         return f"{adversarial.recipe} at eps {eps_label(adversarial.eps, self.colour)}"
 
+    def certified(self) -> dict[float, float]:
+        """Certified accuracy by L2 radius of the newest certified-robustness evaluation ({} without one)."""
+        done = self.metrics.latest_certification
+        return {} if done is None else {row.radius: row.certified for row in done.rows}
+
     def worst_case(self) -> dict[float, float]:
         """Worst-case robust accuracy by eps (the only attack's rows when there is one)."""
         return {row.eps: row.accuracy for row in self.metrics.worst_case()}
@@ -139,16 +144,20 @@ def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_da
         if names.count(run.name) > 1:
             run.name = f"{run.name} [{index + 1}]"
     eps_values = sorted({eps for run in runs for eps in run.worst_case()})
-    figures = {"robustness": robustness_comparison(runs), "validation": validation_comparison(runs)}
+    radii = shared_radii(runs)
+    figures = {"validation": validation_comparison(runs)}
+    if eps_values:  # (no run attacked: no figure of robustness, rather than empty axes)
+        figures = {"robustness": robustness_comparison(runs), **figures}
     encoded = embed_figures(figures, folder.figures)
 
-    rows = [_table_row(run, eps_values) for run in runs]
+    rows = [{**_table_row(run, eps_values), "certified": [percent(run.certified().get(r)) for r in radii],
+             "sigma": _sigma(run)} for run in runs]
     summary = [_summary(run) for run in runs]
     colour = all(run.colour for run in runs)  # 8/255 only where every run is of colour images
     html = jinja_environment().get_template("compare.html.j2").render(
         rows=rows, figures=encoded, version=__version__,
         datasets=sorted(datasets), differing=differing_settings(runs),
-        eps_columns=[{"label": eps_label(eps, colour)} for eps in eps_values],
+        eps_columns=[{"label": eps_label(eps, colour)} for eps in eps_values], radii=[f"{r:g}" for r in radii],
     )
     atomic_write_text(folder.file("comparison.json"),
                       json.dumps({"runs": [{**row, "worst_case_robust_accuracy": {str(k): v for k, v in
@@ -191,4 +200,19 @@ def _summary(run: ComparedRun) -> dict[str, Any]:
             "mce": corrupted.mce if corrupted else None,
             "relative_mce": corrupted.relative_mce if corrupted else None,
             "worst_case_robust_accuracy": run.worst_case(),
+            "certified_accuracy": {str(radius): value for radius, value in run.certified().items()},
+            "certified_sigma": (run.metrics.latest_certification.sigma
+                                if run.metrics.latest_certification is not None else None),
             "train_seconds": run.metrics.timing.get("train_seconds")}
+
+
+def shared_radii(runs: list[ComparedRun]) -> list[float]:
+    """The L2 radii at which every run with a certified-robustness evaluation was certified, ascending ([] where
+    no run has one)."""
+    sets = [set(run.certified()) for run in runs if run.metrics.latest_certification is not None]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def _sigma(run: ComparedRun) -> str:
+    done = run.metrics.latest_certification
+    return "–" if done is None else f"{done.sigma:g}"

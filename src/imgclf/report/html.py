@@ -26,6 +26,7 @@ from imgclf.errors import UsageError, first_line
 from imgclf.record import WORST_CASE, Evaluation, Metrics, ModelInfo, read_metrics, read_model_record
 from imgclf.report.plots import (
     adversarial_figure,
+    certified_figure,
     confusion_matrix_figure,
     corruption_figure,
     corruption_samples_figure,
@@ -86,6 +87,7 @@ def _figures(folder: RunFolder, metrics: Metrics, info: ModelInfo | None) -> dic
                            None))
         figures["reliability"] = reliability_figure(panels)
     figures.update(_corruption_figures(folder, metrics, class_names))
+    figures.update(_certification_figures(folder, metrics))
     explained = folder.read_arrays(record.EXPLANATIONS)
     if explained is not None and {"clean", "labels", "clean_pred", "clean_maps", "method"} <= set(explained):
         eps = float(explained["eps"]) if "eps" in explained else None
@@ -145,6 +147,36 @@ def _corruption_figures(folder: RunFolder, metrics: Metrics, class_names: list[s
                                       [_corruption_title(str(n)) for n in grid["corruptions"]],
                                       [int(v) for v in grid["severities"]], class_names)))
     return figures
+
+
+def _certification_figures(folder: RunFolder, metrics: Metrics) -> dict[str, Figure]:
+    """Certified accuracy against L2 radius with the empirical bracket, for the newest certification
+    (``certifications/KEY/certificates.npz``; from its rows alone where the file is gone)."""
+    done = metrics.latest_certification
+    if done is None:
+        return {}
+    file = record.certification_folder(folder.path, done.key) / record.CERTIFICATES
+    arrays = RunFolder(file.parent).read_arrays(record.CERTIFICATES)
+    if arrays is None:
+        return {}
+    return {"certified": _drawn(file, lambda: certified_figure(
+        _array(arrays, "radius", file).astype(np.float64),
+        _array(arrays, "prediction", file) == _array(arrays, "labels", file), done.rows, sigma=done.sigma,
+        max_radius=done.max_radius))}
+
+
+def _certification_view(metrics: Metrics) -> dict[str, object] | None:
+    """What the report shows of the newest certification: its settings, the bracket per radius, the cost."""
+    done = metrics.latest_certification
+    if done is None:
+        return None
+    return {"c": done, "rows": [{"radius": f"{row.radius:g}", "certified": percent(row.certified),
+                                 "smoothed": percent(row.smoothed_attack), "base": percent(row.base_attack),
+                                 "bracket": row.bracket()} for row in done.rows],
+            "attacked": any(row.smoothed_attack is not None for row in done.rows),
+            "clean": percent(done.clean_accuracy), "abstained": percent(done.abstained),
+            "steps": done.settings.get("attack_steps"), "samples": done.settings.get("attack_samples"),
+            "attack_n": done.settings.get("attack_n"), "others": len(metrics.certifications) - 1}
 
 
 def _evaluation_figures(folder: RunFolder, metrics: Metrics, class_names: list[str], colour: bool
@@ -451,6 +483,7 @@ def write_report(folder: RunFolder) -> Path:
         calibration=metrics.calibration,
         calibration_rows=_calibration_rows(metrics, colour),
         corruptions=_corruption_view(metrics),
+        certification=_certification_view(metrics),
         explanation=_explanation_view(folder, colour),
         evaluations=[_evaluation_view(e, colour, metrics.clean.n if metrics.clean else None,
                                       current=metrics.current(e), run_name=str(folder.path))
