@@ -46,7 +46,7 @@ def images_at(distances: list[float], weight: torch.Tensor, bias: float) -> torc
 @pytest.fixture()
 def halfspace() -> tuple[Halfspace, torch.Tensor]:
     weight = torch.linspace(-1, 1, 16)
-    return Halfspace(weight, 0.1), weight
+    return Halfspace(weight, 0.1).eval(), weight
 
 
 def test_a_certified_radius_approaches_the_distance_to_the_plane_and_never_exceeds_it(halfspace):
@@ -124,3 +124,23 @@ def test_no_certified_example_is_fooled_within_its_radius_by_the_attack_made_for
     assert (flipped == 1 - certified.prediction).all(), flipped
     with pytest.raises(ValueError, match="sigma must be > 0"):
         smooth_adv(model, x, labels, eps=0.1, sigma=0.0)
+
+
+def test_the_bracket_holds_the_true_robust_accuracy_of_a_smoothed_linear_classifier(halfspace):
+    """For a half-space the smoothed classifier's true robust accuracy at radius r is the share of examples at
+    least r from the plane on the right side: the certified accuracy must lie at or below it, SmoothAdv's at or
+    above it (up to the Monte Carlo error of its majority vote), and no certified example is fooled."""
+    from imgclf.certification import certify
+
+    model, weight = halfspace
+    distances = [0.05, 0.15, 0.3, 0.45, 0.6, -0.2, -0.4, -0.55]
+    x = images_at(distances, weight, model.bias)
+    labels = torch.as_tensor([0, 0, 0, 0, 0, 1, 1, 1])
+    result = certify(model, x, labels, sigma=SIGMA, radii=[0, 0.1, 0.25, 0.5], n=10_000, attack_steps=40,
+                     attack_n=2_000, seed=0)
+    for row in result.rows:
+        true = float((np.abs(distances) > row.radius).mean())
+        assert row.certified <= true <= row.smoothed_attack + 1e-9, (row, true)
+        assert row.smoothed_attack <= true + 1 / len(distances)  # SmoothAdv finds the plane (one may sit on it)
+    assert result.violations == 0 and result.abstained == 0.0
+    assert result.rows[-1].certified == pytest.approx(2 / 8)  # the 0.6 and -0.55 examples

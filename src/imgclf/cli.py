@@ -290,8 +290,9 @@ def _add_certify_flags(parser: argparse.ArgumentParser) -> None:
           help="the Gaussian noise's standard deviation in pixel units: the one the model was trained with")
     _flag(group, "--radii", dest="certify.radii", metavar="LIST", help="L2 radii in pixel units, e.g. 0,0.25,0.5")
     _flag(group, "--n0", dest="certify.n0", metavar="N", help="noisy copies per image that select the top class")
-    _flag(group, "--n", dest="certify.n", metavar="N",
-          help="noisy copies per image that bound the top class's probability (more: larger certifiable radii)")
+    _flag(group, "--n", "--n-samples", dest="certify.n", metavar="N",
+          help="noisy copies per image that bound the top class's probability (more: larger certifiable radii; "
+               "under torchrun write --n-samples: torchrun reads --n as an abbreviation of its own options)")
     _flag(group, "--alpha", dest="certify.alpha", metavar="P", help="each certificate's failure probability")
     _flag(group, "--certify-examples", dest="certify.examples", metavar="N|all", parse=_count_or_all,
           help="certify a seeded stratified subset of N test images")
@@ -440,7 +441,7 @@ def _stage_commands(command: Command) -> None:
         imgclf certify runs/rs --sigma 0.25 --radii 0,0.25,0.5,0.75 --certify-examples 500
         imgclf certify runs/rs --n 100000 --alpha 0.001 --no-certify-attack
         imgclf certify --model py:my_models.py:Net --weights net.safetensors --dataset mnist --sigma 0.5
-        torchrun --nproc_per_node 2 -m imgclf certify runs/rs
+        torchrun --nproc_per_node 2 -m imgclf certify runs/rs --n-samples 100000
     """)
     for p in (evaluate, attack, corrupt, certify):
         p.add_argument("run_dir", metavar="RUN", nargs="?",
