@@ -65,6 +65,7 @@ def test_certify_records_the_bracket_reports_it_and_reuses_it(noisy_run, tmp_pat
     assert main(["certify", str(run), *CERTIFY]) == 0
     assert "reusing the certification" in capsys.readouterr().out and len(_certifications(run)) == 1
     assert main(["certify", str(run), *CERTIFY, "--sigma", "0.5", "--no-certify-attack"]) == 0
+    assert "trained with Gaussian noise of sigma 0.25, and is certified at sigma 0.5" in capsys.readouterr().err
     first, second = _certifications(run)
     assert first == done and second["sigma"] == 0.5 and second["rows"][0]["smoothed_attack"] is None
 
@@ -176,3 +177,5 @@ def test_the_python_api_brackets_a_model_without_a_run_folder():
         certify(model, images, labels, radii=[-1.0])
     with pytest.raises(ValueError, match="12 images but 3 labels"):
         certify(model, images, labels[:3])
+    with pytest.raises(ValueError, match="no images to certify"):
+        certify(model, images[:0], labels[:0])

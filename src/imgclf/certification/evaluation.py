@@ -202,13 +202,14 @@ def certify(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
     Raises:
         ValueError: On ``sigma <= 0``, a negative or non-finite radius, a sample count below 1, ``alpha`` outside
-            ``(0, 1/2)``, or images and labels of different lengths.
+            ``(0, 1/2)``, no images, or images and labels of different lengths.
     """
     radii = sorted(float(r) for r in radii)
     if not radii or any(not (math.isfinite(r) and r >= 0) for r in radii):
         raise ValueError(f"radii must be one or more L2 radii >= 0 in pixel units, got {radii}")
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if len(images) != len(labels) or not len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels" if len(images) != len(labels) else
+                         "no images to certify")
     if min(attack_steps, attack_samples, attack_n, batch_size) < 1:
         raise ValueError(f"attack_steps, attack_samples, attack_n and batch_size must be >= 1, got {attack_steps}, "
                          f"{attack_samples}, {attack_n} and {batch_size}")

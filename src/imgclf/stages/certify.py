@@ -19,6 +19,7 @@ from imgclf.certification import Certificates, CertificationResult, certify
 from imgclf.certification.evaluation import radius_cap_warning
 from imgclf.checkpoint import model_fingerprint
 from imgclf.data import stratified_subset
+from imgclf.data.augment import parse_augment
 from imgclf.errors import UsageError
 from imgclf.record import Certification, read_metrics, section
 from imgclf.run_folder import RunFolder
@@ -64,6 +65,10 @@ def certify_run(parts: RunParts, settings: Settings) -> Certification:
               f"{chosen.alpha:g} on {len(rows)} test images" + (", with SmoothAdv and APGD-CE (L2) at radii "
                                                                  f"{', '.join(f'{r:g}' for r in chosen.radii)}"
                                                                  if chosen.attack else ""))
+    trained = [options["sigma"] for name, options in parse_augment(config.data.augment) if name == "gaussian-noise"]
+    if trained and trained[0] != chosen.sigma:  # a certificate of another noise than the model learnt is weak
+        parts.log.warn(f"warning: the model was trained with Gaussian noise of sigma {trained[0]:g}, and is "
+                       f"certified at sigma {chosen.sigma:g}: give --sigma {trained[0]:g} unless that is meant")
     cap = radius_cap_warning(chosen.sigma, chosen.n, chosen.alpha, chosen.radii)
     if cap is not None:  # before the work: the user may want to stop and raise n
         parts.log.warn(f"warning: {cap}")
