@@ -161,7 +161,7 @@ class Suite:
                              "flip-crop+gaussian-noise:sigma=0.25", "--epochs", epochs, "--batch-size", "256",
                              "--optimizer", "sgd", "--lr", "0.1", "--amp", "bf16" if self.device == "cuda" else "off")
         seconds = self.imgclf("certify", str(self.out / "noise-cifar10"), "--sigma", "0.25", "--radii",
-                              "0,0.25,0.5,0.75", "--certify-examples", str(self.scale["certify_examples"]),
+                              "0,0.25,0.5,0.75", "--n-examples", str(self.scale["certify_examples"]),
                               "--n-samples", str(self.scale["certify_n"]), *self.scale["certify"], "--device",
                               self.device, "--quiet")
         done = json.loads((self.out / "noise-cifar10" / "metrics.json").read_text())["certifications"][-1]

@@ -74,7 +74,7 @@ def test_a_radius_beyond_what_n_and_alpha_allow_is_warned_about_before_the_work(
     run = tmp_path / "run"
     shutil.copytree(noisy_run, run)
     # n 100, alpha 0.001, sigma 0.25: no radius above 0.25 * Phi^-1(0.001 ** (1 / 100)) = 0.25 * 1.5005 = 0.3751
-    assert main(["certify", str(run), "--n", "100", "--certify-examples", "20", "--radii", "0,0.5",
+    assert main(["certify", str(run), "--n", "100", "--n-examples", "20", "--radii", "0,0.5",
                  "--no-certify-attack"]) == 0
     captured = capsys.readouterr()
     assert captured.err.count("no radius above 0.3751 can be certified") == 1

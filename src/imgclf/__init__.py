@@ -9,6 +9,8 @@ Public API (imported lazily, so ``imgclf --version`` stays fast)::
     imgclf.load_model(path)            trained nn.Module in eval mode, [0, 1] input, logits out
     imgclf.evaluate_robustness(model, images, labels, attacks=..., eps=...)  any nn.Module: tables, checks,
                                        HTML in Jupyter, .save(folder) as a run folder with its report
+    imgclf.certify(model, images, labels, sigma=..., radii=...)  randomized smoothing: certified L2 accuracy per
+                                       radius beside the smoothed classifier's under SmoothAdv (HTML in Jupyter)
     imgclf.read_model_info(path)       its class names, input shape, normalization
     imgclf.predict(classifier, files)  top-k classes of image files (imgclf.Classifier.load(path))
     imgclf.create_model(name, ...)     a registered architecture with normalization inside
@@ -47,9 +49,10 @@ _EXPORTS = {
     "evaluate_robustness": "imgclf.robustness",
     "RobustnessReport": "imgclf.robustness",
     "trust_code": "imgclf.trust",
+    "certify": "imgclf.certification",
 }
 
-_SUBPACKAGES = ("attacks", "defenses", "models", "data", "report")
+_SUBPACKAGES = ("attacks", "certification", "defenses", "models", "data", "report")
 
 __all__ = ["__version__", *_SUBPACKAGES, *_EXPORTS]
 

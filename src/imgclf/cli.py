@@ -294,7 +294,7 @@ def _add_certify_flags(parser: argparse.ArgumentParser) -> None:
           help="noisy copies per image that bound the top class's probability (more: larger certifiable radii; "
                "under torchrun write --n-samples: torchrun reads --n as an abbreviation of its own options)")
     _flag(group, "--alpha", dest="certify.alpha", metavar="P", help="each certificate's failure probability")
-    _flag(group, "--certify-examples", dest="certify.examples", metavar="N|all", parse=_count_or_all,
+    _flag(group, "--n-examples", "--certify-examples", dest="certify.examples", metavar="N|all", parse=_count_or_all,
           help="certify a seeded stratified subset of N test images")
     _flag(group, "--certify-batch-size", dest="certify.batch_size", metavar="N", help="noisy images per forward pass")
     _flag(group, "--certify-attack", dest="certify.attack",
@@ -438,7 +438,7 @@ def _stage_commands(command: Command) -> None:
     certify = command("certify", "certified L2 robustness by randomized smoothing, bracketed by the smoothed "
                                  "classifier under SmoothAdv: provable beside empirical", """
         imgclf train --dataset mnist --model simple-cnn --epochs 5 --augment gaussian-noise:sigma=0.25 --out runs/rs
-        imgclf certify runs/rs --sigma 0.25 --radii 0,0.25,0.5,0.75 --certify-examples 500
+        imgclf certify runs/rs --sigma 0.25 --radii 0,0.25,0.5,0.75 --n-examples 500
         imgclf certify runs/rs --n 100000 --alpha 0.001 --no-certify-attack
         imgclf certify --model py:my_models.py:Net --weights net.safetensors --dataset mnist --sigma 0.5
         torchrun --nproc_per_node 2 -m imgclf certify runs/rs --n-samples 100000

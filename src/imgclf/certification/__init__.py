@@ -1,5 +1,5 @@
 """Certified robustness: randomized smoothing's predictions and certified L2 radii (:mod:`.smoothing`), the
-L2 attack made for the smoothed classifier that bounds its robust accuracy from above (:mod:`.smooth_adv`), and
+L2 attack made for the smoothed classifier that bounds its robust accuracy from above (:mod:`.smoothed_attack`), and
 the evaluation that brackets a model's robust accuracy between the two (:mod:`.evaluation`: :func:`certify`).
 
 The names load on first use, so importing the package does not import torch.
@@ -13,7 +13,7 @@ from imgclf.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from imgclf.certification.evaluation import CertificationResult, CertifiedRow, certify
-    from imgclf.certification.smooth_adv import smooth_adv
+    from imgclf.certification.smoothed_attack import smooth_adv
     from imgclf.certification.smoothing import (
         ABSTAIN,
         Certificates,
@@ -29,5 +29,5 @@ __all__ = ["CertificationResult", "CertifiedRow", "certify", "ABSTAIN", "Certifi
 __getattr__, __dir__ = lazy_exports(__name__, {
     "imgclf.certification.evaluation": tuple(__all__[:3]),
     "imgclf.certification.smoothing": tuple(__all__[3:-1]),
-    "imgclf.certification.smooth_adv": ("smooth_adv",),
+    "imgclf.certification.smoothed_attack": ("smooth_adv",),
 })

@@ -8,7 +8,7 @@ At each radius ``r`` the smoothed classifier's true L2 robust accuracy lies betw
   ``r`` (each certificate holds with probability at least ``1 - alpha``);
 - above it, the **smoothed classifier's accuracy under attack**: the share of examples it classifies correctly
   at the image and at every adversarial point that SmoothAdv (Salman et al. 2019;
-  :func:`imgclf.certification.smooth_adv`) found within radius ``r`` or less, each point's class the majority of
+  :func:`imgclf.certification.smoothed_attack`) found within radius ``r`` or less, each point's class the majority of
   ``attack_n`` noisy copies (a Monte Carlo estimate of the smoothed classifier's class).
 
 The base model's own L2 robust accuracy under APGD-CE (Croce and Hein 2020) at the same radii is shown beside
@@ -30,7 +30,7 @@ import torch
 
 from imgclf.attacks.auto_pgd import apgd
 from imgclf.attacks.robust_accuracy import PassCounter, unit_seed
-from imgclf.certification.smooth_adv import smooth_adv
+from imgclf.certification.smoothed_attack import smooth_adv
 from imgclf.certification.smoothing import ABSTAIN, Certificates, certificates, max_certifiable_radius, noise_counts
 from imgclf.distributed import Distributed
 from imgclf.runtime import generator
