@@ -381,6 +381,14 @@ def test_flags_and_settings_are_checked_without_importing_torch(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+def test_dir_of_the_package_lists_its_public_api_for_tab_completion():
+    import imgclf
+
+    listed = dir(imgclf)
+    assert {"Run", "certify", "evaluate_robustness", "attacks", "certification", "__version__"} <= set(listed)
+    assert "importlib" not in listed and all(hasattr(imgclf, name) for name in listed)
+
+
 def test_lazily_exported_names_are_not_submodule_names_and_all_load():
     import importlib
 

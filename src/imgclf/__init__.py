@@ -63,3 +63,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (what tab completion offers), without loading any of it."""
+    return sorted(__all__)
