@@ -67,6 +67,27 @@ def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_uniform_start(digits, clip_start
         assert torch.allclose(ours, same, atol=1e-6)
 
 
+@pytest.mark.parametrize("noise", [2.0, 0.0])
+def test_n_fgsm_is_one_unprojected_step_of_eps_from_a_noise_start_twice_as_wide(digits, noise):
+    """Against a direct transcription of de Jorge et al.'s training step (their code: ``--unif 2 --alpha eps``,
+    no clipping to the eps ball) with the same random start."""
+    model = _model(digits).eval()
+    images, labels = _batch(digits)
+    eps = 0.1
+    adversary = Adversary(model, recipe="n-fgsm", eps=eps, seed=7, options={"noise": noise})
+    ours = adversary.perturb(images, labels)
+    uniform = torch.rand(images.shape, generator=generator(7))
+    start = (images + (2 * uniform - 1) * noise * eps).clamp(0, 1) if noise else images.clone()
+    start.requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(start), labels), start)
+    reference = (start + eps * grad.sign()).clamp(0, 1)
+    assert torch.allclose(ours, reference, atol=1e-6)
+    assert ours.min() >= 0 and ours.max() <= 1
+    assert (ours - images).abs().max() <= (noise + 1) * eps + 1e-6
+    if noise:  # the point of the method: the perturbation is not projected back to eps
+        assert (ours - images).abs().max() > 1.5 * eps
+
+
 @pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "trades"])
 def test_recipes_attack_in_eval_mode_and_leave_mode_and_gradients(digits, recipe):
     model = _model(digits, "cnn").train()  # batch norm and dropout: eval mode matters
@@ -209,7 +230,7 @@ def standard_robust_accuracy(digits):
     return _robust_accuracy(standard, digits, 0.1)
 
 
-@pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "trades"])
+@pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "n-fgsm", "trades"])
 def test_adversarial_training_buys_robustness_on_real_digits(digits, standard_robust_accuracy, recipe):
     robust = _model(digits)
     result = fit(robust, digits, GAIN_CONFIG, augment="none", device=CPU, seed=0, log=lambda line: None,
@@ -220,7 +241,7 @@ def test_adversarial_training_buys_robustness_on_real_digits(digits, standard_ro
 
 
 def test_bad_adversarial_settings_get_one_clear_error(tmp_path, capsys):
-    with pytest.raises(UsageError, match="valid choices: fgsm-rs, none, pgd, trades"):
+    with pytest.raises(UsageError, match="valid choices: fgsm-rs, n-fgsm, none, pgd, trades"):
         load_config(None, {"adversarial.recipe": "free"})
     with pytest.raises(UsageError, match="hard labels"):
         load_config(None, {"adversarial.recipe": "pgd", "train.mixup": 0.2})

@@ -230,7 +230,8 @@ class AdversarialConfig:
     warmup_epochs: float | None = setting(None, _NON_NEGATIVE)  # eps rises from 0 over these; None: 20% of them
     val_examples: int = setting(1000, _COUNT)  # fixed validation subset whose robust accuracy picks the checkpoint
     val_steps: int = setting(10, _STEPS)  # PGD steps of that robust validation
-    overfit_drop: float = setting(OVERFIT_DROP, Interval(float, 0, 1, "right"))  # fgsm-rs guard: PGD val fall
+    overfit_drop: float = setting(OVERFIT_DROP, Interval(float, 0, 1, "right"))  # fgsm-rs, n-fgsm guard: PGD val fall
+    noise: float = setting(2.0, Interval(float, 0, 100))  # n-fgsm: the start's radius, a multiple of eps
     clip_start: bool = True  # fgsm-rs: clamp the random start to [0, 1] before its gradient (False: Wong's MNIST code)
 
     @property

@@ -35,6 +35,7 @@ LossFunction = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 #: The built-in recipes, in the order of tables and help: name -> ``"module:class"``.
 BUILTIN_RECIPES = {"pgd": "imgclf.defenses.pgd_training:PGDTraining",
                    "fgsm-rs": "imgclf.defenses.fgsm_rs:FGSMRandomStart",
+                   "n-fgsm": "imgclf.defenses.n_fgsm:NoiseFGSM",
                    "trades": "imgclf.defenses.trades:TRADES"}
 #: TRADES's weight of the KL term, the paper's on CIFAR-10 (1/lambda; Zhang et al. 2019): the
 #: ``adversarial.beta`` default.
