@@ -88,6 +88,37 @@ def test_n_fgsm_is_one_unprojected_step_of_eps_from_a_noise_start_twice_as_wide(
         assert (ours - images).abs().max() > 1.5 * eps
 
 
+def test_gradalign_adds_one_minus_the_gradient_cosine_and_trains_through_it(digits):
+    """Against a transcription of the paper's regularizer with the same random point; zero for a linear model
+    (its input gradient is the same everywhere); FGSM from the image, projected onto the ball."""
+    model = _model(digits).train()
+    images, labels = _batch(digits)
+    eps = 0.1
+    adversary = Adversary(model, recipe="gradalign", eps=eps, seed=3, options={"grad_align": 0.5})
+    adversarial = adversary.perturb(images, labels)
+    assert ((adversarial - images).abs().max() - eps).abs() < 1e-6 and adversarial.min() >= 0
+    loss_fn = torch.nn.CrossEntropyLoss()
+    _, loss = adversary.loss(model, images, adversarial, labels, loss_fn)
+    x = images.clone().requires_grad_(True)
+    (first,) = torch.autograd.grad(F.cross_entropy(model(x), labels), x)
+    point = (images + (2 * torch.rand(images.shape, generator=generator(3)) - 1) * eps).clamp(0, 1)
+    point.requires_grad_(True)
+    (second,) = torch.autograd.grad(F.cross_entropy(model(point), labels), point)
+    cos = F.cosine_similarity(first.flatten(1), second.flatten(1), dim=1).mean()
+    expected = loss_fn(model(adversarial), labels) + 0.5 * (1 - cos)
+    assert torch.allclose(loss, expected, atol=1e-5) and 0 < 1 - cos < 1
+    plain = Adversary(model, recipe="gradalign", eps=eps, seed=3, options={"grad_align": 0.0})
+    assert plain.loss(model, images, adversarial, labels, loss_fn)[1] < loss
+    loss.backward()  # through the second gradient (double backpropagation)
+    assert all(p.grad is not None for p in model.parameters())
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    linear_adversary = Adversary(linear, recipe="gradalign", eps=eps, seed=3)
+    linear_adversarial = linear_adversary.perturb(images, labels)  # (sets the batch's eps)
+    _, linear_loss = linear_adversary.loss(linear, images, linear_adversarial, labels, loss_fn)
+    assert linear_adversary.last_eps == eps
+    assert torch.allclose(linear_loss, loss_fn(linear(linear_adversarial), labels), atol=1e-5)
+
+
 @pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "trades"])
 def test_recipes_attack_in_eval_mode_and_leave_mode_and_gradients(digits, recipe):
     model = _model(digits, "cnn").train()  # batch norm and dropout: eval mode matters
@@ -230,7 +261,7 @@ def standard_robust_accuracy(digits):
     return _robust_accuracy(standard, digits, 0.1)
 
 
-@pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "n-fgsm", "trades"])
+@pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "n-fgsm", "gradalign", "trades"])
 def test_adversarial_training_buys_robustness_on_real_digits(digits, standard_robust_accuracy, recipe):
     robust = _model(digits)
     result = fit(robust, digits, GAIN_CONFIG, augment="none", device=CPU, seed=0, log=lambda line: None,
@@ -241,7 +272,7 @@ def test_adversarial_training_buys_robustness_on_real_digits(digits, standard_ro
 
 
 def test_bad_adversarial_settings_get_one_clear_error(tmp_path, capsys):
-    with pytest.raises(UsageError, match="valid choices: fgsm-rs, n-fgsm, none, pgd, trades"):
+    with pytest.raises(UsageError, match="valid choices: fgsm-rs, gradalign, n-fgsm, none, pgd, trades"):
         load_config(None, {"adversarial.recipe": "free"})
     with pytest.raises(UsageError, match="hard labels"):
         load_config(None, {"adversarial.recipe": "pgd", "train.mixup": 0.2})

@@ -210,9 +210,13 @@ def _add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
     _flag(group, "--adv-steps", dest="adversarial.steps", metavar="N",
           help="attack steps of pgd and trades (default: the recipe's, 10)")
     _flag(group, "--adv-step-size", dest="adversarial.alpha", metavar="STEP",
-          help="step size in pixel units (default: fgsm-rs 1.25 * eps, n-fgsm eps, else 2.5 * eps / steps)")
+          help="step size in pixel units (default: fgsm-rs 1.25 * eps, n-fgsm and gradalign eps, else 2.5 * eps / "
+               "steps)")
     _flag(group, "--nfgsm-noise", dest="adversarial.noise", metavar="K",
           help="n-fgsm: the uniform noise start's radius as a multiple of eps (de Jorge et al. 2022: 2)")
+    _flag(group, "--grad-align", dest="adversarial.grad_align", metavar="LAMBDA",
+          help="gradalign: the weight of 1 - cos(input gradients at x and at a random point of the eps ball) "
+               "(Andriushchenko and Flammarion 2020: 0.2 at CIFAR-10's 8/255, larger for larger eps)")
     _flag(group, "--trades-beta", dest="adversarial.beta", metavar="BETA", help="TRADES weight of the KL term")
     _flag(group, "--eps-warmup", dest="adversarial.warmup_epochs", metavar="EPOCHS",
           help="eps rises linearly from 0 over these epochs (default: 20% of the epochs)")

@@ -232,6 +232,7 @@ class AdversarialConfig:
     val_steps: int = setting(10, _STEPS)  # PGD steps of that robust validation
     overfit_drop: float = setting(OVERFIT_DROP, Interval(float, 0, 1, "right"))  # fgsm-rs, n-fgsm guard: PGD val fall
     noise: float = setting(2.0, Interval(float, 0, 100))  # n-fgsm: the start's radius, a multiple of eps
+    grad_align: float = setting(0.2, _NON_NEGATIVE)  # gradalign: the weight of the gradient-alignment term
     clip_start: bool = True  # fgsm-rs: clamp the random start to [0, 1] before its gradient (False: Wong's MNIST code)
 
     @property

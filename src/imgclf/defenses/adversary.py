@@ -88,9 +88,13 @@ class Adversary:
 
     def loss(self, model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, adversarial: torch.Tensor,
              targets: torch.Tensor, loss_fn: LossFunction) -> tuple[torch.Tensor, torch.Tensor]:
-        """The recipe's training loss of the batch and the logits its accuracy is measured on
-        (see :meth:`~imgclf.defenses.recipes.TrainingRecipe.loss`)."""
-        return self.recipe.loss(model, images, adversarial, targets, loss_fn)
+        """The recipe's training loss of the batch (with its regularizer, where it has one) and the logits its
+        accuracy is measured on (see :meth:`~imgclf.defenses.recipes.TrainingRecipe.loss` and
+        :meth:`~imgclf.defenses.recipes.TrainingRecipe.regularizer`)."""
+        logits, loss = self.recipe.loss(model, images, adversarial, targets, loss_fn)
+        extra = self.recipe.regularizer(model, images, targets, eps=self.last_eps, norm=self.norm,
+                                        generator=self.generator)
+        return logits, loss if extra is None else loss + extra
 
     def state_dict(self) -> dict[str, Any]:
         """Step count and random state, for resuming."""

@@ -3,8 +3,8 @@
 A recipe is a :class:`TrainingRecipe` subclass registered with
 :func:`register_recipe` in its own module. It owns how a training batch's
 adversarial examples are made (:meth:`~TrainingRecipe.perturb`), the loss
-trained on (:meth:`~TrainingRecipe.loss`), the extra attacks of its robust
-validation (:attr:`~TrainingRecipe.validation_attacks`) and the guard that
+trained on (:meth:`~TrainingRecipe.loss`, with :meth:`~TrainingRecipe.regularizer` added),
+the extra attacks of its robust validation (:attr:`~TrainingRecipe.validation_attacks`) and the guard that
 may stop training (:meth:`~TrainingRecipe.guard`). Its own hyperparameters
 are dataclass fields, filled from the ``adversarial`` settings of the same
 name. The configuration's choices read :func:`recipe_choices` and
@@ -36,6 +36,7 @@ LossFunction = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 BUILTIN_RECIPES = {"pgd": "imgclf.defenses.pgd_training:PGDTraining",
                    "fgsm-rs": "imgclf.defenses.fgsm_rs:FGSMRandomStart",
                    "n-fgsm": "imgclf.defenses.n_fgsm:NoiseFGSM",
+                   "gradalign": "imgclf.defenses.gradalign:GradAlign",
                    "trades": "imgclf.defenses.trades:TRADES"}
 #: TRADES's weight of the KL term, the paper's on CIFAR-10 (1/lambda; Zhang et al. 2019): the
 #: ``adversarial.beta`` default.
@@ -100,6 +101,17 @@ class TrainingRecipe:
         """
         logits = model(adversarial)
         return logits, loss_fn(logits.float(), targets)
+
+    def regularizer(self, model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                    targets: torch.Tensor, *, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor | None:
+        """A term added to :meth:`loss` (a scalar that carries the parameters' gradient), or None (the default).
+
+        Args:
+            model: As for :meth:`loss`. images: The clean batch, ``float32`` ``(B, C, H, W)`` in ``[0, 1]``.
+            targets: ``int64`` ``(B,)``. eps: The batch's warmed-up radius. norm: ``attack.norm``.
+            generator: The adversary's random state (saved with the training state, so a resumed run repeats).
+        """
+        return None
 
     def guard(self, history: Sequence[Mapping[str, float]]) -> str | None:
         """Why training must stop after the last epoch of ``history`` (one row per epoch), or None."""
