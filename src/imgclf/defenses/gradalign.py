@@ -36,10 +36,11 @@ def gradient_alignment(model: Callable[[torch.Tensor], torch.Tensor], images: to
     Returns:
         A scalar in ``[-1, 1]`` over the examples whose two gradients are not zero (1 where none is left).
     """
-    _, first = logits_and_gradient(model, images, cross_entropy(labels))  # (detached)
+    clean = images.detach().requires_grad_(True)
+    (first,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(clean).float(), labels), clean)
     point = random_point(images, eps, norm, generator).requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(model(point).float(), labels)
-    (second,) = torch.autograd.grad(loss, point, create_graph=True)
+    (second,) = torch.autograd.grad(loss, point, create_graph=True)  # (the term trains through this one)
     first, second = first.flatten(1), second.flatten(1)
     kept = (first.norm(dim=1) > 0) & (second.norm(dim=1) > 0)
     if not bool(kept.any()):
