@@ -1,6 +1,7 @@
 """Adversarial training: a registry of recipes (PGD, Madry et al. 2018; fast FGSM with a random
-start, Wong et al. 2020; TRADES, Zhang et al. 2019), each in its own module, with eps warm-up,
-robust checkpoint selection and each recipe's guard (FGSM-RS: catastrophic overfitting).
+start, Wong et al. 2020; N-FGSM, de Jorge et al. 2022; FGSM with GradAlign, Andriushchenko and Flammarion
+2020; TRADES, Zhang et al. 2019), each in its own module, with eps warm-up, robust checkpoint selection and
+each recipe's guard (the single-step recipes: catastrophic overfitting).
 
 :class:`Adversary` makes each training batch's adversarial examples and loss with the
 recipe; :func:`imgclf.training.fit` uses it when ``adversarial.recipe`` is not ``none``.

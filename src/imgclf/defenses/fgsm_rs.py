@@ -22,13 +22,38 @@ from imgclf.defenses.recipes import OVERFIT_DROP, TrainingRecipe, register_recip
 FGSM_RS_STEP = 1.25
 
 
-@register_recipe
 @dataclass
-class FGSMRandomStart(TrainingRecipe):
-    """One FGSM step of ``1.25 * eps`` from a uniformly random start, projected (Wong et al.'s Algorithm 1).
+class SingleStep(TrainingRecipe):
+    """What every single-step recipe shares: one attack step (``--adv-steps`` does not apply) of eps unless told
+    otherwise, FGSM measured beside PGD on the robust validation subset, and the catastrophic-overfitting guard
+    (:func:`catastrophic_overfitting`).
 
     Attributes:
         overfit_drop: The guard's absolute fall in PGD validation accuracy, in (0, 1].
+    """
+
+    default_steps = 1
+    fixed_steps = True
+    validation_attacks = ("fgsm",)
+
+    overfit_drop: float = OVERFIT_DROP
+
+    def step_size(self, eps: float, steps: int, alpha: float | None) -> float:
+        """``alpha`` if given, else ``eps``."""
+        return eps if alpha is None else alpha
+
+    def guard(self, history: Sequence[Mapping[str, float]]) -> str | None:
+        """:func:`catastrophic_overfitting` with this recipe's ``overfit_drop``."""
+        return catastrophic_overfitting(history, drop=self.overfit_drop)
+
+
+@register_recipe
+@dataclass
+class FGSMRandomStart(SingleStep):
+    """One FGSM step of ``1.25 * eps`` from a uniformly random start, projected (Wong et al.'s Algorithm 1).
+
+    Attributes:
+        overfit_drop: As :class:`SingleStep`'s.
         clip_start: Clamp the random start to ``[0, 1]`` before the gradient is taken (True), or take it
             at the unclamped ``x + U(-eps, eps)`` (False), as Wong et al.'s MNIST code does
             (``MNIST/train_mnist.py``; their CIFAR-10 code clamps). The result is projected onto the eps
@@ -40,11 +65,7 @@ class FGSMRandomStart(TrainingRecipe):
 
     name = "fgsm-rs"
     summary = "fast FGSM with a random start (Wong et al. 2020), with the catastrophic-overfitting guard"
-    default_steps = 1
-    fixed_steps = True
-    validation_attacks = ("fgsm",)
 
-    overfit_drop: float = OVERFIT_DROP
     clip_start: bool = True
 
     def step_size(self, eps: float, steps: int, alpha: float | None) -> float:
@@ -57,10 +78,6 @@ class FGSMRandomStart(TrainingRecipe):
         start = random_point(images, eps, norm, generator, clip=self.clip_start)
         _, grad = logits_and_gradient(model, start, cross_entropy(labels))
         return project(start + alpha * steepest_step(grad, norm), images, eps, norm)
-
-    def guard(self, history: Sequence[Mapping[str, float]]) -> str | None:
-        """:func:`catastrophic_overfitting` with this recipe's ``overfit_drop``."""
-        return catastrophic_overfitting(history, drop=self.overfit_drop)
 
 
 def catastrophic_overfitting(history: Sequence[Mapping[str, float]], *, drop: float = OVERFIT_DROP) -> str | None:

@@ -9,15 +9,15 @@ examples, and trains through the second gradient (double backpropagation: about 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from imgclf.attacks.core import logits_and_gradient, project, random_point, steepest_step
 from imgclf.attacks.losses import cross_entropy
-from imgclf.defenses.fgsm_rs import catastrophic_overfitting
-from imgclf.defenses.recipes import OVERFIT_DROP, TrainingRecipe, register_recipe
+from imgclf.defenses.fgsm_rs import SingleStep
+from imgclf.defenses.recipes import register_recipe
 
 #: The regularizer's weight at CIFAR-10's eps 8/255 (the paper's code, ``--grad_align_cos_lambda 0.2``; it scales
 #: with eps there, as ``0.02 * 10 ** (eps * 255 / 8)``).
@@ -50,28 +50,20 @@ def gradient_alignment(model: Callable[[torch.Tensor], torch.Tensor], images: to
 
 @register_recipe
 @dataclass
-class GradAlign(TrainingRecipe):
+class GradAlign(SingleStep):
     """FGSM from the image with step ``alpha`` (default eps, projected onto the ball: the paper's 1.25 eps step
     clipped to eps), trained with ``grad_align * (1 - cos)`` added (:func:`gradient_alignment`).
 
     Attributes:
         grad_align: The regularizer's weight lambda, ``>= 0`` (the paper: 0.2 at CIFAR-10's 8/255; larger for
             larger eps).
-        overfit_drop: The catastrophic-overfitting guard's fall in PGD validation accuracy, in (0, 1].
+        overfit_drop: As :class:`~imgclf.defenses.fgsm_rs.SingleStep`'s (the catastrophic-overfitting guard).
     """
 
     name = "gradalign"
     summary = "FGSM with the GradAlign regularizer (Andriushchenko and Flammarion 2020), with the overfitting guard"
-    default_steps = 1
-    fixed_steps = True
-    validation_attacks = ("fgsm",)
 
     grad_align: float = GRAD_ALIGN
-    overfit_drop: float = OVERFIT_DROP
-
-    def step_size(self, eps: float, steps: int, alpha: float | None) -> float:
-        """``alpha`` if given, else ``eps``."""
-        return eps if alpha is None else alpha
 
     def perturb(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
                 norm: str, steps: int, alpha: float, generator: torch.Generator) -> torch.Tensor:
@@ -86,7 +78,3 @@ class GradAlign(TrainingRecipe):
             return None
         alignment = gradient_alignment(model, images, targets, eps=eps, norm=norm, generator=generator)
         return self.grad_align * (1 - alignment)
-
-    def guard(self, history: Sequence[Mapping[str, float]]) -> str | None:
-        """:func:`imgclf.defenses.fgsm_rs.catastrophic_overfitting` with this recipe's ``overfit_drop``."""
-        return catastrophic_overfitting(history, drop=self.overfit_drop)

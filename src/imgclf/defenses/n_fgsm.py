@@ -11,15 +11,14 @@ catastrophic-overfitting guard of FGSM-RS watches it too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from imgclf.attacks.core import logits_and_gradient, random_point, steepest_step
 from imgclf.attacks.losses import cross_entropy
-from imgclf.defenses.fgsm_rs import catastrophic_overfitting
-from imgclf.defenses.recipes import OVERFIT_DROP, TrainingRecipe, register_recipe
+from imgclf.defenses.fgsm_rs import SingleStep
+from imgclf.defenses.recipes import register_recipe
 
 #: The noise's half-width as a multiple of eps (the paper's ``k``, its code's ``--unif 2``).
 NOISE = 2.0
@@ -27,7 +26,7 @@ NOISE = 2.0
 
 @register_recipe
 @dataclass
-class NoiseFGSM(TrainingRecipe):
+class NoiseFGSM(SingleStep):
     """One unprojected FGSM step of ``alpha`` (default ``eps``) from ``x + U(-noise * eps, noise * eps)``.
 
     The perturbation is deliberately larger than eps (the method's point): up to ``(noise + 1) * eps`` per pixel
@@ -36,21 +35,13 @@ class NoiseFGSM(TrainingRecipe):
 
     Attributes:
         noise: The start's radius as a multiple of eps, ``>= 0`` (de Jorge et al.: 2; 0 is FGSM from the image).
-        overfit_drop: The catastrophic-overfitting guard's fall in PGD validation accuracy, in (0, 1].
+        overfit_drop: As :class:`~imgclf.defenses.fgsm_rs.SingleStep`'s (the catastrophic-overfitting guard).
     """
 
     name = "n-fgsm"
     summary = "N-FGSM: one unprojected FGSM step from strong noise (de Jorge et al. 2022), with the overfitting guard"
-    default_steps = 1
-    fixed_steps = True
-    validation_attacks = ("fgsm",)
 
     noise: float = NOISE
-    overfit_drop: float = OVERFIT_DROP
-
-    def step_size(self, eps: float, steps: int, alpha: float | None) -> float:
-        """``alpha`` if given, else ``eps`` (the paper's ``alpha = eps``)."""
-        return eps if alpha is None else alpha
 
     def perturb(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
                 norm: str, steps: int, alpha: float, generator: torch.Generator) -> torch.Tensor:
@@ -59,7 +50,3 @@ class NoiseFGSM(TrainingRecipe):
         start = random_point(images, self.noise * eps, norm, generator) if self.noise > 0 else images.clone()
         _, grad = logits_and_gradient(model, start, cross_entropy(labels))
         return (start + alpha * steepest_step(grad, norm)).clamp_(0.0, 1.0)
-
-    def guard(self, history: Sequence[Mapping[str, float]]) -> str | None:
-        """:func:`imgclf.defenses.fgsm_rs.catastrophic_overfitting` with this recipe's ``overfit_drop``."""
-        return catastrophic_overfitting(history, drop=self.overfit_drop)

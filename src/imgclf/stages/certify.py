@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from imgclf import record
 from imgclf.certification import Certificates, CertificationResult, certify
@@ -25,7 +24,7 @@ from imgclf.record import Certification, read_metrics, section
 from imgclf.run_folder import RunFolder
 from imgclf.settings import Settings
 from imgclf.stages.attack import BatchFiles
-from imgclf.stages.parts import RunParts
+from imgclf.stages.parts import RunParts, progress_bar
 
 
 def certify_run(parts: RunParts, settings: Settings) -> Certification:
@@ -72,13 +71,7 @@ def certify_run(parts: RunParts, settings: Settings) -> Certification:
     cap = radius_cap_warning(chosen.sigma, chosen.n, chosen.alpha, chosen.radii)
     if cap is not None:  # before the work: the user may want to stop and raise n
         parts.log.warn(f"warning: {cap}")
-    with tqdm(desc="certify", unit="unit", leave=False, disable=True if parts.quiet else None,
-              dynamic_ncols=True) as bar:
-
-        def advance(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with progress_bar(parts, "certify", "unit") as advance:
         try:
             result = certify(parts.model, parts.data.test.float_images(rows), labels[torch.as_tensor(rows)],
                              sigma=chosen.sigma, radii=chosen.radii, n0=chosen.n0, n=chosen.n, alpha=chosen.alpha,

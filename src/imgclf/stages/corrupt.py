@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from imgclf import record
 from imgclf.checkpoint import model_fingerprint
@@ -25,7 +24,7 @@ from imgclf.data import stratified_subset
 from imgclf.errors import UsageError
 from imgclf.record import read_metrics, section
 from imgclf.settings import Settings
-from imgclf.stages.parts import RunParts
+from imgclf.stages.parts import RunParts, progress_bar
 
 
 def corrupt(parts: RunParts, settings: Settings, *, baseline: str | Path | None = None) -> CorruptionEvaluation:
@@ -48,13 +47,7 @@ def corrupt(parts: RunParts, settings: Settings, *, baseline: str | Path | None 
     parts.log(f"common corruptions: {len(names)} corruption(s) x severities {', '.join(map(str, levels))} on "
               f"{len(rows)} test images")
     images = data.test.float_images(rows)
-    with tqdm(desc="corruptions", unit="corruption", leave=False, disable=True if parts.quiet else None,
-              dynamic_ncols=True) as bar:
-
-        def advance(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with progress_bar(parts, "corruptions", "corruption") as advance:
         try:
             result = corruption_robustness(
                 parts.model.to(parts.device), images, labels[torch.as_tensor(rows)], corruptions=names,

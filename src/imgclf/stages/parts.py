@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from tqdm import tqdm
 
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError
@@ -60,3 +64,17 @@ class RunParts:
         if self.folder is None:
             raise UsageError("this process is not rank 0 of the distributed run: it writes no run folder")
         return self.folder
+
+
+@contextmanager
+def progress_bar(parts: RunParts, description: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for one stage's work (none with ``quiet``, or where the output is not a terminal), and
+    the ``advance(done, total)`` callback that moves it; the bar is cleared when the block ends."""
+    with tqdm(desc=description, unit=unit, leave=False, disable=True if parts.quiet else None,
+              dynamic_ncols=True) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield advance
