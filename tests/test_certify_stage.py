@@ -179,3 +179,10 @@ def test_the_python_api_brackets_a_model_without_a_run_folder():
         certify(model, images, labels[:3])
     with pytest.raises(ValueError, match="no images to certify"):
         certify(model, images[:0], labels[:0])
+
+
+def test_a_run_trained_with_gaussian_noise_names_the_command_that_certifies_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", "--epochs", "1", "--augment", "gaussian-noise:sigma=0.5", "--attack", "fgsm", "--eps",
+                 "0,0.1", "--n-examples", "20", "--corruption-stage", "off", "--out", str(run)]) == 0
+    assert f"imgclf certify {run} --sigma 0.5 gives its certified L2 accuracy" in capsys.readouterr().out

@@ -286,8 +286,9 @@ class Run(RunParts):
     def finish(self, *, attack: bool = True) -> EvalResult:
         """The stages after training, in order: :meth:`evaluate`, :meth:`attack` (unless ``attack`` is
         False), :meth:`corrupt` (as ``corruption.stage`` says: see
-        :func:`imgclf.stages.corrupt.corruption_wanted`), :meth:`explain` and :meth:`report`; returns the
-        clean evaluation."""
+        :func:`imgclf.stages.corrupt.corruption_wanted`), :meth:`explain` and :meth:`report` (and, for a model
+        trained with Gaussian noise, the ``imgclf certify`` command that certifies it); returns the clean
+        evaluation."""
         evaluation = self.evaluate()
         if attack:
             self.attack()
@@ -298,6 +299,7 @@ class Run(RunParts):
         except (UsageError, RuntimeError, ValueError) as error:  # a heat map is not worth the finished run's report
             self.log.warn(f"warning: no explanations in the report: {first_line(error)}")
         self.report()
+        certify.suggest_certification(self)
         return evaluation
 
     def _with_changes(self, section: str, given: dict[str, Any]) -> Settings:

@@ -27,6 +27,22 @@ from imgclf.stages.attack import BatchFiles
 from imgclf.stages.parts import RunParts, progress_bar
 
 
+def trained_sigma(parts: RunParts) -> float | None:
+    """The sigma of the Gaussian-noise augmentation the run trained with (``--augment gaussian-noise:sigma=S``), or
+    None."""
+    return next((options["sigma"] for name, options in parse_augment(parts.config.data.augment)
+                 if name == "gaussian-noise"), None)
+
+
+def suggest_certification(parts: RunParts) -> None:
+    """Where the run trained with Gaussian noise and holds no certification: the command that certifies it (a
+    certification costs ``n0 + n`` passes per image, too many to run unasked in ``imgclf run``)."""
+    sigma = trained_sigma(parts)
+    if sigma is not None and parts.folder is not None and not read_metrics(parts.folder.path).certifications:
+        parts.log(f"note: trained with Gaussian noise of sigma {sigma:g}, a base classifier for randomized "
+                  f"smoothing: imgclf certify {parts.folder.path} --sigma {sigma:g} gives its certified L2 accuracy")
+
+
 def certify_run(parts: RunParts, settings: Settings) -> Certification:
     """The certified-robustness evaluation with ``settings``' ``certify`` section (see
     :meth:`imgclf.pipeline.Run.certify`); rank 0 writes it into the run folder and returns its record (the other
@@ -64,10 +80,10 @@ def certify_run(parts: RunParts, settings: Settings) -> Certification:
               f"{chosen.alpha:g} on {len(rows)} test images" + (", with SmoothAdv and APGD-CE (L2) at radii "
                                                                  f"{', '.join(f'{r:g}' for r in chosen.radii)}"
                                                                  if chosen.attack else ""))
-    trained = [options["sigma"] for name, options in parse_augment(config.data.augment) if name == "gaussian-noise"]
-    if trained and trained[0] != chosen.sigma:  # a certificate of another noise than the model learnt is weak
-        parts.log.warn(f"warning: the model was trained with Gaussian noise of sigma {trained[0]:g}, and is "
-                       f"certified at sigma {chosen.sigma:g}: give --sigma {trained[0]:g} unless that is meant")
+    trained = trained_sigma(parts)
+    if trained is not None and trained != chosen.sigma:  # a certificate of another noise than the model learnt
+        parts.log.warn(f"warning: the model was trained with Gaussian noise of sigma {trained:g}, and is "
+                       f"certified at sigma {chosen.sigma:g}: give --sigma {trained:g} unless that is meant")
     cap = radius_cap_warning(chosen.sigma, chosen.n, chosen.alpha, chosen.radii)
     if cap is not None:  # before the work: the user may want to stop and raise n
         parts.log.warn(f"warning: {cap}")
