@@ -362,7 +362,8 @@ def telling_eps(metrics: Metrics) -> float | None:
 def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
     """The headline numbers at the top of the report, all in percent: test accuracy (and top-5 accuracy above
     5 classes), the training recipe, macro F1, balanced accuracy, ECE, each attack and the worst case at the
-    telling eps (:func:`telling_eps`), and the failed checks."""
+    telling eps (:func:`telling_eps`), the certified accuracy at the largest radius certified, and the failed
+    checks."""
     clean, training = metrics.clean, metrics.training
     cards = [{"label": "test accuracy", "value": percent(clean.accuracy) if clean else "–"}]
     if clean and clean.top5_accuracy is not None:
@@ -400,6 +401,15 @@ def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
             if outcome is not None:  # why it is believed, or why not
                 card.update(note=outcome.reason, bad="" if outcome.converged else "not converged")
             cards.append(card)
+    done = metrics.latest_certification
+    shown = [row for row in done.rows if row.radius > 0 and row.certified > 0] if done is not None else []
+    if done is not None and shown:  # the largest radius with something certified, and its bracket
+        largest = shown[-1]
+        card = {"label": f"certified L2 accuracy at radius {largest.radius:g} (sigma {done.sigma:g})",
+                "value": percent(largest.certified)}
+        if largest.smoothed_attack is not None:
+            card["note"] = f"at most {percent(largest.smoothed_attack)} under SmoothAdv"
+        cards.append(card)
     checks = metrics.attack.checks if metrics.attack else []
     if checks:
         failed = sum(check["status"] == "failed" for check in checks)
