@@ -79,8 +79,9 @@ class CertificationResult:
         certificates: CERTIFY's per-example answer (prediction or abstention, lower bound, radius).
         labels: ``int64`` ``(N,)``: the true classes.
         clean_accuracy: The base model's top-1 accuracy on the images, in ``[0, 1]``.
-        smoothed_correct: ``bool`` ``(R, N)``: the smoothed classifier right at the image and at every attacked
-            point up to each radius (the per-example upper bound); None without the attacks.
+        smoothed_correct: ``bool`` ``(R, N)``: the smoothed classifier right at every attacked point up to each
+            radius, and at the image itself where radius 0 is among the radii (the per-example upper bound); None
+            without the attacks.
         base_correct: ``bool`` ``(R, N)``: the base model right under APGD-CE at each radius; None without.
         violations: Examples certified at a radius within which SmoothAdv found a point whose Monte Carlo class
             is not the certified one (a failed certificate, or the Monte Carlo estimate's error; see
