@@ -150,8 +150,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_da
         figures = {"robustness": robustness_comparison(runs), **figures}
     encoded = embed_figures(figures, folder.figures)
 
-    rows = [{**_table_row(run, eps_values), "certified": [percent(run.certified().get(r)) for r in radii],
-             "sigma": _sigma(run)} for run in runs]
+    rows = [{**_table_row(run, eps_values), **_certified_cells(run, radii)} for run in runs]
     summary = [_summary(run) for run in runs]
     colour = all(run.colour for run in runs)  # 8/255 only where every run is of colour images
     html = jinja_environment().get_template("compare.html.j2").render(
@@ -201,8 +200,7 @@ def _summary(run: ComparedRun) -> dict[str, Any]:
             "relative_mce": corrupted.relative_mce if corrupted else None,
             "worst_case_robust_accuracy": run.worst_case(),
             "certified_accuracy": {str(radius): value for radius, value in run.certified().items()},
-            "certified_sigma": (run.metrics.latest_certification.sigma
-                                if run.metrics.latest_certification is not None else None),
+            "certified_sigma": _sigma(run),
             "train_seconds": run.metrics.timing.get("train_seconds")}
 
 
@@ -213,6 +211,13 @@ def shared_radii(runs: list[ComparedRun]) -> list[float]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
-def _sigma(run: ComparedRun) -> str:
+def _sigma(run: ComparedRun) -> float | None:
+    """The smoothing sigma of the run's newest certification, or None."""
     done = run.metrics.latest_certification
-    return "–" if done is None else f"{done.sigma:g}"
+    return None if done is None else done.sigma
+
+
+def _certified_cells(run: ComparedRun, radii: list[float]) -> dict[str, Any]:
+    """One run's certified columns of the page's table: the sigma and the certified accuracy at ``radii``."""
+    certified, sigma = run.certified(), _sigma(run)
+    return {"certified": [percent(certified.get(r)) for r in radii], "sigma": "–" if sigma is None else f"{sigma:g}"}

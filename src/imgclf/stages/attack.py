@@ -10,9 +10,10 @@ import hashlib
 import io
 import pickle
 import shutil
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +30,13 @@ from imgclf.record import AttackRecord, read_metrics, section
 from imgclf.run_folder import RunFolder, atomic_write_bytes
 from imgclf.settings import Settings
 from imgclf.stages.parts import RunParts
+
+
+class _HasKey(Protocol):
+    key: str
+
+
+_Keyed = TypeVar("_Keyed", bound=_HasKey)
 
 
 class BatchFiles:
@@ -69,6 +77,13 @@ class BatchFiles:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def stored(entries: Sequence[_Keyed], key: str, file: Path) -> _Keyed | None:
+    """The entry of ``entries`` (evaluations or certifications of ``metrics.json``) with ``key``, where its
+    ``file`` is there too, to reuse instead of running it again; else None."""
+    earlier = next((entry for entry in entries if entry.key == key), None)
+    return earlier if earlier is not None and file.is_file() else None
+
+
 def attack(parts: RunParts, settings: Settings) -> RobustnessResult:
     """The robustness evaluation with ``settings``' attacks, eps values and examples (see
     :meth:`imgclf.pipeline.Run.attack`); rank 0 writes it into the run folder.
@@ -88,9 +103,8 @@ def attack(parts: RunParts, settings: Settings) -> RobustnessResult:
     key = record.evaluation_key(asked)
     earlier = None
     if dist.is_main and folder is not None:
-        earlier = next((e for e in read_metrics(folder.path).evaluations if e.key == key), None)
-        if not (record.evaluation_folder(folder.path, key) / record.ADVERSARIAL_EXAMPLES).is_file():
-            earlier = None
+        earlier = stored(read_metrics(folder.path).evaluations, key,
+                         record.evaluation_folder(folder.path, key) / record.ADVERSARIAL_EXAMPLES)
     if dist.gather(earlier is not None)[0]:  # rank 0 decides for every process
         if earlier is None:  # another process: rank 0 reports the reused evaluation
             return RobustnessResult([], float("nan"), 0, config.seed)

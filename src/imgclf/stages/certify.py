@@ -23,7 +23,7 @@ from imgclf.errors import UsageError
 from imgclf.record import Certification, read_metrics, section
 from imgclf.run_folder import RunFolder
 from imgclf.settings import Settings
-from imgclf.stages.attack import BatchFiles
+from imgclf.stages.attack import BatchFiles, stored
 from imgclf.stages.parts import RunParts, progress_bar
 
 
@@ -62,9 +62,8 @@ def certify_run(parts: RunParts, settings: Settings) -> Certification:
     key = record.evaluation_key(asked)
     earlier = None
     if dist.is_main and folder is not None:
-        earlier = next((c for c in read_metrics(folder.path).certifications if c.key == key), None)
-        if not (record.certification_folder(folder.path, key) / record.CERTIFICATES).is_file():
-            earlier = None
+        earlier = stored(read_metrics(folder.path).certifications, key,
+                         record.certification_folder(folder.path, key) / record.CERTIFICATES)
     if dist.gather(earlier is not None)[0]:  # rank 0 decides for every process
         if earlier is not None:
             parts.log(f"reusing the certification {key} of {earlier.finished or 'an earlier run'}: the same model, "
