@@ -116,6 +116,16 @@ def layer_gradients_match_torch(layer, torch_forward, x, params_torch=()):
         assert relative_error(ours, theirs.numpy()) < 1e-5
 
 
+def test_imgclf_activations_plots_every_activation(tmp_path):
+    """The command with its defaults: all ten activations in one figure (a grid with empty panels left over)."""
+    from imgclf.cli import main
+
+    assert main(["activations", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "activations.png").stat().st_size > 10_000
+    table = (tmp_path / "activations.md").read_text()
+    assert all(f"| {name} " in table for name in ACTIVATIONS)
+
+
 def test_dense_backward_matches_autograd():
     rng = np.random.default_rng(0)
     layer = Dense(7, 5, init="he", rng=rng, dtype=np.float64)

@@ -269,7 +269,7 @@ def activation_figure(activations: Sequence[Activation], *, low: float = -5.0, h
     figure = Figure(figsize=(3.2 * columns, 2.6 * rows), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
     x = np.linspace(low, high, 1001)
-    for ax, activation in zip(axes, activations, strict=True):
+    for ax, activation in zip(axes[:len(activations)], activations, strict=True):
         ax.axhline(0, color="0.75", linewidth=0.8)
         ax.axvline(0, color="0.75", linewidth=0.8)
         ax.plot(x, activation.function(x), label="f(x)", linewidth=2)
