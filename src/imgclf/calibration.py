@@ -22,10 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from imgclf.notebook import ResultHTML, Table
 
 #: Confidence bins of ECE, MCE and the reliability diagram, as Guo et al. use.
 DEFAULT_BINS = 15
@@ -65,6 +68,18 @@ class CalibrationMetrics:
     n: int
     temperature: float
     bins: list[ReliabilityBin]
+
+    def row(self) -> list[Any]:
+        """ECE, MCE, NLL, Brier, accuracy, mean confidence and temperature: a row of :data:`TABLE_COLUMNS`."""
+        return [self.ece, self.mce, self.nll, self.brier, self.accuracy, self.confidence, self.temperature]
+
+    def _repr_html_(self) -> str:
+        return ResultHTML(f"Calibration of {self.n:,} predictions",
+                          tables=[Table(TABLE_COLUMNS, [self.row()])]).render()
+
+
+#: The columns of :meth:`CalibrationMetrics.row`.
+TABLE_COLUMNS = ("ECE", "MCE", "NLL", "Brier", "accuracy", "confidence", "temperature")
 
 
 def _as_tensors(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
@@ -170,6 +185,13 @@ class Calibration:
     val_nll_scaled: float
     test: CalibrationMetrics
     test_scaled: CalibrationMetrics
+
+    def _repr_html_(self) -> str:
+        table = Table(("test split", *TABLE_COLUMNS), [["as the model gives it", *self.test.row()],
+                                                        ["temperature-scaled", *self.test_scaled.row()]])
+        return ResultHTML(f"Calibration of {self.test.n:,} test predictions ({self.bins} bins)",
+                          [f"temperature {self.temperature:.4f}, fitted on the validation split (NLL "
+                           f"{self.val_nll:.4f} to {self.val_nll_scaled:.4f})"], [table]).render()
 
 
 def calibrate(test_logits: torch.Tensor | np.ndarray, test_labels: torch.Tensor | np.ndarray,

@@ -76,6 +76,15 @@ class EvalResult:
     seconds: float
     logits: np.ndarray
 
+    def _repr_html_(self) -> str:
+        """The clean metrics and per-class report (Jupyter shows this; the arrays stay attributes)."""
+        shown = self.metrics.html("Clean test metrics")
+        shown.facts.append(f"{self.seconds:.1f} s")
+        return shown.render()
+
+    def __repr__(self) -> str:
+        return f"EvalResult(accuracy={self.metrics.accuracy:.4f}, n={self.metrics.n}, seconds={self.seconds:.1f})"
+
 
 def evaluate(
     model: torch.nn.Module,

@@ -15,6 +15,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from imgclf.notebook import ResultHTML, Table
+
 #: Top-k accuracy is reported for data sets with more than this many classes.
 TOP_K = 5
 
@@ -54,6 +56,18 @@ class ClassificationMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def html(self, title: str = "Clean metrics") -> ResultHTML:
+        """The metrics and the per-class report, as Jupyter shows them."""
+        facts = [f"top-1 accuracy {self.accuracy:.4f} on {self.n:,} examples",
+                 f"macro F1 {self.macro_f1:.4f}, balanced accuracy {self.balanced_accuracy:.4f}"
+                 + ("" if self.top5_accuracy is None else f", top-5 accuracy {self.top5_accuracy:.4f}")]
+        rows = [[name, row["precision"], row["recall"], row["f1"], int(row["support"])]
+                for name, row in self.per_class.items()]
+        return ResultHTML(title, facts, [Table(["class", "precision", "recall", "F1", "support"], rows)])
+
+    def _repr_html_(self) -> str:
+        return self.html().render()
 
 
 def classification_metrics(

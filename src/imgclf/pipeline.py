@@ -55,6 +55,16 @@ class Run(RunParts):
         """
         return self.writes().path
 
+    def _repr_html_(self) -> str:
+        """The run as Jupyter shows it: its folder and what each stage found so far."""
+        if self.folder is None:
+            return f"<p>imgclf run (rank {self.dist.rank}: no run folder)</p>"
+        return self.metrics.html(f"imgclf run {self.path}").render()
+
+    def __repr__(self) -> str:
+        where = str(self.folder.path) if self.folder is not None else f"rank {self.dist.rank}"
+        return f"Run({where!r}, dataset={self.settings.config.data.dataset!r}, model={self.model.__class__.__name__})"
+
     @property
     def metrics(self) -> record.Metrics:
         """The run's ``metrics.json`` as it is now (every stage adds its sections), read and checked."""

@@ -54,6 +54,7 @@ from imgclf.certification.evaluation import CertifiedRow, bracket_html
 from imgclf.corruptions.evaluation import CorruptionEvaluation
 from imgclf.errors import UsageError
 from imgclf.metrics import ClassificationMetrics
+from imgclf.notebook import ResultHTML, Table
 
 #: The version of ``metrics.json``, ``model.json`` and ``train_state.pt`` this release writes (1: written
 #: before versions existed).
@@ -365,6 +366,35 @@ class Metrics:
     def attacks(self) -> list[str]:
         """The attack labels of the newest evaluation, in order, without the worst case."""
         return self.latest.attacks() if self.latest else []
+
+    def html(self, title: str) -> ResultHTML:
+        """What the run folder holds, one line per stage, as Jupyter shows it."""
+        rows: list[list[Any]] = [["data set", f"{self.dataset} ({self.num_classes} classes)"], ["model", self.model]]
+        if self.training is not None:
+            rows.append(["training", f"{self.training.epochs_run or '?'} epoch(s); best validation accuracy "
+                                     f"{self.training.best_val_accuracy:.4f} (epoch {self.training.best_epoch})"])
+        if self.clean is not None:
+            rows.append(["test", f"top-1 accuracy {self.clean.accuracy:.4f}, macro F1 {self.clean.macro_f1:.4f} "
+                                 f"({self.clean.n:,} images)"])
+        if self.calibration is not None:
+            rows.append(["calibration", f"ECE {self.calibration.test.ece:.4f}; {self.calibration.test_scaled.ece:.4f} "
+                                        f"after temperature scaling"])
+        worst = self.worst_case()
+        if worst:
+            rows.append(["worst-case robust accuracy", ", ".join(f"{row.accuracy:.4f} at eps {row.eps:.4g}"
+                                                                 for row in worst if row.eps > 0) or "eps 0 only"])
+        if self.corruptions is not None:
+            rows.append(["common corruptions", f"mean error {self.corruptions.mean_error:.4f}"])
+        certification = self.latest_certification
+        if certification is not None:
+            rows.append([f"certified (L2, sigma {certification.sigma:.4g})",
+                         ", ".join(f"{row.certified:.4f} at radius {row.radius:.4g}" for row in certification.rows)])
+        failed = [f"{check['name']}: {check['detail']}" for check in (self.attack.checks if self.attack else [])
+                  if check["status"] == "failed"]
+        return ResultHTML(title, tables=[Table(["", ""], rows)], warnings=failed)
+
+    def _repr_html_(self) -> str:
+        return self.html("metrics.json").render()
 
 
 @dataclass

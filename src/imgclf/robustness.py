@@ -9,7 +9,6 @@ Jupyter and can be written as a run folder with its ``report.html``.
 from __future__ import annotations
 
 import dataclasses
-import html
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from imgclf.attacks.registry import PLAN_TOLERANCE
 from imgclf.attacks.results import MinimalNorm
 from imgclf.config import config_from_dict
 from imgclf.errors import UsageError
+from imgclf.runtime import progress_callback
 from imgclf.settings import resolve
 
 
@@ -76,31 +76,15 @@ class RobustnessReport:
         """The names of the failed checks (empty: nothing suggests false robustness)."""
         return [check["name"] for check in self.checks if check["status"] == "failed"]
 
-    def _repr_html_(self) -> str:
-        """The tables as HTML (Jupyter shows this)."""
-        def cell(value: Any) -> str:
-            text = f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
-            return f"<td>{html.escape(text)}</td>"
+    def __repr__(self) -> str:
+        return (f"RobustnessReport(n={self.n}, norm={self.norm!r}, worst_case={self.worst_case}, "
+                f"failed_checks={self.failed_checks})")
 
-        columns = ["attack", "eps", "accuracy", "success_rate", "forwards_per_example", "backwards_per_example",
-                   "seconds"]
-        head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(cell(row[c]) for c in columns) + "</tr>" for row in self.rows)
-        checks = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{c['status']}</td>"
-                         f"<td>{html.escape(c['detail'])}</td></tr>" for c in self.checks)
-        verdict = (f"<p><strong>{len(self.failed_checks)} check(s) failed</strong>: treat the robust accuracy as "
-                   "unproven.</p>" if self.failed_checks else "<p>No check failed.</p>")
-        verdict += "".join(f"<p>plan at eps {o.eps:.4g}: {html.escape(o.reason)}</p>" for o in self.result.plan)
-        verdict += "".join(f"<p>what to try: {html.escape(note)}</p>" for note in self.advice)
-        found = self.minimal_norm
-        if found is not None:
-            median = "not known (found for fewer than half)" if found.median is None else f"{found.median:.4g}"
-            verdict += (f"<p>{found.attack.upper()} (minimal norm): found for {found.found} of {found.attacked}, "
-                        f"median smallest perturbation {median}.</p>")
-            verdict += "".join(f"<p>note: {html.escape(note)}</p>" for note in found.warnings)
-        return (f"<p>{self.n} images, clean accuracy {self.clean_accuracy:.4f}, {self.norm} threat model.</p>"
-                f"<table><tr>{head}</tr>{body}</table>{verdict}"
-                f"<table><tr><th>check</th><th>result</th><th>measured</th></tr>{checks}</table>")
+    def _repr_html_(self) -> str:
+        """The evaluation as HTML (Jupyter shows this): :meth:`RobustnessResult.html` with what to try."""
+        shown = self.result.html(f"Robustness evaluation ({self.norm} threat model)")
+        shown.notes += [f"what to try: {note}" for note in self.advice]
+        return shown.render()
 
     def save(self, out: str | Path) -> Path:
         """Write a run folder (``metrics.json`` with this evaluation, its files under ``evaluations/KEY/``, a
@@ -152,6 +136,7 @@ def evaluate_robustness(
     class_names: Sequence[str] | None = None,
     plan_tolerance: float = PLAN_TOLERANCE,
     minimal_norm: bool = True,
+    quiet: bool = False,
     **options: Any,
 ) -> RobustnessReport:
     """Robust accuracy of ``model`` on ``images`` under ``attacks`` at each ``eps``, with the sanity checks.
@@ -177,6 +162,7 @@ def evaluate_robustness(
             (``report.minimal_norm``).
         device: Where to compute; None: the model's device.
         class_names: Names of the ``K`` classes (for the run folder); None: ``"0"``, ``"1"``, ...
+        quiet: No progress bar (it shows in a notebook, and on a terminal).
 
     Returns:
         A :class:`RobustnessReport`.
@@ -201,10 +187,11 @@ def evaluate_robustness(
     target = torch.device(device) if device is not None else parameter.device if parameter is not None else \
         torch.device("cpu")
     model.eval()
-    result = robustness(model, images, labels.long(), attacks=list(settings.attacks),
-                        eps_values=settings.eps_values, device=target, batch_size=batch_size, seed=seed,
-                        plan=list(settings.plan), tolerance=settings.config.attack.plan_tolerance,
-                        minimal_norm=settings.minimal_norm)
+    with progress_callback(desc="attacks", unit="batch", leave=False, quiet=quiet) as advance:
+        result = robustness(model, images, labels.long(), attacks=list(settings.attacks),
+                            eps_values=settings.eps_values, device=target, batch_size=batch_size, seed=seed,
+                            plan=list(settings.plan), tolerance=settings.config.attack.plan_tolerance,
+                            minimal_norm=settings.minimal_norm, progress=advance)
     rows = [{"attack": e.attack, "eps": e.eps, "accuracy": e.accuracy, "success_rate": e.success_rate,
              "forwards_per_example": e.forwards_per_example, "backwards_per_example": e.backwards_per_example,
              "seconds": e.seconds}

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import random
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from imgclf.errors import UsageError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -96,3 +101,51 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's ZMQ shell), where the output is a notebook cell."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def progress(*, quiet: bool = False, **options: Any) -> tqdm:
+    """A progress bar for long work: a widget in a Jupyter notebook (text where ``ipywidgets`` is not installed),
+    on a terminal tqdm's bar, and nothing where the output is neither (a CI log, a file) or ``quiet`` is set.
+
+    Args:
+        quiet: Show nothing.
+        options: tqdm's keyword arguments (``total``, ``desc``, ``unit``, ``leave``...).
+
+    Returns:
+        The bar (a context manager; ``update(n)``, ``set_description``, ``total`` as tqdm's).
+    """
+    if quiet:
+        from tqdm import tqdm
+
+        return tqdm(disable=True, **options)
+    if in_notebook():
+        if importlib.util.find_spec("ipywidgets") is not None:
+            from tqdm.notebook import tqdm as notebook_bar
+
+            return notebook_bar(**options)
+        from tqdm import tqdm
+
+        return tqdm(disable=False, file=sys.stdout, **options)  # carriage returns redraw it in the cell
+    from tqdm import tqdm
+
+    return tqdm(disable=None, dynamic_ncols=True, **options)  # None: only on a terminal
+
+
+@contextmanager
+def progress_callback(*, quiet: bool = False, **options: Any) -> Iterator[Callable[[int, int], None]]:
+    """A :func:`progress` bar and the ``advance(done, total)`` callback that moves it (work whose total is known
+    only as it goes, such as an evaluation's units); the bar is closed when the block ends."""
+    with progress(quiet=quiet, **options) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield advance

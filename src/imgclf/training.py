@@ -33,7 +33,7 @@ from imgclf.distributed import Distributed
 from imgclf.errors import TrainingDivergedError, UsageError, first_line
 from imgclf.evaluation import loss_and_accuracy
 from imgclf.record import TrainState
-from imgclf.runtime import generator
+from imgclf.runtime import generator, progress
 
 Log = Callable[[str], None]
 
@@ -429,8 +429,8 @@ class _Loop:
                 augment=augment, sample_weights=self.sample_weights, shard=dist.shard,
             )
         )
-        with tqdm(total=self.steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
-                  disable=True if quiet or not dist.is_main else None, dynamic_ncols=True) as bar:
+        with progress(total=self.steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                      quiet=quiet or not dist.is_main) as bar:
             loss_sum, correct, seen = train_one_epoch(
                 self.train_model, batches, optimizer=self.optimizer, schedule=self.schedule, loss_fn=self.loss_fn,
                 progress=bar, mixing=self.mixing, amp_dtype=self.amp_dtype, scaler=self.scaler,

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.notebook import ResultHTML, Table
+
 #: The attack name of the per-example worst case over every attack of an evaluation.
 WORST_CASE = "worst-case"
 
@@ -267,6 +269,40 @@ class RobustnessResult:
     def warnings(self) -> list[str]:
         """The failed checks, one sentence each."""
         return [f"{check['name']}: {check['detail']}" for check in self.checks if check["status"] == "failed"]
+
+    def html(self, title: str = "Robustness evaluation") -> ResultHTML:
+        """The evaluation as Jupyter shows it: the worst case per eps, every attack's row with its cost, the
+        failed checks as an alert, and why the plan's number is believed."""
+        worst = ", ".join(f"{e.accuracy:.4f} at eps {e.eps:.4g}" for e in self.entries if e.attack == WORST_CASE)
+        facts = [f"{self.n:,} images, clean accuracy {self.clean_accuracy:.4f}, {self.seconds:.1f} s",
+                 f"worst-case robust accuracy: {worst}"]
+        attacked = [e for e in self.entries if e.eps > 0] or self.entries  # eps 0 is the clean accuracy above
+        rows = [[e.attack, f"{e.eps:.4g}", e.accuracy, e.success_rate, e.forwards_per_example,
+                 e.backwards_per_example, round(e.seconds, 1)] for e in attacked]
+        table = Table(["attack", "eps", "robust accuracy", "success rate", "forward passes per example",
+                       "backward passes per example", "seconds"], rows)
+        checks = Table(["sanity check", "result", "measured"],
+                       [[c["name"], c["status"], c["detail"]] for c in self.checks])
+        notes = [f"plan at eps {o.eps:.4g}: {o.reason}" for o in self.plan]
+        notes += [f"not run: {reason}" for reason in self.skipped]
+        found = self.minimal_norm
+        if found is not None:
+            median = "not known (found for fewer than half)" if found.median is None else f"{found.median:.4g}"
+            notes.append(f"{found.attack.upper()} (minimal norm): found for {found.found} of {found.attacked}, "
+                         f"median smallest perturbation {median}")
+            notes += found.warnings
+        failed = self.warnings
+        if failed:
+            failed.insert(0, f"{len(failed)} sanity check(s) failed: treat the robust accuracy as unproven")
+        return ResultHTML(title, facts, [table, checks] if self.checks else [table], failed, notes)
+
+    def _repr_html_(self) -> str:
+        return self.html().render()
+
+    def __repr__(self) -> str:
+        worst = {e.eps: round(e.accuracy, 4) for e in self.entries if e.attack == WORST_CASE}
+        return (f"RobustnessResult(n={self.n}, clean_accuracy={self.clean_accuracy:.4f}, worst_case={worst}, "
+                f"failed_checks={len(self.warnings)})")
 
 
 def batched_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:

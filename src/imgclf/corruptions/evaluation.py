@@ -28,6 +28,7 @@ from imgclf.calibration import DEFAULT_BINS, calibration_metrics
 from imgclf.corruptions.apply import corrupt
 from imgclf.corruptions.registry import SEVERITIES, corruption_names
 from imgclf.evaluation import logits_of
+from imgclf.notebook import ResultHTML, Table
 
 
 @dataclass
@@ -84,6 +85,18 @@ class CorruptionEvaluation:
         """The accuracy under ``corruption`` at ``severity``, or None where it was not evaluated."""
         return next((e.accuracy for e in self.entries if e.corruption == corruption and e.severity == severity),
                     None)
+
+    def _repr_html_(self) -> str:
+        """Accuracy per corruption and severity with the mean error (and mCE against a baseline), as Jupyter
+        shows it."""
+        facts = [f"{self.n:,} test images, clean accuracy {self.clean_accuracy:.4f}, {self.seconds:.1f} s",
+                 f"mean corruption error {self.mean_error:.4f}"
+                 + ("" if self.mce is None else f"; mCE {self.mce:.4f} against {self.baseline}")]
+        severities = self.severities
+        rows = [[name, *(self.accuracy(name, s) for s in severities), self.errors.get(name),
+                 self.corruption_errors.get(name)] for name in self.corruptions]
+        columns = ["corruption", *(f"severity {s}" for s in severities), "mean error", "CE against the baseline"]
+        return ResultHTML("Accuracy under common corruptions", facts, [Table(columns, rows)]).render()
 
 
 def corruption_robustness(

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm import tqdm
 
 from imgclf.data.builtin import Pools
 from imgclf.data.cache import FORMAT, CacheEntry, CacheWriter
 from imgclf.errors import UsageError
+from imgclf.runtime import progress
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -408,8 +408,8 @@ def _decode_split(split: str, entries: list[tuple[ImageSource, int]], root: Path
                 raise _bad_file_error(str(path), reason) from None
             bad.append((str(path), reason))
 
-    with decoding_pool() as pool, tqdm(total=len(entries), desc=f"decoding the {split} images", unit="image",
-                                       leave=False, disable=None, dynamic_ncols=True) as bar:  # on a terminal
+    with decoding_pool() as pool, progress(total=len(entries), desc=f"decoding the {split} images", unit="image",
+                                           leave=False) as bar:
         for _ in pool.map(decode, range(len(entries))):
             bar.update(1)
     if not ok.any():

@@ -17,7 +17,6 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from imgclf import record
 from imgclf.attacks import RobustnessResult, robustness
@@ -28,6 +27,7 @@ from imgclf.data import stratified_subset
 from imgclf.errors import UsageError
 from imgclf.record import AttackRecord, read_metrics, section
 from imgclf.run_folder import RunFolder, atomic_write_bytes
+from imgclf.runtime import progress
 from imgclf.settings import Settings
 from imgclf.stages.parts import RunParts
 
@@ -131,8 +131,7 @@ def _attacked(parts: RunParts, settings: Settings, rows: np.ndarray, store: Batc
     """:func:`imgclf.attacks.robustness` on the test images at positions ``rows``, with a progress bar,
     going on from the units ``store`` holds."""
     config, data, dist = settings.config, parts.data, parts.dist
-    with tqdm(desc="attacks", unit="batch", leave=False, disable=True if parts.quiet else None,
-              dynamic_ncols=True) as bar:
+    with progress(desc="attacks", unit="batch", leave=False, quiet=parts.quiet) as bar:
 
         def advance(done: int, total: int) -> None:
             bar.total = total

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from imgclf.distributed import Distributed
 from imgclf.errors import UsageError
+from imgclf.runtime import progress_callback
 
 if TYPE_CHECKING:
     import torch
@@ -66,15 +65,6 @@ class RunParts:
         return self.folder
 
 
-@contextmanager
-def progress_bar(parts: RunParts, description: str, unit: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar for one stage's work (none with ``quiet``, or where the output is not a terminal), and
-    the ``advance(done, total)`` callback that moves it; the bar is cleared when the block ends."""
-    with tqdm(desc=description, unit=unit, leave=False, disable=True if parts.quiet else None,
-              dynamic_ncols=True) as bar:
-
-        def advance(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        yield advance
+def progress_bar(parts: RunParts, description: str, unit: str) -> AbstractContextManager[Callable[[int, int], None]]:
+    """A progress bar for one stage's work (:func:`imgclf.runtime.progress_callback`; none with ``quiet``)."""
+    return progress_callback(desc=description, unit=unit, leave=False, quiet=parts.quiet)

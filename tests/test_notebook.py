@@ -1,0 +1,103 @@
+"""Results that show themselves in Jupyter: every result type renders as HTML with the numbers a reader looks
+for (and a short text repr, not kilobytes of arrays), values are escaped, and long work shows a progress bar
+in a notebook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import imgclf
+from imgclf.notebook import ResultHTML, Table
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A one-epoch digits run, evaluated, attacked (FGSM at eps 0.1) and corrupted (two kinds of noise)."""
+    config = imgclf.load_config(None, {"train.epochs": 1, "seed": 0})
+    run = imgclf.Run.train(config, out=tmp_path_factory.mktemp("runs") / "digits", quiet=True)
+    evaluated = run.evaluate()
+    attacked = run.attack(attacks=["fgsm"], eps="0,0.1", examples=60, minimal_norm=False)
+    corrupted = run.corrupt(corruptions="gaussian-noise,shot-noise", severities="1,2", examples=40)
+    return run, evaluated, attacked, corrupted
+
+
+def test_every_result_of_a_run_renders_as_html_with_its_numbers(digits_run):
+    run, evaluated, attacked, corrupted = digits_run
+    metrics = run.metrics
+    html = evaluated._repr_html_()
+    assert f"top-1 accuracy {metrics.clean.accuracy:.4f}" in html and "<th>precision</th>" in html
+    assert len(repr(evaluated)) < 200  # not the logits and probabilities of every test image
+    html = attacked._repr_html_()
+    worst = next(e for e in attacked.entries if e.attack == "worst-case" and e.eps == 0.1)
+    assert f"{worst.accuracy:.4f} at eps 0.1" in html and "forward passes per example" in html
+    assert "<td>0</td>" not in html.split("<tbody>")[1].split("</tbody>")[0]  # no eps-0 rows: clean is above
+    assert len(repr(attacked)) < 300
+    html = corrupted._repr_html_()
+    assert "gaussian-noise" in html and "severity 2" in html and f"{corrupted.mean_error:.4f}" in html
+    assert "CE against the baseline" not in html  # an empty column is left out
+    html = metrics.calibration._repr_html_()
+    assert f"{metrics.calibration.test.ece:.4f}" in html and "temperature-scaled" in html
+    assert f"{metrics.calibration.test.ece:.4f}" in metrics.calibration.test._repr_html_()
+
+
+def test_a_run_opened_from_its_folder_shows_what_each_stage_found(digits_run):
+    run = digits_run[0]
+    again = imgclf.Run.open(run.path, quiet=True)
+    html = again._repr_html_()
+    metrics = again.metrics
+    assert str(run.path) in html
+    assert f"top-1 accuracy {metrics.clean.accuracy:.4f}" in html
+    assert f"{metrics.worst_case()[-1].accuracy:.4f} at eps 0.1" in html
+    assert f"mean error {metrics.corruptions.mean_error:.4f}" in html
+    assert repr(again).startswith(f"Run({str(run.path)!r}, dataset='digits'")
+
+
+def test_a_failed_check_is_an_alert_with_what_to_try():
+    """A model whose gradients are masked (its input quantized, labels its own predictions) fails the checks;
+    evaluate_robustness's HTML shows them as an alert, with what to try."""
+    torch.manual_seed(0)
+
+    class Quantized(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+        def forward(self, x):
+            return self.net((x * 4).round() / 4)
+
+    model = Quantized().eval()
+    images = torch.rand(60, 1, 4, 4)
+    report = imgclf.evaluate_robustness(model, images, model(images).argmax(1), attacks=["fgsm", "pgd"], eps=[0.1],
+                                        minimal_norm=False, quiet=True)
+    assert "gradients" in report.failed_checks
+    html = report._repr_html_()
+    assert "linf threat model" in html and "&#9888;" in html
+    assert f"{len(report.failed_checks)} sanity check(s) failed" in html and "what to try" in html
+    assert len(repr(report)) < 400
+
+
+def test_values_are_escaped_and_empty_columns_left_out():
+    shown = ResultHTML("<b>title</b>", ["<script>alert(1)</script>"],
+                       [Table(["name", "empty", "value"], [["<i>a</i>", None, 0.5], ["b", "", 1.0]])]).render()
+    assert "<script>" not in shown and "&lt;script&gt;" in shown and "&lt;b&gt;title" in shown
+    assert "<th>empty</th>" not in shown and "<td>0.5000</td>" in shown
+
+
+def test_long_work_shows_a_bar_in_a_notebook_and_nothing_in_a_log(monkeypatch):
+    from tqdm import tqdm as terminal_bar
+
+    from imgclf import runtime
+
+    assert not runtime.in_notebook()  # pytest is not a kernel
+    bar = runtime.progress(total=3)
+    assert isinstance(bar, terminal_bar) and bar.disable  # the output is not a terminal: nothing is drawn
+    bar.close()
+    monkeypatch.setattr(runtime, "in_notebook", lambda: True)
+    pytest.importorskip("ipywidgets")
+    from tqdm.notebook import tqdm as notebook_bar
+
+    bar = runtime.progress(total=3, desc="attacks")
+    assert isinstance(bar, notebook_bar) and not bar.disable
+    bar.close()
+    assert runtime.progress(total=3, quiet=True).disable
