@@ -1,4 +1,4 @@
-"""GPU suite: the GPU rows of the README's "The published anchors", in one script for about ten minutes
+"""GPU suite: the GPU rows of the documentation's "The published anchors", in one script for about ten minutes
 of one H100 or H200 (issue 19).
 
 Parts (``--parts``, in this order; default all):

@@ -5,12 +5,12 @@ Choosing a recipe, a setting or a seed by its test figure is selection on the te
 attacks, for each run folder given, images of the run's own validation split that its robust validation
 during training did not use (the ``adversarial.val_examples`` stratified subset is left out): APGD-CE
 (100 steps), then Square (5,000 queries) on what APGD-CE failed on, L-inf, at the given eps: the two attacks
-that decide the worst case of the AutoAttack ensemble on the MNIST anchors (README, "The published
+that decide the worst case of the AutoAttack ensemble on the MNIST anchors (docs/results.md, "The published
 anchors"). Runs with the same data set, seed and ``--val-fraction`` share their validation split and
 so get the same images; runs of different seeds are probed on their own held-out images. Prints one
 line per run: clean, APGD-CE and worst-case robust accuracy on those images, and the seconds; given
 several runs, a last line names the one with the highest worst case (the first of a tie), the choice a
-validation split exists for (README, "The published anchors": the best of 17 trainings under four
+validation split exists for (docs/results.md, "The published anchors": the best of 17 trainings under four
 settings).
 
 Usage::

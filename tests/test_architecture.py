@@ -1,6 +1,6 @@
 """The registries are the one place a contributor extends: an attack registered inside a test
-reaches the CLI, the configuration, the evaluation and the report with no other file touched;
-the README's attack table is the registry's."""
+reaches the CLI, the configuration, the evaluation and the report with no other file touched
+(and the documentation's tables, tests/test_docs.py)."""
 
 import json
 import re
@@ -11,7 +11,7 @@ import torch
 
 from imgclf.attacks import ATTACKS, AttackSpec, register_attack, robustness
 from imgclf.attacks.core import attack_entry, project
-from imgclf.attacks.registry import AttackOption, attacks_table, unregister_attack
+from imgclf.attacks.registry import AttackOption, unregister_attack
 from imgclf.cli import build_parser, main
 from imgclf.config import load_config
 from imgclf.constraints import Interval
@@ -111,12 +111,6 @@ def test_registering_a_taken_name_or_an_unknown_norm_is_refused():
     assert "l0-attack" not in ATTACKS
 
 
-def test_the_readme_attack_table_is_the_registry():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = readme.split("<!-- attacks:table", 1)[1].split("-->", 1)[1].split("<!-- /attacks:table -->")[0]
-    assert table.strip() == attacks_table()
-
-
 def test_every_attack_opens_the_same_way():
     """The shared opening: input checks, eps 0 returns a copy, a training-mode model is warned about."""
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 5), torch.nn.Dropout(0.1))
@@ -176,14 +170,15 @@ def test_a_new_training_recipe_is_one_registration_and_owns_its_guard(tmp_path):
         load_config(None, {"adversarial.recipe": "noise-test"})
 
 
-def test_every_imgclf_name_the_readme_mentions_exists():
+def test_every_imgclf_name_the_readme_and_the_documentation_mention_exists():
     import contextlib
     import importlib
 
     import imgclf
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    names = set(re.findall(r"\bimgclf((?:\.[A-Za-z_]\w*)+)", readme))
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "docs").rglob("*.ipynb"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
+    names = set(re.findall(r"\bimgclf((?:\.[A-Za-z_]\w*)+)", text))
     assert {".Run.train", ".predict", ".attacks.robustness"} <= names
     for dotted in sorted(names):
         parts = dotted.strip(".").split(".")
@@ -194,7 +189,7 @@ def test_every_imgclf_name_the_readme_mentions_exists():
                     importlib.import_module(".".join(["imgclf", *parts[:i + 1]]))
             if isinstance(obj, type(imgclf)) and part in ("py", "md", "txt", "json", "yaml", "html"):
                 break  # a file name such as imgclf.attacks.registry.py is not an attribute
-            assert hasattr(obj, part), f"the README names imgclf{dotted}, which does not exist"
+            assert hasattr(obj, part), f"the documentation names imgclf{dotted}, which does not exist"
             obj = getattr(obj, part)
 
 
@@ -222,7 +217,8 @@ def test_a_run_folder_of_the_previous_release_still_opens(tmp_path, capsys):
 #: layer or the ones below (stages call attacks, attacks never call stages). ``imgclf`` is the package's own
 #: table of lazy exports. A new top-level module must be placed here.
 LAYERS = [
-    {"imgclf", "errors", "lazy", "trust", "runtime", "distributed", "constraints", "tensorboard_logging"},
+    {"imgclf", "errors", "lazy", "trust", "runtime", "distributed", "constraints", "tensorboard_logging",
+     "notebook"},
     {"data", "numpy_nn", "metrics"},
     {"models"},
     {"evaluation", "calibration", "attacks", "certification"},

@@ -190,7 +190,7 @@ def test_autoattack_components_agree_with_torchattacks(mnist):
 def test_targeted_attacks_reach_their_target_at_eps_03_on_mnist(mnist):
     """PGD-20 towards random and fixed targets: >= 90% (the issue's bar). The hardest
     targets, least-likely, with APGD-CE: >= 85% on this weakly trained test model
-    (6,000 images, one epoch); the README's fully trained model reaches 100%."""
+    (6,000 images, one epoch); the documented fully trained model reaches 100%."""
     net, x, y = mnist
     for mode, name, bar in (("random", "pgd", 0.9), (3, "pgd", 0.9), ("least-likely", "apgd-ce", 0.85)):
         target = choose_targets(mode, net(x).detach(), y, torch.Generator().manual_seed(0))

@@ -20,7 +20,7 @@ FIGURES = {"training_curves", "confusion_matrix", "predictions", "robustness", "
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "digits"
-    assert main(["run", "--out", str(out), "--quiet"]) == 0  # the README's main job, defaults only
+    assert main(["run", "--out", str(out), "--quiet"]) == 0  # the main job of the README's set-up, defaults only
     return out
 
 

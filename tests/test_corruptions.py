@@ -314,14 +314,3 @@ def test_the_registry_loads_without_torch():
            "print('torch' in sys.modules, 'scipy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
-
-
-def test_the_readme_corruption_table_is_the_registry():
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    table = readme.split("<!-- corruptions:table -->", 1)[1].split("<!-- /corruptions:table -->")[0]
-    rows = {line.split("|")[1].strip(): [n.strip(" `") for n in line.split("|")[2].split(",")]
-            for line in table.strip().splitlines()[2:]}
-    assert rows == {group: [s.name for s in CORRUPTIONS.values() if s.group == group]
-                    for group in ("noise", "blur", "weather", "digital")}

@@ -120,7 +120,7 @@ def test_classifier_errors_are_one_line(trained, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_mlp_numpy_on_fashion_mnist_pixels(tmp_path):
-    """The real data: one hidden layer of 128 learns Fashion-MNIST (a short run; the README has the full one)."""
+    """The real data: one hidden layer of 128 learns Fashion-MNIST (a short run; docs/results.md has the full one)."""
     root = shared_data("FashionMNIST").parent
     out = tmp_path / "fm"
     assert main(["mlp-numpy", "--dataset", "fashion-mnist", "--data-dir", str(root), "--train-examples", "12000",

@@ -1,7 +1,7 @@
 """The HTML report in a real headless browser (Chromium from the distribution's packages).
 
 Skipped, with the reason shown, where Chromium or Playwright is missing; CI installs both.
-Set IMGCLF_SCREENSHOT_DIR to keep the screenshots (the README's come from here).
+Set IMGCLF_SCREENSHOT_DIR to keep the screenshots (the documentation's come from here).
 """
 
 import os

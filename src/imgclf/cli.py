@@ -204,7 +204,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 def _add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("adversarial training")
     _flag(group, "--adversarial", dest="adversarial.recipe", metavar="RECIPE",
-          help="adversarial training recipe (`imgclf attacks` lists the attacks, the README the recipes)")
+          help="adversarial training recipe (`imgclf attacks` lists the attacks, the documentation the recipes)")
     _flag(group, "--adv-eps", dest="adversarial.eps", metavar="EPS",
           help="training radius in pixel units, e.g. 0.3 or 8/255 (default: the largest --eps)")
     _flag(group, "--adv-steps", dest="adversarial.steps", metavar="N",

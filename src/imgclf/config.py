@@ -108,7 +108,7 @@ class ModelConfig:
     name: str = "simple-cnn"  # a registered name, timm:NAME, torchvision:NAME, py:module:factory, or an exported file
     options: dict[str, Any] = field(default_factory=dict)  # e.g. {hidden: 256, depth: 2}
     weights: str | None = None  # the architecture's weights: .safetensors, or a state dict read with weights_only
-    mean: list[float] | None = None  # per-channel normalization the model expects, pixel units; None: see README
+    mean: list[float] | None = None  # per-channel normalization the model expects, pixel units (None: own-model.md)
     std: list[float] | None = None  # with mean; every value > 0
 
     @functools.cached_property
@@ -197,7 +197,7 @@ class CorruptionConfig:
     corruptions: list[str] = setting(default_factory=lambda: ["all"],
                                      constraint=Options("corruption", corruption_choices, each=True))
     severities: str | list[int] = setting("1:5", SeveritySetting())  # as written: 1:5, 3, 1,3,5, or a list
-    examples: int | str = setting(100, CountOrAll(_MAX_COUNT))  # seeded stratified subset or "all" (cost: README)
+    examples: int | str = setting(100, CountOrAll(_MAX_COUNT))  # seeded stratified subset or "all" (cost: docs)
     baseline: str | None = None  # a run folder evaluated under the same corruptions: mCE and relative mCE
 
 
@@ -272,9 +272,9 @@ def section_class(name: str) -> type:
 
 #: Named presets of settings, applied under the YAML file and the flags (``--recipe NAME``).
 SETTING_PRESETS: dict[str, dict[str, Any]] = {
-    # The published robust-training anchors, each as its paper's code trained (the README's "Measured results" gives
-    # the source of every value and where imgclf differs: the 80/20 train/val split, the checkpoint picked by
-    # robust validation accuracy).
+    # The published robust-training anchors, each as its paper's code trained (docs/results.md, "The published
+    # anchors", gives the source of every value and where imgclf differs: the 80/20 train/val split, the checkpoint
+    # picked by robust validation accuracy).
     "fgsm-rs-mnist": {  # Wong, Rice and Kolter 2020, MNIST/train_mnist.py
         "data.dataset": "mnist",
         "model.name": "fast-mnist-cnn", "model.mean": [0.0], "model.std": [1.0],

@@ -7,7 +7,7 @@ settings of an :class:`~imgclf.attacks.spec.AttackSpec` (any object with
 options it owns (:class:`AttackOption`: Square's ``queries``), and the runner's
 ``"module:name"``, imported on the first run. Everything that lists or
 checks attacks (the CLI's choices and help, the configuration's validation, the
-robustness evaluation, the sanity checks, the README's table, the tests that loop over
+robustness evaluation, the sanity checks, the documentation's tables, the tests that loop over
 attacks) reads :data:`ATTACKS`; none of it imports torch, so a bad flag is refused,
 and ``imgclf attacks`` prints, before torch is loaded. A new attack is one new file
 and its declaration below; an attack outside imgclf registers its runner directly with
@@ -428,7 +428,7 @@ def expand_attacks(names: list[str], norm: str | None = None) -> list[str]:
 
 
 def attacks_table() -> str:
-    """The registered attacks as a Markdown table (the README's, checked against this by a test)."""
+    """The registered attacks as a Markdown table (the documentation site's, written when it is built)."""
     lines = ["| `--attack` | method | norms | `--target` | gradients | classes | steps |",
              "| --- | --- | --- | --- | --- | ---: | ---: |"]
     for info in ATTACKS.values():

@@ -59,7 +59,7 @@ class FGSMRandomStart(SingleStep):
             (``MNIST/train_mnist.py``; their CIFAR-10 code clamps). The result is projected onto the eps
             ball and ``[0, 1]`` either way. With the ``fgsm-rs-mnist`` recipe at eps 0.3 this decided
             the outcome: the clamped start's PGD validation accuracy stayed below 0.13 and then fell to 0
-            (catastrophic overfitting), the unclamped start's reached 0.89 (README, "The published
+            (catastrophic overfitting), the unclamped start's reached 0.89 (docs/results.md, "The published
             anchors").
     """
 

@@ -1,5 +1,5 @@
 """The MNIST networks of the adversarial-robustness literature, as their papers' code defines them, for the
-published anchors (see the README's "Measured results"). Each builder returns the body that maps normalized
+published anchors (see the documentation's "Measured results"). Each builder returns the body that maps normalized
 images ``(B, C, H, W)`` to logits ``(B, K)``; at 28x28x1 with 10 classes the layers and parameter counts are
 the papers'.
 """
