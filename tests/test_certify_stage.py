@@ -59,7 +59,7 @@ def test_certify_records_the_bracket_reports_it_and_reuses_it(noisy_run, tmp_pat
     assert ((arrays["prediction"] == arrays["labels"]) & (arrays["radius"] >= 0.1)).mean() == pytest.approx(
         certified[1])
     report = (run / "report.html").read_text()
-    assert "<h2>Certified robustness</h2>" in report and "(certified) and" in report
+    assert '<h2 id="certified">Certified robustness</h2>' in report and "(certified) and" in report
     assert f"certified L2 accuracy at radius 0.3 (sigma 0.25)</div><div class=\"value\">{100 * certified[2]:.2f}%" \
         in report  # a headline card
     assert not list(run.glob("certifications/*/batches"))  # cleared once saved whole

@@ -118,7 +118,17 @@ def test_report_is_one_self_contained_page(run_dir):
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert "simple-cnn on digits" in html and "PGD" in html and "converging plan" in html
     assert "Smallest adversarial perturbations" in html and "The median smallest perturbation is" in html
-    assert "<h2>Calibration</h2>" in html and "worst-case adversarial, eps 0.05" in html
+    assert '<h2 id="calibration">Calibration</h2>' in html and "worst-case adversarial, eps 0.05" in html
+    # a reader finds their way: contents linking every section, what is not in the report and why, no eps-0 rows
+    # (the clean accuracy is stated above the table), no raw keys
+    contents = re.search(r'<nav class="toc" aria-label="Contents"><ul>(.*?)</ul></nav>', html).group(1)
+    anchors = re.findall(r'href="#([\w-]+)"', contents)
+    assert {"training", "clean", "robustness", "calibration", "timing"} <= set(anchors)
+    assert all(f'<h2 id="{anchor}">' in html for anchor in anchors)
+    assert "Not in this report: common corruptions (the images are 8x8, under the 16x16 auto runs it on; " \
+           "imgclf corrupt" in html
+    assert "<td>FGSM</td><td>0</td>" not in html and "<td>FGSM</td><td>0.05</td>" in html
+    assert "train_seconds" not in html and "scikit_learn" not in html and "<td>training</td>" in html
     # the headline cards are percentages at the telling eps (worst case nearest half the clean accuracy), not 0%
     # at the largest eps; the configuration is the settings that differ from the defaults, the file folded
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -257,7 +267,21 @@ def test_the_report_says_when_a_model_masks_its_gradients(run_dir, tmp_path):
     assert statuses["gradients"] == "failed"
     html = opened.report().read_text()
     assert "check(s) failed:</strong> treat the robust accuracy above as unproven" in html
+    assert '<div class="alert" role="alert"><strong>3 check(s) failed:</strong>' in html  # an alert, not a note
     assert '<td class="bad">failed</td>' in html and "all-zero or NaN input gradient" in html
+
+
+def test_a_one_epoch_run_gets_its_numbers_not_empty_charts(tmp_path):
+    out = tmp_path / "one"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "One epoch: training loss" in html and "Curves are drawn from two epochs on" in html
+    assert not (out / "figures" / "training_curves.png").exists()
+    assert "Not in this report: robustness under attack (imgclf attack" not in html  # not evaluated: no claims
+    assert main(["evaluate", str(out)]) == 0 and main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert f"Not in this report: robustness under attack (imgclf attack {out})" in html
 
 
 def test_a_target_class_can_be_named(run_dir, tmp_path, capsys):

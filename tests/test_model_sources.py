@@ -61,7 +61,7 @@ def test_own_class_with_weights_is_evaluated_attacked_reopened_and_predicts(own_
     assert info["source"]["kind"] == "py" and info["source"]["weights"] == str(own_weights)
     assert info["normalization"] == {"mean": [0.0], "std": [1.0]}  # the user's model gets [0, 1] pixels
     html = (out / "report.html").read_text()
-    assert "Robustness under attack" in html and "Training" not in html.split("<h2>")[1]
+    assert "Robustness under attack" in html and "Training" not in html.split("<h2 ")[1]
     # the folder reopens like any run: imgclf.load_model rebuilds the class from model.json
     from imgclf import load_model
 

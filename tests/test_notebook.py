@@ -53,7 +53,7 @@ def test_a_run_opened_from_its_folder_shows_what_each_stage_found(digits_run):
     assert repr(again).startswith(f"Run({str(run.path)!r}, dataset='digits'")
 
 
-def test_a_failed_check_is_an_alert_with_what_to_try():
+def test_a_failed_check_is_an_alert_with_what_to_try(tmp_path):
     """A model whose gradients are masked (its input quantized, labels its own predictions) fails the checks;
     evaluate_robustness's HTML shows them as an alert, with what to try."""
     torch.manual_seed(0)
@@ -75,6 +75,9 @@ def test_a_failed_check_is_an_alert_with_what_to_try():
     assert "linf threat model" in html and "&#9888;" in html
     assert f"{len(report.failed_checks)} sanity check(s) failed" in html and "what to try" in html
     assert len(repr(report)) < 400
+    page = (report.save(tmp_path / "saved") / "report.html").read_text()
+    top = page[:page.index('<nav class="toc"')]  # the report opens with the alert, before its contents
+    assert '<div class="alert" role="alert"><strong>' in top and "gradients" in top
 
 
 def test_values_are_escaped_and_empty_columns_left_out():
@@ -101,3 +104,28 @@ def test_long_work_shows_a_bar_in_a_notebook_and_nothing_in_a_log(monkeypatch):
     assert isinstance(bar, notebook_bar) and not bar.disable
     bar.close()
     assert runtime.progress(total=3, quiet=True).disable
+
+
+def test_the_attack_progress_counts_each_batch_by_its_cost_and_ends_at_its_total():
+    """The bar's time estimate holds: eps 0 (nothing to attack) counts nothing, a 20-step PGD batch counts 20 times
+    a one-step FGSM batch, and the converging plan's growing work ends exactly at the bar's total."""
+    from imgclf.attacks import AttackSpec, robustness
+    from imgclf.attacks.spec import plan_specs
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    images = torch.rand(48, 1, 4, 4)
+    labels = model(images).argmax(1)
+    ticks: list[tuple[int, int]] = []
+    robustness(model, images, labels, attacks=[AttackSpec("fgsm"), AttackSpec("pgd", steps=20)],
+               eps_values=[0.0, 0.05], device=torch.device("cpu"), batch_size=16, seed=0,
+               progress=lambda done, total: ticks.append((done, total)))
+    done = [d for d, _ in ticks]
+    assert done == sorted(done) and ticks[-1][0] == ticks[-1][1]
+    steps = [b - a for a, b in zip([0, *done], done, strict=False) if b > a]
+    assert sorted(set(steps)) == [1, 20]  # an FGSM batch, a PGD batch (eps 0 counted nothing)
+    ticks.clear()
+    robustness(model, images, labels, attacks=[AttackSpec("fgsm")], eps_values=[0.0, 0.1],
+               device=torch.device("cpu"), batch_size=16, seed=0, plan=plan_specs("linf"),
+               progress=lambda done, total: ticks.append((done, total)))
+    assert ticks[-1][0] == ticks[-1][1] > 0

@@ -46,6 +46,11 @@ def test_report_loads_every_figure_without_errors(report, viewport, tmp_path):
             "img", "els => els.map(e => ({alt: e.alt, ok: e.complete && e.naturalWidth > 0,"
                    " w: e.getBoundingClientRect().width, h: e.getBoundingClientRect().height}))")
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        wide_tables = page.evaluate("""() => [...document.querySelectorAll('table')].filter(t =>
+            t.getBoundingClientRect().right > window.innerWidth + 1
+            || t.parentElement.scrollWidth > t.parentElement.clientWidth + 1).map(t => t.rows[0].innerText)""")
+        contents = page.evaluate("""() => [...document.querySelectorAll('nav.toc a')].map(a =>
+            [a.textContent, document.getElementById(a.getAttribute('href').slice(1)) !== null])""")
         sections = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('h2')].map(h => {
             const found = []; let e = h.nextElementSibling;
             while (e && e.tagName !== 'H2') { found.push(...e.querySelectorAll('img')); e = e.nextElementSibling; }
@@ -63,6 +68,8 @@ def test_report_loads_every_figure_without_errors(report, viewport, tmp_path):
     assert all(image["ok"] and image["w"] > 0 and image["h"] > 0 for image in images), images
     assert errors == []
     assert overflow <= 1, f"the page is {overflow}px wider than the {viewport} screen"
+    assert wide_tables == [], f"tables wider than the {viewport} screen: {wide_tables}"
+    assert len(contents) >= 6 and all(found for _, found in contents), contents  # every link of the contents lands
     assert shot.stat().st_size > 10_000
     keep = os.environ.get("IMGCLF_SCREENSHOT_DIR")
     if keep:

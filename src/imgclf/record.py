@@ -298,6 +298,7 @@ class Metrics:
             per stage.
         corruptions: Accuracy and calibration under the common corruptions, or None.
         certifications: The certified-robustness evaluations, oldest first (:class:`Certification`).
+        skipped: Stages ``imgclf run`` left out, with why (``{"corruptions": "the images are 8x8, ..."}``).
     """
 
     schema_version: int = 1
@@ -318,6 +319,7 @@ class Metrics:
     corruptions: CorruptionEvaluation | None = None
     certifications: list[Certification] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Raises ValueError for a record this release cannot trust: a newer schema, or class names that

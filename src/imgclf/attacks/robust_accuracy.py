@@ -170,9 +170,10 @@ def robustness(
         evaluation.plan = _Plan(steps, tolerance, len(runnable), first_units=max(len(evaluation.chunks_of(
             evaluation.correct)), 1)) if plan else None
         if evaluation.plan is not None and steps:  # (the bar grows as the plan escalates)
-            evaluation.total += sum(eps > 0 for eps in eps_values) * evaluation.plan.first_units
+            first = evaluation.plan.first_units
+            evaluation.total += sum(evaluation.weight(steps[0], eps) * first for eps in eps_values)
         if minimal:  # (a model without gradients has no minimal-norm search: skipped, with why)
-            evaluation.total += max(len(evaluation.chunks_of(evaluation.correct)), 1)
+            evaluation.total += max(len(evaluation.chunks_of(evaluation.correct)), 1) * evaluation.weight(minimal[0])
             cost = evaluation.search_minimal(minimal[0])  # first: the plan's near-boundary step needs its radii
         entries: list[RobustnessEntry] = []
         for eps_index, eps in enumerate(eps_values):
@@ -336,6 +337,14 @@ class _Evaluation:
         self.plan: _Plan | None = None
         self.radii: torch.Tensor | None = None  # each example's smallest adversarial radius found, once searched
 
+    @staticmethod
+    def weight(spec: AttackSpec, eps: float = 1.0) -> int:
+        """One batch's share of the progress bar, so that its time estimate holds: the attack's iterations (Square's
+        queries) times its restarts; 0 at eps 0, where an attack returns the images as they are."""
+        if eps == 0:
+            return 0
+        return max(1, int(spec.options.get("queries", spec.n_steps))) * max(spec.restarts, 1)
+
     def runnable(self, attacks: list[AttackSpec], *, deal: bool = True) -> tuple[list[AttackSpec], list[str]]:
         """The attacks the model has enough classes for, with their targets and (``deal``) batches; and why the
         rest are skipped. Each attack runs on the examples classified correctly (and, targeted, that have a
@@ -359,7 +368,8 @@ class _Evaluation:
         if deal:
             for spec in runnable:
                 self._deal(spec, self.correct)
-            self.total = len(self.eps_values) * sum(max(len(c), 1) for c in self.chunks.values())
+            self.total = sum(self.weight(spec, eps) * max(len(chunks), 1) for eps in self.eps_values
+                             for spec, chunks in self.chunks.items())
         return runnable, skipped
 
     def chunks_of(self, candidates: torch.Tensor) -> list[torch.Tensor]:
@@ -424,7 +434,7 @@ class _Evaluation:
         decision = Decision(True, True, "no example was left standing for the plan: the attacks before it fooled "
                                         "every one")
         if not bool((self.correct & ~worst_fooled).any()):
-            self.total -= plan.first_units  # its first step's batches were counted up front
+            self.total -= plan.first_units * self.weight(plan.steps[0], eps)  # counted up front
         for number, spec in enumerate(plan.steps if (self.correct & ~worst_fooled).any() else []):
             index = plan.first + number
             standing = self.correct & ~worst_fooled
@@ -433,7 +443,8 @@ class _Evaluation:
                 if not bool(standing.any()):  # no example standing is close to the boundary: nothing to retry
                     continue
             self._deal(spec, standing)
-            self.total += max(len(self.chunks[spec]), 1) - (plan.first_units if not number else 0)
+            self.total += (max(len(self.chunks[spec]), 1) - (plan.first_units if not number else 0)) * \
+                self.weight(spec, eps)
             merged = self._attack(spec, eps, f"{eps_index:03d}-{index:02d}", worst_fooled, worst_images, fooled_by,
                                   index)
             self.fooled[(spec.label, eps)] = merged["hit"].cpu().numpy()
@@ -508,7 +519,7 @@ class _Evaluation:
                 if self.store is not None and not unit.pop("stored", False):
                     self.store.save(f"{point}-{batch:05d}", unit)
                 self._merge(spec, eps, chunks[batch], unit, merged, worst_fooled, worst_images, fooled_by, index)
-            self.done += min(world, max(len(chunks), 1) - first)
+            self.done += min(world, max(len(chunks), 1) - first) * self.weight(spec, eps)
             if self.progress is not None:
                 self.progress(self.done, self.total)
         merged["seconds"] += time.perf_counter() - began

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def _training_figures(folder: RunFolder, metrics: Metrics) -> dict[str, Figure]:
     """The training curves and the learning-rate range test, where the folder has them."""
     figures: dict[str, Figure] = {}
     history = folder.read_csv(record.HISTORY)
-    if history:
+    if len(history) > 1:  # one epoch's curves are single points: the report gives its numbers instead
         figures["training_curves"] = training_curves(history)
     curve = folder.read_csv(record.LR_FIND)
     if curve and metrics.lr_finder is not None:
@@ -305,21 +306,27 @@ def _calibration_rows(metrics: Metrics, colour: bool) -> list[dict[str, object]]
     return rows
 
 
+#: The columns of an evaluation's table that only some attacks have: shown where a row has a value.
+OPTIONAL_COLUMNS = ("steps", "alpha", "restarts", "target_success_rate")
+
+
 def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, *, current: bool,
                      run_name: str = "RUN") -> dict[str, object]:
     """What the report shows of one robustness evaluation (``current``: of the kept model)."""
     attack = evaluation.attack
     eps = sorted({row.eps for row in evaluation.robustness})
+    attacked = [row for row in evaluation.robustness if row.eps > 0] or evaluation.robustness  # eps 0: clean, above
+    rows = [{**dataclasses.asdict(row), "eps_label": eps_label(row.eps, colour),
+             "forwards_per_example": row.forwards_per_example, "backwards_per_example": row.backwards_per_example}
+            for row in attacked]
     return {
         "key": evaluation.key,
         "current": current,
         "title": f"{', '.join(a.upper() for a in evaluation.attacks()) or 'no attack'} at eps "
                  f"{', '.join(eps_label(e, colour) for e in eps)}",
         "finished": evaluation.finished,
-        "rows": [{**dataclasses.asdict(row), "eps_label": eps_label(row.eps, colour),
-                  "forwards_per_example": row.forwards_per_example,
-                  "backwards_per_example": row.backwards_per_example}
-                 for row in evaluation.robustness],
+        "rows": rows,
+        "columns": {column for column in OPTIONAL_COLUMNS if any(row[column] is not None for row in rows)},
         "warnings": attack.warnings, "checks": attack.checks, "skipped": attack.skipped,
         "norm": NORM_LABELS.get(attack.norm, attack.norm), "n": attack.n,
         "whole_split": attack.n == clean_n, "clean": attack.clean_accuracy, "seconds": evaluation.seconds,
@@ -417,6 +424,39 @@ def summary_cards(metrics: Metrics, colour: bool) -> list[dict[str, str]]:
     return cards
 
 
+def timing_rows(metrics: Metrics) -> list[tuple[str, str]]:
+    """The timing and environment table in words: ``train_seconds`` is "training", ``scikit_learn`` is
+    "scikit-learn", ``num_threads`` is "threads"."""
+    rows = [(key.removesuffix("_seconds").replace("eval", "evaluation").replace("_", " ").replace("train", "training"),
+             f"{value:,.1f} s") for key, value in metrics.timing.items()]
+    names = {"num_threads": "threads", "cpu_count": "CPU cores", "imgclf": "imgclf", "python": "Python",
+             "torch": "PyTorch", "numpy": "NumPy"}
+    rows += [(names.get(key, key.replace("_", "-")), str(value)) for key, value in metrics.environment.items()]
+    return rows
+
+
+def stages_not_run(metrics: Metrics, explained: bool, run: str) -> list[str]:
+    """What the report has no section for, with why where a stage recorded it and the command that adds it."""
+    missing = []
+    if not metrics.evaluations and metrics.clean is not None:
+        missing.append(f"robustness under attack (imgclf attack {run})")
+    if metrics.corruptions is None and metrics.clean is not None:
+        why = metrics.skipped.get("corruptions")
+        missing.append(f"common corruptions ({why + '; ' if why else ''}imgclf corrupt {run})")
+    if not metrics.certifications and metrics.clean is not None:
+        missing.append(f"certified robustness (for a model trained with Gaussian noise: imgclf certify {run})")
+    if not explained and metrics.clean is not None:
+        missing.append(f"what the model looks at (imgclf explain {run})")
+    return missing
+
+
+def table_of_contents(html: str) -> str:
+    """``html`` with a list of links to its sections (each ``<h2 id=...>``) in place of ``<!-- contents -->``."""
+    sections = re.findall(r'<h2 id="([\w-]+)">(.*?)</h2>', html)
+    links = "".join(f'<li><a href="#{anchor}">{title}</a></li>' for anchor, title in sections)
+    return html.replace("<!-- contents -->", f'<nav class="toc" aria-label="Contents"><ul>{links}</ul></nav>', 1)
+
+
 def _shown(value: Any) -> str:
     """A setting's value as written in YAML (a list of scalars joined by commas)."""
     if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
@@ -471,6 +511,7 @@ def write_report(folder: RunFolder) -> Path:
     # shown as it is on disk (a byte that is not UTF-8 shows as U+FFFD)
     config_text = next((path.read_bytes().decode("utf-8", errors="replace")
                         for path in (folder.config_path, folder.file(record.CLASSIFIER_CONFIG)) if path.is_file()), "")
+    explanation, history = _explanation_view(folder, colour), folder.read_csv(record.HISTORY)
     html = jinja_environment().get_template("report.html.j2").render(
         model=metrics.model if metrics.model != "?" or info is None else info.model,
         dataset=metrics.dataset if metrics.dataset != "?" or info is None else info.dataset,
@@ -494,19 +535,22 @@ def write_report(folder: RunFolder) -> Path:
         calibration_rows=_calibration_rows(metrics, colour),
         corruptions=_corruption_view(metrics),
         certification=_certification_view(metrics),
-        explanation=_explanation_view(folder, colour),
+        explanation=explanation,
         evaluations=[_evaluation_view(e, colour, metrics.clean.n if metrics.clean else None,
                                       current=metrics.current(e), run_name=str(folder.path))
                      for e in reversed(metrics.evaluations)],  # newest first
         worst_case=WORST_CASE,
-        timing={key: f"{value:.1f} s" for key, value in metrics.timing.items()},
-        environment=metrics.environment,
+        timing=timing_rows(metrics),
+        not_run=stages_not_run(metrics, explanation is not None, str(folder.path)),
+        single_epoch=history[0] if len(history) == 1 else None,
+        failed_checks=[c for c in (metrics.attack.checks if metrics.attack else []) if c["status"] == "failed"],
+        latest_key=metrics.latest.key if metrics.latest else None,
         config_text=config_text,
         changed=changed_settings(config_text) if folder.config_path.is_file() else [],
         version=__version__,
     )
     path = folder.file(record.REPORT)
-    atomic_write_text(path, html)
+    atomic_write_text(path, table_of_contents(html))
     return path
 
 

@@ -125,24 +125,29 @@ def corruption_wanted(parts: RunParts, *, attack: bool) -> bool:
     reason and the command that runs it."""
     stage, size = parts.config.corruption.stage, parts.data.spec.image_size
     if stage == "off":
-        return False
+        return _skipped(parts, "corruption.stage is off", log=False)
     if min(size) < 8:
-        parts.log(f"note: common corruptions skipped: they need images of at least 8x8 pixels, these are {size}")
-        return False
+        return _skipped(parts, f"they need images of at least 8x8 pixels, these are {size}", remedy=False)
     if stage == "on":
         return True
     chosen = parts.config.corruption
     if chosen != dataclasses.replace(CorruptionConfig(), stage=stage):
         return True  # corruptions, severities, examples or a baseline set: asked for
-    remedy = f"run them with imgclf corrupt {parts.writes().path} or --corruption-stage on"
     if not attack:
-        parts.log(f"note: common corruptions skipped (no attack stage in this run); {remedy}")
-        return False
+        return _skipped(parts, "no attack stage in this run")
     test = len(parts.data.test)
     total = test if chosen.examples == "all" else min(int(chosen.examples), test)
     why = auto_skips(images=total, shape=parts.data.spec.input_shape, corruptions=len(parts.settings.corruptions),
                      severities=len(parts.settings.severities))
-    if why is not None:
-        parts.log(f"note: common corruptions skipped: {why}; {remedy}")
-        return False
-    return True
+    return True if why is None else _skipped(parts, why)
+
+
+def _skipped(parts: RunParts, why: str, *, log: bool = True, remedy: bool = True) -> bool:
+    """Record (for the report's list of what it lacks) and log that ``imgclf run`` skips the corruption stage, and
+    why; returns False."""
+    if log:
+        how = f"; run them with imgclf corrupt {parts.writes().path} or --corruption-stage on" if remedy else ""
+        parts.log(f"note: common corruptions skipped: {why}{how}")
+    if parts.folder is not None:
+        parts.folder.update_metrics({"skipped": {"corruptions": why}})
+    return False
