@@ -87,3 +87,26 @@ def test_compare_refuses_bad_input_without_writing(runs, capsys):
     assert not (runs / "one").exists() and not (runs / "bad").exists()
     assert main(["compare", str(runs / "standard"), str(runs / "robust"), "--out", str(runs / "robust")]) == 2
     assert "never overwrites" in capsys.readouterr().err
+
+
+def test_compare_from_python_is_a_table_in_jupyter(runs):
+    import imgclf
+
+    compared = imgclf.compare_runs([runs / "standard", runs / "robust"], runs / "python")
+    assert compared.path == runs / "python" / "compare.html" and str(compared) == str(compared.path)
+    html = compared._repr_html_()
+    accuracy = compared.runs[1]["worst_case_robust_accuracy"][0.1]
+    assert "2 runs compared" in html and "worst case at eps 0.1" in html and f"{accuracy:.4f}" in html
+
+
+def test_a_small_gap_between_one_epoch_runs_does_not_fill_the_axes():
+    """Two one-epoch runs 0.14 points apart: the validation figure spans at least 10 points of accuracy."""
+    from pathlib import Path
+
+    from imgclf.record import Metrics
+    from imgclf.report.compare import MIN_ACCURACY_SPAN, ComparedRun, validation_comparison
+
+    runs = [ComparedRun(name, Path(name), Metrics(), [{"epoch": 1, "val_accuracy": accuracy}], False, "")
+            for name, accuracy in (("a", 0.9812), ("b", 0.9826))]
+    low, high = validation_comparison(runs).axes[0].get_ylim()
+    assert high - low >= MIN_ACCURACY_SPAN - 1e-9 and low <= 0.9812 and high >= 0.9826 and high <= 1.0

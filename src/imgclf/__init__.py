@@ -19,6 +19,7 @@ Public API (imported lazily, so ``imgclf --version`` stays fast)::
     imgclf.evaluate(model, split, class_names, device=...)  clean metrics
     imgclf.attacks.fgsm / imgclf.attacks.pgd / imgclf.attacks.robustness / imgclf.attacks.register_attack
     imgclf.defenses.register_recipe    a new adversarial training recipe
+    imgclf.compare_runs(paths, out)    several runs side by side: compare.html, comparison.json (a table in Jupyter)
     imgclf.trust_code()                import the py: code that run folders and config files name (trusted files only)
 """
 
@@ -50,6 +51,7 @@ _EXPORTS = {
     "RobustnessReport": "imgclf.robustness",
     "trust_code": "imgclf.trust",
     "certify": "imgclf.certification",
+    "compare_runs": "imgclf.report",
 }
 
 _SUBPACKAGES = ("attacks", "certification", "defenses", "models", "data", "report")

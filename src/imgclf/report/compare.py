@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from imgclf import record
+from imgclf.notebook import ResultHTML, Table
 from imgclf.record import Metrics, read_metrics, read_model_record
 from imgclf.report.html import config_settings, jinja_environment, percent
 from imgclf.report.plots import embed_figures, eps_label
@@ -80,6 +81,10 @@ def robustness_comparison(runs: list[ComparedRun]) -> Figure:
     return figure
 
 
+#: The smallest range of accuracy the validation figure's axis spans (10 points), so that small gaps look small.
+MIN_ACCURACY_SPAN = 0.1
+
+
 def validation_comparison(runs: list[ComparedRun]) -> Figure:
     """Clean (solid) and PGD (dashed) validation accuracy per epoch, one colour per run."""
     figure = Figure(figsize=(6.5, 4.2), layout="constrained")
@@ -95,6 +100,10 @@ def validation_comparison(runs: list[ComparedRun]) -> Figure:
                     label=f"{run.name} PGD")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    low, high = ax.get_ylim()
+    if high - low < MIN_ACCURACY_SPAN:  # a gap of a fraction of a point must not fill the axes
+        low = max(0.0, min((low + high - MIN_ACCURACY_SPAN) / 2, 1.0 - MIN_ACCURACY_SPAN))
+        ax.set_ylim(low, low + MIN_ACCURACY_SPAN)
     ax.set_ylabel("validation accuracy")
     ax.set_title("Validation accuracy")
     ax.grid(alpha=0.3)
@@ -112,7 +121,36 @@ def differing_settings(runs: list[ComparedRun]) -> list[dict[str, Any]]:
             for name in names if len({found.get(name) for found in settings}) > 1]
 
 
-def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_data: bool = False) -> Path:
+@dataclass
+class Comparison:
+    """What :func:`compare_runs` wrote: the page, and each run's numbers as in ``comparison.json``.
+
+    Attributes:
+        path: ``compare.html``. runs: One dict per run (``test_accuracy``, ``worst_case_robust_accuracy`` by eps,
+            ``ece``, ``mean_corruption_error``, ``certified_accuracy``..., fractions in ``[0, 1]`` or None).
+    """
+
+    path: Path
+    runs: list[dict[str, Any]]
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def _repr_html_(self) -> str:
+        """The runs side by side (Jupyter shows this)."""
+        eps_values = sorted({eps for run in self.runs for eps in run["worst_case_robust_accuracy"]})
+        rows = [[Path(run["run"]).name, run["model"], run["training"], run["test_accuracy"], run["macro_f1"],
+                 *(run["worst_case_robust_accuracy"].get(eps) for eps in eps_values), run["ece"],
+                 run["mean_corruption_error"]] for run in self.runs]
+        columns = ["run", "model", "training", "test accuracy", "macro F1",
+                   *(f"worst case at eps {eps:.4g}" for eps in eps_values), "ECE", "mean corruption error"]
+        return ResultHTML(f"{len(self.runs)} runs compared", [f"page: {self.path}"], [Table(columns, rows)]).render()
+
+
+def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_data: bool = False) -> Comparison:
     """Write ``compare.html``, ``comparison.json`` and ``figures/*.png`` for ``paths`` into ``out``.
 
     Args:
@@ -122,7 +160,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_da
             the page says so).
 
     Returns:
-        The path of ``compare.html``.
+        The :class:`Comparison` (``.path`` is ``compare.html``; it renders as a table in Jupyter).
 
     Raises:
         UsageError: If fewer than two runs are given, one is not a run folder, the runs come from
@@ -164,7 +202,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, *, allow_different_da
                                            for row in summary]}, indent=2))
     path = folder.file("compare.html")
     atomic_write_text(path, html)
-    return path
+    return Comparison(path, summary)
 
 
 def _table_row(run: ComparedRun, eps_values: list[float]) -> dict[str, Any]:
