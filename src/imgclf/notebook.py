@@ -6,7 +6,7 @@ through one Jinja2 template with autoescaping, so no value a run folder holds ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,3 @@ class ResultHTML:
         return _TEMPLATE.render(title=self.title, facts=self.facts, tables=[t.visible() for t in self.tables],
                                 warnings=self.warnings, notes=self.notes)
 
-
-def mapping_table(values: Mapping[str, Any], columns: Sequence[str] = ("", "value"), caption: str = "") -> Table:
-    """A two-column table of a mapping's items (keys as written, values through :func:`cell`)."""
-    return Table(columns, [[key, value] for key, value in values.items()], caption)
