@@ -63,7 +63,7 @@ class Run(RunParts):
 
     def __repr__(self) -> str:
         where = str(self.folder.path) if self.folder is not None else f"rank {self.dist.rank}"
-        return f"Run({where!r}, dataset={self.settings.config.data.dataset!r}, model={self.model.__class__.__name__})"
+        return f"Run({where!r}, dataset={self.settings.config.data.dataset!r}, model={self.settings.config.model.name!r})"
 
     @property
     def metrics(self) -> record.Metrics:
