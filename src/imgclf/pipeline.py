@@ -63,7 +63,8 @@ class Run(RunParts):
 
     def __repr__(self) -> str:
         where = str(self.folder.path) if self.folder is not None else f"rank {self.dist.rank}"
-        return f"Run({where!r}, dataset={self.settings.config.data.dataset!r}, model={self.settings.config.model.name!r})"
+        config = self.settings.config
+        return f"Run({where!r}, dataset={config.data.dataset!r}, model={config.model.name!r})"
 
     @property
     def metrics(self) -> record.Metrics:
