@@ -41,6 +41,14 @@ def test_every_result_of_a_run_renders_as_html_with_its_numbers(digits_run):
     assert f"{metrics.calibration.test.ece:.4f}" in metrics.calibration.test._repr_html_()
 
 
+def test_explanations_show_their_figure(digits_run):
+    import os
+
+    explained = digits_run[0].explain(eps=0.1, count=4)
+    assert os.fspath(explained).endswith("explanations.npz") and os.path.isfile(explained)
+    assert explained._repr_png_().startswith(b"\x89PNG") and len(explained.figure().axes) >= 8  # 4 images x 2+ rows
+
+
 def test_a_run_opened_from_its_folder_shows_what_each_stage_found(digits_run):
     run = digits_run[0]
     again = imgclf.Run.open(run.path, quiet=True)

@@ -271,7 +271,7 @@ class Run(RunParts):
         return corrupt.corrupt(self, self._with_changes("corruption", given), baseline=baseline)
 
     def explain(self, *, eps: float | None = None, method: str = "auto", layer: str | None = None,
-                count: int = 8) -> Path:
+                count: int = 8) -> explain.Explained:
         """What the model looks at (:func:`imgclf.explanations.explain`: Grad-CAM, or saliency where Grad-CAM
         does not apply) on ``count`` fixed test images, clean and adversarial, for the report.
 
@@ -281,7 +281,8 @@ class Run(RunParts):
         where there is one); without an evaluation, test images chosen the same way, clean only. Each map
         explains the class the model predicts for that image.
 
-        Writes ``explanations.npz``; returns its path.
+        Writes ``explanations.npz``; returns it with its figure (:class:`imgclf.stages.explain.Explained`: ``.path``,
+        ``.figure()``; in Jupyter, the images and their heat maps).
 
         Raises:
             UsageError: On an eps the evaluation did not attack at, an unknown method or layer, or Captum

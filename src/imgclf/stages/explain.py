@@ -3,24 +3,59 @@
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from imgclf import record
 from imgclf.errors import UsageError
 from imgclf.evaluation import logits_of
 from imgclf.record import Metrics, read_metrics
+from imgclf.report.plots import explanation_figure
 from imgclf.stages.parts import RunParts
 
 
+@dataclass
+class Explained:
+    """What :func:`explain_images` wrote: ``explanations.npz`` at :attr:`path`, and its maps drawn as the report
+    draws them (Jupyter shows the figure; ``os.fspath`` and ``str`` give the path).
+
+    Attributes:
+        path: ``explanations.npz``. arrays: Its arrays (see :func:`imgclf.report.plots.explanation_figure`).
+        class_names: The ``K`` class names, for the predictions.
+    """
+
+    path: Path
+    arrays: dict[str, np.ndarray]
+    class_names: list[str]
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def figure(self) -> Figure:
+        """The images with their heat maps, clean and (where attacked) adversarial, with the predictions."""
+        eps = f"{float(self.arrays['eps']):g}" if "eps" in self.arrays else ""
+        return explanation_figure(self.arrays, self.class_names, eps_text=eps)
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=90)
+        return buffer.getvalue()
+
+
 def explain_images(parts: RunParts, *, eps: float | None = None, method: str = "auto", layer: str | None = None,
-                   count: int = 8) -> Path:
+                   count: int = 8) -> Explained:
     """Saliency maps (:func:`imgclf.explanations.explain`: Grad-CAM, or saliency where Grad-CAM does not apply)
     on ``count`` fixed test images, clean and adversarial (see :meth:`imgclf.pipeline.Run.explain`); writes
-    ``explanations.npz`` and returns its path.
+    ``explanations.npz`` and returns it as :class:`Explained` (its figure in Jupyter).
 
     Raises:
         UsageError: On an eps the evaluation did not attack at, an unknown method or layer, or Captum missing.
@@ -42,7 +77,7 @@ def explain_images(parts: RunParts, *, eps: float | None = None, method: str = "
     where = f" ({before.layer})" if before.layer else ""
     parts.log(f"explanations: {before.method}{where} on {len(clean)} test images"
               + (f", clean and adversarial at eps {float(arrays['eps']):g}" if adversarial is not None else ""))
-    return folder.file(record.EXPLANATIONS)
+    return Explained(folder.file(record.EXPLANATIONS), arrays, list(parts.data.spec.class_names))
 
 
 def _chosen(parts: RunParts, metrics: Metrics, eps: float | None, count: int
