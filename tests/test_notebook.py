@@ -82,6 +82,13 @@ def test_a_failed_check_is_an_alert_with_what_to_try(tmp_path):
     html = report._repr_html_()
     assert "linf threat model" in html and "&#9888;" in html
     assert f"{len(report.failed_checks)} sanity check(s) failed" in html and "what to try" in html
+    # in Python the advice is Python (no run folder to name in a command)
+    assert any("imgclf.evaluate_robustness(model, images, labels, surrogate=stand_in)" in note
+               for note in report.advice) and not any("imgclf attack" in note for note in report.advice)
+    again = imgclf.evaluate_robustness(model, images, model(images).argmax(1), attacks=["fgsm"], eps=[0.1],
+                                       minimal_norm=False, quiet=True, surrogate=model.net)
+    transfer = next(c for c in again.checks if c["name"] == "transfer beats the evaluation")
+    assert transfer["status"] != "not run"
     assert len(repr(report)) < 400
     page = (report.save(tmp_path / "saved") / "report.html").read_text()
     top = page[:page.index('<nav class="toc"')]  # the report opens with the alert, before its contents

@@ -63,7 +63,7 @@ class RobustnessReport:
         """What to try where a check failed or the plan did not converge (:func:`imgclf.attacks.checks.advice`)."""
         from imgclf.attacks.checks import advice
 
-        return advice(self.checks, self.result.plan)
+        return advice(self.checks, self.result.plan, python=True)
 
     @property
     def minimal_norm(self) -> MinimalNorm | None:
@@ -136,6 +136,7 @@ def evaluate_robustness(
     class_names: Sequence[str] | None = None,
     plan_tolerance: float = PLAN_TOLERANCE,
     minimal_norm: bool = True,
+    surrogate: torch.nn.Module | None = None,
     quiet: bool = False,
     **options: Any,
 ) -> RobustnessReport:
@@ -162,6 +163,9 @@ def evaluate_robustness(
             (``report.minimal_norm``).
         device: Where to compute; None: the model's device.
         class_names: Names of the ``K`` classes (for the run folder); None: ``"0"``, ``"1"``, ...
+        surrogate: A differentiable stand-in for ``model`` (the same network without a non-differentiable part)
+            on which the transfer check makes its adversarial examples; None: ``model`` with its unknown
+            parameter-free modules replaced by the identity.
         quiet: No progress bar (it shows in a notebook, and on a terminal).
 
     Returns:
@@ -191,7 +195,7 @@ def evaluate_robustness(
         result = robustness(model, images, labels.long(), attacks=list(settings.attacks),
                             eps_values=settings.eps_values, device=target, batch_size=batch_size, seed=seed,
                             plan=list(settings.plan), tolerance=settings.config.attack.plan_tolerance,
-                            minimal_norm=settings.minimal_norm, progress=advance)
+                            minimal_norm=settings.minimal_norm, surrogate=surrogate, progress=advance)
     rows = [{"attack": e.attack, "eps": e.eps, "accuracy": e.accuracy, "success_rate": e.success_rate,
              "forwards_per_example": e.forwards_per_example, "backwards_per_example": e.backwards_per_example,
              "seconds": e.seconds}

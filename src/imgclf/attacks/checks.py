@@ -375,7 +375,7 @@ def _classes(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> t
     return batched_logits(model, images, batch_size).argmax(1)
 
 
-def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN") -> list[str]:
+def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN", *, python: bool = False) -> list[str]:
     """What to try when the evaluation is not conclusive: a check failed, or the converging plan stopped
     without converging. One sentence each with the command (``run`` stands for the run folder), fitted to the
     failure: a black-box or transferred attack that beats the gradients points to masked gradients (attack a
@@ -386,6 +386,8 @@ def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN") -> l
         checks: The sanity checks (:func:`sanity_checks`' dicts).
         plan: The plan's outcomes per eps (:class:`imgclf.attacks.results.PlanOutcome`), possibly empty.
         run: How the run folder is named in the commands.
+        python: Say what to try as arguments of :func:`imgclf.evaluate_robustness` rather than as commands (for a
+            model evaluated from Python, without a run folder).
 
     Returns:
         Sentences, most telling first; empty when every check passed and the plan converged.
@@ -401,21 +403,30 @@ def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN") -> l
         return False
 
     black_still, white_still = still_finding(False), still_finding(True)
+
+    def call(flags: str, arguments: str) -> str:
+        return f"imgclf.evaluate_robustness(model, images, labels, {arguments})" if python else \
+            f"imgclf attack {run} {flags}"
+
     notes = []
     if failed & {"white-box beats black-box", "transfer beats the evaluation", "gradients",
                  "large eps breaks the model"} or black_still:
         notes.append("The model resists gradient attacks: searches without its gradients find what they miss "
                      "(masked or obfuscated gradients), so its robust accuracy is lower than the gradient rows say. "
-                     f"Attack through a differentiable stand-in and transfer (imgclf attack {run} --surrogate "
-                     "OTHER_RUN, a run of the same network without the non-differentiable part), and let the "
-                     f"black-box search run longer (imgclf attack {run} --attack square --queries 20000 --cascade).")
+                     "Attack through a differentiable stand-in and transfer ("
+                     + call("--surrogate OTHER_RUN", "surrogate=stand_in")
+                     + ", the same network without the non-differentiable part), and let the black-box search run "
+                     "longer (" + call("--attack square --queries 20000 --cascade",
+                                       'attacks=["square"], queries=20000') + ").")
     if "attack converged" in failed or white_still:
         notes.append("The gradient search has not converged: a longer one still finds examples. Run the whole "
-                     f"ensemble with restarts (imgclf attack {run} --preset full --restarts 5 --cascade).")
+                     "ensemble with restarts (" + call("--preset full --restarts 5 --cascade",
+                                                        'attacks=["full"], restarts=5') + ").")
     if "pgd beats fgsm" in failed or "accuracy falls with eps" in failed:
         notes.append("The attacks behave inconsistently (PGD weaker than FGSM, or accuracy rising with eps), a sign "
-                     f"of a loss surface the steps cannot climb: try the DLR loss (imgclf attack {run} --attack "
-                     "apgd-dlr,apgd-t) and a surrogate as above.")
+                     "of a loss surface the steps cannot climb: try the DLR loss ("
+                     + call("--attack apgd-dlr,apgd-t", 'attacks=["apgd-dlr", "apgd-t"]') + ") and a surrogate as "
+                     "above.")
     if any("EOT" in check["detail"] for check in checks if check["name"] == "randomness") and notes:
         notes.append("The model is randomized: every attack already averaged several passes (EOT); a randomized "
                      "defense needs the attacks above on that average, which imgclf does for you.")
