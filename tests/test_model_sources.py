@@ -268,7 +268,7 @@ def test_evaluate_robustness_on_any_module_returns_plain_tables_html_and_a_run_f
         ("fgsm", 0.0), ("pgd", 0.0), ("worst-case", 0.0), ("fgsm", 0.1), ("pgd", 0.1), ("worst-case", 0.1)]
     assert report.worst_case[0.0] == report.clean_accuracy > 0.8 and report.worst_case[0.1] < report.clean_accuracy
     assert json.loads(json.dumps(report.rows)) == report.rows  # plain data
-    assert "<table>" in report._repr_html_() and "transfer beats the evaluation" in report._repr_html_()
+    assert "<table" in report._repr_html_() and "transfer beats the evaluation" in report._repr_html_()
     out = report.save(tmp_path / "saved")
     assert (out / "report.html").is_file() and cli(["report", str(out)]) == 0
     assert read_metrics(out).latest.worst_case()[-1].accuracy == report.worst_case[0.1]
