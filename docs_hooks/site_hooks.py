@@ -124,15 +124,23 @@ def cli_reference() -> str:
     """Every command's ``--help``, as ``imgclf COMMAND --help`` prints it."""
     from imgclf.cli import build_parser
 
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    parts = ["## imgclf", "", "```text", parser.format_help().rstrip(), "```"]
-    for name, sub in commands.choices.items():
-        parts += ["", f"## imgclf {name}", "", "```text", sub.format_help().rstrip(), "```"]
-        for inner in (a for a in sub._actions if isinstance(a, argparse._SubParsersAction)):
-            for inner_name, inner_parser in inner.choices.items():
-                parts += ["", f"### imgclf {name} {inner_name}", "", "```text", inner_parser.format_help().rstrip(),
-                          "```"]
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: the page is as wide on any machine
+    try:
+        parser = build_parser()
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parts = ["## imgclf", "", "```text", parser.format_help().rstrip(), "```"]
+        for name, sub in commands.choices.items():
+            parts += ["", f"## imgclf {name}", "", "```text", sub.format_help().rstrip(), "```"]
+            for inner in (a for a in sub._actions if isinstance(a, argparse._SubParsersAction)):
+                for inner_name, inner_parser in inner.choices.items():
+                    parts += ["", f"### imgclf {name} {inner_name}", "", "```text",
+                              inner_parser.format_help().rstrip(), "```"]
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
     return "\n".join(parts)
 
 
@@ -166,8 +174,6 @@ TABLES: dict[str, Callable[[], str]] = {
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     """Replace every ``{{ registry: NAME }}`` line of a page with its table."""
-    os.environ.setdefault("COLUMNS", "100")  # argparse wraps help to the terminal; the page is as wide on any machine
-
     def table(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in TABLES:
