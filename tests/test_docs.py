@@ -42,9 +42,10 @@ def site(tmp_path_factory):
     DATASETS["docs-toy-data"] = dataclasses.replace(DATASETS["digits"], name="docs-toy-data",
                                                     summary="a data set the documentation test registers")
     out = tmp_path_factory.mktemp("site")
-    os.environ["NO_MKDOCS_2_WARNING"] = "1"
     try:
-        build(load_config(str(ROOT / "mkdocs.yml"), site_dir=str(out), strict=True))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("NO_MKDOCS_2_WARNING", "1")  # (Material's notice of its successor)
+            build(load_config(str(ROOT / "mkdocs.yml"), site_dir=str(out), strict=True))
     finally:
         unregister_recipe("docs-toy-recipe")
         unregister_corruption("docs-toy-corruption")
