@@ -391,9 +391,7 @@ class Metrics:
         if certification is not None:
             rows.append([f"certified (L2, sigma {certification.sigma:.4g})",
                          ", ".join(f"{row.certified:.4f} at radius {row.radius:.4g}" for row in certification.rows)])
-        failed = [f"{check['name']}: {check['detail']}" for check in (self.attack.checks if self.attack else [])
-                  if check["status"] == "failed"]
-        return ResultHTML(title, tables=[Table(["", ""], rows)], warnings=failed)
+        return ResultHTML(title, tables=[Table(["", ""], rows)], warnings=self.attack.warnings if self.attack else [])
 
     def _repr_html_(self) -> str:
         return self.html("metrics.json").render()

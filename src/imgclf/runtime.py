@@ -121,20 +121,16 @@ def progress(*, quiet: bool = False, **options: Any) -> tqdm:
     Returns:
         The bar (a context manager; ``update(n)``, ``set_description``, ``total`` as tqdm's).
     """
-    if quiet:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
+    if quiet:
         return tqdm(disable=True, **options)
     if in_notebook():
         if importlib.util.find_spec("ipywidgets") is not None:
             from tqdm.notebook import tqdm as notebook_bar
 
             return notebook_bar(**options)
-        from tqdm import tqdm
-
         return tqdm(disable=False, file=sys.stdout, **options)  # carriage returns redraw it in the cell
-    from tqdm import tqdm
-
     return tqdm(disable=None, dynamic_ncols=True, **options)  # None: only on a terminal
 
 
