@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import SHARED_DATA, shared_data
 from imgclf.attacks import pgd
 from imgclf.cli import main
 from imgclf.config import AdversarialConfig, DataConfig, TrainConfig, load_config
@@ -226,8 +227,78 @@ def test_catastrophic_overfitting_stops_fgsm_rs_and_keeps_the_epoch_before(digit
     assert any("catastrophic overfitting" in line and "keeps epoch 2" in line for line in lines)
 
 
-def test_resume_gives_the_uninterrupted_adversarial_weights(digits):
-    config, adversarial = TrainConfig(epochs=2, batch_size=64), _adversarial("pgd", warmup_epochs=1.5)
+def test_the_guard_also_fires_on_fgsm_far_above_pgd_once_the_warm_up_is_over():
+    """The second signature: FGSM accuracy rising far above PGD's, counted only once eps stops rising."""
+    warming = [{"epoch": 1, "train_eps": 0.15, "robust_val_accuracy": 0.1, "fgsm_val_accuracy": 0.3},
+               {"epoch": 2, "train_eps": 0.3, "robust_val_accuracy": 0.12, "fgsm_val_accuracy": 0.6}]
+    assert catastrophic_overfitting(warming) is None  # the warm-up's gap: the anchor model's epoch 2 looks so
+    gap = warming + [{"epoch": 3, "progress": 2.5, "train_eps": 0.3, "robust_val_accuracy": 0.15,
+                      "fgsm_val_accuracy": 0.7}]
+    reason = catastrophic_overfitting(gap)
+    assert "epoch 3 (2.50 epochs in)" in reason and "0.5500 above PGD's 0.1500" in reason
+    healthy = warming + [{"epoch": 3, "train_eps": 0.3, "robust_val_accuracy": 0.5, "fgsm_val_accuracy": 0.7}]
+    assert catastrophic_overfitting(healthy) is None
+    assert catastrophic_overfitting(gap, gap=0.6) is None
+    fell = warming + [{"epoch": 3, "train_eps": 0.3, "robust_val_accuracy": 0.15, "fgsm_val_accuracy": 0.55}]
+    assert catastrophic_overfitting(fell) is None  # FGSM did not rise
+
+
+_HEALTHY = [{"robust_val_accuracy": 0.5, "fgsm_val_accuracy": 0.6},
+            {"robust_val_accuracy": 0.6, "fgsm_val_accuracy": 0.65}]
+_COLLAPSE = {"robust_val_accuracy": 0.02, "fgsm_val_accuracy": 0.9}
+
+
+def test_rollback_goes_back_to_the_last_good_epoch_and_trains_on(digits, monkeypatch):
+    scripted = [*_HEALTHY, _COLLAPSE, {"robust_val_accuracy": 0.62, "fgsm_val_accuracy": 0.66},
+                {"robust_val_accuracy": 0.63, "fgsm_val_accuracy": 0.67}]
+    monkeypatch.setattr("imgclf.training.RobustValidation", lambda *args, **kwargs: _Scripted(scripted))
+    lines, states = [], []
+    result = fit(_model(digits), digits, TrainConfig(epochs=4, batch_size=64), augment="none", device=CPU, seed=0,
+                 log=lines.append, quiet=True, adversarial=_adversarial("fgsm-rs", on_overfit="rollback"),
+                 adversarial_eps=0.1, on_epoch=lambda result, state: states.append(state))
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4] and not result.stopped_early
+    assert [row["robust_val_accuracy"] for row in result.history] == [0.5, 0.6, 0.62, 0.63]
+    assert result.catastrophic_overfitting is None and result.best_epoch == 4
+    assert len(result.overfit_events) == 1 and "rolled back to the end of epoch 2" in result.overfit_events[0]
+    assert [probe["kept"] for probe in result.probes] == [1, 1, 0, 1, 1]  # the collapsed epoch's probe is kept aside
+    assert any(line.startswith("warning: catastrophic overfitting in epoch 3") for line in lines)
+    # the retrained epoch 3 started from epoch 2's weights but drew other batches than the collapsed one
+    assert [state["epoch"] for state in states] == [1, 2, 3, 4]
+    assert states[-1]["overfit"]["retries_used"] == 1
+
+
+def test_restart_halves_the_step_and_stops_when_the_retries_are_spent(digits, monkeypatch):
+    scripted = [*_HEALTHY, _COLLAPSE, _COLLAPSE]
+    monkeypatch.setattr("imgclf.training.RobustValidation", lambda *args, **kwargs: _Scripted(scripted))
+    steps = []
+    monkeypatch.setattr(Adversary, "perturb", lambda self, images, labels: steps.append(self.step_scale) or images)
+    lines = []
+    result = fit(_model(digits), digits, TrainConfig(epochs=5, batch_size=64), augment="none", device=CPU, seed=0,
+                 log=lines.append, quiet=True, adversarial=_adversarial("fgsm-rs", on_overfit="restart",
+                                                                        overfit_retries=1), adversarial_eps=0.1)
+    per_epoch = len(steps) // 4  # epochs 1, 2, 3 (collapsed), 3 again
+    assert set(steps[:3 * per_epoch]) == {1.0} and set(steps[3 * per_epoch:]) == {0.5}
+    assert result.stopped_early and result.best_epoch == 2 and len(result.history) == 3
+    assert "step size x0.5 (1 of 1)" in result.overfit_events[0]
+    assert "catastrophic overfitting in epoch 3" in result.catastrophic_overfitting
+    assert any("training stops after 1 restart and keeps epoch 2" in line for line in lines)
+
+
+def test_a_probe_inside_an_epoch_stops_training_where_the_collapse_happens(digits, monkeypatch):
+    """Digits: 18 batches of 64 an epoch; a probe every 6 steps gives 3 probes an epoch (the last the epoch's)."""
+    scripted = [*_HEALTHY, {"robust_val_accuracy": 0.62, "fgsm_val_accuracy": 0.66}, _COLLAPSE]
+    monkeypatch.setattr("imgclf.training.RobustValidation", lambda *args, **kwargs: _Scripted(scripted))
+    result = fit(_model(digits), digits, TrainConfig(epochs=3, batch_size=64), augment="none", device=CPU, seed=0,
+                 log=lambda line: None, quiet=True, adversarial=_adversarial("fgsm-rs", probe_every=6),
+                 adversarial_eps=0.1)
+    assert len(result.history) == 1 and result.best_epoch == 1 and result.stopped_early
+    assert "catastrophic overfitting in epoch 2 (1.33 epochs in)" in result.catastrophic_overfitting
+    assert [round(probe["progress"], 2) for probe in result.probes] == [0.33, 0.67, 1.0, 1.33]
+
+
+@pytest.mark.parametrize("recipe", ["pgd", "fgsm-rs", "n-fgsm", "gradalign"])
+def test_resume_gives_the_uninterrupted_adversarial_weights(digits, recipe):
+    config, adversarial = TrainConfig(epochs=2, batch_size=64), _adversarial(recipe, warmup_epochs=1.5)
     saved = []
 
     def save(result, state):  # serialised at once, as the pipeline does (the optimizer's state lives on)
@@ -282,3 +353,30 @@ def test_bad_adversarial_settings_get_one_clear_error(tmp_path, capsys):
                  "--out", str(tmp_path / "zero")]) == 2
     assert "eps 0 is standard training" in capsys.readouterr().err
     assert not (tmp_path / "zero").exists()
+
+
+def _mnist_training(tmp_path, recipe, *flags):
+    """3,000 MNIST training images at eps 0.3, probed every 20 of the 47 steps an epoch: a small data set on
+    which FGSM-RS (the clamped start) overfits catastrophically within two epochs and N-FGSM does not."""
+    from imgclf.record import PROBES, read_metrics
+
+    shared_data("MNIST")
+    out = tmp_path / recipe
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(SHARED_DATA), "--train-examples", "3000",
+                 "--model", "simple-cnn", "--epochs", "4", "--adversarial", recipe, "--adv-eps", "0.3",
+                 "--robust-val-examples", "200", "--overfit-probe-every", "20", *flags, "--out", str(out),
+                 "--quiet"]) == 0
+    adversarial = read_metrics(out).training.adversarial
+    return adversarial, (out / PROBES).read_text().splitlines()
+
+
+def test_the_monitor_catches_a_real_collapse_and_restarts_with_a_smaller_step(tmp_path):
+    adversarial, probes = _mnist_training(tmp_path, "fgsm-rs", "--on-overfit", "restart")
+    assert adversarial.recoveries and "restarted from the end of epoch" in adversarial.recoveries[0]
+    assert any(line.endswith(",0.0") for line in probes[1:])  # the probes of the epoch given up, kept aside
+
+
+def test_the_monitor_stays_quiet_on_a_healthy_run(tmp_path):
+    adversarial, probes = _mnist_training(tmp_path, "n-fgsm", "--on-overfit", "restart")
+    assert adversarial.recoveries == [] and adversarial.catastrophic_overfitting is None
+    assert len(probes) == 1 + 4 * 3  # the header, and 3 probes an epoch (steps 20, 40 and the epoch's end)

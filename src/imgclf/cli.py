@@ -224,6 +224,21 @@ def _add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
           help="validation images whose PGD accuracy picks the checkpoint")
     _flag(group, "--robust-val-steps", dest="adversarial.val_steps", metavar="N",
           help="PGD steps of that robust validation")
+    _flag(group, "--on-overfit", dest="adversarial.on_overfit", metavar="ACTION",
+          help="when the single-step recipes' guard sees catastrophic overfitting: stop and keep the best epoch, "
+               "rollback to the last good epoch and train on with fresh random draws, or restart the epoch from "
+               "there with half the attack's step size")
+    _flag(group, "--overfit-retries", dest="adversarial.overfit_retries", metavar="N",
+          help="rollbacks or restarts before training stops")
+    _flag(group, "--overfit-probe-every", dest="adversarial.probe_every", metavar="STEPS",
+          help="also run the robust validation every STEPS optimizer steps, so a collapse inside an epoch is "
+               "caught where it happens (0: after every epoch alone)")
+    _flag(group, "--overfit-drop", dest="adversarial.overfit_drop", metavar="FALL",
+          help="the guard fires when PGD validation accuracy falls more than FALL below its best while FGSM's "
+               "rises")
+    _flag(group, "--overfit-gap", dest="adversarial.overfit_gap", metavar="GAP",
+          help="the guard also fires when FGSM validation accuracy rises to more than GAP above PGD's once the "
+               "eps warm-up is over")
 
 
 def _add_attack_flags(parser: argparse.ArgumentParser) -> None:

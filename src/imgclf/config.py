@@ -43,7 +43,7 @@ from imgclf.attacks.registry import (
 from imgclf.constraints import CountOrAll, Interval, Options, OrWord, check_fields, setting
 from imgclf.corruptions.registry import SeveritySetting, corruption_choices
 from imgclf.data.augment import AugmentSetting
-from imgclf.defenses.recipes import DEFAULT_BETA, OVERFIT_DROP, recipe_choices
+from imgclf.defenses.recipes import DEFAULT_BETA, OVERFIT_ACTIONS, OVERFIT_DROP, OVERFIT_GAP, recipe_choices
 from imgclf.errors import UsageError, unknown_choice
 from imgclf.models.registry import resolve_options as model_options
 from imgclf.models.source import ModelSource, parse_source
@@ -230,7 +230,11 @@ class AdversarialConfig:
     warmup_epochs: float | None = setting(None, _NON_NEGATIVE)  # eps rises from 0 over these; None: 20% of them
     val_examples: int = setting(1000, _COUNT)  # fixed validation subset whose robust accuracy picks the checkpoint
     val_steps: int = setting(10, _STEPS)  # PGD steps of that robust validation
-    overfit_drop: float = setting(OVERFIT_DROP, Interval(float, 0, 1, "right"))  # fgsm-rs, n-fgsm guard: PGD val fall
+    overfit_drop: float = setting(OVERFIT_DROP, Interval(float, 0, 1, "right"))  # single-step guard: PGD val fall
+    overfit_gap: float = setting(OVERFIT_GAP, Interval(float, 0, 1, "right"))  # single-step guard: FGSM above PGD
+    on_overfit: str = setting("stop", Options("catastrophic-overfitting action", OVERFIT_ACTIONS))
+    overfit_retries: int = setting(2, Interval(int, 1, 100))  # rollbacks or restarts before training stops
+    probe_every: int = setting(0, Interval(int, 0, None))  # also probe every N optimizer steps; 0: after epochs
     noise: float = setting(2.0, Interval(float, 0, 100))  # n-fgsm: the start's radius, a multiple of eps
     grad_align: float = setting(0.2, _NON_NEGATIVE)  # gradalign: the weight of the gradient-alignment term
     clip_start: bool = True  # fgsm-rs: clamp the random start to [0, 1] before its gradient (False: Wong's MNIST code)

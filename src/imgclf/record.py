@@ -68,6 +68,7 @@ WEIGHTS = "model.safetensors"
 MODEL_INFO = "model.json"
 SPLITS = "splits.npz"
 HISTORY = "history.csv"
+PROBES = "probes.csv"  # adversarial training: every robust validation, inside epochs too (adversarial.probe_every)
 LR_FIND = "lr_find.csv"
 METRICS = "metrics.json"
 TRAIN_STATE = "train_state.pt"
@@ -107,7 +108,8 @@ class DataCounts:
 class AdversarialTraining:
     """``training.adversarial``: the recipe, its radius in pixel units, and what the robust validation found;
     ``kept_eps`` is the largest eps the kept model was trained at (less than ``eps`` where the eps warm-up
-    had not ended by the kept epoch; None in runs of earlier releases)."""
+    had not ended by the kept epoch; None in runs of earlier releases); ``recoveries`` says, for each catastrophic
+    overfitting that training rolled back or restarted from (``adversarial.on_overfit``), what was seen and done."""
 
     recipe: str
     eps: float
@@ -115,6 +117,7 @@ class AdversarialTraining:
     best_robust_val_accuracy: float | None
     catastrophic_overfitting: str | None = None
     kept_eps: float | None = None
+    recoveries: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -456,6 +459,8 @@ class TrainState:
         optimizer_steps: Steps logged to TensorBoard so far. schema_version: :data:`SCHEMA_VERSION`.
         epochs: The run's length when the state was saved (None in states of earlier releases): a
             ``config.yaml`` that asks for more records an extension that has not yet saved an epoch.
+        overfit: The catastrophic-overfitting monitor's probes, events and retries
+            (:meth:`imgclf.defenses.OverfitMonitor.state_dict`); None without adversarial training.
     """
 
     epoch: int
@@ -478,6 +483,7 @@ class TrainState:
     optimizer_steps: int = 0
     schema_version: int = SCHEMA_VERSION
     epochs: int | None = None
+    overfit: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The state as the plain dict ``torch.save`` writes (tensors are not copied)."""

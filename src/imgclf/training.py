@@ -13,6 +13,7 @@ Under ``torchrun`` it trains with distributed data parallel (see
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import time
@@ -29,6 +30,7 @@ from imgclf.config import AdversarialConfig, TrainConfig
 from imgclf.data.batches import iterate_batches, num_batches
 from imgclf.data.containers import DataSplits
 from imgclf.defenses import Adversary, RobustValidation, warmup_steps
+from imgclf.defenses.monitor import Collapsed, OverfitMonitor, next_step_scale
 from imgclf.distributed import Distributed
 from imgclf.errors import TrainingDivergedError, UsageError, first_line
 from imgclf.evaluation import loss_and_accuracy
@@ -276,8 +278,11 @@ class TrainResult:
         best_val_accuracy: Its validation accuracy.
         best_robust_val_accuracy: Its robust validation accuracy (None without
             adversarial training).
-        catastrophic_overfitting: Why the recipe's guard stopped training (FGSM-RS: catastrophic
-            overfitting), or None.
+        catastrophic_overfitting: Why the recipe's guard stopped training (the single-step recipes:
+            catastrophic overfitting), or None.
+        probes: Adversarial training: every robust validation, after each epoch and inside epochs
+            (:attr:`imgclf.defenses.OverfitMonitor.probes`).
+        overfit_events: Each rollback or restart after catastrophic overfitting, in a sentence.
         seconds: Total training wall time, validation included (over all
             sessions of a resumed run).
         stopped_early: True when early stopping ended the run.
@@ -290,6 +295,8 @@ class TrainResult:
     stopped_early: bool = False
     best_robust_val_accuracy: float | None = None
     catastrophic_overfitting: str | None = None
+    probes: list[dict[str, float]] = field(default_factory=list)
+    overfit_events: list[str] = field(default_factory=list)
 
 
 def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -341,6 +348,7 @@ class _Loop:
     backbone: list[nn.Parameter] = field(default_factory=list)  # fine-tuning: what freezing stops
     backbone_bn: list[nn.Module] = field(default_factory=list)  # fine-tuning: the backbone's BatchNorm layers
     frozen_bn: list[nn.Module] = field(default_factory=list)  # kept in eval mode this epoch
+    monitor: OverfitMonitor | None = None  # adversarial training: the probes and the catastrophic-overfitting guard
 
     @property
     def evaluated(self) -> nn.Module:
@@ -362,19 +370,24 @@ class _Loop:
             best_val_accuracy=result.best_val_accuracy, seconds=result.seconds,
             best_robust_val_accuracy=result.best_robust_val_accuracy,
             adversary=self.adversary.state_dict() if self.adversary is not None else None,
+            overfit=self.monitor.state_dict() if self.monitor is not None else None,
         ).to_dict()
 
-    def restore(self, state: dict[str, Any], *, schedule: bool = True
+    def restore(self, state: dict[str, Any], *, schedule: bool = True, streams: bool = True
                 ) -> tuple[TrainResult, dict[str, torch.Tensor], int, int]:
         """Load a :meth:`state`; returns the result so far, the best weights, the next epoch and the stale count.
 
         Args:
             schedule: Load the learning-rate schedule's position too (False: the caller builds a new one).
+            streams: Load the random streams (batch order, global, the adversary's) too (False: they go on
+                from where they are, as after a rollback, which must not replay the collapse).
 
         Raises:
             UsageError: If the state is not this model's and these settings' (other shapes, another
                 optimizer or schedule, random states that are not generator states).
         """
+        kept = (self.order.get_state(), torch.get_rng_state(),
+                self.adversary.generator.get_state() if self.adversary is not None else None)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -388,6 +401,11 @@ class _Loop:
             torch.set_rng_state(state["torch_rng"])
             if self.adversary is not None:
                 self.adversary.load_state_dict(state["adversary"])
+            if not streams:
+                self.order.set_state(kept[0])
+                torch.set_rng_state(kept[1])
+                if self.adversary is not None and kept[2] is not None:
+                    self.adversary.generator.set_state(kept[2])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise UsageError(f"the training state does not belong to this run's model and settings "
                              f"({first_line(error)}); start the run again instead of resuming it") from None
@@ -415,9 +433,14 @@ class _Loop:
 
     def epoch(self, epoch: int, data: DataSplits, config: TrainConfig, *, augment: str, device: torch.device,
               dist: Distributed, quiet: bool, on_step: Callable[[torch.Tensor, float], None] | None
-              ) -> tuple[dict[str, float], float]:
-        """Train one epoch and validate: the history row without ``lr`` and ``seconds``, and the seconds of
-        the training pass alone."""
+              ) -> tuple[dict[str, float], float, str | None]:
+        """Train one epoch and validate: the history row without ``lr`` and ``seconds``, the seconds of
+        the training pass alone, and the guard's sentence where the epoch's last probe sees catastrophic
+        overfitting.
+
+        Raises:
+            Collapsed: Where a probe inside the epoch (``adversarial.probe_every``) sees it.
+        """
         began = time.perf_counter()
         self.model.train()
         for module in self.frozen_bn:
@@ -434,7 +457,8 @@ class _Loop:
             loss_sum, correct, seen = train_one_epoch(
                 self.train_model, batches, optimizer=self.optimizer, schedule=self.schedule, loss_fn=self.loss_fn,
                 progress=bar, mixing=self.mixing, amp_dtype=self.amp_dtype, scaler=self.scaler,
-                grad_clip=config.grad_clip, ema=self.ema, on_step=on_step, adversary=self.adversary,
+                grad_clip=config.grad_clip, ema=self.ema, on_step=self.probing(epoch, on_step),
+                adversary=self.adversary,
             )
         total_loss, total_correct, seen = dist.sum(loss_sum, correct, seen)  # over all processes
         train_loss, train_acc = (total_loss / seen, total_correct / seen) if seen else (math.nan, math.nan)
@@ -443,10 +467,57 @@ class _Loop:
         val_loss, val_acc = loss_and_accuracy(self.evaluated, data.val, batch_size=512, device=device)
         row: dict[str, float] = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                                  "val_loss": val_loss, "val_accuracy": val_acc}
+        collapse = None
         if self.robust_val is not None and self.adversary is not None:
-            row.update(self.robust_val(self.evaluated, extra=self.adversary.recipe.validation_attacks),
-                       train_eps=self.adversary.last_eps)
-        return row, train_seconds
+            found, collapse = self.probe(epoch, self.steps)
+            row.update(found)
+        if self.monitor is not None and self.monitor.pending is not None:
+            collapse, self.monitor.pending = self.monitor.pending, None
+        return row, train_seconds, collapse
+
+    def probe(self, epoch: int, step: int) -> tuple[dict[str, float], str | None]:
+        """The robust validation ``step`` optimizer steps into ``epoch``: ``robust_val_accuracy``, the recipe's
+        extra attacks' accuracies and ``train_eps``, and the guard's sentence where the probes so far show
+        catastrophic overfitting. The model is validated in eval mode and left in the mode it was in."""
+        if self.robust_val is None or self.adversary is None:
+            raise ValueError("probes are taken under adversarial training only")
+        training = self.model.training
+        self.evaluated.eval()
+        found = self.robust_val(self.evaluated, extra=self.adversary.recipe.validation_attacks)
+        if training:
+            self.model.train()
+            for module in self.frozen_bn:
+                module.eval()
+        eps = self.adversary.last_eps
+        collapse = None if self.monitor is None else \
+            self.monitor.record(found, epoch=epoch, progress=epoch - 1 + step / self.steps, step=step, train_eps=eps)
+        return {**found, "train_eps": eps}, collapse
+
+    def probing(self, epoch: int, on_step: Callable[[torch.Tensor, float], None] | None
+                ) -> Callable[[torch.Tensor, float], None] | None:
+        """``on_step`` with a probe every ``adversarial.probe_every`` optimizer steps inside ``epoch`` (not at its
+        last step, which the epoch's own validation probes) that raises :class:`Collapsed` when the guard fires
+        (in the first epoch under ``stop``, with no epoch to keep yet, the epoch ends first)."""
+        monitor = self.monitor
+        every = monitor.every if monitor is not None else 0
+        if not every:
+            return on_step
+        done = 0
+
+        def step(loss: torch.Tensor, lr: float) -> None:
+            nonlocal done
+            if on_step is not None:
+                on_step(loss, lr)
+            done += 1
+            if done % every == 0 and done < self.steps:
+                collapse = self.probe(epoch, done)[1]
+                if collapse is None or monitor is None:
+                    return
+                if epoch > 1 or monitor.recovers:
+                    raise Collapsed(collapse)
+                monitor.pending = monitor.pending or collapse
+
+        return step
 
 
 def _build_loop(model: nn.Module, data: DataSplits, config: TrainConfig, *, balance: str, device: torch.device,
@@ -473,7 +544,7 @@ def _build_loop(model: nn.Module, data: DataSplits, config: TrainConfig, *, bala
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    adversary = robust_val = None
+    adversary = robust_val = monitor = None
     if adversarial is not None and adversarial.enabled:
         if adversarial_eps is None:
             raise ValueError("adversarial training needs adversarial_eps, the radius in pixel units "
@@ -484,10 +555,12 @@ def _build_loop(model: nn.Module, data: DataSplits, config: TrainConfig, *, bala
                               seed=seed + 1 + dist.rank, device=device)
         robust_val = RobustValidation(data.val, examples=adversarial.val_examples, eps=adversarial_eps, norm=norm,
                                       steps=adversarial.val_steps, seed=seed, device=device)
+        monitor = OverfitMonitor(adversary.recipe.guard, adversarial.on_overfit, adversarial.overfit_retries,
+                                 adversarial.probe_every)
     order = generator(seed)
     torch.manual_seed(seed)  # dropout and MixUp/CutMix draw from the global generator
     loop = _Loop(model, train_model, optimizer, schedule, loss_fn, steps, memory_format, sample_weights, ema, mixing,
-                 amp_dtype, scaler, adversary, robust_val, order)
+                 amp_dtype, scaler, adversary, robust_val, order, monitor=monitor)
     if config.freeze_epochs:
         head = head_parameter_names(model)
         head_modules = {name.rsplit(".", 1)[0] for name in head}
@@ -578,6 +651,8 @@ def fit(
     restart = extend and config.schedule != "step"
     result, best_state, start_epoch, stale = (TrainResult(), None, 1, 0) if resume is None else \
         loop.restore(resume, schedule=not restart)
+    if resume is not None and loop.monitor is not None:
+        loop.monitor.load_state_dict(resume.get("overfit"))
     if extend:
         stale = 0
         if restart:
@@ -596,10 +671,14 @@ def _train_epochs(loop: _Loop, model: nn.Module, data: DataSplits, config: Train
                   on_epoch: Callable[[TrainResult, dict[str, Any]], None] | None,
                   on_step: Callable[[torch.Tensor, float], None] | None, second_phase: int | None) -> TrainResult:
     """:func:`fit`'s epochs from ``start_epoch``: the backbone frozen through ``config.freeze_epochs``, and at
-    ``second_phase`` (the first unfrozen epoch of a fresh two-phase run) a new schedule over the rest."""
+    ``second_phase`` (the first unfrozen epoch of a fresh two-phase run) a new schedule over the rest. A
+    catastrophic overfitting the guard sees stops training, or sends it back to the last good epoch
+    (:func:`_recover`)."""
     started = time.perf_counter() - result.seconds
     session = time.perf_counter()  # for the estimate of the time left
-    for epoch in range(start_epoch, config.epochs + 1):
+    monitor, epoch = loop.monitor, start_epoch
+    _remember(loop, result, epoch - 1, config, stale, best_state)
+    while epoch <= config.epochs:
         if config.freeze_epochs:
             loop.set_frozen(epoch <= config.freeze_epochs, freeze_bn=config.freeze_bn)
             if epoch == second_phase:
@@ -607,41 +686,94 @@ def _train_epochs(loop: _Loop, model: nn.Module, data: DataSplits, config: Train
                 log(f"epoch {epoch}: the backbone trains too from here, with a new {config.schedule} schedule over "
                     f"the last {config.epochs - epoch + 1} epochs")
         epoch_start = time.perf_counter()
-        row, train_seconds = loop.epoch(epoch, data, config, augment=augment, device=device, dist=dist, quiet=quiet,
-                                        on_step=on_step)
-        lr = loop.optimizer.param_groups[-1]["lr"]  # after the epoch's last step (fine-tuning: the head's)
-        _check_finite(row, loop.evaluated, epoch, config, result)
-        seconds = time.perf_counter() - epoch_start
-        result.history.append({**row, "lr": lr, "seconds": seconds, "train_seconds": train_seconds})
-        best_state, stale = _keep_if_best(result, row, epoch, loop.evaluated, best_state, stale)
-        robust = f" robust {row['robust_val_accuracy']:.4f}" if "robust_val_accuracy" in row else ""
-        left = (time.perf_counter() - session) / (epoch - start_epoch + 1) * (config.epochs - epoch)
-        eta = f"  {_duration(left)} left" if epoch < config.epochs else ""
-        log(
-            f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{robust}  lr {lr:.2e}  {seconds:.1f} s{eta}"
-        )
+        try:
+            row, train_seconds, collapse = loop.epoch(epoch, data, config, augment=augment, device=device, dist=dist,
+                                                      quiet=quiet, on_step=on_step)
+        except Collapsed as inside:  # a probe inside the epoch: what it trained so far is not kept
+            row, collapse = None, inside.reason
+        if row is not None:
+            best_state, stale = _finish_epoch(loop, result, row, epoch, config, time.perf_counter() - epoch_start,
+                                              train_seconds, best_state, stale, log=log,
+                                              left=(time.perf_counter() - session) / (epoch - start_epoch + 1))
         result.seconds = time.perf_counter() - started
+        if collapse is not None and monitor is not None and monitor.recovers:
+            result, best_state, epoch, stale = _recover(loop, result, collapse, log)
+            continue
         stop = bool(config.early_stopping) and stale >= config.early_stopping and epoch < config.epochs
-        if loop.adversary is not None:
-            result.catastrophic_overfitting = loop.adversary.recipe.guard(result.history)
-            if result.catastrophic_overfitting:
-                log(f"warning: {result.catastrophic_overfitting}; training stops and keeps epoch "
-                    f"{result.best_epoch} (robust val accuracy {result.best_robust_val_accuracy:.4f})")
-                stop = True
+        if collapse is not None:
+            result.catastrophic_overfitting = collapse
+            kept = (f"keeps epoch {result.best_epoch} (robust val accuracy {result.best_robust_val_accuracy:.4f})"
+                    if result.best_robust_val_accuracy is not None else "keeps the model as it is")
+            used = monitor.retries_used if monitor is not None else 0
+            tried = f" after {used} {monitor.action}{'s' if used > 1 else ''}" if monitor is not None and used else ""
+            log(f"warning: {collapse}; training stops{tried} and {kept}")
+            stop = True
+        done = epoch if row is not None else epoch - 1
         if on_epoch is not None:
-            on_epoch(result, loop.state(result, epoch=epoch, epochs=config.epochs, stale=stale, stop=stop,
+            on_epoch(result, loop.state(result, epoch=done, epochs=config.epochs, stale=stale, stop=stop,
                                          best_state=best_state))
         if stop:
             result.stopped_early = True
             if not result.catastrophic_overfitting:
                 log(f"early stopping: no better validation accuracy for {stale} epochs")
             break
+        _remember(loop, result, epoch, config, stale, best_state)
+        epoch += 1
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _finish_epoch(loop: _Loop, result: TrainResult, row: dict[str, float], epoch: int, config: TrainConfig,
+                  seconds: float, train_seconds: float, best_state: dict[str, torch.Tensor] | None, stale: int, *,
+                  log: Log, left: float) -> tuple[dict[str, torch.Tensor] | None, int]:
+    """An epoch that trained to its end: the divergence guard, its history row, the kept weights and its log line
+    (``left``: seconds per epoch so far, for the estimate of the time left). Returns the kept weights and the
+    epochs without progress."""
+    lr = loop.optimizer.param_groups[-1]["lr"]  # after the epoch's last step (fine-tuning: the head's)
+    _check_finite(row, loop.evaluated, epoch, config, result)
+    result.history.append({**row, "lr": lr, "seconds": seconds, "train_seconds": train_seconds})
+    best_state, stale = _keep_if_best(result, row, epoch, loop.evaluated, best_state, stale)
+    robust = f" robust {row['robust_val_accuracy']:.4f}" if "robust_val_accuracy" in row else ""
+    eta = f"  {_duration(left * (config.epochs - epoch))} left" if epoch < config.epochs else ""
+    log(
+        f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
+        f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{robust}  lr {lr:.2e}  {seconds:.1f} s{eta}"
+    )
+    return best_state, stale
+
+
+def _remember(loop: _Loop, result: TrainResult, epoch: int, config: TrainConfig, stale: int,
+              best_state: dict[str, torch.Tensor] | None) -> None:
+    """Adversarial training: the probes and collapses in ``result``, and, where a collapse is met by a rollback
+    or restart, the whole training state after ``epoch`` (0: before the first) as the one to go back to."""
+    monitor = loop.monitor
+    if monitor is None:
+        return
+    result.probes, result.overfit_events = monitor.probes, monitor.events
+    if monitor.action != "stop":
+        monitor.good = copy.deepcopy(loop.state(result, epoch=epoch, epochs=config.epochs, stale=stale, stop=False,
+                                                best_state=best_state))
+
+
+def _recover(loop: _Loop, result: TrainResult, collapse: str, log: Log
+             ) -> tuple[TrainResult, dict[str, torch.Tensor] | None, int, int]:
+    """Go back to the last good training state after catastrophic overfitting (``adversarial.on_overfit``
+    ``rollback`` or ``restart``): its weights, optimizer, schedule, moving average, history and warm-up, the
+    random streams going on (a replay would collapse again), and under ``restart`` a smaller attack step.
+    Returns the result, the kept weights, the epoch to train next and the epochs without progress."""
+    monitor, adversary = loop.monitor, loop.adversary
+    if monitor is None or monitor.good is None or adversary is None:
+        raise ValueError("a rollback needs the adversarial training's monitor and a good state")
+    scale = next_step_scale(adversary.step_scale, monitor.action)
+    restored, best_state, epoch, stale = loop.restore(copy.deepcopy(monitor.good), streams=False)
+    adversary.step_scale = scale
+    log(f"warning: {monitor.recovered(collapse, back_to=epoch - 1, step_scale=scale)}")
+    restored.seconds = result.seconds
+    restored.probes, restored.overfit_events = monitor.probes, monitor.events
+    return restored, best_state, epoch, stale
 
 
 def _duration(seconds: float) -> str:

@@ -1,7 +1,7 @@
 """Adversarial training: a registry of recipes (PGD, Madry et al. 2018; fast FGSM with a random
 start, Wong et al. 2020; N-FGSM, de Jorge et al. 2022; FGSM with GradAlign, Andriushchenko and Flammarion
 2020; TRADES, Zhang et al. 2019), each in its own module, with eps warm-up, robust checkpoint selection and
-each recipe's guard (the single-step recipes: catastrophic overfitting).
+each recipe's guard (the single-step recipes: catastrophic overfitting, watched by :class:`OverfitMonitor`).
 
 :class:`Adversary` makes each training batch's adversarial examples and loss with the
 recipe; :func:`imgclf.training.fit` uses it when ``adversarial.recipe`` is not ``none``.
@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from imgclf.defenses.monitor import Collapsed, OverfitMonitor
 from imgclf.defenses.recipes import (
     BUILTIN_RECIPES,
     DEFAULT_BETA,
+    OVERFIT_ACTIONS,
     OVERFIT_DROP,
+    OVERFIT_GAP,
     RECIPES,
+    RESTART_STEP_FACTOR,
     TrainingRecipe,
     make_recipe,
     recipe_choices,
@@ -41,9 +45,14 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 __all__ = [
     "BUILTIN_RECIPES",
     "DEFAULT_BETA",
+    "OVERFIT_ACTIONS",
     "OVERFIT_DROP",
+    "OVERFIT_GAP",
     "RECIPES",
+    "RESTART_STEP_FACTOR",
     "Adversary",
+    "Collapsed",
+    "OverfitMonitor",
     "RobustValidation",
     "TrainingRecipe",
     "catastrophic_overfitting",

@@ -54,6 +54,7 @@ class Adversary:
         self.alpha = alpha  # None: scaled with the warmed-up eps at every step
         self.warmup_steps, self.step = warmup_steps, 0
         self.last_eps = 0.0  # the eps of the last batch perturbed
+        self.step_scale = 1.0  # the step size's factor: halved at each restart after catastrophic overfitting
         self.generator = generator(seed, device)
 
     def current_eps(self) -> float:
@@ -77,7 +78,7 @@ class Adversary:
         """
         eps = self.last_eps = self.current_eps()
         self.step += 1
-        alpha = self.recipe.step_size(eps, self.steps, self.alpha)
+        alpha = self.recipe.step_size(eps, self.steps, self.alpha) * self.step_scale
         was_training = self.model.training
         self.model.eval()
         try:
@@ -97,12 +98,13 @@ class Adversary:
         return logits, loss if extra is None else loss + extra
 
     def state_dict(self) -> dict[str, Any]:
-        """Step count and random state, for resuming."""
-        return {"step": self.step, "generator": self.generator.get_state()}
+        """Step count, step-size factor and random state, for resuming."""
+        return {"step": self.step, "generator": self.generator.get_state(), "step_scale": self.step_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.step = int(state["step"])
+        self.step_scale = float(state.get("step_scale", 1.0))  # states of earlier releases: 1
         self.last_eps = self.eps * min(1.0, self.step / self.warmup_steps) if self.warmup_steps > 0 else self.eps
         self.generator.set_state(state["generator"].cpu())
 

@@ -16,7 +16,7 @@ import torch
 
 from imgclf.attacks.core import logits_and_gradient, project, random_point, steepest_step
 from imgclf.attacks.losses import cross_entropy
-from imgclf.defenses.recipes import OVERFIT_DROP, TrainingRecipe, register_recipe
+from imgclf.defenses.recipes import OVERFIT_DROP, OVERFIT_GAP, TrainingRecipe, register_recipe
 
 #: Wong et al.'s step size, as a multiple of eps.
 FGSM_RS_STEP = 1.25
@@ -30,6 +30,7 @@ class SingleStep(TrainingRecipe):
 
     Attributes:
         overfit_drop: The guard's absolute fall in PGD validation accuracy, in (0, 1].
+        overfit_gap: The guard's gap of FGSM validation accuracy above PGD's, in (0, 1].
     """
 
     default_steps = 1
@@ -37,14 +38,15 @@ class SingleStep(TrainingRecipe):
     validation_attacks = ("fgsm",)
 
     overfit_drop: float = OVERFIT_DROP
+    overfit_gap: float = OVERFIT_GAP
 
     def step_size(self, eps: float, steps: int, alpha: float | None) -> float:
         """``alpha`` if given, else ``eps``."""
         return eps if alpha is None else alpha
 
     def guard(self, history: Sequence[Mapping[str, float]]) -> str | None:
-        """:func:`catastrophic_overfitting` with this recipe's ``overfit_drop``."""
-        return catastrophic_overfitting(history, drop=self.overfit_drop)
+        """:func:`catastrophic_overfitting` with this recipe's ``overfit_drop`` and ``overfit_gap``."""
+        return catastrophic_overfitting(history, drop=self.overfit_drop, gap=self.overfit_gap)
 
 
 @register_recipe
@@ -80,16 +82,21 @@ class FGSMRandomStart(SingleStep):
         return project(start + alpha * steepest_step(grad, norm), images, eps, norm)
 
 
-def catastrophic_overfitting(history: Sequence[Mapping[str, float]], *, drop: float = OVERFIT_DROP) -> str | None:
-    """Whether the last epoch of ``history`` shows catastrophic overfitting, and why.
+def catastrophic_overfitting(history: Sequence[Mapping[str, float]], *, drop: float = OVERFIT_DROP,
+                             gap: float = OVERFIT_GAP) -> str | None:
+    """Whether the last probe of ``history`` shows catastrophic overfitting, and why.
 
-    It does when its PGD validation accuracy lies more than ``drop`` below the
-    best of the earlier epochs while its FGSM validation accuracy rose over the
-    previous epoch's.
+    It does when its FGSM validation accuracy rose over the previous probe's and either its PGD validation
+    accuracy lies more than ``drop`` below the best of the earlier probes (Wong et al. 2020's early stopping),
+    or FGSM's lies more than ``gap`` above PGD's while the training eps stays where it was at the previous
+    probe (the warm-up is over: while eps still rises, validation at the full eps finds a gap in any model).
 
     Args:
-        history: Rows with ``robust_val_accuracy`` and ``fgsm_val_accuracy``, one per epoch.
+        history: Probes in order, each with ``epoch``, ``robust_val_accuracy`` and ``fgsm_val_accuracy``
+            (fractions in [0, 1]); ``train_eps`` (pixel units) where the gap is to be checked; ``progress``
+            (epochs, fractional for a probe inside an epoch) where the sentence is to name the step.
         drop: Absolute fall in PGD accuracy, in [0, 1].
+        gap: Absolute gap of FGSM above PGD accuracy, in [0, 1].
 
     Returns:
         A sentence describing the collapse, or None.
@@ -97,10 +104,19 @@ def catastrophic_overfitting(history: Sequence[Mapping[str, float]], *, drop: fl
     if len(history) < 2:
         return None
     last, previous = history[-1], history[-2]
+    pgd, fgsm = last["robust_val_accuracy"], last["fgsm_val_accuracy"]
+    if fgsm <= previous["fgsm_val_accuracy"]:
+        return None
     best = max(row["robust_val_accuracy"] for row in history[:-1])
-    fell = best - last["robust_val_accuracy"]
-    if fell > drop and last["fgsm_val_accuracy"] > previous["fgsm_val_accuracy"]:
-        return (f"catastrophic overfitting in epoch {int(last['epoch'])}: PGD validation accuracy fell to "
-                f"{last['robust_val_accuracy']:.4f} (best before {best:.4f}) while FGSM validation accuracy "
-                f"rose to {last['fgsm_val_accuracy']:.4f} (from {previous['fgsm_val_accuracy']:.4f})")
+    where = f"epoch {int(last['epoch'])}"
+    if "progress" in last and last["progress"] != int(last["epoch"]):
+        where += f" ({last['progress']:.2f} epochs in)"
+    rose = f"FGSM validation accuracy rose to {fgsm:.4f} (from {previous['fgsm_val_accuracy']:.4f})"
+    if best - pgd > drop:
+        return (f"catastrophic overfitting in {where}: PGD validation accuracy fell to {pgd:.4f} "
+                f"(best before {best:.4f}) while {rose}")
+    warm = "train_eps" in last and last["train_eps"] == previous.get("train_eps")
+    if warm and fgsm - pgd > gap:
+        return (f"catastrophic overfitting in {where}: {rose}, {fgsm - pgd:.4f} above PGD's {pgd:.4f}: the "
+                "model defeats the single step it trains on, not the attack")
     return None

@@ -105,7 +105,7 @@ def _training_figures(folder: RunFolder, metrics: Metrics) -> dict[str, Figure]:
     figures: dict[str, Figure] = {}
     history = folder.read_csv(record.HISTORY)
     if len(history) > 1:  # one epoch's curves are single points: the report gives its numbers instead
-        figures["training_curves"] = training_curves(history)
+        figures["training_curves"] = training_curves(history, folder.read_csv(record.PROBES))
     curve = folder.read_csv(record.LR_FIND)
     if curve and metrics.lr_finder is not None:
         figures["lr_find"] = lr_finder_figure([row["lr"] for row in curve], [row["loss"] for row in curve],

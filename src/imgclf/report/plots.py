@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -54,10 +55,14 @@ def _as_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return image.transpose(1, 2, 0), None  # (C, H, W) -> (H, W, C)
 
 
-def training_curves(history: Sequence[dict[str, float]]) -> Figure:
+def training_curves(history: Sequence[dict[str, float]], probes: Sequence[dict[str, float]] = ()) -> Figure:
     """Loss and accuracy per epoch, training and validation, side by side; under
     adversarial training the accuracy panel adds the robust (PGD) and FGSM
-    validation accuracy, and its training accuracy is on adversarial examples."""
+    validation accuracy, and its training accuracy is on adversarial examples.
+
+    ``probes`` (``probes.csv``: :attr:`imgclf.defenses.OverfitMonitor.probes`) adds the robust validations
+    inside epochs at their fractional epoch, and marks those of epochs rolled back after catastrophic
+    overfitting, which the per-epoch curves no longer hold."""
     with_lr = bool(history) and "lr" in history[0]
     figure = Figure(figsize=(13 if with_lr else 10, 3.8), layout="constrained")
     axes = figure.subplots(1, 3 if with_lr else 2)
@@ -74,6 +79,7 @@ def training_curves(history: Sequence[dict[str, float]]) -> Figure:
                                   ("fgsm_val_accuracy", "validation (FGSM)", "v--")):
         if history and column in history[0]:
             acc_ax.plot(epochs, [row[column] for row in history], marker, label=label)
+    _probe_points(acc_ax, probes)
     if with_lr:
         lr_ax = axes[2]
         lr_ax.plot(epochs, [row["lr"] for row in history], "o-", color="C2")
@@ -92,6 +98,19 @@ def training_curves(history: Sequence[dict[str, float]]) -> Figure:
     if len(epochs) == 1:
         figure.suptitle("One epoch: each curve is a single point", fontsize=10)
     return figure
+
+
+def _probe_points(ax: Axes, probes: Sequence[dict[str, float]]) -> None:
+    """The probes inside epochs (PGD, FGSM) as small points, and the rolled-back ones as crosses."""
+    probes = [row for row in probes if {"progress", "kept"} <= row.keys()]  # a damaged file draws no points
+    if not any(row["progress"] != round(row["progress"]) or not row["kept"] for row in probes):
+        return  # one probe per epoch, all kept: the curves show them
+    for kept, marker, what in ((1.0, ".", "probe"), (0.0, "x", "rolled back")):
+        rows = [row for row in probes if row["kept"] == kept]
+        for column, colour, attack in (("robust_val_accuracy", "C2", "PGD"), ("fgsm_val_accuracy", "C3", "FGSM")):
+            if rows and column in rows[0]:
+                ax.plot([row["progress"] for row in rows], [row[column] for row in rows], marker, color=colour,
+                        alpha=0.6, linestyle="none", label=f"{what} ({attack})")
 
 
 def lr_finder_figure(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], *,

@@ -211,6 +211,8 @@ def fit_and_save(parts: RunParts, dist: Distributed, *, resume: dict[str, Any] |
                 board.epoch(result.history[-1])
                 state["optimizer_steps"] = board.global_step
             folder.write_csv(record.HISTORY, result.history)
+            if result.probes:
+                folder.write_csv(record.PROBES, result.probes)
             if result.best_epoch == state["epoch"]:  # a new best: keep it as the run's model
                 save_model(state["best_state"], folder.weights_path,
                            model_info(model, config.model.source, config.model.options, spec, env,
@@ -294,7 +296,7 @@ def training_metrics(config: RunConfig, settings: Settings, result: TrainResult,
         kept_eps = warmup_reached(eps, config.adversarial.warmup_epochs, config.train.epochs, result.best_epoch)
         adversarial = AdversarialTraining(config.adversarial.recipe, eps, config.attack.norm,
                                           result.best_robust_val_accuracy, result.catastrophic_overfitting,
-                                          kept_eps=kept_eps)
+                                          kept_eps=kept_eps, recoveries=list(result.overfit_events))
     training = Training(result.best_epoch, result.best_val_accuracy, epochs=config.train.epochs,
                         epochs_run=len(result.history), stopped_early=result.stopped_early, processes=processes,
                         adversarial=adversarial, model_fingerprint=fingerprint)
