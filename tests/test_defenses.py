@@ -380,3 +380,18 @@ def test_the_monitor_stays_quiet_on_a_healthy_run(tmp_path):
     adversarial, probes = _mnist_training(tmp_path, "n-fgsm", "--on-overfit", "restart")
     assert adversarial.recoveries == [] and adversarial.catastrophic_overfitting is None
     assert len(probes) == 1 + 4 * 3  # the header, and 3 probes an epoch (steps 20, 40 and the epoch's end)
+
+
+def test_the_training_curves_draw_the_probes_inside_epochs_and_the_ones_given_up():
+    from imgclf.report import training_curves
+
+    history = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5, "val_accuracy": 0.9,
+                "robust_val_accuracy": 0.5, "fgsm_val_accuracy": 0.6} for e in (1, 2)]
+    probes = [{"epoch": 1.0, "progress": p, "robust_val_accuracy": 0.5, "fgsm_val_accuracy": 0.6, "kept": k}
+              for p, k in ((0.5, 1.0), (1.0, 1.0), (1.5, 0.0), (2.0, 1.0))]
+    labels = [line.get_label() for line in training_curves(history, probes).axes[1].get_lines()]
+    assert {"probe (PGD)", "probe (FGSM)", "rolled back (PGD)", "rolled back (FGSM)"} <= set(labels)
+    per_epoch = [row for row in probes if row["progress"] in (1.0, 2.0)]
+    assert not any("probe" in line.get_label() for line in training_curves(history, per_epoch).axes[1].get_lines())
+    damaged = [{"epoch": 1.0}]  # a probes.csv without its columns draws no points, and no traceback
+    assert len(training_curves(history, damaged).axes[1].get_lines()) == 4

@@ -270,7 +270,7 @@ class TrainResult:
             (the whole epoch) and ``train_seconds`` (its training pass alone).
             Adversarial training adds ``robust_val_accuracy`` (PGD on a fixed
             validation subset at the full eps), ``train_eps`` (the warmed-up eps
-            of the epoch's last batch) and, for ``fgsm-rs``, ``fgsm_val_accuracy``;
+            of the epoch's last batch) and, for the single-step recipes, ``fgsm_val_accuracy``;
             its ``train_accuracy`` is on the adversarial training examples.
         best_epoch: Epoch (1-based) whose weights the model now holds: the best
             validation accuracy, or under adversarial training the best robust
