@@ -8,6 +8,10 @@ Parts (``--parts``, in this order; default all):
 * ``fgsm-rs``: ``--recipe fgsm-rs-cifar10`` (PreAct ResNet-18, eps 8/255; Wong et al. 2020), then
   ``imgclf attack --preset full`` at 8/255 on 1,000 test images: clean and robust accuracy, training
   seconds.
+* ``single-step``: the same training (``--recipe fgsm-rs-cifar10``: PreAct ResNet-18, eps 8/255, its schedule)
+  with N-FGSM (``--adversarial n-fgsm``: de Jorge et al. 2022, noise 2 eps, step eps) and with GradAlign
+  (``--adversarial gradalign``: Andriushchenko and Flammarion 2020, lambda 0.2), each evaluated like ``fgsm-rs``
+  (Wong et al.'s FGSM-RS: 43.21% under AutoAttack), with the catastrophic-overfitting probes and restarts on.
 * ``mnist``: ``--recipe pgd-mnist`` and ``--recipe trades-mnist`` (the papers' networks) for 10 epochs
   each (the papers ran 100 and 104; TRADES's learning-rate steps at the same shares of the run), then
   ``--preset full`` at 0.3.
@@ -51,7 +55,7 @@ from pathlib import Path
 
 from imgclf.run_folder import atomic_write_text
 
-PARTS = ("fast", "fgsm-rs", "mnist", "paths", "certify", "attacks")
+PARTS = ("fast", "fgsm-rs", "single-step", "mnist", "paths", "certify", "attacks")
 #: Per scale: extra flags of every training, the attacked images, MNIST epochs, the paths' epochs and model,
 #: Square's queries (None: the preset's 5,000), the Gaussian-noise training's epochs, the certified images, n and
 #: the other flags of ``imgclf certify`` (tiny: without the attacks, minutes of a ResNet-18 on a CPU).
@@ -120,6 +124,17 @@ class Suite:
         metrics = self.train("fgsm-rs-cifar10", "--recipe", "fgsm-rs-cifar10", "--dataset", self.cifar)
         self.record({"part": "fgsm-rs", "recipe": "fgsm-rs-cifar10", "train_seconds":
                      round(metrics["timing"]["train_seconds"], 1), **self.full_ensemble("fgsm-rs-cifar10", "8/255")})
+
+    def single_step(self) -> None:
+        for recipe in ("n-fgsm", "gradalign"):
+            name = f"{recipe}-cifar10"
+            metrics = self.train(name, "--recipe", "fgsm-rs-cifar10", "--dataset", self.cifar, "--adversarial", recipe,
+                                 "--on-overfit", "restart")
+            adversarial = metrics["training"]["adversarial"]
+            self.record({"part": "single-step", "recipe": recipe, "train_seconds":
+                         round(metrics["timing"]["train_seconds"], 1), "recoveries": len(adversarial["recoveries"]),
+                         "catastrophic_overfitting": adversarial["catastrophic_overfitting"],
+                         **self.full_ensemble(name, "8/255")})
 
     def mnist(self) -> None:
         epochs = self.scale["mnist_epochs"]

@@ -34,17 +34,20 @@ def test_the_gpu_suite_runs_every_part_on_the_cpu_at_its_tiny_scale(tmp_path):
                           env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((out / "gpu-suite.json").read_text())
-    assert [row["part"] for row in rows] == ["fast", "fgsm-rs", "mnist", "mnist", *["paths"] * 5, "certify"]
+    assert [row["part"] for row in rows] == ["fast", "fgsm-rs", *["single-step"] * 2, "mnist", "mnist",
+                                             *["paths"] * 5, "certify"]
     fast = rows[0]
     assert fast["first_epoch_seconds"] > 0 and len(fast["test_accuracy"]) == 1 and fast["target"] == 0.94
-    for row in rows[1:4]:
+    for row in rows[1:6]:
         assert 0 <= row["robust_accuracy"] <= row["clean_accuracy"] <= 1 and row["n"] == 8
         assert row["train_seconds"] > 0
-    assert [row["recipe"] for row in rows[1:4]] == ["fgsm-rs-cifar10", "pgd-mnist", "trades-mnist"]
-    assert [row["path"] for row in rows[4:9]] == ["fp32", "bf16", "fp16 + gradient scaler", "bf16 + channels-last",
-                                                  "bf16 + channels-last + compile"]
-    assert all(row["images_per_second"] > 0 and 0 <= row["test_accuracy"] <= 1 for row in rows[4:9])
-    certified = rows[9]
+    assert [row["recipe"] for row in rows[1:6]] == ["fgsm-rs-cifar10", "n-fgsm", "gradalign", "pgd-mnist",
+                                                   "trades-mnist"]
+    assert all(row["recoveries"] >= 0 for row in rows[2:4])
+    assert [row["path"] for row in rows[6:11]] == ["fp32", "bf16", "fp16 + gradient scaler", "bf16 + channels-last",
+                                                   "bf16 + channels-last + compile"]
+    assert all(row["images_per_second"] > 0 and 0 <= row["test_accuracy"] <= 1 for row in rows[6:11])
+    certified = rows[11]
     assert certified["n"] == 8 and certified["samples"] == 200 and set(certified["certified"]) == {
         "0.0", "0.25", "0.5", "0.75"}
     assert all(0 <= value <= 1 for value in certified["certified"].values())
