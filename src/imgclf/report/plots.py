@@ -91,7 +91,8 @@ def training_curves(history: Sequence[dict[str, float]], probes: Sequence[dict[s
             ax.set_xticks(epochs)
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(min(epochs, default=1) - 0.5, max(epochs, default=1) + 0.5)  # one epoch: an axis around it
+        first = min([*epochs, *(row["progress"] + 0.4 for row in probes if "progress" in row)], default=1)
+        ax.set_xlim(first - 0.5, max(epochs, default=1) + 0.5)  # one epoch: an axis around it; probes inside
         ax.grid(alpha=0.3)
     loss_ax.legend()
     acc_ax.legend()
