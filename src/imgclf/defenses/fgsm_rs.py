@@ -88,8 +88,10 @@ def catastrophic_overfitting(history: Sequence[Mapping[str, float]], *, drop: fl
 
     It does when its FGSM validation accuracy rose over the previous probe's and either its PGD validation
     accuracy lies more than ``drop`` below the best of the earlier probes (Wong et al. 2020's early stopping),
-    or FGSM's lies more than ``gap`` above PGD's while the training eps stays where it was at the previous
-    probe (the warm-up is over: while eps still rises, validation at the full eps finds a gap in any model).
+    or FGSM's lies more than ``gap`` above PGD's, PGD's did not rise, and the training eps stays where it was
+    at the previous probe (the warm-up is over: while eps still rises, validation at the full eps finds a gap
+    in any model; and just after it, a model still learning the full eps shows a gap that closes as PGD's
+    accuracy climbs).
 
     Args:
         history: Probes in order, each with ``epoch``, ``robust_val_accuracy`` and ``fgsm_val_accuracy``
@@ -116,7 +118,7 @@ def catastrophic_overfitting(history: Sequence[Mapping[str, float]], *, drop: fl
         return (f"catastrophic overfitting in {where}: PGD validation accuracy fell to {pgd:.4f} "
                 f"(best before {best:.4f}) while {rose}")
     warm = "train_eps" in last and last["train_eps"] == previous.get("train_eps")
-    if warm and fgsm - pgd > gap:
+    if warm and fgsm - pgd > gap and pgd <= previous["robust_val_accuracy"]:
         return (f"catastrophic overfitting in {where}: {rose}, {fgsm - pgd:.4f} above PGD's {pgd:.4f}: the "
                 "model defeats the single step it trains on, not the attack")
     return None
