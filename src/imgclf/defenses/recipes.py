@@ -44,10 +44,11 @@ DEFAULT_BETA = 6.0
 #: The FGSM-RS guard: a fall in PGD validation accuracy larger than this (absolute) while FGSM accuracy
 #: rises is catastrophic overfitting (``adversarial.overfit_drop``).
 OVERFIT_DROP = 0.2
-#: The guard's second signature: FGSM validation accuracy above PGD's by more than this (absolute), FGSM's rising
-#: and PGD's not, once the eps warm-up is over (``adversarial.overfit_gap``). A single step that no longer finds what a few PGD
-#: steps find means the model has learnt to defeat that step (the sign of catastrophic overfitting that Wong et
-#: al. 2020 and Andriushchenko and Flammarion 2020 both describe: FGSM accuracy up to the clean one, PGD's near 0).
+#: The guard's second signature: FGSM validation accuracy above PGD's by more than this (absolute), FGSM's
+#: rising and PGD's not, once the eps warm-up is over (``adversarial.overfit_gap``). A single step that no
+#: longer finds what a few PGD steps find means the model has learnt to defeat that step (the sign of
+#: catastrophic overfitting that Wong et al. 2020 and Andriushchenko and Flammarion 2020 both describe: FGSM
+#: accuracy up to the clean one, PGD's near 0).
 OVERFIT_GAP = 0.4
 #: What training does when the guard fires (``adversarial.on_overfit``): ``stop`` and keep the best epoch
 #: (Wong et al.'s early stopping); ``rollback`` to the last good epoch's whole training state and train on with

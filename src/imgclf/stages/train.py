@@ -179,8 +179,11 @@ def _finished(parts: RunParts, state: dict[str, Any], state_path: Path) -> None:
     """A run whose training ended: its kept model from the state, and the model and training metrics saved
     where a kill came between the last training state and them."""
     folder = parts.writes()
+    overfit = state.get("overfit") or {}
     parts.train_result = TrainResult(state["history"], state["best_epoch"], state["best_val_accuracy"],
-                                     state["seconds"], state["stopped_early"], state.get("best_robust_val_accuracy"))
+                                     state["seconds"], state["stopped_early"], state.get("best_robust_val_accuracy"),
+                                     probes=list(overfit.get("probes", [])),
+                                     overfit_events=list(overfit.get("events", [])))
     restore_weights(parts.model, state["best_state"], state_path)
     parts.model.eval()
     if folder.weights_path.is_file() and read_metrics(folder.path).training is not None:
