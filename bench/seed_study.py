@@ -75,7 +75,7 @@ def evaluate(run: Path, evaluation: Path, eps: str, examples: int, extra: list[s
     rows = {(row.attack, row.eps): row for row in found.robustness}
     worst = next(row for (attack, value), row in rows.items() if attack == WORST_CASE and value > 0)
     clean = next(row for (attack, value), row in rows.items() if attack == WORST_CASE and value == 0)
-    return {"model": model.get("name"), "worst_case": worst.accuracy, "clean": clean.accuracy, "n": worst.n,
+    return {"model": model.get("model"), "worst_case": worst.accuracy, "clean": clean.accuracy, "n": worst.n,
             "evaluation_seconds": found.seconds}
 
 
