@@ -130,7 +130,7 @@ def report(done: dict, seeds: list[int], args: argparse.Namespace) -> int:
               f"{row['evaluation_seconds'] / 60:.1f} |")
     worst = [row["worst_case"] for row in rows]
     spread = statistics.stdev(worst) if len(worst) > 1 else 0.0
-    print(f"mean {statistics.mean(worst):.2%}, standard deviation {spread:.2%} (points), range "
+    print(f"mean {statistics.mean(worst):.2%}, standard deviation {100 * spread:.2f} points, range "
           f"{min(worst):.2%} to {max(worst):.2%}; worst seed {seeds[worst.index(min(worst))]}")
     missed = [seed for seed, row in zip(seeds, rows, strict=True)
               if row["worst_case"] < args.target or row["clean"] < args.clean or row["train_minutes"] > args.minutes]

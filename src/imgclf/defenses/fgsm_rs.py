@@ -4,7 +4,8 @@ than free: revisiting adversarial training", ICLR 2020), and its guard against c
 FGSM-RS training can overfit catastrophically: within an epoch its PGD
 accuracy collapses while its FGSM accuracy rises, because the model has learnt
 to defeat the single step only. The recipe measures FGSM beside PGD on the
-robust validation subset and stops training when that happens.
+robust validation subset; its guard (:func:`catastrophic_overfitting`) says when that happens, and
+:mod:`imgclf.defenses.monitor` stops training, rolls it back or restarts it with a smaller step.
 """
 
 from __future__ import annotations

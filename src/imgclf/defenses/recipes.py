@@ -127,7 +127,8 @@ class TrainingRecipe:
         return None
 
     def guard(self, history: Sequence[Mapping[str, float]]) -> str | None:
-        """Why training must stop after the last epoch of ``history`` (one row per epoch), or None."""
+        """Why training must stop (or go back, ``adversarial.on_overfit``) after the last probe of ``history``
+        (one row per robust validation: :attr:`imgclf.defenses.OverfitMonitor.probes`), or None."""
         return None
 
 
