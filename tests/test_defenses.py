@@ -397,3 +397,12 @@ def test_the_training_curves_draw_the_probes_inside_epochs_and_the_ones_given_up
     assert not any("probe" in line.get_label() for line in training_curves(history, per_epoch).axes[1].get_lines())
     damaged = [{"epoch": 1.0}]  # a probes.csv without its columns draws no points, and no traceback
     assert len(training_curves(history, damaged).axes[1].get_lines()) == 4
+
+
+@pytest.mark.parametrize("damaged", ["x", {"probes": [{"progress": "a"}], "events": [], "retries_used": 0},
+                                     {"probes": []}])
+def test_a_damaged_monitor_state_is_one_clear_error(damaged):
+    from imgclf.defenses import OverfitMonitor
+
+    with pytest.raises(UsageError, match="overfitting monitor is damaged"):
+        OverfitMonitor(lambda probes: None).load_state_dict(damaged)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgclf.defenses.recipes import RESTART_STEP_FACTOR
+from imgclf.errors import UsageError, first_line
 
 #: ``guard(probes) -> sentence or None``: a recipe's :meth:`~imgclf.defenses.recipes.TrainingRecipe.guard`.
 Guard = Callable[[Sequence[Mapping[str, float]]], "str | None"]
@@ -92,10 +93,20 @@ class OverfitMonitor:
         return {"probes": self.probes, "events": self.events, "retries_used": self.retries_used}
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
-        """Restore :meth:`state_dict` (None: a state of an earlier release, with no probes)."""
-        if state is not None:
-            self.probes = [dict(probe) for probe in state["probes"]]
-            self.events, self.retries_used = list(state["events"]), int(state["retries_used"])
+        """Restore :meth:`state_dict` (None: a state of an earlier release, with no probes).
+
+        Raises:
+            UsageError: If ``state`` is not what :meth:`state_dict` writes (a damaged training state).
+        """
+        if state is None:
+            return
+        try:
+            probes = [{str(key): float(value) for key, value in probe.items()} for probe in state["probes"]]
+            events, retries_used = [str(event) for event in state["events"]], int(state["retries_used"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise UsageError(f"the training state's overfitting monitor is damaged ({first_line(error)}); start the "
+                             "run again instead of resuming it") from None
+        self.probes, self.events, self.retries_used = probes, events, retries_used
 
 
 def next_step_scale(scale: float, action: str) -> float:
