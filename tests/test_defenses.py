@@ -231,18 +231,19 @@ def test_the_guard_also_fires_on_fgsm_far_above_pgd_once_the_warm_up_is_over():
     """The second signature: FGSM accuracy rising far above PGD's, counted only once eps stops rising."""
     warming = [{"epoch": 1, "train_eps": 0.15, "robust_val_accuracy": 0.1, "fgsm_val_accuracy": 0.3},
                {"epoch": 2, "train_eps": 0.3, "robust_val_accuracy": 0.12, "fgsm_val_accuracy": 0.6}]
-    assert catastrophic_overfitting(warming) is None  # the warm-up's gap: the anchor model's epoch 2 looks so
+    assert catastrophic_overfitting(warming, gap=0.4) is None  # the warm-up's gap: the anchor model's epoch 2 looks so
     gap = warming + [{"epoch": 3, "progress": 2.5, "train_eps": 0.3, "robust_val_accuracy": 0.1,
                       "fgsm_val_accuracy": 0.7}]
-    reason = catastrophic_overfitting(gap)
+    assert catastrophic_overfitting(gap) is None  # off by default
+    reason = catastrophic_overfitting(gap, gap=0.4)
     assert "epoch 3 (2.50 epochs in)" in reason and "0.6000 above PGD's 0.1000" in reason
     healthy = warming + [{"epoch": 3, "train_eps": 0.3, "robust_val_accuracy": 0.5, "fgsm_val_accuracy": 0.7}]
-    assert catastrophic_overfitting(healthy) is None
+    assert catastrophic_overfitting(healthy, gap=0.4) is None
     learning = warming + [{"epoch": 3, "train_eps": 0.3, "robust_val_accuracy": 0.25, "fgsm_val_accuracy": 0.7}]
-    assert catastrophic_overfitting(learning) is None  # a gap of 0.45, but PGD's accuracy climbs: still learning
+    assert catastrophic_overfitting(learning, gap=0.4) is None  # a gap of 0.45, but PGD climbs: still learning
     assert catastrophic_overfitting(gap, gap=0.6) is None
     fell = warming + [{"epoch": 3, "train_eps": 0.3, "robust_val_accuracy": 0.1, "fgsm_val_accuracy": 0.55}]
-    assert catastrophic_overfitting(fell) is None  # FGSM did not rise
+    assert catastrophic_overfitting(fell, gap=0.4) is None  # FGSM did not rise
 
 
 _HEALTHY = [{"robust_val_accuracy": 0.5, "fgsm_val_accuracy": 0.6},
@@ -373,13 +374,13 @@ def _mnist_training(tmp_path, recipe, *flags):
 
 
 def test_the_monitor_catches_a_real_collapse_and_restarts_with_a_smaller_step(tmp_path):
-    adversarial, probes = _mnist_training(tmp_path, "fgsm-rs", "--on-overfit", "restart")
+    adversarial, probes = _mnist_training(tmp_path, "fgsm-rs", "--on-overfit", "restart", "--overfit-gap", "0.4")
     assert adversarial.recoveries and "restarted from the end of epoch" in adversarial.recoveries[0]
     assert any(line.endswith(",0.0") for line in probes[1:])  # the probes of the epoch given up, kept aside
 
 
 def test_the_monitor_stays_quiet_on_a_healthy_run(tmp_path):
-    adversarial, probes = _mnist_training(tmp_path, "n-fgsm", "--on-overfit", "restart")
+    adversarial, probes = _mnist_training(tmp_path, "n-fgsm", "--on-overfit", "restart", "--overfit-gap", "0.4")
     assert adversarial.recoveries == [] and adversarial.catastrophic_overfitting is None
     assert len(probes) == 1 + 4 * 3  # the header, and 3 probes an epoch (steps 20, 40 and the epoch's end)
 

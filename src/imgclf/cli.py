@@ -237,8 +237,9 @@ def _add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
           help="the guard fires when PGD validation accuracy falls more than FALL below its best while FGSM's "
                "rises")
     _flag(group, "--overfit-gap", dest="adversarial.overfit_gap", metavar="GAP",
-          help="the guard also fires when FGSM validation accuracy rises to more than GAP above PGD's once the "
-               "eps warm-up is over")
+          help="the guard also fires when FGSM validation accuracy rises to more than GAP above PGD's, PGD's not "
+               "rising, once the eps warm-up is over (1: off; 0.4 catches collapses the fall alone misses, with "
+               "some false alarms)")
 
 
 def _add_attack_flags(parser: argparse.ArgumentParser) -> None:
