@@ -386,8 +386,8 @@ class _Loop:
             UsageError: If the state is not this model's and these settings' (other shapes, another
                 optimizer or schedule, random states that are not generator states).
         """
-        kept = (self.order.get_state(), torch.get_rng_state(),
-                self.adversary.generator.get_state() if self.adversary is not None else None)
+        kept = None if streams else (self.order.get_state(), torch.get_rng_state(),
+                                     self.adversary.generator.get_state() if self.adversary is not None else None)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -401,7 +401,7 @@ class _Loop:
             torch.set_rng_state(state["torch_rng"])
             if self.adversary is not None:
                 self.adversary.load_state_dict(state["adversary"])
-            if not streams:
+            if kept is not None:
                 self.order.set_state(kept[0])
                 torch.set_rng_state(kept[1])
                 if self.adversary is not None and kept[2] is not None:
