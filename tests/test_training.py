@@ -181,6 +181,16 @@ def test_the_fgsm_rs_cifar10_recipe_is_wong_et_als():
     assert config.adversarial.alpha == pytest.approx(10 / 255)
 
 
+def test_the_fast_pgd_recipe_changes_only_the_training_attack_of_fgsm_rs_mnist():
+    from imgclf.config import load_config
+
+    fast, paper = load_config(None, {"recipe": "fast-pgd-mnist"}), load_config(None, {"recipe": "fgsm-rs-mnist"})
+    assert (fast.data, fast.model, fast.train, fast.attack) == (paper.data, paper.model, paper.train, paper.attack)
+    assert (fast.adversarial.recipe, fast.adversarial.eps, fast.adversarial.steps) == ("pgd", "0.3", 3)
+    assert (fast.adversarial.alpha, fast.adversarial.warmup_epochs) == (0.15, 2.0)
+    assert load_config(None, {"recipe": "fast-pgd-mnist", "seed": 3}).adversarial == fast.adversarial
+
+
 
 def test_mixed_precision_resolves_per_device_and_trains_in_bf16(digits):
     from imgclf.training import autocast_dtype

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from imgclf import __version__
-from imgclf.config import MAX_SEED
+from imgclf.config import MAX_SEED, SETTING_PRESETS
 from imgclf.errors import ExportMismatchError, UsageError, first_line
 
 S = argparse.SUPPRESS
@@ -196,8 +196,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     _flag(group, "--calibration-bins", dest="eval.calibration_bins", metavar="B",
           help="confidence bins of the expected calibration error and the reliability diagrams (default 15)")
     group.add_argument("--recipe", dest="recipe", default=S, metavar="NAME",
-                       help="a preset of settings under the config file and flags: fast (airbench-style, "
-                            "CIFAR-sized data)")
+                       help="a preset of settings under the config file and flags: "
+                            + ", ".join(SETTING_PRESETS) + " (the documentation gives each one's values)")
     _flag(group, "--seed", dest="seed", metavar="N", help="seeds everything")
 
 
