@@ -1,11 +1,11 @@
 """Benchmark: one adversarial training recipe with seeds 0 to 4, each model under the full AutoAttack ensemble
 on the same test images, to say what a user who runs the recipe once, with any seed, can rely on.
 
-For each seed the script trains ``imgclf train TRAIN-FLAGS --seed S`` into ``OUT/seed-S``, then evaluates the
-kept model in an evaluation-only run ``OUT/seed-S-eval`` made with ``--seed 0`` (so every seed's model meets
-the same seeded stratified subset of the test split; a run folder's own evaluation draws it with the run's
-seed): ``imgclf attack --model MODEL --weights OUT/seed-S/model.safetensors --preset full --eps 0,EPS
---n-examples N``. It prints one row per seed (clean accuracy, worst case, whether training stopped on
+For each seed the script trains ``imgclf train TRAIN-FLAGS --seed S`` into ``OUT/seed-S``, then evaluates the kept
+model in an evaluation-only run ``OUT/seed-S-eval`` made with ``--seed 0`` (so every seed's model meets the same
+seeded stratified subset of the test split; a run folder's own evaluation draws it with the run's seed): ``imgclf
+attack --config OUT/seed-S/config.yaml --weights OUT/seed-S/model.safetensors --seed 0 --preset full --eps 0,EPS
+--n-examples N ATTACK-FLAGS``. It prints one row per seed (clean accuracy, worst case, whether training stopped on
 catastrophic overfitting or recovered from it, training and evaluation minutes) and the mean, the standard
 deviation and the worst seed; ``OUT/study.json`` keeps them.
 
@@ -19,9 +19,10 @@ missed, 2 on a bad argument.
 
 Usage::
 
-    IMGCLF_DATA_DIR=../shared/data python bench/seed_study.py --out runs/seeds-n-fgsm \\
-        -- --recipe fgsm-rs-mnist --adversarial n-fgsm
-    IMGCLF_DATA_DIR=../shared/data python bench/seed_study.py --out runs/seeds-fgsm-rs -- --recipe fgsm-rs-mnist
+    IMGCLF_DATA_DIR=../shared/data python bench/seed_study.py --out runs/seeds-fast-pgd --attack-flags=--cascade \\
+        -- --recipe fast-pgd-mnist
+    IMGCLF_DATA_DIR=../shared/data python bench/seed_study.py --out runs/seeds-fgsm-rs --attack-flags=--cascade \\
+        -- --recipe fgsm-rs-mnist
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def report(done: dict, seeds: list[int], args: argparse.Namespace) -> int:
     """Print the table and the summary; 1 if a target is missed."""
     rows = [done["seeds"][str(seed)] for seed in seeds]
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; flags: "
-          f"{' '.join(done['train_flags'])}; {args.examples} test images, eps {args.eps}, --preset full")
+          f"{' '.join(done['train_flags'])}; {args.examples} test images, eps {args.eps}, "
+          f"{' '.join(['--preset full', *args.attack_flags.split()])}")
     print("| seed | clean | worst case | guard | training (min) | evaluation (min) |")
     print("| ---: | ---: | ---: | --- | ---: | ---: |")
     for seed, row in zip(seeds, rows, strict=True):
