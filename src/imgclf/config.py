@@ -274,30 +274,33 @@ def section_class(name: str) -> type:
     return _SECTIONS[name]
 
 
+# The data, network, optimizer and schedule of Wong, Rice and Kolter 2020's MNIST code (MNIST/train_mnist.py), shared
+# by the fgsm-rs-mnist and fast-pgd-mnist presets.
+_FAST_MNIST: dict[str, Any] = {
+    "data.dataset": "mnist",
+    "model.name": "fast-mnist-cnn", "model.mean": [0.0], "model.std": [1.0],
+    "train.epochs": 10, "train.batch_size": 100, "train.optimizer": "adam", "train.lr": 5e-3,
+    "train.weight_decay": 0.0, "train.schedule": "cyclic", "attack.eps": ["0", "0.1", "0.2", "0.3"],
+}
+
 #: Named presets of settings, applied under the YAML file and the flags (``--recipe NAME``).
 SETTING_PRESETS: dict[str, dict[str, Any]] = {
     # The published robust-training anchors, each as its paper's code trained (docs/results.md, "The published
     # anchors", gives the source of every value and where imgclf differs: the 80/20 train/val split, the checkpoint
     # picked by robust validation accuracy).
     "fgsm-rs-mnist": {  # Wong, Rice and Kolter 2020, MNIST/train_mnist.py
-        "data.dataset": "mnist",
-        "model.name": "fast-mnist-cnn", "model.mean": [0.0], "model.std": [1.0],
-        "train.epochs": 10, "train.batch_size": 100, "train.optimizer": "adam", "train.lr": 5e-3,
-        "train.weight_decay": 0.0, "train.schedule": "cyclic",
+        **_FAST_MNIST,
         "adversarial.recipe": "fgsm-rs", "adversarial.eps": "0.3", "adversarial.alpha": 0.375,
-        "adversarial.clip_start": False, "adversarial.warmup_epochs": 0.0, "attack.eps": ["0", "0.1", "0.2", "0.3"],
+        "adversarial.clip_start": False, "adversarial.warmup_epochs": 0.0,
     },
     # imgclf's own recipe for MNIST at eps 0.3, the same model and schedule as fgsm-rs-mnist, trained on PGD with 3
     # steps of 0.15 (Madry et al. 2018) from a random start, eps warmed up over 2 epochs (without it PGD training at
     # eps 0.3 stays at chance through the first epochs); chosen on the validation images among PGD-3 and PGD-5
     # (docs/results.md, "One recipe for every seed").
     "fast-pgd-mnist": {
-        "data.dataset": "mnist",
-        "model.name": "fast-mnist-cnn", "model.mean": [0.0], "model.std": [1.0],
-        "train.epochs": 10, "train.batch_size": 100, "train.optimizer": "adam", "train.lr": 5e-3,
-        "train.weight_decay": 0.0, "train.schedule": "cyclic",
+        **_FAST_MNIST,
         "adversarial.recipe": "pgd", "adversarial.eps": "0.3", "adversarial.steps": 3, "adversarial.alpha": 0.15,
-        "adversarial.warmup_epochs": 2.0, "attack.eps": ["0", "0.1", "0.2", "0.3"],
+        "adversarial.warmup_epochs": 2.0,
     },
     "fgsm-rs-cifar10": {  # Wong, Rice and Kolter 2020, CIFAR10/train_fgsm.py
         "data.dataset": "cifar10", "data.augment": "flip-crop",
