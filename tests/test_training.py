@@ -191,7 +191,6 @@ def test_the_fast_pgd_recipe_changes_only_the_training_attack_of_fgsm_rs_mnist()
     assert load_config(None, {"recipe": "fast-pgd-mnist", "seed": 3}).adversarial == fast.adversarial
 
 
-
 def test_mixed_precision_resolves_per_device_and_trains_in_bf16(digits):
     from imgclf.training import autocast_dtype
 
