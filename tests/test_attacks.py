@@ -18,6 +18,7 @@ from imgclf.attacks import (
     fgsm,
     pgd,
     robustness,
+    square,
 )
 from imgclf.attacks.fab import project_onto_hyperplane
 from imgclf.attacks.losses import dlr, margin
@@ -285,6 +286,28 @@ def test_square_schedule_halves_the_square_at_the_papers_points():
     assert square_fraction(0.8, 11, 10000) == 0.4
     assert square_fraction(0.8, 2500, 5000) == 0.8 / 2 ** 7  # 2,500 of 5,000 is 5,000 of 10,000
     assert square_fraction(0.8, 9000, 10000) == 0.8 / 2 ** 9
+
+
+def test_a_focused_square_search_goes_on_with_the_examples_of_smallest_margin_only():
+    class Brightness(torch.nn.Module):  # class 0 wins by 10 * brightness + 1: darker images are nearer to falling
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[torch.Tensor] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(x.mean(dim=(1, 2, 3)))
+            return torch.stack([10 * x.mean(dim=(1, 2, 3)) + 1, torch.zeros(len(x))], dim=1)
+
+    model = Brightness().eval()
+    images = torch.linspace(0.1, 0.8, 8).view(8, 1, 1, 1).expand(8, 1, 6, 6).contiguous()
+    labels = torch.zeros(8, dtype=torch.int64)
+    adversarial = square(model, images, labels, eps=0.01, queries=50, focus=0.25,
+                         generator=torch.Generator().manual_seed(0))
+    assert (adversarial - images).abs().max() <= 0.01 + 1e-6
+    assert [len(seen) for seen in model.seen] == [8] * 10 + [2] * 40  # a fifth on all, the rest on a quarter
+    assert all(seen.max() < 0.3 for seen in model.seen[10:])  # the two darkest (0.1 and 0.2, within eps)
+    with pytest.raises(ValueError, match="focus"):
+        square(model, images, labels, eps=0.01, queries=50, focus=0.0)
 
 
 def test_robust_accuracy_is_the_per_example_worst_case(model, batch):

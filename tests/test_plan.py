@@ -67,8 +67,9 @@ def test_the_plan_stops_unconverged_at_the_budget_or_its_last_step_and_converged
 def test_the_plan_has_a_black_box_step_under_linf_only_and_names_each_step_apart():
     linf = [spec.label for spec in plan_specs("linf")]
     assert linf == ["apgd-ce", "apgd-dlr", "apgd-dlr (5 restarts near the boundary)", "square (1000 queries)",
-                    "apgd-t (3 targets)", "square (5000 queries)", "apgd-t (9 targets)", "fab-t"]
-    assert [spec.options.get("queries") for spec in plan_specs("linf") if spec.name == "square"] == [1000, 5000]
+                    "apgd-t (3 targets)", "square (5000 queries, focus 1/8)", "apgd-t (9 targets)", "fab-t"]
+    assert [(spec.options.get("queries"), spec.options.get("focus", 1.0)) for spec in plan_specs("linf")
+            if spec.name == "square"] == [(1000, 1.0), (5000, 0.125)]
     assert [(s.target_classes, s.restarts) for s in plan_specs("linf") if s.name == "apgd-t"] == [(3, 1), (9, 1)]
     near = [spec for spec in plan_specs("linf") if spec.near is not None]
     assert [(s.name, s.restarts, s.near) for s in near] == [("apgd-dlr", 5, 1.25)]
