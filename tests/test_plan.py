@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import Rounding
 from imgclf.attacks import AttackSpec, plan_specs, robustness
 from imgclf.attacks.checks import advice
 from imgclf.attacks.plan import decide
 from imgclf.attacks.results import WORST_CASE, PlanStepOutcome
+from imgclf.attacks.robust_accuracy import unit_seed
 from test_attacks import CPU, mnist  # noqa: F401  (the fixture)
 
 BOTH = frozenset({True, False})
@@ -67,9 +70,11 @@ def test_the_plan_stops_unconverged_at_the_budget_or_its_last_step_and_converged
 def test_the_plan_has_a_black_box_step_under_linf_only_and_names_each_step_apart():
     linf = [spec.label for spec in plan_specs("linf")]
     assert linf == ["apgd-ce", "apgd-dlr", "apgd-dlr (5 restarts near the boundary)", "square (1000 queries)",
-                    "apgd-t (3 targets)", "square (5000 queries, focus 1/8)", "apgd-t (9 targets)", "fab-t"]
-    assert [(spec.options.get("queries"), spec.options.get("focus", 1.0)) for spec in plan_specs("linf")
-            if spec.name == "square"] == [(1000, 1.0), (5000, 0.125)]
+                    "apgd-t (3 targets)", "square (5000 queries, focus 1/8)",
+                    "square (5000 queries, focus 1/8, new draw)", "apgd-t (9 targets)", "fab-t"]
+    # the long search, then the same search with fresh random numbers: whether a new draw finds more
+    assert [(spec.options.get("queries"), spec.options.get("focus", 1.0), spec.draw) for spec in plan_specs("linf")
+            if spec.name == "square"] == [(1000, 1.0, 0), (5000, 0.125, 0), (5000, 0.125, 1)]
     assert [(s.target_classes, s.restarts) for s in plan_specs("linf") if s.name == "apgd-t"] == [(3, 1), (9, 1)]
     near = [spec for spec in plan_specs("linf") if spec.near is not None]
     assert [(s.name, s.restarts, s.near) for s in near] == [("apgd-dlr", 5, 1.25)]
@@ -78,6 +83,26 @@ def test_the_plan_has_a_black_box_step_under_linf_only_and_names_each_step_apart
         "fab-t"]
     with pytest.raises(ValueError, match="near must be at least 1"):
         AttackSpec("apgd-dlr", near=0.5)
+    with pytest.raises(ValueError, match="draw must be at least 0"):
+        AttackSpec("square", draw=-1)
+
+
+def test_a_new_draw_repeats_a_search_with_fresh_random_numbers_and_draw_0_keeps_the_seed():
+    assert unit_seed(7, 0) == 7 and unit_seed(7, 0, 0) == 7  # draw 0: the seeds every evaluation has used
+    assert unit_seed(7, 3) == unit_seed(7, 3, 0) != unit_seed(7, 3, 1)
+    assert len({unit_seed(7, batch, draw) for batch in range(3) for draw in range(3)}) == 9
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 4)).eval()
+    x, y = torch.rand(24, 1, 6, 6), torch.randint(0, 4, (24,))
+
+    def fooled(draw: int, seed: int = 0) -> np.ndarray:
+        spec = AttackSpec("square", options={"queries": 30}, tag=f"draw {draw}", draw=draw)
+        result = robustness(net, x, y, attacks=[spec], eps_values=[0.03], device=CPU, seed=seed, run_checks=False)
+        return result.fooled[(spec.label, 0.03)]
+
+    assert (fooled(1) == fooled(1)).all()  # deterministic under the seed
+    draws = [fooled(draw) for draw in range(4)]
+    assert any((draws[0] != other).any() for other in draws[1:])  # each draw searches with its own squares
 
 
 @pytest.mark.slow

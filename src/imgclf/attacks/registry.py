@@ -226,6 +226,8 @@ class PlanStep:
         restarts: Its random restarts.
         near: Only the examples still standing whose smallest adversarial perturbation found is within
             ``near * eps`` (:attr:`imgclf.attacks.AttackSpec.near`); None: every example still standing.
+        draw: Which draw of random numbers it uses (:attr:`imgclf.attacks.AttackSpec.draw`): another than an
+            earlier step of the same search's, to repeat that search afresh.
     """
 
     attack: str
@@ -236,6 +238,7 @@ class PlanStep:
     target_classes: int = 9
     restarts: int = 1
     near: float | None = None
+    draw: int = 0
 
     def applies(self, norm: str) -> bool:
         """Whether the plan under ``norm`` has this step."""
@@ -269,7 +272,8 @@ SQUARE_FOCUS = 0.125
 #: minimal-norm search runs first) is within :data:`NEAR_BOUNDARY` times eps, where a fixed-eps attack's luck
 #: decides; Square's random search (no gradients: what masked gradients cannot hide from); APGD-T towards the
 #: three, then the nine highest-scoring classes, with Square's 5,000 queries between them (past the first 1,000
-#: on the examples nearest to falling, :data:`SQUARE_FOCUS`); and targeted FAB.
+#: on the examples nearest to falling, :data:`SQUARE_FOCUS`), run twice, the second time with fresh random
+#: numbers (a search that has converged finds nothing more on a new draw); and targeted FAB.
 #: Under L1, which none of them implements, FMN (100 steps) and FMN with 1,000 steps. The plan stops as soon as
 #: the latest white-box and the latest black-box escalation each fooled at most the tolerance of the examples
 #: they attacked (:func:`imgclf.attacks.plan.decide`).
@@ -280,6 +284,7 @@ AUTO_PLAN: tuple[PlanStep, ...] = (
     PlanStep("square", {"queries": 1000}, tag="1000 queries"),
     PlanStep("apgd-t", tag="3 targets", target_classes=3),
     PlanStep("square", {"queries": 5000, "focus": SQUARE_FOCUS}, tag="5000 queries, focus 1/8"),
+    PlanStep("square", {"queries": 5000, "focus": SQUARE_FOCUS}, tag="5000 queries, focus 1/8, new draw", draw=1),
     PlanStep("apgd-t", tag="9 targets"),
     PlanStep("fab-t"),
     PlanStep("fmn", norms=("l1",)),

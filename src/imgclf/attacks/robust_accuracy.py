@@ -254,11 +254,13 @@ def _unit_fits(unit: dict[str, Any], rows: int, image_shape: tuple[int, ...]) ->
             and all(isinstance(unit.get(key), int) and unit[key] >= 0 for key in ("forwards", "backwards")))
 
 
-def unit_seed(seed: int, batch: int) -> int:
-    """The seed of one unit's generator: ``seed`` for the first batch, a well-mixed derivative for the others."""
-    if batch == 0:
+def unit_seed(seed: int, batch: int, draw: int = 0) -> int:
+    """The seed of one unit's generator: ``seed`` for the first batch of draw 0, a well-mixed derivative for the
+    other batches and draws (:attr:`imgclf.attacks.AttackSpec.draw`)."""
+    if batch == 0 and draw == 0:
         return seed
-    return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] % (2**63))
+    entropy = [seed, batch] if draw == 0 else [seed, batch, draw]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] % (2**63))
 
 
 class PassCounter(ModeNeutral):
@@ -532,7 +534,7 @@ class _Evaluation:
             if stored is not None and _unit_fits(stored, len(rows), tuple(self.images.shape[1:])):
                 return {**stored, "stored": True}
         forwards, backwards = self.counter.forwards, self.counter.backwards
-        gen = generator(unit_seed(self.seed, batch), self.images.device)
+        gen = generator(unit_seed(self.seed, batch, spec.draw), self.images.device)
         target = self.targets[spec][rows] if spec in self.targets else None
         adv = spec.run(self.counter, self.images[rows], self.labels[rows], eps, gen, target)
         pred = batched_logits(self.counter, adv, self.batch_size).argmax(1)

@@ -33,6 +33,9 @@ class AttackSpec:
         near: Attack only the examples whose smallest adversarial perturbation found (the minimal-norm search's
             radius, in pixel units under ``norm``) is at most ``near * eps``: the converging plan's step that
             spends restarts where the decision boundary is close. None: every example dealt to it.
+        draw: Which draw of the evaluation's random numbers the attack uses (its random start, Square's squares):
+            0, the evaluation's seed; another (``>= 1``), fresh random numbers from the same seed, so that the
+            converging plan can repeat a search and see whether a new draw finds more.
 
     Raises:
         ValueError: On an unknown attack, norm or option, an invalid option value, a norm the attack does
@@ -50,6 +53,7 @@ class AttackSpec:
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     tag: str = ""
     near: float | None = None
+    draw: int = 0
 
     def __post_init__(self) -> None:
         info = attack_info(self.name)
@@ -61,6 +65,8 @@ class AttackSpec:
             raise ValueError(f"unknown norm {self.norm!r}; valid choices: {', '.join(NORMS)}")
         if self.norm not in info.norms:
             raise ValueError(f"the {self.name} attack is implemented for norm {', '.join(info.norms)} only")
+        if self.draw < 0:
+            raise ValueError(f"draw must be at least 0, got {self.draw}")
         if self.near is not None and not self.near >= 1:
             raise ValueError(f"near must be at least 1 (a multiple of eps), got {self.near}")
         if self.target is not None and not info.targetable:
@@ -103,5 +109,5 @@ def plan_specs(norm: str) -> list[AttackSpec]:
     """The converging plan's steps (:data:`~imgclf.attacks.registry.AUTO_PLAN`) under ``norm``, those without
     a version for it, or kept to other norms, left out (Square has no L2 version; FMN steps in for L1)."""
     return [AttackSpec(step.attack, norm=norm, steps=step.steps, restarts=step.restarts, options=step.options,
-                       tag=step.tag, target_classes=step.target_classes, near=step.near)
+                       tag=step.tag, target_classes=step.target_classes, near=step.near, draw=step.draw)
             for step in AUTO_PLAN if step.applies(norm)]

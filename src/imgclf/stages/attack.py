@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from imgclf import record
-from imgclf.attacks import RobustnessResult, robustness
+from imgclf.attacks import AttackSpec, RobustnessResult, robustness
 from imgclf.attacks.checks import advice
 from imgclf.calibration import calibration_under_attack
 from imgclf.checkpoint import load_model, model_fingerprint
@@ -160,14 +160,23 @@ def evaluation_settings(settings: Settings, examples: int, model: torch.nn.Modul
     the eps values, the number of examples, the batch size, the seed, the converging plan's steps and tolerance
     and the minimal-norm attack (where they run) and the model's fingerprint."""
     config = settings.config
-    extra: dict[str, Any] = {"plan": [dataclasses.asdict(spec) for spec in settings.plan],
+    extra: dict[str, Any] = {"plan": [_identity(spec) for spec in settings.plan],
                              "plan_tolerance": config.attack.plan_tolerance} if settings.plan else {}
     if settings.minimal_norm is not None:
         extra["minimal_norm"] = dataclasses.asdict(settings.minimal_norm)
-    return {"attacks": [dataclasses.asdict(spec) for spec in settings.attacks], "norm": config.attack.norm,
+    return {"attacks": [_identity(spec) for spec in settings.attacks], "norm": config.attack.norm,
             "eps": [float(e) for e in settings.eps_values], "examples": examples,
             "batch_size": config.attack.batch_size, "seed": config.seed, "cascade": config.attack.cascade,
             **extra, "model": model_fingerprint(model)}
+
+
+def _identity(spec: AttackSpec) -> dict[str, Any]:
+    """An attack's fields in an evaluation's identity; ``draw`` only where it is not 0, so that run folders written
+    by versions without the field still find their evaluations."""
+    fields = dataclasses.asdict(spec)
+    if not fields["draw"]:
+        del fields["draw"]
+    return fields
 
 
 def _save_evaluation(parts: RunParts, folder: RunFolder, key: str, asked: dict[str, Any], result: RobustnessResult,
