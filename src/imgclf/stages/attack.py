@@ -163,7 +163,7 @@ def evaluation_settings(settings: Settings, examples: int, model: torch.nn.Modul
     extra: dict[str, Any] = {"plan": [_identity(spec) for spec in settings.plan],
                              "plan_tolerance": config.attack.plan_tolerance} if settings.plan else {}
     if settings.minimal_norm is not None:
-        extra["minimal_norm"] = dataclasses.asdict(settings.minimal_norm)
+        extra["minimal_norm"] = _identity(settings.minimal_norm)
     return {"attacks": [_identity(spec) for spec in settings.attacks], "norm": config.attack.norm,
             "eps": [float(e) for e in settings.eps_values], "examples": examples,
             "batch_size": config.attack.batch_size, "seed": config.seed, "cascade": config.attack.cascade,
