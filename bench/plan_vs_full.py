@@ -3,10 +3,10 @@
 Targets: on a standard MNIST ``simple-cnn`` (eps 0.1) and on the FGSM-RS anchor model (eps 0.3), the default
 plan's worst-case robust accuracy within 0.3 points of ``--preset full``'s on the same 1,000 test images (the
 seeded stratified subset both evaluations draw), at no more than a quarter of its forward and backward passes
-and of its wall time. Both are run here, one after the other, by ``imgclf attack`` on the same run folder;
-passes are the model's forward and backward passes over every attack and the minimal-norm search that both run
-(counted in examples), the wall time is the evaluation's (attacks, the minimal-norm search and the sanity
-checks).
+and of its wall time. Both are run here, one after the other, by the attack stage (``imgclf attack``'s) on the
+same run folder; passes are the model's forward and backward passes over every attack and the minimal-norm
+search that both run (counted in examples), the wall time is the evaluation's (attacks, the minimal-norm search
+and the sanity checks).
 
 Usage::
 
@@ -33,20 +33,19 @@ GAP, SHARE = 0.003, 0.25
 
 
 def evaluate(run: Path, preset: str, eps: str, examples: int) -> dict[str, float]:
-    """``imgclf attack RUN --preset PRESET`` at ``eps``: its worst case, passes and seconds."""
-    from imgclf.record import WORST_CASE, read_metrics
+    """``imgclf attack RUN --preset PRESET`` at ``eps`` (from Python, the same stage): its worst case, passes and
+    seconds. An evaluation the run folder holds already is reused with the seconds it took then."""
+    import imgclf
+    from imgclf.attacks.results import WORST_CASE
 
-    subprocess.run([sys.executable, "-m", "imgclf", "attack", str(run), "--preset", preset, "--eps", eps,
-                    "--n-examples", str(examples), "--quiet"], check=True)
-    evaluation = read_metrics(run).evaluations[-1]
-    rows = evaluation.robustness
+    result = imgclf.Run.open(run, quiet=True).attack(attacks=[preset], eps=eps, examples=examples)
+    rows, minimal = result.entries, result.minimal_norm
     worst = next(row for row in rows if row.attack == WORST_CASE and row.eps > 0)
-    plan, minimal = evaluation.attack.plan, evaluation.attack.minimal_norm
-    return {"accuracy": worst.accuracy, "seconds": evaluation.seconds,
+    return {"accuracy": worst.accuracy, "seconds": result.seconds,
             "passes": sum(row.forwards + row.backwards for row in rows if row.attack != WORST_CASE)
             + (minimal.forwards + minimal.backwards if minimal is not None else 0),
-            "converged": all(o.converged for o in plan) if plan else None,
-            "failed": sum(check["status"] == "failed" for check in evaluation.attack.checks)}
+            "converged": all(o.converged for o in result.plan) if result.plan else None,
+            "failed": sum(check["status"] == "failed" for check in result.checks)}
 
 
 def main() -> int:
