@@ -3,8 +3,9 @@
 On a run folder's seeded stratified test subset (the one every evaluation draws), after APGD-CE and APGD-DLR at
 ``--eps``: Square with ``--queries`` on every example still standing, and the same search with ``--focus`` (past
 a fifth of its queries, only the examples of smallest margin go on), for each ``--seeds``; then, on what the
-first full search left, another seed's search of the same length and one of twice the length: whether a new
-draw, or a longer search, finds more. Target: the focused search finds at least 90% of what the full one finds.
+first full search left (the first seed's), a search of the same length with the next seed and one of twice the
+length with the seed after: whether a new draw, or a longer search, finds more. Target: the focused search
+finds at least 90% of what the full one finds.
 
 Usage::
 
@@ -69,7 +70,7 @@ def main() -> int:
         left = ~found[1.0] if left is None else left
     print(f"the focused search found {', '.join(f'{share:.0%}' for share in shares)} of what the full one found")
     x, y = x[left], y[left]
-    for queries, seed in ((args.queries, 101), (2 * args.queries, 102)):
+    for queries, seed in ((args.queries, args.seeds[0] + 1), (2 * args.queries, args.seeds[0] + 2)):
         began = time.perf_counter()
         more = ~standing(square(model, x, y, eps=args.eps, queries=queries, generator=seeded(seed)), y)
         print(f"on the {len(y)} the first full search left: Square {queries} queries, a new seed, fooled "
