@@ -89,15 +89,16 @@ def test_the_plan_has_a_black_box_step_under_linf_only_and_names_each_step_apart
 
 def test_a_new_draw_repeats_a_search_with_fresh_random_numbers_and_draw_0_keeps_the_seed():
     assert unit_seed(7, 0) == 7 and unit_seed(7, 0, 0) == 7  # draw 0: the seeds every evaluation has used
-    assert unit_seed(7, 3) == unit_seed(7, 3, 0) != unit_seed(7, 3, 1)
+    earlier = int(np.random.SeedSequence([7, 3]).generate_state(1, dtype=np.uint64)[0] % 2**63)
+    assert unit_seed(7, 3) == unit_seed(7, 3, 0) == earlier != unit_seed(7, 3, 1)
     assert len({unit_seed(7, batch, draw) for batch in range(3) for draw in range(3)}) == 9
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 4)).eval()
     x, y = torch.rand(24, 1, 6, 6), torch.randint(0, 4, (24,))
 
-    def fooled(draw: int, seed: int = 0) -> np.ndarray:
+    def fooled(draw: int) -> np.ndarray:
         spec = AttackSpec("square", options={"queries": 30}, tag=f"draw {draw}", draw=draw)
-        result = robustness(net, x, y, attacks=[spec], eps_values=[0.03], device=CPU, seed=seed, run_checks=False)
+        result = robustness(net, x, y, attacks=[spec], eps_values=[0.03], device=CPU, seed=0, run_checks=False)
         return result.fooled[(spec.label, 0.03)]
 
     assert (fooled(1) == fooled(1)).all()  # deterministic under the seed
