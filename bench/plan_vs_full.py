@@ -84,4 +84,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from imgclf.errors import UsageError
+
+    try:
+        sys.exit(main())
+    except UsageError as error:  # a run folder that is not there or not a run: one line, not a traceback
+        sys.exit(f"plan_vs_full: {error}")
