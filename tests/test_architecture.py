@@ -223,7 +223,7 @@ LAYERS = [
     {"models"},
     {"evaluation", "calibration", "attacks", "certification"},
     {"corruptions", "defenses"},
-    {"settings", "config"},
+    {"sections", "settings", "config"},
     {"record", "run_folder"},
     {"training", "lr_finder", "checkpoint"},
     {"prediction", "export", "report"},

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from imgclf.attacks import (
     ATTACKS,
@@ -30,9 +30,7 @@ from imgclf.attacks import (
 )
 from imgclf.corruptions.registry import parse_corruptions, parse_severities
 from imgclf.errors import UsageError
-
-if TYPE_CHECKING:
-    from imgclf.config import RunConfig
+from imgclf.sections import RunConfig
 
 #: Default eps lists (pixel units, images in [0, 1]) when the user gives none, by norm and colour.
 DEFAULT_EPS = {
