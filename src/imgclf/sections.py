@@ -230,9 +230,11 @@ class RunConfig:
     device: str = setting("auto", Options("device", DEVICES))
 
 
+#: Every section of a :class:`RunConfig` by its name, in the order of its fields.
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-             "attack": AttackConfig, "adversarial": AdversarialConfig, "corruption": CorruptionConfig,
-             "certify": CertifyConfig}
+            "attack": AttackConfig, "adversarial": AdversarialConfig, "corruption": CorruptionConfig,
+            "certify": CertifyConfig}
+
 
 def section_class(name: str) -> type:
     """The dataclass of configuration section ``name`` (``"train"`` -> :class:`TrainConfig`).
