@@ -56,7 +56,7 @@ def main() -> int:
         keep = standing(apgd(model, x, y, eps=args.eps, loss=loss, generator=seeded(seed)), y)
         x, y = x[keep], y[keep]
     print(f"{args.run}: {len(y)} of {args.examples} test images standing after APGD-CE and APGD-DLR at eps {args.eps}")
-    shares, fooled_first = [], []
+    shares = []
     for seed in args.seeds:
         found = {}
         for focus in (1.0, args.focus):
@@ -67,9 +67,10 @@ def main() -> int:
                   f"of {len(y)} in {time.perf_counter() - began:.0f} s", flush=True)
         full = int(found[1.0].sum())
         shares.append(int((found[args.focus] & found[1.0]).sum()) / full if full else 1.0)
-        fooled_first.append(found[1.0])
+        if seed == args.seeds[0]:
+            left = ~found[1.0]  # what the first seed's full search left
     print(f"the focused search found {', '.join(f'{share:.0%}' for share in shares)} of what the full one found")
-    x, y = x[~fooled_first[0]], y[~fooled_first[0]]  # what the first seed's full search left
+    x, y = x[left], y[left]
     for queries, seed in ((args.queries, args.seeds[0] + 1), (2 * args.queries, args.seeds[0] + 2)):
         began = time.perf_counter()
         more = ~standing(square(model, x, y, eps=args.eps, queries=queries, generator=seeded(seed)), y)
