@@ -131,7 +131,32 @@ def test_an_evaluation_gives_each_example_its_radius_and_resumes_to_the_same_num
                        minimal_norm=AttackSpec("fmn", norm="l2", steps=200))
     assert np.array_equal(again.examples["minimal_radii"], radii)
     worst = next(e for e in again.entries if e.attack == WORST_CASE and e.eps == 0.5)
-    assert summary.agreement[0].fixed_accuracy == pytest.approx(worst.accuracy)
+    assert summary.agreement[0].combined_accuracy == pytest.approx(worst.accuracy)
+
+
+def test_what_the_minimal_norm_search_finds_within_eps_counts_in_the_worst_case():
+    model, images, labels, expected = _linear_case()
+    eps = float(expected["l2"].median())  # FMN's radii put about half the examples within eps
+    weak = AttackSpec("pgd", norm="l2", steps=1, alpha=1e-4, random_start=False)  # fools nothing
+    result = robustness(model, images, labels, attacks=[weak], eps_values=[0, eps], device=torch.device("cpu"),
+                        batch_size=4, run_checks=False, minimal_norm=AttackSpec("fmn", norm="l2", steps=200))
+    radii = result.examples["minimal_radii"]
+    within = radii <= eps
+    assert 0 < within.sum() < 5 and not result.fooled[("pgd", eps)].any()
+    worst = next(e for e in result.entries if e.attack == WORST_CASE and e.eps == eps)
+    row = result.minimal_norm.agreement[0]
+    assert (row.fixed_accuracy, row.only_minimal) == (1.0, int(within.sum()))  # the agreement is the attacks' own
+    assert worst.accuracy == pytest.approx(row.combined_accuracy) == pytest.approx(1 - within.mean())
+    assert np.array_equal(result.fooled[(WORST_CASE, eps)], within)
+    record = result.adversarial
+    assert record["attacks"] == ["pgd", "fmn"]
+    fooled, fooled_by, adv = record["fooled"][1], record["fooled_by"][1], record["images"][1]
+    assert torch.equal(fooled, torch.from_numpy(within)) and (fooled_by[fooled] == 1).all()
+    assert (fooled_by[~fooled] == -1).all() and not record["fooled"][0].any()  # nothing at eps 0
+    assert (per_example_norm(adv - images, "l2").flatten()[fooled] <= eps + 1e-6).all()
+    logits = model(adv[fooled])
+    assert (logits[:, 0] - logits[:, 1] <= 1e-5).all()  # on the boundary or past it (FMN stops at the boundary)
+    assert any("count in the worst case" in note for note in result.minimal_norm.warnings)
 
 
 def test_l1_is_a_threat_model_with_its_own_eps_and_the_plan_of_fmn():

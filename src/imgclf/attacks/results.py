@@ -135,7 +135,7 @@ class MinimalNormAgreement:
             ``only_fixed + only_minimal`` examples where the two disagree (1 where none do).
         missed: ``p_value < MISSED_P``: the curve lies above the fixed-eps result by more than sampling noise.
         combined_accuracy: The share robust to both, the fixed-eps attacks and the minimal-norm attack within
-            ``eps``: the tightest upper bound the evaluation has.
+            ``eps``: the tightest upper bound the evaluation has, and the worst case it reports at ``eps``.
     """
 
     eps: float
@@ -177,7 +177,7 @@ class MinimalNorm:
     @property
     def warnings(self) -> list[str]:
         """One sentence per eps where the curve missed (lies above the fixed-eps result beyond noise), and per eps
-        where it found examples every fixed-eps attack missed."""
+        where it found examples every fixed-eps attack missed (they count in the worst case)."""
         notes = []
         for row in self.agreement:
             if row.missed:
@@ -188,8 +188,8 @@ class MinimalNorm:
                              "search can settle where a fixed-eps attack with another loss or target finds a way)")
             if row.only_minimal:
                 notes.append(f"at eps {row.eps:.4g} {self.attack} found {row.only_minimal} example(s) within eps that "
-                             f"every fixed-eps attack failed on: the fixed-eps worst case ({row.fixed_accuracy:.2%}) "
-                             f"is too high, and robust accuracy there is at most {row.combined_accuracy:.2%}")
+                             f"every fixed-eps attack failed on: they count in the worst case "
+                             f"({row.combined_accuracy:.2%}, the fixed-eps attacks alone {row.fixed_accuracy:.2%})")
         return notes
 
 

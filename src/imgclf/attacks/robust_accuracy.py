@@ -144,7 +144,9 @@ def robustness(
         minimal_norm: A minimal-norm attack (``fmn``) run once, unbounded, on every correctly classified example
             before the fixed-eps attacks (units like theirs, so it resumes and shards alike): each example's
             smallest adversarial radius (``result.examples["minimal_radii"]``), the continuous robustness curve
-            they imply, and its agreement with the fixed-eps worst case (``result.minimal_norm``). None: not run.
+            they imply, and its agreement with the fixed-eps worst case (``result.minimal_norm``). Its finds within
+            an eps count in that eps's worst case, after every fixed-eps attack and the plan (attributed to it in
+            ``adversarial.pt`` only where they failed). None: not run.
 
     Returns:
         A :class:`~imgclf.attacks.results.RobustnessResult`.
@@ -181,7 +183,7 @@ def robustness(
         summary = evaluation.minimal_norm(minimal[0], cost) if minimal else None
         result = RobustnessResult(entries, evaluation.clean_accuracy, evaluation.n, seed,
                                   skipped=skipped + skipped_steps + skipped_minimal, fooled=evaluation.fooled,
-                                  adversarial=evaluation.adversarial_record(runnable + steps),
+                                  adversarial=evaluation.adversarial_record(runnable + steps + minimal),
                                   examples=evaluation.examples,
                                   plan=evaluation.plan.outcomes if evaluation.plan else [], minimal_norm=summary)
         if run_checks:
@@ -338,6 +340,8 @@ class _Evaluation:
         self.done = self.total = 0
         self.plan: _Plan | None = None
         self.radii: torch.Tensor | None = None  # each example's smallest adversarial radius found, once searched
+        self.closest: torch.Tensor | None = None  # the adversarial images at those radii (clean where none found)
+        self.fixed_fooled: dict[float, np.ndarray] = {}  # per eps, the worst case before the minimal-norm finds
 
     @staticmethod
     def weight(spec: AttackSpec, eps: float = 1.0) -> int:
@@ -408,10 +412,12 @@ class _Evaluation:
                                        target_success_rate=target_rate, seconds=merged["seconds"],
                                        attacked=attacked, forwards=merged["forwards"],
                                        backwards=merged["backwards"]))
+        ran = runnable + (self.plan.steps if self.plan is not None else [])
         if self.plan is not None and self.plan.steps and eps > 0:
             entries += self._escalate(eps, eps_index, worst_fooled, worst_images, fooled_by)
+        self.fixed_fooled[eps] = worst_fooled.cpu().numpy().copy()  # (a view on the CPU, and the fold changes it)
+        self._fold_minimal(eps, len(ran), worst_fooled, worst_images, fooled_by)
         self.fooled[(WORST_CASE, eps)] = worst_fooled.cpu().numpy()
-        ran = runnable + (self.plan.steps if self.plan is not None else [])
         entries.append(self._entry(WORST_CASE, eps, self.correct & ~worst_fooled,
                                    settings={"norm": ",".join(dict.fromkeys(s.norm for s in ran)),
                                              "steps": None, "alpha": None, "restarts": None, "random_start": None,
@@ -423,6 +429,18 @@ class _Evaluation:
         self.worst["fooled"].append(worst_fooled.cpu())
         self.worst["fooled_by"].append(fooled_by.cpu())
         return entries
+
+    def _fold_minimal(self, eps: float, index: int, worst_fooled: torch.Tensor, worst_images: torch.Tensor,
+                      fooled_by: torch.Tensor) -> None:
+        """Count in the worst case at ``eps`` the examples the minimal-norm search fooled within ``eps`` that every
+        fixed-eps attack failed on, with its adversarial images (``index``: its place in ``adversarial.pt``'s
+        ``attacks``); nothing without a search or at eps 0."""
+        if self.radii is None or self.closest is None or eps <= 0:
+            return
+        new = self.correct & (self.radii <= eps) & ~worst_fooled
+        worst_images[new] = self.closest[new]
+        fooled_by[new] = index
+        worst_fooled |= new
 
     def _escalate(self, eps: float, eps_index: int, worst_fooled: torch.Tensor, worst_images: torch.Tensor,
                   fooled_by: torch.Tensor) -> list[RobustnessEntry]:
@@ -485,6 +503,7 @@ class _Evaluation:
         radii = np.where(correct, np.where(hit, sizes, np.inf), 0.0).astype(np.float32)  # (as the record keeps them)
         self.examples["minimal_radii"] = radii
         self.radii = torch.from_numpy(radii).to(self.images.device)
+        self.closest = closest
         return cost
 
     def minimal_norm(self, spec: AttackSpec, cost: dict[str, Any]) -> MinimalNorm:
@@ -494,7 +513,7 @@ class _Evaluation:
         attacked = int(correct.sum())
         middle = float(np.median(radii[correct])) if attacked else math.inf
         median = middle if math.isfinite(middle) else None
-        fooled = {eps: self.fooled[(WORST_CASE, eps)] for eps in self.eps_values}
+        fooled = {eps: self.fixed_fooled[eps] for eps in self.eps_values}
         return MinimalNorm(spec.label, spec.norm, spec.n_steps, attacked, int(np.isfinite(radii[correct]).sum()),
                            median, cost["seconds"], cost["forwards"], cost["backwards"],
                            agreement(radii, fooled, correct))
