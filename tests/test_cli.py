@@ -198,7 +198,9 @@ def test_an_existing_run_folder_is_never_overwritten(run_dir, capsys):
     (["run", "--attack", "cw"],
      "unknown attack (--attack) 'cw'; valid choices: apgd-ce, apgd-ce-t, apgd-dlr, apgd-t, auto, fab-t, fgsm, "
      "fmn, full, pgd, plan, quick, square"),
-    (["run", "--preset", "huge"], "unknown attack (--attack) 'huge'; valid choices: apgd-ce"),
+    (["run", "--preset", "huge"], "unknown preset (--preset) 'huge'; valid choices: quick, full, auto"),
+    (["run", "--preset", "fgsm"], "unknown preset (--preset) 'fgsm'; valid choices: quick, full, auto (single "
+                                  "attacks go to --attack)"),
     (["run", "--norm", "l0"], "unknown norm (--norm) 'l0'; valid choices: l1, l2, linf"),
     (["run", "--norm", "l1", "--preset", "quick"], "no attack of quick implements norm l1; name one that does: fmn"),
     (["run", "--norm", "l1", "--attack", "pgd"], "the pgd attack is implemented for --norm linf, l2 only"),

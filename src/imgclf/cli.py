@@ -328,8 +328,12 @@ def _add_certify_flags(parser: argparse.ArgumentParser) -> None:
           help="noisy copies whose majority is the smoothed classifier's class at each attacked point")
 
 
+class _Preset(str):
+    """A ``--preset`` value: one of the presets, not any attack name (:func:`_overrides` checks it)."""
+
+
 def _preset(text: str) -> list[str]:
-    return [text]  # validated with the other attack names in imgclf.config.validate
+    return [_Preset(text)]  # (an error here would print the usage block: checked with the other settings instead)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -675,6 +679,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                  if "." in key or key in ("seed", "device", "recipe")}
     for key, value in getattr(args, "model_options", []):
         overrides[f"model.options.{key}"] = value
+    chosen = overrides.get("attack.attacks")
+    if isinstance(chosen, list) and any(isinstance(name, _Preset) for name in chosen):
+        from imgclf.attacks import ATTACK_PRESETS
+
+        if chosen[0] not in ATTACK_PRESETS:
+            raise UsageError(f"unknown preset (--preset) {str(chosen[0])!r}; valid choices: "
+                             f"{', '.join(ATTACK_PRESETS)} (single attacks go to --attack)")
+        overrides["attack.attacks"] = [str(chosen[0])]
     return overrides
 
 
