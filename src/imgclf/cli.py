@@ -680,13 +680,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in getattr(args, "model_options", []):
         overrides[f"model.options.{key}"] = value
     chosen = overrides.get("attack.attacks")
-    if isinstance(chosen, list) and any(isinstance(name, _Preset) for name in chosen):
+    if isinstance(chosen, list) and isinstance(chosen[0], _Preset):  # (--preset gives a list of one)
         from imgclf.attacks import ATTACK_PRESETS
 
-        if chosen[0] not in ATTACK_PRESETS:
-            raise UsageError(f"unknown preset (--preset) {str(chosen[0])!r}; valid choices: "
-                             f"{', '.join(ATTACK_PRESETS)} (single attacks go to --attack)")
-        overrides["attack.attacks"] = [str(chosen[0])]
+        preset = str(chosen[0])
+        if preset not in ATTACK_PRESETS:
+            raise UsageError(f"unknown preset (--preset) {preset!r}; valid choices: {', '.join(ATTACK_PRESETS)} "
+                             "(single attacks go to --attack)")
+        overrides["attack.attacks"] = [preset]
     return overrides
 
 
