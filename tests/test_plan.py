@@ -185,3 +185,19 @@ def test_the_advice_fits_the_kind_of_escalation_still_finding_examples():
     notes = advice([], [PlanOutcome(0.3, False, "did not converge", 0.005, 9000, 8800, white)], run="runs/r")
     assert len(notes) == 1 and "imgclf attack runs/r --preset full --restarts 5 --cascade" in notes[0]
     assert advice([], [PlanOutcome(0.3, True, "converged", 0.005, 900, 8800, white)]) == []
+
+
+def test_the_advice_sends_an_evaluation_of_weak_attacks_to_the_plan_before_blaming_the_gradients():
+    beaten = [{"name": "white-box beats black-box", "status": "failed", "detail": "square probe fools 2"}]
+    notes = advice(beaten, [], run="runs/r", attacks=["fgsm", "pgd", "worst-case"])
+    # FGSM and PGD-20 alone: a probe that beats them says they stopped short; the remedy is the plan
+    assert len(notes) == 1 and "imgclf attack runs/r --preset auto" in notes[0] and "(fgsm, pgd)" in notes[0]
+    assert "--surrogate" not in notes[0]
+    python = advice(beaten, [], python=True, attacks=["pgd"])
+    assert len(python) == 1 and 'attacks=["auto"]' in python[0]
+    # the whole ensemble (or the plan) ran: the same failure points to masked gradients
+    ensemble = advice(beaten, [], run="runs/r", attacks=["apgd-ce", "apgd-t", "fab-t", "square", "worst-case"])
+    assert len(ensemble) == 1 and "--surrogate" in ensemble[0] and "--preset auto" not in ensemble[0]
+    # a check that says the gradients themselves are broken is not a matter of weak attacks
+    zero = [{"name": "gradients", "status": "failed", "detail": "zero"}]
+    assert "--surrogate" in advice(zero, [], attacks=["fgsm"])[0]

@@ -63,7 +63,8 @@ class RobustnessReport:
         """What to try where a check failed or the plan did not converge (:func:`imgclf.attacks.checks.advice`)."""
         from imgclf.attacks.checks import advice
 
-        return advice(self.checks, self.result.plan, python=True)
+        return advice(self.checks, self.result.plan, python=True,
+                      attacks=[entry.attack for entry in self.result.entries])
 
     @property
     def minimal_norm(self) -> MinimalNorm | None:

@@ -10,6 +10,7 @@ measured) and ``meaning`` (why it matters).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ import torch
 
 from imgclf.attacks.core import largest_eps, logits_and_gradient
 from imgclf.attacks.losses import cross_entropy
-from imgclf.attacks.registry import MINIMAL_NORM_ATTACK, attack_info
+from imgclf.attacks.registry import ATTACK_PRESETS, MINIMAL_NORM_ATTACK, attack_info
 from imgclf.attacks.results import WORST_CASE, RobustnessResult, batched_logits
 from imgclf.models.classifier import differentiable
 from imgclf.runtime import generator
@@ -375,12 +376,20 @@ def _classes(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> t
     return batched_logits(model, images, batch_size).argmax(1)
 
 
-def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN", *, python: bool = False) -> list[str]:
+#: The checks a probe of imgclf's own makes, which fail where it finds what the evaluation's attacks missed.
+PROBED = ("white-box beats black-box", "transfer beats the evaluation", "attack converged")
+
+
+def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN", *, python: bool = False,
+           attacks: Sequence[str] = ()) -> list[str]:
     """What to try when the evaluation is not conclusive: a check failed, or the converging plan stopped
     without converging. One sentence each with the command (``run`` stands for the run folder), fitted to the
     failure: a black-box or transferred attack that beats the gradients points to masked gradients (attack a
     surrogate, search longer without gradients); a longer gradient attack that still finds more points to an
     unconverged search (more restarts, the whole ensemble); a randomized model is attacked through EOT already.
+    An evaluation that ran neither the plan nor the whole AutoAttack ensemble (``--attack fgsm,pgd``) is told to
+    run the plan first where a probe beat its attacks: weak attacks, not masked gradients, are then the likelier
+    reason, and the plan escalates until it converges.
 
     Args:
         checks: The sanity checks (:func:`sanity_checks`' dicts).
@@ -388,6 +397,8 @@ def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN", *, p
         run: How the run folder is named in the commands.
         python: Say what to try as arguments of :func:`imgclf.evaluate_robustness` rather than as commands (for a
             model evaluated from Python, without a run folder).
+        attacks: The labels of the attacks the evaluation ran (``apgd-t (3 targets)``; the worst case may be
+            among them); with an empty ``plan``, whether they hold the whole ensemble decides the advice above.
 
     Returns:
         Sentences, most telling first; empty when every check passed and the plan converged.
@@ -409,6 +420,14 @@ def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN", *, p
             f"imgclf attack {run} {flags}"
 
     notes = []
+    ran = {label.split(" ")[0] for label in attacks}
+    if not plan and not set(ATTACK_PRESETS["full"]) <= ran and failed & set(PROBED):
+        notes.append(f"The attacks run ({', '.join(sorted(ran - {WORST_CASE})) or 'none'}) stop before they have "
+                     "converged, so a probe that finds more says first that they stopped short, not that the "
+                     "gradients are masked: run the converging plan, which escalates until it converges and says "
+                     "why (" + call("--preset auto", 'attacks=["auto"]') + "); where a check fails there too, its "
+                     "advice names what to try next.")
+        failed -= set(PROBED)
     if failed & {"white-box beats black-box", "transfer beats the evaluation", "gradients",
                  "large eps breaks the model"} or black_still:
         notes.append("The model resists gradient attacks: searches without its gradients find what they miss "

@@ -335,7 +335,7 @@ def _evaluation_view(evaluation: Evaluation, colour: bool, clean_n: int | None, 
                   "passes": o.passes_per_example, "budget": o.budget} for o in attack.plan],
         "plan_tolerance": attack.plan[0].tolerance if attack.plan else 0.0,
         "plan_steps": list(dict.fromkeys(step.attack for o in attack.plan for step in o.steps)),
-        "advice": advice(attack.checks, attack.plan, run=run_name),
+        "advice": advice(attack.checks, attack.plan, run=run_name, attacks=evaluation.attacks()),
         "minimal_norm": _minimal_norm_view(attack, colour),
     }
 

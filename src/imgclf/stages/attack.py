@@ -234,5 +234,6 @@ def log_attack(parts: RunParts, result: RobustnessResult) -> None:
               f"failed, {sum(c['status'] == 'not run' for c in result.checks)} not run")
     for check in failed:  # on stderr even with --quiet: the numbers above may not be what they seem
         parts.log.warn(f"warning: check '{check['name']}' failed: {check['detail']}")
-    for note in advice(result.checks, result.plan, run=str(parts.folder.path) if parts.folder else "RUN"):
+    for note in advice(result.checks, result.plan, run=str(parts.folder.path) if parts.folder else "RUN",
+                       attacks=[entry.attack for entry in result.entries]):
         parts.log.warn(f"what to try: {note}")
