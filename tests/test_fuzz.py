@@ -180,6 +180,40 @@ def run_on_damaged_folder(run: Path, command: str, image: Path, damage: str) -> 
     shutil.rmtree(run.parent)
 
 
+def _damaged_tensors(path: Path) -> None:
+    """A file of tensors whose test positions point past the test split."""
+    import torch
+
+    stored = torch.load(path, weights_only=True)
+    stored["test_positions"] = stored["test_positions"] + 10**6
+    torch.save(stored, path)
+
+
+EVALUATION_DAMAGE = {
+    "random bytes": lambda path: path.write_bytes(os.urandom(300)),
+    "truncated": lambda path: path.write_bytes(path.read_bytes()[:1000]),
+    "empty": lambda path: path.write_bytes(b""),
+    "tensors that do not fit": _damaged_tensors,
+}
+
+
+@pytest.mark.parametrize(("name", "damage"), [(record.ADVERSARIAL_IMAGES, damage) for damage in EVALUATION_DAMAGE]
+                         + [(record.ADVERSARIAL_EXAMPLES, damage) for damage in ("random bytes", "truncated", "empty")])
+def test_a_damaged_evaluation_file_ends_every_command_that_reads_it_in_one_line(trained_run, tmp_path, name, damage):
+    """``explain`` (adversarial images), ``report`` (the examples shown) and a repeated ``attack`` (reused) on
+    an evaluation whose file was damaged: one line naming the file, or a clean run that does not need it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (target,) = run.glob(f"{record.EVALUATIONS}/*/{name}")
+    EVALUATION_DAMAGE[damage](target)
+    for argv in (["explain", str(run)], ["report", str(run)],
+                 ["attack", str(run), "--attack", "fgsm", "--eps", "0,0.1", "--n-examples", "20"]):
+        status, err = run_cli(argv)
+        assert_clean_ending(status, err, [*argv, name, damage])
+        if status:
+            assert name in err, (argv, err)
+
+
 # -- random flags -------------------------------------------------------------------------------
 
 ODD_VALUES = ["", "0", "-1", "1", "2", "nan", "inf", "-inf", "1e309", "none", "null", "all", "true", "8/255",

@@ -98,7 +98,7 @@ def _chosen(parts: RunParts, metrics: Metrics, eps: float | None, count: int
     if stored_path is None or not stored_path.is_file():
         positions = one_per_class(np.arange(len(data.test.labels)), data.test.labels.numpy(), count)
         return data.test.float_images(positions), None, data.test.labels[positions], positions, {}
-    stored = torch.load(stored_path, map_location="cpu", weights_only=True)
+    stored = _stored_examples(stored_path, len(data.test.labels))
     radii = [float(e) for e in stored["eps"]]
     chosen = telling_eps(metrics) if eps is None else float(eps)
     if chosen is None or not any(abs(r - chosen) < 1e-6 for r in radii):  # (stored as float32)
@@ -124,3 +124,43 @@ def one_per_class(rows: np.ndarray, labels: np.ndarray, count: int) -> np.ndarra
     for value in np.unique(classes):
         rank[classes == value] = np.arange(np.sum(classes == value))
     return rows[np.lexsort((classes, rank))][:count]
+
+
+def _stored_examples(path: Path, test_size: int) -> dict[str, Any]:
+    """An evaluation's ``adversarial.pt`` (read with ``weights_only=True``: no code is unpickled), checked:
+    ``eps`` ``(E,)``, ``test_positions`` and ``labels`` ``int64`` ``(N,)``, ``images`` ``(E, N, C, H, W)``.
+
+    Raises:
+        UsageError: If the file cannot be read or does not hold those tensors, with positions in the test split.
+    """
+    import pickle
+
+    problem: str | None
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        problem = "it is damaged or not a file of tensors (reading it would unpickle code, which imgclf never does)"
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        problem = f"it cannot be read as saved tensors ({(str(error).splitlines() or [''])[0][:120]})"
+    else:
+        problem = _examples_problem(stored, test_size)
+    if problem:
+        raise UsageError(f"{str(path)!r}: {problem}; restore it, or delete the evaluation's entry in metrics.json and "
+                         "attack again")
+    return stored
+
+
+def _examples_problem(stored: object, test_size: int) -> str | None:
+    """What is wrong with an ``adversarial.pt``'s content, or None."""
+    keys = ("eps", "test_positions", "labels", "images")
+    if not isinstance(stored, dict) or not all(isinstance(stored.get(key), torch.Tensor) for key in keys):
+        return f"it does not hold the tensors {', '.join(keys)}"
+    eps, positions, labels, images = (stored[key] for key in keys)
+    n = len(positions)
+    if eps.dim() != 1 or positions.dim() != 1 or labels.shape != (n,) or images.dim() != 5 \
+            or images.shape[:2] != (len(eps), n):
+        return (f"its shapes disagree (eps {tuple(eps.shape)}, test_positions {tuple(positions.shape)}, labels "
+                f"{tuple(labels.shape)}, images {tuple(images.shape)}; images must be (eps, examples, C, H, W))")
+    if n and (positions.min() < 0 or positions.max() >= test_size):
+        return f"its test_positions run outside the test split's {test_size} images"
+    return None
