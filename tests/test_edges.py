@@ -225,8 +225,8 @@ def _splits(copy: Path) -> dict[str, np.ndarray]:
 
 SPLITS_DAMAGE = {
     "not a zip": (lambda c: (c / record.SPLITS).write_bytes(b"PK not a zip"), "cannot be read as NumPy arrays"),
-    "objects": (lambda c: (c / record.SPLITS).write_bytes(_object_npz()), "would unpickle Python objects, which "
-                "imgclf never does"),
+    "objects": (lambda c: (c / record.SPLITS).write_bytes(_object_npz()), "holds pickled Python objects, which "
+                "imgclf never loads"),
     "missing key": (lambda c: _npz(c / record.SPLITS, **{k: v for k, v in _splits(c).items() if "test" not in k}),
                     "lacks the test split"),
     "negative": (lambda c: _npz(c / record.SPLITS, **{**_splits(c), "test_indices": np.array([-1, 3, 4])}),

@@ -236,8 +236,8 @@ class RunFolder:
                     raise ValueError("it is a single array, not an archive of named arrays")
                 return {key: archive[key] for key in archive.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
-            why = "reading it would unpickle Python objects, which imgclf never does" if "pickle" in str(error) \
-                else str(error)[:160]
+            why = "it is damaged, or holds pickled Python objects, which imgclf never loads" \
+                if "pickle" in str(error) else str(error)[:160]
             raise UsageError(f"{str(path)!r} cannot be read as NumPy arrays ({why}); restore it, or delete it and "
                              "run the stage that wrote it again") from None
 

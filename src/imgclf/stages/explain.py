@@ -139,7 +139,7 @@ def _stored_examples(path: Path, test_size: int) -> dict[str, Any]:
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        problem = "it is damaged or not a file of tensors (reading it would unpickle code, which imgclf never does)"
+        problem = "it is damaged, or holds pickled Python objects, which imgclf never loads"
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         problem = f"it cannot be read as saved tensors ({(str(error).splitlines() or [''])[0][:120]})"
     else:
