@@ -5,6 +5,7 @@ never called converged."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -156,6 +157,8 @@ def test_the_plan_converges_on_an_honest_model_below_the_attacks_it_starts_from(
     statuses = {check["name"]: check["status"] for check in result.checks}
     assert "failed" not in statuses.values(), result.checks
     assert advice(result.checks, result.plan) == []
+    black = next(c for c in result.checks if c["name"] == "white-box beats black-box")["detail"]
+    assert black.startswith("every example the black-box search fooled falls to a white-box attack too; square probe")
 
 
 @pytest.mark.slow
@@ -171,6 +174,45 @@ def test_a_model_with_masked_gradients_is_never_called_converged(mnist):  # noqa
     assert "the check gradients failed" in outcome.reason or "the checks gradients" in outcome.reason, outcome.reason
     notes = advice(result.checks, result.plan, run="runs/rounded")
     assert notes and "--surrogate" in notes[0] and "imgclf attack runs/rounded" in notes[0]
+
+
+class Quantized(torch.nn.Module):
+    """A linear classifier of 4x4 images behind input quantization (4 levels): no gradient reaches the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.net((x * 4).round() / 4)
+
+
+def test_what_the_plans_search_fools_is_attacked_again_by_every_gradient_attack_before_it_counts_as_beating_them():
+    torch.manual_seed(0)
+    model = Quantized().eval()
+    images = torch.rand(80, 1, 4, 4)
+    labels = model(images).argmax(1)
+    result = robustness(model, images, labels, attacks=[], eps_values=[0.3], device=CPU, seed=0, plan=SHORT)
+    (outcome,) = result.plan
+    fooled = sum(s.fooled for s in outcome.steps if not s.white_box)
+    black = next(c for c in result.checks if c["name"] == "white-box beats black-box")
+    # the gradient attacks after the search (APGD-T) never saw what it fooled; run again on it, they all fail
+    assert fooled > 0 and black["status"] == "failed", (outcome, black)
+    beaten = re.match(r"the black-box search fooled examples that every white-box attack, run again on them, "
+                      rf"failed on: eps=0.3: (\d+) of the {fooled} it fooled; square probe", black["detail"])
+    assert beaten and int(beaten[1]) >= 0.9 * fooled, black["detail"]  # (a random start may land one)
+    assert not outcome.converged
+    # the same quantization with gradients through it (the identity's, as a straight-through estimator): the
+    # gradient attacks find what the search found, and the check passes
+    class StraightThrough(Quantized):
+        def forward(self, x):
+            return self.net(x + ((x * 4).round() / 4 - x).detach())
+
+    honest = StraightThrough().eval()
+    honest.load_state_dict(model.state_dict())
+    again = robustness(honest, images, labels, attacks=[], eps_values=[0.3], device=CPU, seed=0, plan=SHORT)
+    black = next(c for c in again.checks if c["name"] == "white-box beats black-box")
+    assert black["detail"].startswith("every example the black-box search fooled falls to a white-box attack too")
 
 
 def test_the_advice_fits_the_kind_of_escalation_still_finding_examples():

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from imgclf.attacks.core import largest_eps, logits_and_gradient
@@ -123,9 +124,11 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
     black = [s for s in attacks if not attack_info(s.name).white_box]
     white = [s for s in attacks if attack_info(s.name).white_box]
-    if white and probe.ready and (cascade or not black):  # (a cascaded black-box row holds only what it added)
+    if black and white and cascade:  # (a cascaded black-box row holds only what it added)
+        checks.append(_cascaded_black_box(model, images, labels, result, black, white, probe, batch_size, seed))
+    elif white and probe.ready and not black:
         checks.append(probe.square())
-    elif black and white and not cascade:
+    elif black and white:
         beaten = []
         for eps in sorted({eps for (_, eps) in result.fooled}):
             by_black = result.fooled[(black[0].label, eps)]
@@ -145,6 +148,43 @@ def sanity_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
                                                                "logits: the model is deterministic"))
     return checks
 
+
+
+def _cascaded_black_box(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, result: RobustnessResult,
+                        black: list[AttackSpec], white: list[AttackSpec], probe: _Probe, batch_size: int,
+                        seed: int) -> dict[str, Any]:
+    """``white-box beats black-box`` where the attacks ran on what the earlier ones failed on (the plan,
+    ``--cascade``): what a black-box row fooled, at each eps, is attacked again by every white-box attack of the
+    evaluation (those after the search never saw it); an example they all fail on is one the search beat the
+    gradients on, as an ensemble's rows would show. Square's probe then looks past the worst case."""
+    beaten = []
+    gen = generator(seed + 3, images.device)  # not the evaluation's own random draws
+    for eps in sorted({eps for (_, eps) in result.fooled if eps > 0}):
+        rows = [result.fooled[(spec.label, eps)] for spec in black if (spec.label, eps) in result.fooled]
+        missed = [result.fooled[(spec.label, eps)] for spec in white if (spec.label, eps) in result.fooled]
+        if not rows or not missed:
+            continue
+        found = np.stack(rows).any(0) & ~np.stack(missed).any(0)
+        if not found.any():
+            continue
+        index = torch.as_tensor(np.flatnonzero(found), device=images.device)
+        x, y = images[index], labels[index]
+        standing = torch.ones(len(index), dtype=torch.bool, device=images.device)
+        for spec in white:
+            for i in range(0, len(x), batch_size):
+                part = torch.arange(i, min(i + batch_size, len(x)), device=x.device)[standing[i:i + batch_size]]
+                if len(part):
+                    adv = spec.run(model, x[part], y[part], eps, gen)
+                    standing[part[_classes(model, adv, batch_size) != y[part]]] = False
+        if int(standing.sum()):
+            beaten.append(f"eps={eps:.4g}: {int(standing.sum())} of the {len(index)} it fooled")
+    probed = probe.square() if probe.ready else None
+    failed = bool(beaten) or (probed is not None and probed["status"] == "failed")
+    detail = ("the black-box search fooled examples that every white-box attack, run again on them, failed on: "
+              + "; ".join(beaten) if beaten else "every example the black-box search fooled falls to a white-box "
+              "attack too")
+    return _check("white-box beats black-box", "failed" if failed else "passed",
+                  detail + (f"; {probed['detail']}" if probed is not None else ""))
 
 
 def _pgd_beats_fgsm(attacks: list[AttackSpec], accuracy: dict[tuple[str, float], float], probe: _Probe, *,
