@@ -463,10 +463,10 @@ def advice(checks: list[dict[str, Any]], plan: list[Any], run: str = "RUN", *, p
     ran = {label.split(" ")[0] for label in attacks}
     if not plan and not set(ATTACK_PRESETS["full"]) <= ran and failed & set(PROBED):
         notes.append(f"The attacks run ({', '.join(sorted(ran - {WORST_CASE})) or 'none'}) stop before they have "
-                     "converged, so a probe that finds more says first that they stopped short, not that the "
-                     "gradients are masked: run the converging plan, which escalates until it converges and says "
-                     "why (" + call("--preset auto", 'attacks=["auto"]') + "); where a check fails there too, its "
-                     "advice names what to try next.")
+                     "converged, so a check that finds what they missed says first that they stopped short, not "
+                     "that the gradients are masked: run the converging plan, which escalates until it converges "
+                     "and says why (" + call("--preset auto", 'attacks=["auto"]') + "); where a check fails there "
+                     "too, its advice names what to try next.")
         failed -= set(PROBED)
     if failed & {"white-box beats black-box", "transfer beats the evaluation", "gradients",
                  "large eps breaks the model"} or black_still:

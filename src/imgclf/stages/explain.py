@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,6 @@ def _stored_examples(path: Path, test_size: int) -> dict[str, Any]:
     Raises:
         UsageError: If the file cannot be read or does not hold those tensors, with positions in the test split.
     """
-    import pickle
-
     problem: str | None
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
