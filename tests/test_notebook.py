@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import imgclf
+from conftest import Rounding
 from imgclf.notebook import ResultHTML, Table
 
 
@@ -65,16 +66,7 @@ def test_a_failed_check_is_an_alert_with_what_to_try(tmp_path):
     """A model whose gradients are masked (its input quantized, labels its own predictions) fails the checks;
     evaluate_robustness's HTML shows them as an alert, with what to try."""
     torch.manual_seed(0)
-
-    class Quantized(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-
-        def forward(self, x):
-            return self.net((x * 4).round() / 4)
-
-    model = Quantized().eval()
+    model = Rounding(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))).eval()
     images = torch.rand(60, 1, 4, 4)
     report = imgclf.evaluate_robustness(model, images, model(images).argmax(1), attacks=["fgsm", "pgd"], eps=[0.1],
                                         minimal_norm=False, quiet=True)
@@ -86,7 +78,7 @@ def test_a_failed_check_is_an_alert_with_what_to_try(tmp_path):
     assert any("imgclf.evaluate_robustness(model, images, labels, surrogate=stand_in)" in note
                for note in report.advice) and not any("imgclf attack" in note for note in report.advice)
     again = imgclf.evaluate_robustness(model, images, model(images).argmax(1), attacks=["fgsm"], eps=[0.1],
-                                       minimal_norm=False, quiet=True, surrogate=model.net)
+                                       minimal_norm=False, quiet=True, surrogate=model.inner)
     transfer = next(c for c in again.checks if c["name"] == "transfer beats the evaluation")
     assert transfer["status"] != "not run"
     assert len(repr(report)) < 400

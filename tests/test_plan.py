@@ -176,20 +176,16 @@ def test_a_model_with_masked_gradients_is_never_called_converged(mnist):  # noqa
     assert notes and "--surrogate" in notes[0] and "imgclf attack runs/rounded" in notes[0]
 
 
-class Quantized(torch.nn.Module):
-    """A linear classifier of 4x4 images behind input quantization (4 levels): no gradient reaches the input."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+class StraightThrough(Rounding):
+    """The same quantization with the identity's gradient through it (a straight-through estimator)."""
 
     def forward(self, x):
-        return self.net((x * 4).round() / 4)
+        return self.inner(x + (torch.round(x * 4) / 4 - x).detach())
 
 
 def test_what_the_plans_search_fools_is_attacked_again_by_every_gradient_attack_before_it_counts_as_beating_them():
     torch.manual_seed(0)
-    model = Quantized().eval()
+    model = Rounding(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))).eval()  # 4x4 images, 3 classes
     images = torch.rand(80, 1, 4, 4)
     labels = model(images).argmax(1)
     result = robustness(model, images, labels, attacks=[], eps_values=[0.3], device=CPU, seed=0, plan=SHORT)
@@ -202,14 +198,8 @@ def test_what_the_plans_search_fools_is_attacked_again_by_every_gradient_attack_
                       rf"failed on: eps=0.3: (\d+) of the {fooled} it fooled; square probe", black["detail"])
     assert beaten and int(beaten[1]) >= 0.9 * fooled, black["detail"]  # (a random start may land one)
     assert not outcome.converged
-    # the same quantization with gradients through it (the identity's, as a straight-through estimator): the
-    # gradient attacks find what the search found, and the check passes
-    class StraightThrough(Quantized):
-        def forward(self, x):
-            return self.net(x + ((x * 4).round() / 4 - x).detach())
-
-    honest = StraightThrough().eval()
-    honest.load_state_dict(model.state_dict())
+    # the same quantization with gradients through it: the gradient attacks find what the search found
+    honest = StraightThrough(model.inner).eval()
     again = robustness(honest, images, labels, attacks=[], eps_values=[0.3], device=CPU, seed=0, plan=SHORT)
     black = next(c for c in again.checks if c["name"] == "white-box beats black-box")
     assert black["detail"].startswith("every example the black-box search fooled falls to a white-box attack too")
