@@ -85,6 +85,8 @@ def test_a_failed_check_is_an_alert_with_what_to_try(tmp_path):
     page = (report.save(tmp_path / "saved") / "report.html").read_text()
     top = page[:page.index('<nav class="toc"')]  # the report opens with the alert, before its contents
     assert '<div class="alert" role="alert"><strong>' in top and "gradients" in top
+    # FGSM and PGD alone, no plan: the evaluation is said to be inconclusive, and the plan is what to try first
+    assert "This evaluation is not conclusive.</strong> What to try:" in page and "--preset auto" in page
 
 
 def test_values_are_escaped_and_empty_columns_left_out():
