@@ -157,7 +157,7 @@ def _cascaded_black_box(model: torch.nn.Module, images: torch.Tensor, labels: to
     ``--cascade``): what a black-box row fooled, at each eps, is attacked again by every white-box attack of the
     evaluation (those after the search never saw it); an example they all fail on is one the search beat the
     gradients on, as an ensemble's rows would show. Square's probe then looks past the worst case."""
-    beaten = []
+    beaten, found_in_all = [], 0
     gen = generator(seed + 3, images.device)  # not the evaluation's own random draws
     for eps in sorted({eps for (_, eps) in result.fooled if eps > 0}):
         rows = [result.fooled[(spec.label, eps)] for spec in black if (spec.label, eps) in result.fooled]
@@ -168,6 +168,7 @@ def _cascaded_black_box(model: torch.nn.Module, images: torch.Tensor, labels: to
         if not found.any():
             continue
         index = torch.as_tensor(np.flatnonzero(found), device=images.device)
+        found_in_all += len(index)
         x, y = images[index], labels[index]
         standing = torch.ones(len(index), dtype=torch.bool, device=images.device)
         for spec in white:
@@ -181,8 +182,9 @@ def _cascaded_black_box(model: torch.nn.Module, images: torch.Tensor, labels: to
     probed = probe.square() if probe.ready else None
     failed = bool(beaten) or (probed is not None and probed["status"] == "failed")
     detail = ("the black-box search fooled examples that every white-box attack, run again on them, failed on: "
-              + "; ".join(beaten) if beaten else "every example the black-box search fooled falls to a white-box "
-              "attack too")
+              + "; ".join(beaten) if beaten else f"the {found_in_all} example(s) the black-box search fooled all fall "
+              "to a white-box attack run again on them" if found_in_all else
+              "the black-box search fooled no example the white-box attacks had missed")
     return _check("white-box beats black-box", "failed" if failed else "passed",
                   detail + (f"; {probed['detail']}" if probed is not None else ""))
 
