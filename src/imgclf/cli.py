@@ -680,7 +680,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in getattr(args, "model_options", []):
         overrides[f"model.options.{key}"] = value
     chosen = overrides.get("attack.attacks")
-    if isinstance(chosen, list) and isinstance(chosen[0], _Preset):  # (--preset gives a list of one)
+    if isinstance(chosen, list) and chosen and isinstance(chosen[0], _Preset):  # (--preset gives a list of one)
         from imgclf.attacks import ATTACK_PRESETS
 
         preset = str(chosen[0])

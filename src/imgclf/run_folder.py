@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import record
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, first_line
 
 
 def _umask() -> int:
@@ -237,7 +237,7 @@ class RunFolder:
                 return {key: archive[key] for key in archive.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
             why = "it is damaged, or holds pickled Python objects, which imgclf never loads" \
-                if "pickle" in str(error) else str(error)[:160]
+                if "pickle" in str(error) else first_line(error)
             raise UsageError(f"{str(path)!r} cannot be read as NumPy arrays ({why}); restore it, or delete it and "
                              "run the stage that wrote it again") from None
 

@@ -169,16 +169,12 @@ def _cascaded_black_box(model: torch.nn.Module, images: torch.Tensor, labels: to
             continue
         index = torch.as_tensor(np.flatnonzero(found), device=images.device)
         found_in_all += len(index)
-        x, y = images[index], labels[index]
-        standing = torch.ones(len(index), dtype=torch.bool, device=images.device)
+        standing = index
         for spec in white:
-            for i in range(0, len(x), batch_size):
-                part = torch.arange(i, min(i + batch_size, len(x)), device=x.device)[standing[i:i + batch_size]]
-                if len(part):
-                    adv = spec.run(model, x[part], y[part], eps, gen)
-                    standing[part[_classes(model, adv, batch_size) != y[part]]] = False
-        if int(standing.sum()):
-            beaten.append(f"eps={eps:.4g}: {int(standing.sum())} of the {len(index)} it fooled")
+            if len(standing):
+                standing = standing[~_fooled_by(spec, model, images[standing], labels[standing], eps, gen, batch_size)]
+        if len(standing):
+            beaten.append(f"eps={eps:.4g}: {len(standing)} of the {len(index)} it fooled")
     probed = probe.square() if probe.ready else None
     failed = bool(beaten) or (probed is not None and probed["status"] == "failed")
     detail = ("the black-box search fooled examples that every white-box attack, run again on them, failed on: "
@@ -248,12 +244,7 @@ class _Probe:
     def _fooled(self, spec: AttackSpec, on: torch.nn.Module | None = None) -> torch.Tensor:
         """Which of ``x`` the attack (made on ``on``, default the model) fools the model on."""
         gen = generator(self.seed + 2, self.x.device)  # not the evaluation's own random draws
-        fooled = torch.zeros(len(self.x), dtype=torch.bool, device=self.x.device)
-        for i in range(0, len(self.x), self.batch_size):
-            xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
-            adv = spec.run(on if on is not None else self.model, xb, yb, self.eps, gen)
-            fooled[i:i + self.batch_size] = _classes(self.model, adv, self.batch_size) != yb
-        return fooled
+        return _fooled_by(spec, self.model, self.x, self.y, self.eps, gen, self.batch_size, on=on)
 
     def _beyond(self, fooled: torch.Tensor) -> int:
         return int((fooled & ~self.reported).sum())
@@ -412,6 +403,18 @@ def _convergence_check(model, x, y, rows, spec, result, batch_size, seed) -> dic
                    f"--attack {spec.name} --steps {stronger.n_steps} --restarts {stronger.restarts}, or with "
                    "the AutoAttack ensemble (--preset full)")
     return _check("attack converged", "failed" if drop > TOLERANCE else "passed", detail)
+
+
+def _fooled_by(spec: AttackSpec, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+               gen: torch.Generator, batch_size: int, on: torch.nn.Module | None = None) -> torch.Tensor:
+    """Which of ``x`` (``(N, C, H, W)``, labels ``y``) the attack at ``eps``, made on ``on`` (default ``model``)
+    batch by batch, fools ``model`` on: bool ``(N,)``."""
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        adv = spec.run(on if on is not None else model, xb, yb, eps, gen)
+        fooled[i:i + batch_size] = _classes(model, adv, batch_size) != yb
+    return fooled
 
 
 def _classes(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:

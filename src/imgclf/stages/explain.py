@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from imgclf import record
-from imgclf.errors import UsageError
+from imgclf.errors import UsageError, first_line
 from imgclf.evaluation import logits_of
 from imgclf.record import Metrics, read_metrics
 from imgclf.report.plots import explanation_figure
@@ -140,7 +140,7 @@ def _stored_examples(path: Path, test_size: int) -> dict[str, Any]:
     except pickle.UnpicklingError:
         problem = "it is damaged, or holds pickled Python objects, which imgclf never loads"
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        problem = f"it cannot be read as saved tensors ({(str(error).splitlines() or [''])[0][:120]})"
+        problem = f"it cannot be read as saved tensors ({first_line(error, 120)})"
     else:
         problem = _examples_problem(stored, test_size)
     if problem:
